@@ -1,0 +1,31 @@
+"""datarax_fn: pure-functional JAX PyTree data sources.
+
+```python
+import datarax_fn as dfn
+state = dfn.from_arrays({"x": x, "y": y}, shuffle=True, seed=0)
+state, batch = dfn.get_batch(state, 128)
+```
+"""
+
+# --- foundation (lead) ---
+from ._shuffle import permute as permute
+from ._source import EagerSource as EagerSource, from_arrays as from_arrays
+from ._api import (
+    cursor as cursor,
+    dataset_info as dataset_info,
+    element_spec as element_spec,
+    get_batch as get_batch,
+    get_batch_at as get_batch_at,
+    iterate as iterate,
+    num_records as num_records,
+    restore_cursor as restore_cursor,
+)
+from ._nocopy import DatasetCopyWarning as DatasetCopyWarning, jit_step as jit_step
+
+# --- conversion + hf (hf engineer) ---
+
+# --- tfds (tfds engineer) ---
+
+# --- pipeline (pipeline engineer) ---
+
+__version__ = "0.1.0"
