@@ -23,6 +23,15 @@ from ._api import (
 from ._nocopy import DatasetCopyWarning as DatasetCopyWarning, jit_step as jit_step
 
 # --- conversion + hf (hf engineer) ---
+from ._convert import decode_text as decode_text
+from ._streaming import EndOfStream as EndOfStream, StreamingSource as StreamingSource
+from ._hf import (
+    HFEagerConfig as HFEagerConfig,
+    HFEagerSource as HFEagerSource,
+    HFStreamingConfig as HFStreamingConfig,
+    HFStreamingSource as HFStreamingSource,
+    from_hf as from_hf,
+)
 
 # --- tfds (tfds engineer) ---
 
