@@ -615,10 +615,10 @@ def _to_user(value: Any) -> Any:
     return value
 
 
-def _from_user(value: Any, name: str) -> Any:
+def _from_user(value: Any, name: str, max_length: Any = None) -> Any:
     """Returns a transform's output column in decoded form (the same rules apply)."""
     if isinstance(value, Mapping):
-        return {k: _from_user(v, f"{name}.{k}") for k, v in value.items()}
+        return {k: _from_user(v, f"{name}.{k}", max_length) for k, v in value.items()}
     if type(value).__module__.startswith("jax"):
         value = np.asarray(value)
     if isinstance(value, np.ndarray) and value.dtype.kind in "biufc":
@@ -633,11 +633,15 @@ def _from_user(value: Any, name: str) -> Any:
     if items and any(a.dtype.kind not in "biufc" for a in items):
         raise TypeError(f"field {name!r}: transform returned values of dtype {items[0].dtype}; return numbers or strings.")
     shapes = {a.shape for a in items}
+    inner = {a.shape[1:] for a in items}
+    ragged_ok = len(inner) == 1 and all(a.ndim for a in items)
+    if ragged_ok and (len(shapes) > 1 or _lookup(max_length, name) is not None):
+        # A declared max_length keeps the field padded even when a chunk happens to be uniform.
+        off = np.zeros(len(items) + 1, np.int64)
+        np.cumsum([a.shape[0] for a in items], out=off[1:])
+        return _Ragged(off, np.concatenate(items, axis=0))
     if len(shapes) <= 1:
         return np.stack(items) if items else np.zeros((0,), np.float32)
-    inner = {a.shape[1:] for a in items}
-    if len(inner) == 1 and all(a.ndim for a in items):
-        return _ragged_from_arrays(items, name)
     return items
 
 
@@ -725,7 +729,7 @@ def _concat(chunks: list[dict[str, Any]], name: str = "") -> dict[str, Any]:
             if f"{key}_length" not in first or len({len(s) for s in shapes}) != 1:
                 raise ValueError(
                     f"field {name}{key!r}: records have different shapes {sorted(shapes)[:3]} in different "
-                    "rows. Pass a transform that makes them equal."
+                    "rows. Pass max_length for it (ragged leading axis) or a transform that makes them equal."
                 )
             width = tuple(max(s[i] for s in shapes) for i in range(len(v.shape) - 1))
             parts = [np.pad(p, [(0, 0)] + [(0, w - s) for w, s in zip(width, p.shape[1:])]) for p in parts]
@@ -773,7 +777,7 @@ def convert_with_meta(
             user = transform({k: _to_user(v) for k, v in decoded.items()})
             if not isinstance(user, Mapping):
                 raise TypeError(f"transform must return a dict of columns; got {type(user).__name__}.")
-            back = {k: _from_user(v, k) for k, v in user.items()}
+            back = {k: _from_user(v, k, max_length) for k, v in user.items()}
             lens = {k: len(v.offsets) - 1 if isinstance(v, _Ragged) else len(v) for k, v in _leaves(back)}
             if len(set(lens.values())) > 1:
                 raise ValueError(f"transform returned columns of different lengths: {lens}; every column needs one value per row.")
