@@ -34,7 +34,33 @@ from ._hf import (
 )
 
 # --- tfds (tfds engineer) ---
+from ._tfds import (
+    TFDSEagerConfig as TFDSEagerConfig,
+    TFDSEagerSource as TFDSEagerSource,
+    TFDSStreamingConfig as TFDSStreamingConfig,
+    TFDSStreamingSource as TFDSStreamingSource,
+    from_tfds as from_tfds,
+)
 
 # --- pipeline (pipeline engineer) ---
+from ._stages import (
+    apply_to_keys as apply_to_keys,
+    cast as cast,
+    chain as chain,
+    normalize as normalize,
+    one_hot as one_hot,
+    random_crop as random_crop,
+    random_flip as random_flip,
+)
+from ._stats import Statistics as Statistics, compute_statistics as compute_statistics
+from ._pipeline import (
+    Pipeline as Pipeline,
+    scan as scan,
+    scan_epoch as scan_epoch,
+    step as step,
+    steps_per_epoch as steps_per_epoch,
+)
+from ._device import collect_to_array as collect_to_array, prefetch_to_device as prefetch_to_device
+from ._digits import load_digits as load_digits
 
 __version__ = "0.1.0"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -29,12 +30,12 @@ from typing import Any
 import numpy as np
 
 from . import _convert as cv
-from ._budget import choose_mode, logger, memory_budget
+from . import _budget
+from ._budget import choose_mode, logger
 from ._shuffle import epoch_seed, permute
 from ._source import EagerSource, from_arrays
 
 _SHAPE = "__shape__"  # tf.data side leaf holding the true shape of a ragged feature
-_UNSET = object()
 
 
 # ----------------------------------------------------------------------------- lazy imports
@@ -407,8 +408,48 @@ def _ds_fields(plan: _Plan) -> dict[str, Any]:
     return {k: (cv.Image(tuple(features[k].shape)) if isinstance(features[k], tfds.features.Image) else f) for k, f in plan.conv.items()}
 
 
-def _rows_to_columns(rows: list[dict], keys: tuple[str, ...]) -> dict[str, Any]:
-    return {k: [r[k] for r in rows] for k in keys}
+def _rows_to_columns(rows: list[dict], fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Returns columns from data-source rows, shaped for ``convert`` by each Field."""
+    return {k: _column([r[k] for r in rows], f) for k, f in fields.items()}
+
+
+def _column(values: list, field: Any) -> Any:
+    if isinstance(field, cv.Struct):
+        return {k: _column([v[k] for v in values], sub) for k, sub in field.fields.items()}
+    if isinstance(field, cv.Tensor):
+        shape = tuple(field.shape)
+        if shape and shape[0] is None and None not in shape[1:]:
+            items = [np.asarray(v, field.dtype).reshape((-1, *shape[1:])) for v in values]
+            lengths = np.fromiter((len(a) for a in items), np.int64, len(items))
+            flat = np.concatenate(items) if items else np.zeros((0, *shape[1:]), field.dtype)
+            return _ragged_arrow(lengths, flat)
+        if None not in shape:
+            return np.asarray(values, field.dtype) if values else np.zeros((0, *shape), field.dtype)
+    return values
+
+
+def _ragged_arrow(lengths: np.ndarray, flat: np.ndarray) -> Any:
+    """Returns a pyarrow list array of rows ``flat[off[i]:off[i+1]]`` (inner axes fixed).
+
+    ``convert`` pads an Arrow list column to ``max_length`` even when every row of a chunk
+    has the same length, so streamed chunks keep one shape (Python lists of equal-length rows
+    would be stacked unpadded). pyarrow is a dependency of tensorflow_datasets.
+    """
+    import pyarrow as pa
+
+    arr = pa.array(np.ascontiguousarray(flat).reshape(-1))
+    for d in reversed(flat.shape[1:]):
+        arr = pa.FixedSizeListArray.from_arrays(arr, int(d))
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), arr)
+
+
+def _field_at(fields: Mapping[str, Any], path: tuple) -> Any:
+    f: Any = cv.Struct(fields)
+    for k in path:
+        f = f.fields[k] if isinstance(f, cv.Struct) else None
+    return f
 
 
 # ----------------------------------------------------------------------------- tf.data reading
@@ -495,8 +536,12 @@ def _to_numpy(x: Any) -> np.ndarray:
     return x.numpy()
 
 
-def _columns(batch: Mapping[str, Any]) -> dict[str, Any]:
-    """Returns host columns of a tf batch: arrays, and per-record arrays for ragged leaves."""
+def _columns(batch: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Returns host columns of a tf batch; ragged leaves lose their padding again (exactly).
+
+    A ragged leading axis becomes an Arrow list column (vectorised); other unknown dims
+    (images of different sizes) become one array per record for ``convert`` to judge.
+    """
     shapes = batch.get(_SHAPE, {})
     out: dict[str, Any] = {}
     for path, t in _flatten({k: v for k, v in batch.items() if k != _SHAPE}):
@@ -507,7 +552,13 @@ def _columns(batch: Mapping[str, Any]) -> dict[str, Any]:
     for joined, shp in shapes.items():
         path = tuple(joined.split("/"))
         padded, sizes = _get(out, path), _to_numpy(shp)
-        _set(out, path, [padded[i][tuple(slice(0, int(d)) for d in sizes[i])] for i in range(len(sizes))])
+        field = _field_at(fields, path)
+        if isinstance(field, cv.Tensor) and None not in tuple(field.shape)[1:] and padded.ndim >= 2:
+            lengths = sizes[:, 0].astype(np.int64)
+            mask = np.arange(padded.shape[1])[None, :] < lengths[:, None]
+            _set(out, path, _ragged_arrow(lengths, padded[mask]))
+        else:
+            _set(out, path, [padded[i][tuple(slice(0, int(d)) for d in sizes[i])] for i in range(len(sizes))])
     return out
 
 
@@ -525,9 +576,9 @@ def _load_columns_tf(plan: _Plan, cfg: TFDSEagerConfig) -> dict[str, Any]:
     ragged = _ragged_paths(ds.element_spec)
     n = int(ds.cardinality())
     if n > 0:
-        return _columns(tf.data.Dataset.get_single_element(_batched(ds, n, ragged)))
+        return _columns(tf.data.Dataset.get_single_element(_batched(ds, n, ragged)), plan.conv)
     # Unknown length (e.g. a filtered or mocked split): read in chunks and concatenate.
-    chunks = [_columns(b) for b in _batched(ds, 8192, ragged)]
+    chunks = [_columns(b, plan.conv) for b in _batched(ds, 8192, ragged)]
     if not chunks:
         raise ValueError(f"split={cfg.split!r} of {cfg.name!r} has no records; an eager source needs N > 0.")
     return _concat_columns(chunks)
@@ -541,8 +592,12 @@ def _concat_columns(chunks: list[dict]) -> dict:
             out[k] = _concat_columns(parts)
         elif isinstance(v, list):
             out[k] = [x for p in parts for x in p]
-        else:
+        elif isinstance(v, np.ndarray):
             out[k] = np.concatenate(parts)
+        else:  # an Arrow list column
+            import pyarrow as pa
+
+            out[k] = pa.concat_arrays(parts)
     return out
 
 
@@ -552,7 +607,7 @@ def _load_columns_ds(plan: _Plan, cfg: TFDSEagerConfig, chunk: int = 16_384) -> 
     rows: list = []
     for lo in range(0, n, chunk):
         rows += source.__getitems__(list(range(lo, min(lo + chunk, n))))
-    return _rows_to_columns(rows, plan.keys)
+    return _rows_to_columns(rows, _ds_fields(plan))
 
 
 def TFDSEagerSource(config: TFDSEagerConfig) -> EagerSource:  # noqa: N802 (the users' seed API name)
@@ -589,7 +644,21 @@ def TFDSEagerSource(config: TFDSEagerConfig) -> EagerSource:  # noqa: N802 (the 
 # ----------------------------------------------------------------------------- streaming backends
 
 
-class _TFDataBackend:
+class _Backend:
+    """Shared parts of the two TFDS streaming backends."""
+
+    plan: _Plan
+    cfg: TFDSStreamingConfig
+
+    def fingerprint(self) -> str:
+        """Returns a hash of what fixes the stream: dataset, version, split, keys and options."""
+        c, info = self.cfg, self.plan.builder.info
+        parts = (info.full_name, c.split, self.plan.keys, self.num_records(), c.as_supervised, c.max_length,
+                 c.truncate, c.shuffle_buffer_size if not self.plan.array_record else None)
+        return hashlib.blake2b(repr(parts).encode(), digest_size=12).hexdigest()
+
+
+class _TFDataBackend(_Backend):
     """Streams a tfrecord split through tf.data: shuffle(seed of (seed, epoch)), skip, batch, prefetch.
 
     Exact resume replays the epoch's shuffled order up to ``start`` with ``skip``: the cost is
@@ -606,7 +675,7 @@ class _TFDataBackend:
         first = next(iter(_batched(base.take(1), 1, self._ragged)), None)
         if first is None:
             raise ValueError(f"split={cfg.split!r} of {cfg.name!r} has no records.")
-        self._spec = cv.element_spec_of(_convert(_columns(first), plan.conv, cfg))
+        self._spec = cv.element_spec_of(_convert(_columns(first, plan.conv), plan.conv, cfg))
 
     def num_records(self) -> int | None:
         return self._n
@@ -623,10 +692,10 @@ class _TFDataBackend:
             ds = ds.skip(start)
         ds = _batched(ds, cfg.read_chunk_size, self._ragged).prefetch(cfg.prefetch_buffer)
         for batch in ds:
-            yield _convert(_columns(batch), self.plan.conv, cfg)
+            yield _convert(_columns(batch, self.plan.conv), self.plan.conv, cfg)
 
 
-class _DataSourceBackend:
+class _DataSourceBackend(_Backend):
     """Streams an array_record split by random access in the order of ``permute(., n, seed, epoch)``.
 
     Exact resume is O(1): the record at epoch position ``p`` is ``permute(p, n, seed, epoch)``,
@@ -651,7 +720,7 @@ class _DataSourceBackend:
 
     def _read(self, idx: np.ndarray) -> dict[str, np.ndarray]:
         rows = self._source.__getitems__(idx.tolist())
-        return _convert(_rows_to_columns(rows, self.plan.keys), self._fields, self.cfg)
+        return _convert(_rows_to_columns(rows, self._fields), self._fields, self.cfg)
 
     def open(self, epoch: int, seed: int, start: int) -> Iterator[dict[str, np.ndarray]]:
         n, chunk = self._n, self.cfg.read_chunk_size
@@ -692,24 +761,21 @@ def _backend(config: TFDSStreamingConfig) -> Any:
 
 
 def TFDSStreamingSource(config: TFDSStreamingConfig) -> Any:  # noqa: N802 (the users' seed API name)
-    """Returns a ``StreamingSource`` reading the split batch by batch on the host.
+    """Returns a ``StreamingSource`` reading the split chunk by chunk on the host.
 
-    See :class:`_TFDataBackend` and :class:`_DataSourceBackend` for the order and the
-    cost of an exact resume.
+    tfrecord datasets stream through ``tf.data`` (``shuffle`` with a buffer of
+    ``shuffle_buffer_size`` seeded from ``(seed, epoch)``, then a fixed ``prefetch``);
+    resuming replays the epoch with ``skip`` (cost: reading ``position`` records).
+    array_record datasets stream by random access in the order of the keyed ``permute``
+    (a full shuffle, the eager source's order); resuming costs nothing.
     """
     if not isinstance(config, TFDSStreamingConfig):
         raise TypeError(f"TFDSStreamingSource needs a TFDSStreamingConfig; got {type(config).__name__}.")
-    from ._streaming import StreamingSource  # noqa: F401  (bound below once the module lands)
+    from ._streaming import make_streaming
 
-    return _make_streaming(_backend(config), config)
-
-
-def _make_streaming(backend: Any, config: TFDSStreamingConfig) -> Any:
-    from ._streaming import StreamingSource
-
-    return StreamingSource.create(  # type: ignore[attr-defined]
-        backend, shuffle=config.shuffle, seed=int(config.seed), name=f"tfds:{config.name}:{config.split}",
-        num_epochs=config.num_epochs, prefetch=config.prefetch_buffer,
+    return make_streaming(
+        _backend(config), shuffle=config.shuffle, seed=int(config.seed),
+        name=f"tfds:{config.name}:{config.split}", num_epochs=config.num_epochs, prefetch=config.prefetch_buffer,
     )
 
 
@@ -743,36 +809,36 @@ def from_tfds(
     split: str = "train",
     *,
     eager: bool | None = None,
-    budget: int | None = None,
-    **config: Any,
+    memory_budget: int | None = None,
+    **options: Any,
 ) -> Any:
     """Returns an ``EagerSource`` when the split fits the memory budget, else a ``StreamingSource``.
 
     Args:
       name, split: the TFDS dataset and split expression.
       eager: ``True`` / ``False`` forces the mode; ``None`` decides from the split's size
-        (fixed feature shapes x records, else the files' ``num_bytes``) against ``budget``.
-      budget: bytes (default: half the available memory, shared with ``from_hf``).
-      **config: any ``TFDSEagerConfig`` / ``TFDSStreamingConfig`` field.
+        (fixed feature shapes x records, else the files' ``num_bytes``) against the budget.
+      memory_budget: bytes (default: half the available memory, the rule ``from_hf`` uses).
+      **options: ``TFDSStreamingConfig`` fields; eager mode ignores the streaming-only ones.
 
-    The choice and its reason are logged to ``logging.getLogger("datarax_fn")``.
+    The choice and its reason are logged on ``logging.getLogger("datarax_fn")``.
     """
-    streaming_only = {f.name for f in dataclasses.fields(TFDSStreamingConfig)} - {
-        f.name for f in dataclasses.fields(TFDSEagerConfig)
-    }
+    stream_fields = {f.name for f in dataclasses.fields(TFDSStreamingConfig)}
+    eager_fields = {f.name for f in dataclasses.fields(TFDSEagerConfig)}
+    unknown = set(options) - stream_fields
+    if unknown:
+        raise TypeError(
+            f"from_tfds: unknown options {sorted(unknown)}; valid options are {sorted(stream_fields - {'name', 'split'})}."
+        )
+    ecfg = TFDSEagerConfig(name=name, split=split, **{k: v for k, v in options.items() if k in eager_fields})
+    scfg = TFDSStreamingConfig(name=name, split=split, **options)
     if eager is None:
-        probe = TFDSEagerConfig(name=name, split=split, **{k: v for k, v in config.items() if k not in streaming_only})
-        nbytes = _estimated_bytes(_plan(probe))
-        eager, reason = choose_mode(nbytes, memory_budget() if budget is None else budget)
+        budget = _budget.memory_budget() if memory_budget is None else int(memory_budget)
+        eager, reason = choose_mode(_estimated_bytes(_plan(ecfg)), budget)
     else:
         reason = f"eager={eager} was asked for"
-    logger.info("from_tfds(%r, %r): %s mode: %s.", name, split, "eager" if eager else "streaming", reason)
-    if eager:
-        extra = sorted(k for k in config if k in streaming_only)
-        if extra:
-            logger.info("from_tfds: eager mode ignores the streaming options %s.", extra)
-        return TFDSEagerSource(TFDSEagerConfig(name=name, split=split, **{k: v for k, v in config.items() if k not in streaming_only}))
-    return TFDSStreamingSource(TFDSStreamingConfig(name=name, split=split, **config))
+    logger.info("from_tfds(%s, %s): %s, because %s", name, split, "eager" if eager else "streaming", reason)
+    return TFDSEagerSource(ecfg) if eager else TFDSStreamingSource(scfg)
 
 
 __all__ = [
