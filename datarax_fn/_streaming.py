@@ -128,19 +128,30 @@ class _Reader:
     def close(self) -> None:
         self._finalizer()
 
+    def _next(self) -> None:
+        kind, item = self.q.get()
+        if kind == _ERROR:
+            self.ended = True
+            raise item
+        if kind == _END:
+            self.ended = True
+        else:
+            self.chunk, self.offset = item, 0
+
+    def at_epoch_end(self) -> bool:
+        """Returns True when every record of the epoch has been taken (looks one chunk ahead)."""
+        if self.chunk is None and not self.ended:
+            self._next()
+        return self.ended
+
     def take(self, k: int) -> list[dict]:
         """Returns up to ``k`` records as chunk slices; fewer only when the epoch ended."""
         parts, got = [], 0
         while got < k and not self.ended:
             if self.chunk is None:
-                kind, item = self.q.get()
-                if kind == _ERROR:
-                    self.ended = True
-                    raise item
-                if kind == _END:
-                    self.ended = True
+                self._next()
+                if self.ended:
                     break
-                self.chunk, self.offset = item, 0
             n = _rows(self.chunk)
             m = min(k - got, n - self.offset)
             lo = self.offset
@@ -293,7 +304,6 @@ def _get_batch(state: StreamingSource, size: int, key: Any = None):
         )
     h = state.backend
     epoch, pos, seed = int(state.epoch), int(state.position), int(state.seed)
-    n = h.backend.num_records()
     spec = h.spec()
     with h.lock:
         reader = h.reader
@@ -321,15 +331,16 @@ def _get_batch(state: StreamingSource, size: int, key: Any = None):
                         )
                     reader.close()
                     reader = h.reader = _Reader(h.backend, epoch, seed, 0, h.prefetch)
+            last = state.num_epochs is not None and epoch + 1 >= state.num_epochs
+            if not last and reader.at_epoch_end():
+                # Normalise "end of epoch e" to "start of epoch e+1": a saved cursor never replays e.
+                epoch, pos = epoch + 1, 0
+                reader.close()
+                reader = h.reader = _Reader(h.backend, epoch, seed, 0, h.prefetch)
         except BaseException:
             reader.close()
             h.reader = None
             raise
-        if n is not None and pos == n and (state.num_epochs is None or epoch + 1 < state.num_epochs):
-            # Normalise "end of epoch e" to "start of epoch e+1" so a saved cursor never replays e.
-            epoch, pos = epoch + 1, 0
-            reader.close()
-            h.reader = _Reader(h.backend, epoch, seed, 0, h.prefetch)
     if epoch > 2**31 - 1 or pos > 2**31 - 1:
         raise OverflowError(f"{state.name}: epoch/position passed 2**31 - 1; start a new state with a new seed.")
     return _with(state, epoch, pos), jax.device_put(_concat(parts))
