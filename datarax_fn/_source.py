@@ -65,22 +65,23 @@ class EagerSource(eqx.Module):
         bad = [p for p, x in leaves if not (hasattr(x, "shape") and hasattr(x, "dtype"))]
         if bad:
             raise TypeError(
-                f"EagerSource: every data leaf must be an array; non-array leaves: {bad}. "
+                f"EagerSource: every data leaf must be an array; non-array leaves: {', '.join(bad)}. "
                 "Convert them with np.asarray, or drop them."
             )
         scalar = [p for p, x in leaves if len(x.shape) == 0]
         if scalar:
-            raise ValueError(f"EagerSource: data leaves need a leading record axis; scalars at {scalar}.")
+            raise ValueError(f"EagerSource: data leaves need a leading record axis; scalars at {', '.join(scalar)}.")
         lengths = {p: x.shape[0] for p, x in leaves}
+        shown = ", ".join(f"{p}: {k}" for p, k in lengths.items())
         if len(set(lengths.values())) != 1 or next(iter(lengths.values())) != self.num_records:
             raise ValueError(
                 f"EagerSource: every data leaf must share the leading axis N={self.num_records}; "
-                f"got leading sizes {lengths}."
+                f"got leading sizes {shown}."
             )
         if not 1 <= self.num_records <= _INT32_MAX:
             raise ValueError(
                 f"EagerSource: num_records must be in [1, 2**31 - 1]; got N={self.num_records} "
-                f"(leading sizes {lengths}). An empty split cannot be iterated."
+                f"(leading sizes {shown}). An empty split cannot be iterated."
             )
 
     def __len__(self) -> int:
@@ -109,7 +110,7 @@ def from_arrays(
     if bad:
         raise TypeError(
             f"from_arrays: every leaf of data must be a NumPy or JAX array; non-array leaves at "
-            f"{bad}. Convert them with np.asarray, or drop them."
+            f"{', '.join(bad)}. Convert them with np.asarray, or drop them."
         )
     for path, x in leaves:
         want = jax.dtypes.canonicalize_dtype(x.dtype)
