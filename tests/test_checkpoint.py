@@ -1,0 +1,145 @@
+"""Checkpointing: the state is a PyTree (Orbax, equinox), the cursor a few hundred bytes."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import equinox as eqx
+import jax
+import numpy as np
+import pytest
+
+import datarax_fn as dfn
+
+BUILD = """
+import numpy as np, datarax_fn as dfn
+def build(seed=7):
+    rng = np.random.default_rng(0)
+    return dfn.from_arrays({"x": np.arange(37, dtype=np.int32),
+                            "img": rng.integers(0, 255, (37, 4, 4, 1), dtype=np.uint8)},
+                           shuffle=True, seed=seed)
+"""
+exec(BUILD)
+
+
+def batches(state, k, size=10):
+    out = []
+    for _ in range(k):
+        state, b = dfn.get_batch(state, size)
+        out.append(np.asarray(b["x"]))
+    return state, np.stack(out)
+
+
+def run_fresh(code, tmp_path):
+    script = tmp_path / "resume.py"
+    script.write_text(BUILD + textwrap.dedent(code))
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return np.asarray(json.loads(res.stdout.strip().splitlines()[-1]))
+
+
+@pytest.fixture
+def saved(tmp_path):
+    state, _ = batches(build(), 3)  # 30 records in: mid-epoch 0
+    _, expected = batches(state, 6)  # crosses into epochs 1 and 2
+    return state, expected
+
+
+def test_orbax_standard_checkpointer_fresh_process(saved, tmp_path):
+    import orbax.checkpoint as ocp
+
+    state, expected = saved
+    path = tmp_path / "ckpt"
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(path, state)
+    got = run_fresh(
+        f"""
+        import json, jax, numpy as np, orbax.checkpoint as ocp
+        target = build()
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        with ocp.StandardCheckpointer() as ckptr:
+            state = ckptr.restore({str(path)!r}, abstract)
+        out = []
+        for _ in range(6):
+            state, b = dfn.get_batch(state, 10)
+            out.append(np.asarray(b["x"]).tolist())
+        print(json.dumps(out))
+        """,
+        tmp_path,
+    )
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_orbax_checkpoint_manager_with_cursor(saved, tmp_path):
+    import orbax.checkpoint as ocp
+
+    state, expected = saved
+    with ocp.CheckpointManager(tmp_path / "mgr") as mngr:
+        mngr.save(3, args=ocp.args.Composite(cursor=ocp.args.JsonSave(dfn.cursor(state))))
+        mngr.wait_until_finished()
+    got = run_fresh(
+        f"""
+        import json, numpy as np, orbax.checkpoint as ocp
+        with ocp.CheckpointManager({str(tmp_path / "mgr")!r}) as mngr:
+            step = mngr.latest_step()
+            cur = mngr.restore(step, args=ocp.args.Composite(cursor=ocp.args.JsonRestore()))["cursor"]
+        state = dfn.restore_cursor(build(), cur)
+        out = []
+        for _ in range(6):
+            state, b = dfn.get_batch(state, 10)
+            out.append(np.asarray(b["x"]).tolist())
+        print(json.dumps(out))
+        """,
+        tmp_path,
+    )
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_equinox_serialise_leaves(saved, tmp_path):
+    state, expected = saved
+    eqx.tree_serialise_leaves(tmp_path / "state.eqx", state)
+    restored = eqx.tree_deserialise_leaves(tmp_path / "state.eqx", build())
+    _, got = batches(restored, 6)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_cursor_is_small_and_json():
+    state, _ = batches(build(), 2)
+    cur = dfn.cursor(state)
+    blob = json.dumps(cur)
+    assert len(blob) < 300
+    assert cur["index"] == 20 and cur["epoch"] == 0 and cur["seed"] == 7 and cur["num_records"] == 37
+    state2 = dfn.restore_cursor(build(), json.loads(blob))
+    chex_equal = jax.tree.map(lambda a, b: np.array_equal(a, b), state, state2)
+    assert all(jax.tree.leaves(chex_equal))
+
+
+def test_cursor_restores_the_seed():
+    state, _ = batches(build(seed=7), 4)
+    other = dfn.restore_cursor(build(seed=7), dfn.cursor(state))
+    assert int(other.seed) == 7
+
+
+def test_cursor_rejects_different_data():
+    cur = dfn.cursor(build())
+    changed = dfn.from_arrays({"x": np.arange(37, dtype=np.int32) + 1, "img": np.asarray(build().data["img"])}, shuffle=True)
+    with pytest.raises(ValueError, match="different data"):
+        dfn.restore_cursor(changed, cur)
+    shorter = dfn.from_arrays({"x": np.arange(36, dtype=np.int32), "img": np.zeros((36, 4, 4, 1), np.uint8)}, shuffle=True)
+    with pytest.raises(ValueError, match="N=37.*N=36"):
+        dfn.restore_cursor(shorter, cur)
+
+
+def test_cursor_rejects_other_shuffle_setting():
+    cur = dfn.cursor(build())
+    plain = dfn.from_arrays(
+        {"x": np.asarray(build().data["x"]), "img": np.asarray(build().data["img"])}, shuffle=False
+    )
+    with pytest.raises(ValueError, match="shuffle"):
+        dfn.restore_cursor(plain, cur)
+
+
+def test_cursor_missing_fields():
+    with pytest.raises(ValueError, match="lacks"):
+        dfn.restore_cursor(build(), {"index": 0})

@@ -1,0 +1,128 @@
+"""[no-copy]: carrying the state through a step must keep the very same data buffers."""
+
+import subprocess
+import sys
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import datarax_fn as dfn
+from datarax_fn import _nocopy
+
+
+def big_state(shuffle=True):
+    # 16 MiB: above the copy-warning threshold.
+    return dfn.from_arrays({"x": np.zeros((4096, 1024), np.float32), "y": np.arange(4096, dtype=np.int32)}, shuffle=shuffle)
+
+
+def ptrs(state):
+    return [leaf.unsafe_buffer_pointer() for leaf in jax.tree.leaves(state.data)]
+
+
+def test_eager_get_batch_keeps_buffers():
+    state = big_state()
+    before = ptrs(state)
+    for _ in range(3):
+        state, _ = dfn.get_batch(state, 32)
+    assert ptrs(state) == before
+    _, _ = dfn.get_batch(state, 32, jax.random.key(0))
+    assert ptrs(state) == before
+
+
+def test_eager_get_batch_compiles_once_per_size():
+    state = dfn.from_arrays({"x": np.arange(1000, dtype=np.int32)}, shuffle=True, seed=9)
+    from datarax_fn import _source
+
+    state, _ = dfn.get_batch(state, 77)
+    size_before = _source._step_jit._cache_size()
+    for _ in range(5):
+        state, _ = dfn.get_batch(state, 77)
+    assert _source._step_jit._cache_size() == size_before
+
+
+def test_jit_step_aliases_the_dataset():
+    @dfn.jit_step
+    def step(total, state):
+        state, batch = dfn.get_batch(state, 64)
+        return total + batch["y"].sum(), state
+
+    state = big_state()
+    before = ptrs(state)
+    total = jnp.int32(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dfn.DatasetCopyWarning)
+        for _ in range(3):
+            total, state = step(total, state)
+    assert ptrs(state) == before
+    assert int(total) == int(np.arange(4096)[np.asarray(dfn.permute(np.arange(192), 4096, 0, 0))].sum())
+
+
+@pytest.mark.parametrize("loop", ["scan", "fori"])
+def test_loops_carrying_the_state_keep_buffers(loop):
+    def run(state):
+        if loop == "scan":
+            return jax.lax.scan(lambda s, _: (dfn.get_batch(s, 16)[0], None), state, None, length=5)[0]
+        return jax.lax.fori_loop(0, 5, lambda i, s: dfn.get_batch(s, 16)[0], state)
+
+    state = big_state()
+    before = ptrs(state)
+    state = run(state)  # top level: the carry is forwarded
+    assert ptrs(state) == before and int(state.index) == 80
+    state = dfn.jit_step(run)(state)  # inside the documented jitted step
+    assert ptrs(state) == before and int(state.index) == 160
+
+
+def test_naive_jit_copies_and_warns():
+    state = big_state()
+    with pytest.warns(dfn.DatasetCopyWarning, match="jit_step"):
+        naive = jax.jit(dfn.get_batch, static_argnums=1)
+        new, _ = naive(state, 8)
+    assert ptrs(new) != ptrs(state)  # the trap this issue is about
+
+
+def test_donating_jit_does_not_warn():
+    state = big_state()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dfn.DatasetCopyWarning)
+        new, _ = jax.jit(dfn.get_batch, static_argnums=1, donate_argnums=0)(state, 8)
+
+
+def test_small_datasets_do_not_warn():
+    state = dfn.from_arrays({"x": np.zeros(10, np.float32)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dfn.DatasetCopyWarning)
+        jax.jit(dfn.get_batch, static_argnums=1)(state, 2)
+
+
+def test_jit_step_requires_the_state_back():
+    @dfn.jit_step
+    def leaky(state):
+        return dfn.get_batch(state, 2)[1]
+
+    state = dfn.from_arrays({"x": np.zeros(10, np.float32)})
+    with pytest.raises(ValueError, match="does not return one"):
+        leaky(state)
+    assert np.asarray(state.data["x"]).shape == (10,)  # not donated: tracing failed first
+
+
+def test_jit_step_rejects_manual_donation():
+    with pytest.raises(TypeError, match="donate_argnums"):
+        dfn.jit_step(lambda s: s, donate_argnums=0)
+
+
+def test_jit_step_passes_other_args_through_without_donation():
+    @dfn.jit_step
+    def step(state, w):
+        state, b = dfn.get_batch(state, 2)
+        return state, w * b["x"].sum()
+
+    state, w = dfn.from_arrays({"x": np.arange(4, dtype=np.float32)}), jnp.float32(2.0)
+    state, out = step(state, w)
+    assert float(out) == 2.0 and float(w) == 2.0  # w is still alive: not donated
+
+
+def test_threshold_constant_documented():
+    assert _nocopy.COPY_WARNING_BYTES == 8 * 2**20
