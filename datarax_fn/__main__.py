@@ -1,0 +1,175 @@
+"""The ``datarax-fn`` command (also ``python -m datarax_fn``): ``demo``, ``inspect``, ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import run
+
+    result = run(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                 checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress)
+    return 0 if result["resume_ok"] else 1
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def _summary(batch: Any) -> list[str]:
+    lines = []
+    for path, x in jax.tree_util.tree_flatten_with_path(batch)[0]:
+        x = np.asarray(x)
+        name = jax.tree_util.keystr(path) or "<root>"
+        stats = ""
+        if x.size and (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+            stats = f" min {x.min()} max {x.max()} mean {x.astype(np.float64).mean():.4g}"
+        lines.append(f"  {name}: {x.dtype}{list(x.shape)}{stats}")
+    return lines
+
+
+def _open(args: argparse.Namespace) -> Any:
+    import datarax_fn as dfn
+
+    kwargs: dict[str, Any] = {"split": args.split}
+    if args.data_dir is not None:
+        kwargs["data_dir"] = args.data_dir
+    if args.streaming:
+        kwargs["streaming"] = True
+    if args.backend == "hf":
+        if not hasattr(dfn, "from_hf"):
+            raise SystemExit("inspect hf: this install has no HF backend (dfn.from_hf); install datarax_fn[hf].")
+        return dfn.from_hf(args.name, **kwargs)
+    if not hasattr(dfn, "from_tfds"):
+        raise SystemExit("inspect tfds: this install has no TFDS backend (dfn.from_tfds); install datarax_fn[tfds].")
+    return dfn.from_tfds(args.name, **kwargs)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    import datarax_fn as dfn
+
+    logger = logging.getLogger("datarax_fn")
+    capture = _Capture()
+    logger.addHandler(capture)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        t0 = time.perf_counter()
+        state = _open(args)
+        t_open = time.perf_counter() - t0
+    finally:
+        logger.removeHandler(capture)
+        logger.setLevel(old_level)
+    kind = type(state).__name__
+    print(f"{args.backend} {args.name} split={args.split}: {kind} (opened in {t_open:.2f}s)")
+    for line in capture.lines:
+        print(f"  mode: {line}")
+    if not capture.lines:
+        print(f"  mode: {'streaming' if 'Streaming' in kind else 'eager'} (requested)" if args.streaming
+              else f"  mode: {'streaming' if 'Streaming' in kind else 'eager'}")
+    n = dfn.num_records(state)
+    print(f"len: {n if n is not None else 'unknown (stream)'}")
+    print("element_spec:")
+    for path, s in jax.tree_util.tree_flatten_with_path(dfn.element_spec(state))[0]:
+        print(f"  {jax.tree_util.keystr(path) or '<root>'}: {s.dtype}{list(s.shape)}")
+    size = args.batch_size if n is None else max(1, min(args.batch_size, n))
+    state, batch = dfn.get_batch(state, size)
+    jax.block_until_ready(batch)
+    print(f"one batch of {size}:")
+    for line in _summary(batch):
+        print(line)
+    t0, count = time.perf_counter(), 0
+    while count < args.batches and time.perf_counter() - t0 < args.seconds:
+        state, batch = dfn.get_batch(state, size)
+        count += 1
+    jax.block_until_ready(batch)
+    dt = time.perf_counter() - t0
+    print(f"throughput: {count / dt:,.1f} batches/s, {count * size / dt:,.0f} records/s "
+          f"({count} batches of {size})")
+    close = getattr(state, "close", None)
+    if callable(close):
+        close()
+    return 0
+
+
+def _benchmarks_dir() -> Path | None:
+    for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        if (base / "benchmarks").is_dir():
+            return base / "benchmarks"
+    return None
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    folder = _benchmarks_dir()
+    if folder is None:
+        print("bench: no benchmarks/ folder here; run it from a checkout of the repository.", file=sys.stderr)
+        return 2
+    scripts = sorted(p for p in folder.glob("*.py") if not p.name.startswith("_"))
+    if args.only:
+        scripts = [p for p in scripts if any(sel in p.stem for sel in args.only)]
+    if not scripts:
+        print(f"bench: no scripts to run in {folder}.", file=sys.stderr)
+        return 2
+    failed = 0
+    for script in scripts:
+        print(f"=== {script.name} ===", flush=True)
+        rc = subprocess.call([sys.executable, str(script)])
+        if rc:
+            print(f"=== {script.name} exited with {rc} ===")
+            failed += 1
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the argument parser of the ``datarax-fn`` command."""
+    parser = argparse.ArgumentParser(prog="datarax-fn", description="Pure-functional JAX data sources.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train a digits classifier: pipeline, fori_loop, Orbax checkpoint, resume, eval")
+    demo.add_argument("--epochs", type=int, default=60)
+    demo.add_argument("--batch-size", type=int, default=64)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--checkpoint-dir", default=None, help="default: a fresh temporary directory")
+    demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    demo.set_defaults(func=_cmd_demo)
+
+    inspect = sub.add_parser("inspect", help="open an HF or TFDS dataset and summarise it")
+    inspect.add_argument("backend", choices=("hf", "tfds"))
+    inspect.add_argument("name", help="HF dataset name or local path; TFDS builder name")
+    inspect.add_argument("--split", required=True)
+    inspect.add_argument("--data-dir", default=None)
+    inspect.add_argument("--streaming", action="store_true")
+    inspect.add_argument("--batch-size", type=int, default=32)
+    inspect.add_argument("--batches", type=int, default=50, help="at most this many batches for the throughput")
+    inspect.add_argument("--seconds", type=float, default=3.0, help="at most this long for the throughput")
+    inspect.set_defaults(func=_cmd_inspect)
+
+    bench = sub.add_parser("bench", help="run the scripts in benchmarks/ and print their tables")
+    bench.add_argument("--only", nargs="*", default=None, help="run only scripts whose name contains one of these")
+    bench.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the ``datarax-fn`` command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+"""The pipeline: a source state, a chain of stages and a batch size, as one PyTree.
+
+``step(pipeline) -> (pipeline, batch)`` reads the next ``batch_size`` records of the
+source's stream and runs the stages on them. A stochastic stage's key is derived from
+``(seed, epoch, position)`` of the source *before* the batch, so augmentations depend
+only on where the batch sits in the stream: they replay exactly after a resume, and
+do not depend on how many steps ran in this process.
+
+The pipeline is a valid ``jit`` argument and ``lax.scan`` / ``lax.fori_loop`` carry;
+``scan`` and ``scan_epoch`` keep the dataset out of the scan carry, so it is never
+copied (issue [no-copy]).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, UInt32
+
+from . import _api
+from ._nocopy import DatasetCopyWarning
+from ._stages import Chain, as_stage, bind_stats, chain
+from ._stats import Statistics
+
+PyTree = Any
+_REMAINDERS = ("drop", "pad", "partial")
+
+
+class Pipeline(eqx.Module):
+    """A source state plus stages and a batch size; immutable, a PyTree, checkpointable.
+
+    Args:
+        source: a source state (``dfn.from_arrays``, ``dfn.from_hf``, ``dfn.from_tfds``).
+        stages: stages ``(batch, key) -> batch`` applied in order (see ``dfn.chain``).
+        batch_size: records per batch (a static Python int).
+        seed: seed of the stage keys; defaults to the source's seed.
+        stats: a ``dfn.Statistics`` (from ``dfn.compute_statistics``, or precomputed);
+            any ``dfn.normalize()`` stage given without mean/std reads it.
+
+    ```python
+    import numpy as np, datarax_fn as dfn
+    source = dfn.from_arrays({"x": np.arange(10, dtype=np.float32)}, shuffle=True, seed=0)
+    pipe = dfn.Pipeline(source, [dfn.normalize("x")], batch_size=4,
+                        stats=dfn.compute_statistics(source))
+    pipe, batch = dfn.step(pipe)
+    assert batch["x"].shape == (4,)
+    ```
+    """
+
+    source: Any
+    stages: Chain
+    seed: UInt32[Array, ""]
+    stats: Statistics | None
+    batch_size: int = eqx.field(static=True)
+
+    def __init__(self, source: Any, stages: Any = (), batch_size: int = 32, *, seed: Any = None, stats: Any = None):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size < 2**31:
+            raise ValueError(f"Pipeline: batch_size must be a Python int in [1, 2**31 - 1]; got {batch_size!r}.")
+        if isinstance(stats, Mapping):
+            stats = Statistics(**stats)
+        if stats is not None and not isinstance(stats, Statistics):
+            raise TypeError(
+                f"Pipeline: stats must be a dfn.Statistics or a dict with 'mean' and 'std'; got "
+                f"{type(stats).__name__}. Use dfn.compute_statistics(source)."
+            )
+        if isinstance(stages, Chain):
+            chained = stages
+        elif isinstance(stages, (list, tuple)):
+            chained = chain(*stages)
+        else:
+            chained = chain(as_stage(stages))
+        if seed is None:
+            seed = getattr(source, "seed", 0)
+        # Own copies of the small arrays: a donating jit (dfn.jit_step) would otherwise
+        # delete the caller's statistics, and two leaves sharing a buffer cannot be donated.
+        self.source = source
+        self.stages = _copy_arrays(bind_stats(chained, stats))
+        self.seed = jnp.array(seed, jnp.uint32, copy=True)
+        self.stats = _copy_arrays(stats)
+        self.batch_size = batch_size
+
+    def __iter__(self) -> Iterator[PyTree]:
+        """Yields the batches of one epoch from the current position (remainder dropped)."""
+        for _, batch in iterate(self, epochs=1, remainder="drop"):
+            yield batch
+
+
+def _copy_arrays(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jnp.array(x, copy=True) if isinstance(x, jax.Array) else x, tree)
+
+
+def _replace(pipe: Pipeline, **changes: Any) -> Pipeline:
+    # Skips __init__ (and its re-binding) on the hot path.
+    new = object.__new__(Pipeline)
+    for f in dataclasses.fields(Pipeline):
+        object.__setattr__(new, f.name, changes.get(f.name, getattr(pipe, f.name)))
+    return new
+
+
+def _position(source: Any) -> tuple[Any, Any]:
+    """Returns the source's ``(epoch, position within the epoch)`` leaves."""
+    pos = getattr(source, "index", None)
+    if pos is None:
+        pos = getattr(source, "position", None)
+    if pos is None or not hasattr(source, "epoch"):
+        raise TypeError(
+            f"Pipeline: the source {type(source).__name__} has no epoch/index cursor; use a "
+            "datarax_fn source state (dfn.from_arrays, dfn.from_hf, dfn.from_tfds)."
+        )
+    return source.epoch, pos
+
+
+def stage_key(seed: Any, epoch: Any, position: Any) -> jax.Array:
+    """Returns the key a pipeline hands its stages for the batch starting at ``(epoch, position)``."""
+    key = jax.random.key(jnp.asarray(seed, jnp.uint32))
+    key = jax.random.fold_in(key, jnp.asarray(epoch).astype(jnp.uint32))
+    return jax.random.fold_in(key, jnp.asarray(position).astype(jnp.uint32))
+
+
+def _apply(stages: Chain, batch: PyTree, seed: Any, epoch: Any, position: Any) -> PyTree:
+    if not stages.stages:
+        return batch
+    return stages(batch, stage_key(seed, epoch, position))
+
+
+_apply_jit = jax.jit(_apply)
+
+
+def _is_traced(*trees: Any) -> bool:
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(trees))
+
+
+def _run_stages(pipe: Pipeline, batch: PyTree, epoch: Any, position: Any) -> PyTree:
+    if not pipe.stages.stages:
+        return batch
+    fn = _apply if _is_traced(batch, pipe.seed, epoch) else _apply_jit
+    return fn(pipe.stages, batch, pipe.seed, epoch, position)
+
+
+def step(pipeline: Pipeline) -> tuple[Pipeline, PyTree]:
+    """Returns ``(new_pipeline, batch)``: the next ``batch_size`` records through the stages.
+
+    Pure: the same pipeline always gives the same batch. Works eagerly (the stages run
+    in one cached ``jit``) and inside ``jit`` / ``lax.scan`` / ``lax.fori_loop`` for
+    in-memory sources; a streaming source's pipeline steps on the host.
+    """
+    if not isinstance(pipeline, Pipeline):
+        raise TypeError(f"step: expected a dfn.Pipeline; got {type(pipeline).__name__}.")
+    epoch, position = _position(pipeline.source)
+    source, batch = _api.get_batch(pipeline.source, pipeline.batch_size)
+    return _replace(pipeline, source=source), _run_stages(pipeline, batch, epoch, position)
+
+
+def steps_per_epoch(pipeline: Pipeline) -> int:
+    """Returns ``max(1, num_records // batch_size)``: the steps ``scan_epoch`` runs."""
+    n = _api.num_records(pipeline.source)
+    if n is None:
+        raise ValueError("steps_per_epoch: the source has unknown length; use dfn.scan with an explicit length.")
+    return max(1, n // pipeline.batch_size)
+
+
+# ----------------------------------------------------------------------------- scan
+
+
+def _split_data(pipe: Pipeline) -> tuple[Pipeline, Any]:
+    """Takes an eager source's dataset out of the pipeline, so it is never a carry."""
+    from ._source import EagerSource, _replace as replace_source
+
+    if isinstance(pipe.source, EagerSource):
+        return _replace(pipe, source=replace_source(pipe.source, data=None)), pipe.source.data
+    return pipe, None
+
+
+def _join_data(pipe: Pipeline, data: Any) -> Pipeline:
+    from ._source import _replace as replace_source
+
+    if data is None:
+        return pipe
+    return _replace(pipe, source=replace_source(pipe.source, data=data))
+
+
+def _scan(light: Pipeline, data: Any, step_fn: Callable, carry: Any, length: int):
+    def body(c, _):
+        light, carry = c
+        pipe, batch = step(_join_data(light, data))
+        carry, out = step_fn(carry, batch)
+        return (_split_data(pipe)[0], carry), out
+
+    (light, carry), outs = jax.lax.scan(body, (light, carry), None, length=length)
+    return light, carry, outs
+
+
+_scan_jit = jax.jit(_scan, static_argnames=("step_fn", "length"))
+
+
+def scan(pipeline: Pipeline, step_fn: Callable, carry: Any, length: int) -> tuple[Pipeline, Any, Any]:
+    """Returns ``(pipeline, carry, outs)`` after ``length`` steps under ``lax.scan``.
+
+    ``step_fn(carry, batch) -> (carry, out)`` as in ``lax.scan``; ``outs`` stacks the
+    ``out`` of every step. The dataset is a constant of the loop, not part of its carry,
+    so it is never copied. Call it inside your own ``jit`` (donate the pipeline, e.g.
+    with ``dfn.jit_step``) or outside any ``jit``: it then compiles once per
+    ``(step_fn, length)`` and shapes. ``step_fn`` must be hashable (a function, not a
+    fresh lambda per call) for that cache to hit.
+
+    ```python
+    import jax.numpy as jnp, numpy as np, datarax_fn as dfn
+    pipe = dfn.Pipeline(dfn.from_arrays({"x": np.arange(8, dtype=np.int32)}), batch_size=2)
+    def add(total, batch):
+        return total + batch["x"].sum(), batch["x"][0]
+    pipe, total, firsts = dfn.scan(pipe, add, jnp.int32(0), length=4)
+    assert int(total) == 28 and firsts.tolist() == [0, 2, 4, 6]
+    ```
+    """
+    if not isinstance(pipeline, Pipeline):
+        raise TypeError(f"scan: expected a dfn.Pipeline; got {type(pipeline).__name__}.")
+    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+        raise ValueError(f"scan: length must be a static Python int >= 0; got {length!r}.")
+    light, data = _split_data(pipeline)
+    if _is_traced(pipeline, carry):
+        light, carry, outs = _scan(light, data, step_fn, carry, length)
+    else:
+        with warnings.catch_warnings():
+            # This jit never returns the dataset, so the copy warning does not apply.
+            warnings.simplefilter("ignore", DatasetCopyWarning)
+            light, carry, outs = _scan_jit(light, data, step_fn, carry, length)
+    return _join_data(light, data), carry, outs
+
+
+def scan_epoch(pipeline: Pipeline, step_fn: Callable, carry: Any) -> tuple[Pipeline, Any, Any]:
+    """Returns ``(pipeline, carry, outs)`` after one epoch's worth of steps under ``lax.scan``.
+
+    One epoch is ``steps_per_epoch(pipeline) = num_records // batch_size`` steps; as in
+    the source's stream, the records left over start the next call's first batch, so
+    every record is still seen once per epoch on average and no batch is short. See
+    ``dfn.scan`` for ``step_fn``.
+    """
+    return scan(pipeline, step_fn, carry, steps_per_epoch(pipeline))
+
+
+# ----------------------------------------------------------------------------- host iteration
+
+
+def _mask(batch: PyTree, valid: int, size: int) -> PyTree:
+    if not isinstance(batch, Mapping):
+        raise TypeError(
+            f"iterate(remainder='pad') adds a 'mask' entry, so batches must be dicts; got {type(batch).__name__}."
+        )
+    if "mask" in batch:
+        raise ValueError("iterate(remainder='pad'): the batch already has a 'mask' key; rename it in a stage.")
+    return {**batch, "mask": jnp.arange(size) < valid}
+
+
+def _pad_rows(batch: PyTree, size: int) -> PyTree:
+    def pad(x):
+        x = jnp.asarray(x)
+        return jnp.concatenate([x, jnp.zeros((size - x.shape[0], *x.shape[1:]), x.dtype)])
+
+    return jax.tree.map(pad, batch)
+
+
+def iterate(
+    pipeline: Pipeline, size: int | None = None, *, epochs: int = 1, remainder: str = "drop"
+) -> Iterator[tuple[Pipeline, PyTree]]:
+    """Yields ``(pipeline, batch)`` pairs over whole epochs, for plain Python loops.
+
+    Walks from the current position to the end of its epoch, then ``epochs - 1`` more
+    epochs. An epoch's last ``num_records % batch_size`` records are handled by
+    ``remainder``:
+
+    - ``"drop"``: skipped; every batch is full;
+    - ``"pad"``: returned as a full-size batch whose extra rows are zeros, and every
+      batch gets a bool ``"mask"`` of valid rows, so an eval step never recompiles;
+    - ``"partial"``: returned as a shorter batch (one more compile).
+
+    Each yielded pipeline is the state after its batch, ready to checkpoint. Also
+    available as ``dfn.iterate(pipeline, ...)``.
+    """
+    if size is not None and size != pipeline.batch_size:
+        raise ValueError(
+            f"iterate: this pipeline's batch_size is {pipeline.batch_size}; got size={size}. "
+            "Leave size out, or build the pipeline with the batch size you want."
+        )
+    if remainder not in _REMAINDERS:
+        raise ValueError(f"iterate: remainder must be one of {_REMAINDERS}; got {remainder!r}.")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"iterate: epochs must be a Python int >= 1; got epochs={epochs!r}.")
+    n = _api.num_records(pipeline.source)
+    if n is None:
+        raise ValueError(
+            "iterate: the source has unknown length, so epochs have no known remainder; use "
+            "dfn.iterate(pipeline.source, size) or dfn.step in a loop."
+        )
+    return _iterate(pipeline, n, epochs, remainder)
+
+
+def _iterate(pipe: Pipeline, n: int, epochs: int, remainder: str) -> Iterator[tuple[Pipeline, PyTree]]:
+    size = pipe.batch_size
+    for _ in range(epochs):
+        full, rem = divmod(n - int(_position(pipe.source)[1]), size)
+        for _ in range(full):
+            pipe, batch = step(pipe)
+            yield pipe, (_mask(batch, size, size) if remainder == "pad" else batch)
+        if not rem:
+            continue
+        epoch, position = _position(pipe.source)
+        source, raw = _api.get_batch(pipe.source, rem)
+        pipe = _replace(pipe, source=source)
+        if remainder == "partial":
+            yield pipe, _run_stages(pipe, raw, epoch, position)
+        elif remainder == "pad":
+            batch = _run_stages(pipe, _pad_rows(raw, size), epoch, position)
+            yield pipe, _mask(batch, rem, size)
+
+
+@_api.iterate.register
+def _(state: Pipeline, size: int | None = None, *, epochs: int = 1, remainder: str = "drop"):
+    return iterate(state, size, epochs=epochs, remainder=remainder)
+
+
+# ----------------------------------------------------------------------------- generic functions
+
+
+@_api.num_records.register
+def _(state: Pipeline):
+    return _api.num_records(state.source)
+
+
+@_api.element_spec.register
+def _(state: Pipeline):
+    """The spec of one record after the stages (traced, nothing runs)."""
+    spec = _api.element_spec(state.source)
+    batch = jax.tree.map(lambda s: jax.ShapeDtypeStruct((state.batch_size, *s.shape), s.dtype), spec)
+    epoch, position = _position(state.source)
+    out = jax.eval_shape(_apply, state.stages, batch, state.seed, epoch, position)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), out)
+
+
+@_api.dataset_info.register
+def _(state: Pipeline):
+    return _api.dataset_info(state.source)
+
+
+@_api.cursor.register
+def _(state: Pipeline):
+    return {"kind": "pipeline", "seed": int(state.seed), "source": _api.cursor(state.source)}
+
+
+@_api.restore_cursor.register
+def _(state: Pipeline, cursor: dict[str, Any]):
+    if cursor.get("kind") != "pipeline" or "source" not in cursor:
+        raise ValueError(
+            "restore_cursor: a Pipeline needs the cursor from dfn.cursor(pipeline) (kind 'pipeline'); "
+            f"got kind={cursor.get('kind')!r}. For a source cursor, restore pipeline.source instead."
+        )
+    source = _api.restore_cursor(state.source, cursor["source"])
+    return _replace(state, source=source, seed=jnp.asarray(int(cursor["seed"]), jnp.uint32))
+
+
+__all__ = ["Pipeline", "step", "scan", "scan_epoch", "iterate", "steps_per_epoch", "stage_key"]
