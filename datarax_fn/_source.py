@@ -216,7 +216,7 @@ def _keyed(data: PyTree, key: Any, size: int, n: int) -> PyTree:
     return _take(data, permute(jnp.arange(size, dtype=jnp.uint32), n, words[0], words[1]), unique=True)
 
 
-def _step(data, index, epoch, seed, *, size, n, shuffle):
+def _step(data, index, epoch, seed, size, n, shuffle):
     batch = _records_at(data, index, size, n, shuffle, seed, epoch)
     index, epoch = _advance(index, epoch, size, n)
     return index, epoch, batch
@@ -224,7 +224,7 @@ def _step(data, index, epoch, seed, *, size, n, shuffle):
 
 # Compiled once per (batch size, N, shuffle, data structure); `data` is an input and
 # never an output, so XLA cannot copy it (see _nocopy and issue [no-copy]).
-_step_jit = jax.jit(_step, static_argnames=("size", "n", "shuffle"))
+_step_jit = jax.jit(_step, static_argnums=(4, 5, 6))
 _records_at_jit = jax.jit(_records_at, static_argnames=("size", "n", "shuffle"))
 _keyed_jit = jax.jit(_keyed, static_argnames=("size", "n"))
 
@@ -233,11 +233,14 @@ def _is_traced(state: EagerSource) -> bool:
     return isinstance(state.index, jax.core.Tracer)
 
 
+_FIELDS = tuple(f.name for f in dataclasses.fields(EagerSource))
+
+
 def _replace(state: EagerSource, **changes: Any) -> EagerSource:
-    # Same as dataclasses.replace, without re-running validation on the hot path.
+    # dataclasses.replace without re-running validation: this is on the per-step hot path.
     new = object.__new__(EagerSource)
-    for f in dataclasses.fields(EagerSource):
-        object.__setattr__(new, f.name, changes.get(f.name, getattr(state, f.name)))
+    for name in _FIELDS:
+        object.__setattr__(new, name, changes[name] if name in changes else getattr(state, name))
     return new
 
 
@@ -260,13 +263,9 @@ def _(state: EagerSource, size: int, key: Any = None):
         return state, fn(state.data, key, size=size, n=n)
     if traced:
         _nocopy.warn_if_copied(state.data)
-        index, epoch, batch = _step(
-            state.data, state.index, state.epoch, state.seed, size=size, n=n, shuffle=state.shuffle
-        )
+        index, epoch, batch = _step(state.data, state.index, state.epoch, state.seed, size, n, state.shuffle)
     else:
-        index, epoch, batch = _step_jit(
-            state.data, state.index, state.epoch, state.seed, size=size, n=n, shuffle=state.shuffle
-        )
+        index, epoch, batch = _step_jit(state.data, state.index, state.epoch, state.seed, size, n, state.shuffle)
     return _replace(state, index=index, epoch=epoch), batch
 
 
