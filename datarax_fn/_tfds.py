@@ -653,7 +653,9 @@ class _Backend:
     def fingerprint(self) -> str:
         """Returns a hash of what fixes the stream: dataset, version, split, keys and options."""
         c, info = self.cfg, self.plan.builder.info
-        parts = (info.full_name, c.split, self.plan.keys, self.num_records(), c.as_supervised, c.max_length,
+        # Sorted: a registered builder class and a ReadOnlyBuilder list features in different orders.
+        ml = sorted(c.max_length.items()) if isinstance(c.max_length, Mapping) else c.max_length
+        parts = (info.full_name, c.split, sorted(self.plan.keys), self.num_records(), c.as_supervised, ml,
                  c.truncate, c.shuffle_buffer_size if not self.plan.array_record else None)
         return hashlib.blake2b(repr(parts).encode(), digest_size=12).hexdigest()
 
