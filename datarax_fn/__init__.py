@@ -21,6 +21,7 @@ from ._api import (
     restore_cursor as restore_cursor,
 )
 from ._nocopy import DatasetCopyWarning as DatasetCopyWarning, jit_step as jit_step
+from ._sharding import data_sharding as data_sharding, get_global_batch as get_global_batch
 
 # --- conversion + hf (hf engineer) ---
 from ._convert import decode_text as decode_text
