@@ -222,8 +222,9 @@ class Cast(Stage):
     scale: float | None = eqx.field(static=True)
 
     def __call__(self, batch, key=None):
+        keys = _select(batch, self.keys, "cast")
         out = dict(batch)
-        for k in _select(batch, self.keys, "cast"):
+        for k in keys:
             x = jnp.asarray(batch[k]).astype(self.dtype)
             out[k] = x if self.scale is None else (x * jnp.asarray(self.scale, self.dtype)).astype(self.dtype)
         return out
@@ -249,8 +250,9 @@ class OneHot(Stage):
     dtype: str = eqx.field(static=True)
 
     def __call__(self, batch, key=None):
+        keys = _select(batch, self.keys, "one_hot")
         out = dict(batch)
-        for k in _select(batch, self.keys, "one_hot"):
+        for k in keys:
             out[k] = jax.nn.one_hot(batch[k], self.num_classes, dtype=self.dtype)
         return out
 
@@ -386,8 +388,9 @@ class ApplyToKeys(Stage):
     with_key: bool = eqx.field(static=True)
 
     def __call__(self, batch, key=None):
+        keys = _select(batch, self.keys, "apply_to_keys")
         out = dict(batch)
-        for k in _select(batch, self.keys, "apply_to_keys"):
+        for k in keys:
             if self.with_key:
                 _need_key(key, "apply_to_keys(with_key=True)")
                 out[k] = self.fn(batch[k], key)

@@ -75,12 +75,27 @@ def _axes(x: jax.Array, per_channel: bool) -> tuple[int, ...]:
     return tuple(range(x.ndim))
 
 
-def _chunk_moments(batch: dict, per_channel: bool) -> dict:
+def _shift(batch: dict, per_channel: bool) -> dict:
+    """One value per channel from the first record, subtracted before the moments.
+
+    Data far from zero (say 1e6 +- 1) would lose its variance to float32 rounding in the
+    chunk mean; shifted by a value of the data itself it keeps full precision.
+    """
+    out = {}
+    for k, x in batch.items():
+        first = x[0].astype(jnp.float32)
+        out[k] = first.reshape(-1, x.shape[-1])[0] if per_channel and x.ndim >= 2 else first.reshape(-1)[0]
+    return out
+
+
+def _chunk_moments(batch: dict, per_channel: bool, shift: dict | None = None) -> dict:
     out = {}
     for k, x in batch.items():
         axes = _axes(x, per_channel)
         count = np.prod([x.shape[a] for a in axes], dtype=np.int64)
         xf = x.astype(jnp.float32)
+        if shift is not None:
+            xf = xf - shift[k]
         mean = jnp.mean(xf, axis=axes)
         m2 = jnp.sum(jnp.square(xf - mean), axis=axes)  # mean broadcasts along the kept last axis
         out[k] = (jnp.float32(count), mean, m2, jnp.min(x, axis=axes), jnp.max(x, axis=axes))
@@ -136,9 +151,9 @@ def _scan_chunks(data: dict, n: int, chunk: int, chunk_fn: Callable, merge: Call
     return acc
 
 
-def _finish(acc: dict, n: int) -> Statistics:
+def _finish(acc: dict, shift: dict, n: int) -> Statistics:
     return Statistics(
-        mean={k: v[1] for k, v in acc.items()},
+        mean={k: v[1] + shift[k] for k, v in acc.items()},
         std={k: jnp.sqrt(jnp.maximum(v[2] / v[0], 0.0)) for k, v in acc.items()},
         min={k: v[3] for k, v in acc.items()},
         max={k: v[4] for k, v in acc.items()},
@@ -199,24 +214,30 @@ def compute_statistics(
         )
     chunk = min(batch_size, n)
     if batch_stats_fn is None:
-        chunk_fn = lambda b: _chunk_moments(b, per_channel)  # noqa: E731
+        chunk_fn = lambda b, shift: _chunk_moments(b, per_channel, shift)  # noqa: E731
         merge = _merge_moments
     else:
-        chunk_fn = lambda b: (jnp.float32(jax.tree.leaves(b)[0].shape[0]), batch_stats_fn(b))  # noqa: E731
+        chunk_fn = lambda b, shift: (jnp.float32(jax.tree.leaves(b)[0].shape[0]), batch_stats_fn(b))  # noqa: E731
         merge = _merge_user(reduction)
 
     if isinstance(source, EagerSource):
-        data = _select(source.data, keys)
-        acc = jax.jit(lambda d: _scan_chunks(d, n, chunk, chunk_fn, merge))(data)
+
+        def run(data):
+            shift = _shift(data, per_channel)
+            return _scan_chunks(data, n, chunk, lambda b: chunk_fn(b, shift), merge), shift
+
+        acc, shift = jax.jit(run)(_select(source.data, keys))
     else:
         chunk_jit, merge_jit = jax.jit(chunk_fn), jax.jit(merge)
-        state, acc, seen = source, None, 0
+        state, acc, seen, shift = source, None, 0, None
         while seen < n:
             size = min(chunk, n - seen)
             state, batch = _api.get_batch(state, size)
-            part = chunk_jit(_select(batch, keys))
+            batch = _select(batch, keys)
+            shift = _shift(batch, per_channel) if shift is None else shift
+            part = chunk_jit(batch, shift)
             acc = part if acc is None else merge_jit(acc, part)
             seen += size
     if batch_stats_fn is not None:
         return acc[1]
-    return _finish(acc, n)
+    return _finish(acc, shift, n)

@@ -1,0 +1,255 @@
+"""Pipeline: step / scan / iterate semantics, position-keyed stages, resume, no-copy, checkpoints."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import datarax_fn as dfn
+from datarax_fn._pipeline import stage_key
+
+N = 23
+DATA = {"x": np.arange(N, dtype=np.int32), "image": np.arange(N * 4 * 4, dtype=np.uint8).reshape(N, 4, 4, 1)}
+
+
+def make(shuffle=True, batch_size=5, seed=7, aug=True):
+    stages = [dfn.cast("image")]
+    if aug:
+        stages += [dfn.random_crop("image", padding=1), dfn.random_flip("image")]
+    return dfn.Pipeline(dfn.from_arrays(DATA, shuffle=shuffle, seed=seed), stages, batch_size)
+
+
+def pointer(pipe):
+    return pipe.source.data["image"].unsafe_buffer_pointer()
+
+
+def test_step_is_get_batch_then_stages_with_a_position_key():
+    pipe = make()
+    pipe, _ = dfn.step(pipe)  # start mid-epoch
+    source = pipe.source
+    new, batch = dfn.step(pipe)
+    src2, raw = dfn.get_batch(source, 5)
+    want = pipe.stages(raw, stage_key(pipe.seed, source.epoch, source.index))
+    chex.assert_trees_all_equal(batch, want)
+    assert int(new.source.index) == int(src2.index) == 10
+    # pure: stepping the same pipeline again gives the same batch
+    chex.assert_trees_all_equal(dfn.step(pipe)[1], batch)
+
+
+def test_seed_defaults_to_the_source_seed_and_can_be_set():
+    assert int(make(seed=7).seed) == 7
+    other = dfn.Pipeline(make().source, make().stages, 5, seed=8)
+    assert int(other.seed) == 8
+    assert not np.array_equal(dfn.step(make())[1]["image"], dfn.step(other)[1]["image"])
+
+
+def test_eager_jit_scan_and_fori_loop_agree():
+    pipe = make()
+    eager, p = [], pipe
+    for _ in range(7):
+        p, b = dfn.step(p)
+        eager.append(b)
+    eager = jax.tree.map(lambda *xs: jnp.stack(xs), *eager)
+
+    jitted, p2 = [], pipe
+    step = jax.jit(dfn.step)
+    for _ in range(7):
+        p2, b = step(p2)
+        jitted.append(b)
+    chex.assert_trees_all_equal(jax.tree.map(lambda *xs: jnp.stack(xs), *jitted), eager)
+
+    p3, _, outs = dfn.scan(pipe, lambda c, b: (c, b), 0, length=7)
+    chex.assert_trees_all_equal(outs, eager)
+    assert dfn.cursor(p3) == dfn.cursor(p)
+
+    def body(i, carry):
+        pipe, acc = carry
+        pipe, b = dfn.step(pipe)
+        return pipe, acc.at[i].set(b["image"])
+
+    p4, acc = jax.jit(lambda pipe: jax.lax.fori_loop(0, 7, body, (pipe, jnp.zeros_like(eager["image"]))))(pipe)
+    chex.assert_trees_all_equal(acc, eager["image"])
+    assert dfn.cursor(p4) == dfn.cursor(p)
+
+
+def test_augmentations_replay_exactly_after_resume():
+    pipe = make()
+    for _ in range(6):  # crosses an epoch boundary (N=23, batch 5)
+        pipe, _ = dfn.step(pipe)
+    cursor = dfn.cursor(pipe)
+    after = [dfn.step(pipe)[1]]
+    p = dfn.step(pipe)[0]
+    after.append(dfn.step(p)[1])
+
+    fresh = dfn.restore_cursor(make(), cursor)  # a new process would build exactly this
+    resumed = [dfn.step(fresh)[1]]
+    resumed.append(dfn.step(dfn.step(fresh)[0])[1])
+    chex.assert_trees_all_equal(resumed, after)
+
+
+def test_stage_keys_depend_on_position_only_not_on_history():
+    # Reach stream position 15 by 3 steps of 5 and by restoring the cursor directly.
+    walked = make()
+    for _ in range(3):
+        walked, _ = dfn.step(walked)
+    jumped = make()
+    jumped = dfn._pipeline._replace(jumped, source=dfn._source._replace(jumped.source, index=jnp.int32(15)))
+    chex.assert_trees_all_equal(dfn.step(walked)[1], dfn.step(jumped)[1])
+    # a different position gives different augmentations of the same records
+    data = [np.asarray(jax.random.key_data(stage_key(s, e, p))) for s, e, p in [(0, 0, 5), (0, 1, 5), (0, 0, 6), (1, 0, 5)]]
+    assert len({d.tobytes() for d in data}) == 4
+
+
+def test_scan_keeps_the_dataset_in_place():
+    pipe = make()
+    before = pointer(pipe)
+    pipe, total, _ = dfn.scan(pipe, lambda c, b: (c + b["x"].sum(), None), jnp.int32(0), length=9)
+    assert pointer(pipe) == before
+
+    @dfn.jit_step
+    def epoch(total, pipe):
+        pipe, total, _ = dfn.scan_epoch(pipe, lambda c, b: (c + b["x"].sum(), None), total)
+        return total, pipe
+
+    total, pipe = epoch(total, pipe)
+    total, pipe = epoch(total, pipe)
+    assert pointer(pipe) == before
+
+
+def test_scan_epoch_runs_floor_n_over_b_steps_and_carries_the_remainder():
+    pipe = make(shuffle=False, aug=False)
+    assert dfn.steps_per_epoch(pipe) == 4
+    pipe, _, xs = dfn.scan_epoch(pipe, lambda c, b: (c, b["x"]), 0)
+    assert xs.shape == (4, 5) and np.asarray(xs).ravel().tolist() == list(range(20))
+    pipe, _, xs = dfn.scan_epoch(pipe, lambda c, b: (c, b["x"]), 0)
+    assert np.asarray(xs)[0].tolist() == [20, 21, 22, 0, 1]  # the stream straddles epochs
+
+
+def test_pipeline_is_a_loop_carry_without_weak_types():
+    pipe = make()
+    out = jax.eval_shape(lambda p: dfn.step(p)[0], pipe)
+    chex.assert_trees_all_equal_shapes_and_dtypes(out, pipe)
+    assert not any(getattr(x, "weak_type", False) for x in jax.tree.leaves(pipe))
+
+
+@settings(max_examples=12)
+@given(n=st.integers(1, 30), batch_size=st.integers(1, 12), shuffle=st.booleans(), epochs=st.integers(1, 2), start=st.integers(0, 29))
+def test_iterate_remainder_modes(n, batch_size, shuffle, epochs, start):
+    start %= n
+    source = dfn.from_arrays({"x": np.arange(n, dtype=np.int32)}, shuffle=shuffle, seed=3)
+    source = dfn.restore_cursor(source, {**dfn.cursor(source), "index": start})
+    pipe = dfn.Pipeline(source, (), batch_size)
+    # the records each pass should cover: rest of the current epoch, then whole epochs
+    passes = [np.asarray(dfn.get_batch_at(source, 0, n)["x"])[start:]]
+    for e in range(1, epochs):
+        passes.append(np.asarray(dfn.get_batch_at(source, e * n, n)["x"]))
+
+    drop = [b["x"] for _, b in dfn.iterate(pipe, epochs=epochs, remainder="drop")]
+    partial = [b["x"] for _, b in dfn.iterate(pipe, epochs=epochs, remainder="partial")]
+    padded = [b for _, b in dfn.iterate(pipe, epochs=epochs, remainder="pad")]
+
+    assert all(len(b) == batch_size for b in drop)
+    assert all(b["x"].shape == (batch_size,) and b["mask"].shape == (batch_size,) for b in padded)
+    want = np.concatenate(passes)
+    got_partial = np.concatenate([np.asarray(b) for b in partial])
+    np.testing.assert_array_equal(got_partial, want)
+    got_pad = np.concatenate([np.asarray(b["x"])[np.asarray(b["mask"])] for b in padded])
+    np.testing.assert_array_equal(got_pad, want)
+    for b in padded:  # padded rows are zeros and only ever at the end
+        m = np.asarray(b["mask"])
+        assert (np.asarray(b["x"])[~m] == 0).all() and np.array_equal(m, np.sort(m)[::-1])
+    kept = np.concatenate([p[: len(p) // batch_size * batch_size] for p in passes])
+    np.testing.assert_array_equal(np.concatenate([np.asarray(b) for b in drop]) if drop else np.zeros(0, np.int32), kept)
+
+
+def test_iterate_yields_checkpointable_states_and_drops_on_plain_iteration():
+    pipe = make(shuffle=False, aug=False)
+    states = [p for p, _ in dfn.iterate(pipe, remainder="partial")]
+    assert [int(s.source.index) for s in states] == [5, 10, 15, 20, 0]
+    assert int(states[-1].source.epoch) == 1
+    assert [b["x"].tolist()[0] for b in pipe] == [0, 5, 10, 15]  # for batch in pipeline
+
+
+def test_pad_applies_the_stages_with_one_shape():
+    pipe = make(aug=True)
+    shapes = {jax.tree.map(lambda x: x.shape, b)["image"] for _, b in dfn.iterate(pipe, remainder="pad")}
+    assert shapes == {(5, 4, 4, 1)}
+
+
+def test_iterate_errors():
+    pipe = make()
+    with pytest.raises(ValueError, match="remainder"):
+        list(dfn.iterate(pipe, remainder="nope"))
+    with pytest.raises(ValueError, match="batch_size is 5"):
+        dfn.iterate(pipe, 4)
+    with pytest.raises(ValueError, match="epochs"):
+        dfn.iterate(pipe, epochs=0)
+    bad = dfn.Pipeline(dfn.from_arrays({"mask": np.zeros(3, bool)}), (), 2)
+    with pytest.raises(ValueError, match="already has a 'mask'"):
+        list(dfn.iterate(bad, remainder="pad"))
+    with pytest.raises(ValueError, match="batch_size"):
+        dfn.Pipeline(pipe.source, (), 0)
+    with pytest.raises(TypeError, match="stats"):
+        dfn.Pipeline(pipe.source, (), 2, stats=3)
+
+
+def test_generic_functions_and_cursor_roundtrip():
+    pipe = make()
+    assert dfn.num_records(pipe) == N
+    spec = dfn.element_spec(pipe)
+    assert spec["image"] == jax.ShapeDtypeStruct((4, 4, 1), jnp.float32)
+    pipe, _ = dfn.step(pipe)
+    c = dfn.cursor(pipe)
+    assert c["kind"] == "pipeline" and c["source"]["index"] == 5
+    restored = dfn.restore_cursor(make(), c)
+    chex.assert_trees_all_equal(dfn.step(restored)[1], dfn.step(pipe)[1])
+    with pytest.raises(ValueError, match="kind 'pipeline'"):
+        dfn.restore_cursor(make(), c["source"])
+
+
+def test_donating_the_pipeline_leaves_the_callers_statistics_alive():
+    source = dfn.from_arrays(DATA)
+    stats = dfn.compute_statistics(source, keys="image")
+    pipe = dfn.Pipeline(source, [dfn.normalize("image")], 5, stats=stats)
+
+    @dfn.jit_step
+    def run(pipe):
+        pipe, _, _ = dfn.scan(pipe, lambda c, b: (c, None), 0, length=2)
+        return pipe
+
+    pipe = run(pipe)
+    float(stats.mean["image"][0])  # still readable: the pipeline holds its own copies
+    assert int(pipe.source.index) == 10
+
+
+def test_orbax_checkpoint_of_the_whole_pipeline(tmp_path):
+    ocp = pytest.importorskip("orbax.checkpoint")
+    pipe = make()
+    pipe, _ = dfn.step(pipe)
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(tmp_path / "pipe", pipe)
+        ckpt.wait_until_finished()
+        restored = ckpt.restore(tmp_path / "pipe", make())
+    chex.assert_trees_all_equal(dfn.step(restored)[1], dfn.step(pipe)[1])
+
+
+def test_streaming_source_pipeline_iterates_on_the_host():
+    hd = pytest.importorskip("datasets")
+    if not hasattr(dfn, "from_hf"):
+        pytest.fail("the HF backend (dfn.from_hf) is missing")
+    ds = hd.Dataset.from_dict({"x": list(range(10))}, features=hd.Features({"x": hd.Value("int32")}))
+    stream = dfn.from_hf(ds, streaming=True, shuffle=True, seed=1)
+    pipe = dfn.Pipeline(stream, [dfn.cast("x", scale=2.0)], batch_size=4)
+    batches = [b for _, b in dfn.iterate(pipe, epochs=2, remainder="pad")]
+    assert len(batches) == 6 and all(b["x"].shape == (4,) for b in batches)
+    for e in range(2):
+        valid = np.concatenate([np.asarray(b["x"])[np.asarray(b["mask"])] for b in batches[3 * e : 3 * e + 3]])
+        assert sorted(valid.tolist()) == [2.0 * i for i in range(10)]
+    # the same cursor replays the same batches
+    p1, first = dfn.step(pipe)
+    chex.assert_trees_all_equal(dfn.step(pipe)[1], first)

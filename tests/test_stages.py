@@ -1,0 +1,163 @@
+"""Built-in stages against NumPy references; jit, vmap and chain behaviour."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import datarax_fn as dfn
+from datarax_fn._stages import crop_offsets, flip_mask
+
+RNG = np.random.default_rng(0)
+IMAGES = RNG.integers(0, 256, (6, 5, 4, 3), dtype=np.uint8)
+LABELS = np.array([0, 2, 1, 9, 3, 5], np.int32)
+BATCH = {"image": IMAGES, "label": LABELS}
+KEY = jax.random.key(3)
+
+
+def np_normalize(x, mean, std):
+    std = np.where(std > 0, std, 1.0)
+    return ((x.astype(np.float32) - mean) / std).astype(np.float32)
+
+
+def test_normalize_matches_numpy_per_channel():
+    mean, std = np.array([10.0, 100.0, 200.0]), np.array([2.0, 0.0, 50.0])  # a zero std counts as 1
+    out = dfn.normalize("image", mean=mean, std=std)(BATCH)
+    np.testing.assert_allclose(out["image"], np_normalize(IMAGES, mean, std), rtol=1e-6)
+    assert out["image"].dtype == jnp.float32
+    np.testing.assert_array_equal(out["label"], LABELS)
+
+
+def test_normalize_from_statistics_and_pipeline_binding():
+    source = dfn.from_arrays(BATCH)
+    stats = dfn.compute_statistics(source, keys="image")
+    want = np_normalize(IMAGES, IMAGES.reshape(-1, 3).mean(0), IMAGES.reshape(-1, 3).std(0))
+    np.testing.assert_allclose(dfn.normalize(stats=stats)(BATCH)["image"], want, rtol=1e-5, atol=1e-5)
+    pipe = dfn.Pipeline(source, [dfn.normalize("image")], batch_size=6, stats=stats)
+    _, batch = dfn.step(pipe)
+    np.testing.assert_allclose(batch["image"], want, rtol=1e-5, atol=1e-5)
+
+
+def test_normalize_errors_name_the_fix():
+    with pytest.raises(ValueError, match="no statistics"):
+        dfn.normalize("image")(BATCH)
+    with pytest.raises(ValueError, match="normalize has no statistics"):
+        dfn.Pipeline(dfn.from_arrays(BATCH), [dfn.normalize("image")], batch_size=2)
+    with pytest.raises(KeyError, match="available keys"):
+        dfn.normalize("nope", mean=0.0, std=1.0)(BATCH)
+    with pytest.raises(ValueError, match="together"):
+        dfn.normalize("image", mean=0.0)
+
+
+def test_cast_and_scale_match_numpy():
+    out = dfn.cast("image", scale=1 / 255)(BATCH)
+    np.testing.assert_allclose(out["image"], IMAGES.astype(np.float32) * np.float32(1 / 255), rtol=1e-7)
+    assert out["image"].dtype == jnp.float32
+    out = dfn.cast(dtype="int16")(BATCH)
+    assert out["image"].dtype == jnp.int16 and out["label"].dtype == jnp.int16
+    np.testing.assert_array_equal(out["image"], IMAGES.astype(np.int16))
+
+
+def test_one_hot_matches_numpy():
+    out = dfn.one_hot("label", 10)(BATCH)["label"]
+    np.testing.assert_array_equal(out, np.eye(10, dtype=np.float32)[LABELS])
+    # out-of-range labels give all-zero rows
+    np.testing.assert_array_equal(dfn.one_hot("label", 3)({"label": np.array([5, 1])})["label"], [[0, 0, 0], [0, 1, 0]])
+    with pytest.raises(ValueError, match="num_classes"):
+        dfn.one_hot("label", 0)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
+def test_random_flip_matches_numpy(p):
+    out = dfn.random_flip(["image"], p=p)(BATCH, KEY)
+    flip = np.asarray(flip_mask(KEY, 6, p))
+    want = np.where(flip[:, None, None, None], IMAGES[:, :, ::-1, :], IMAGES)
+    np.testing.assert_array_equal(out["image"], want)
+    if p in (0.0, 1.0):
+        assert flip.all() == (p == 1.0) and flip.any() == (p == 1.0)
+
+
+def test_random_flip_other_axis_and_shared_decision():
+    batch = {"a": IMAGES, "b": IMAGES.copy()}
+    out = dfn.random_flip(("a", "b"), axis=0, p=0.5)(batch, KEY)
+    np.testing.assert_array_equal(out["a"], out["b"])  # paired arrays stay aligned
+    flip = np.asarray(flip_mask(KEY, 6, 0.5))
+    np.testing.assert_array_equal(out["a"], np.where(flip[:, None, None, None], IMAGES[:, ::-1], IMAGES))
+
+
+@pytest.mark.parametrize("padding,size", [(0, None), (2, None), (1, (3, 2)), (0, (4, 4))])
+def test_random_crop_matches_numpy(padding, size):
+    out = dfn.random_crop("image", size, padding=padding, fill=7)(BATCH, KEY)["image"]
+    h, w = size or (5, 4)
+    padded = np.pad(IMAGES, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=7)
+    corners = np.asarray(crop_offsets(KEY, 6, (padded.shape[1] - h, padded.shape[2] - w)))
+    want = np.stack([padded[i, y : y + h, x : x + w] for i, (y, x) in enumerate(corners)])
+    np.testing.assert_array_equal(out, want)
+    assert out.shape == (6, h, w, 3) and out.dtype == np.uint8
+
+
+def test_random_crop_corners_cover_every_position():
+    corners = np.asarray(crop_offsets(KEY, 4000, (2, 2)))
+    assert {tuple(c) for c in corners} == {(y, x) for y in range(3) for x in range(3)}
+
+
+def test_random_crop_errors():
+    with pytest.raises(ValueError, match="larger than the padded"):
+        dfn.random_crop("image", (9, 9))(BATCH, KEY)
+    with pytest.raises(ValueError, match="needs a jax.random key"):
+        dfn.random_crop("image", padding=1)(BATCH)
+
+
+def test_apply_to_keys():
+    out = dfn.apply_to_keys(lambda x: x * 2, "label")(BATCH)
+    np.testing.assert_array_equal(out["label"], LABELS * 2)
+    np.testing.assert_array_equal(out["image"], IMAGES)
+    noisy = dfn.apply_to_keys(lambda x, k: x + jax.random.normal(k, x.shape), ["a", "b"], with_key=True)
+    out = noisy({"a": np.zeros(3), "b": np.zeros(3)}, KEY)
+    np.testing.assert_array_equal(out["a"], out["b"])  # the same key for every listed key
+    with pytest.raises(TypeError, match="must be callable"):
+        dfn.apply_to_keys(3, "a")
+
+
+ALL_STAGES = [
+    dfn.cast("image", scale=0.5),
+    dfn.normalize("image", mean=[1.0, 2.0, 3.0], std=[2.0, 3.0, 4.0]),
+    dfn.one_hot("label", 10),
+    dfn.random_flip("image"),
+    dfn.random_crop("image", (4, 3), padding=1),
+    dfn.apply_to_keys(jnp.sqrt, "label"),
+]
+
+
+@pytest.mark.parametrize("stage", ALL_STAGES, ids=lambda s: type(s).__name__)
+def test_stages_are_jittable_and_vmap_safe(stage):
+    eager = stage(BATCH, KEY)
+    # a stage is a PyTree: it can be a jit argument (its parameters are leaves)
+    chex.assert_trees_all_close(jax.jit(lambda s, b, k: s(b, k))(stage, BATCH, KEY), eager)
+    # vmap over a stack of two batches equals running each batch on its own
+    stacked = jax.tree.map(lambda x: np.stack([x, x[::-1]]), BATCH)
+    keys = jax.random.split(KEY, 2)
+    out = jax.vmap(stage)(stacked, keys)
+    for i in range(2):
+        chex.assert_trees_all_close(jax.tree.map(lambda x: x[i], out), stage(jax.tree.map(lambda x: x[i], stacked), keys[i]))
+
+
+def test_chain_applies_in_order_with_folded_keys():
+    flip = dfn.random_flip("image", p=0.5)
+    chained = dfn.chain(dfn.cast("image"), flip)
+    out = chained(BATCH, KEY)
+    want = flip(dfn.cast("image")(BATCH), jax.random.fold_in(KEY, 1))
+    chex.assert_trees_all_equal(out, want)
+    # plain functions are stages too; a list works like varargs
+    double = lambda b, k: {**b, "label": b["label"] * 2}  # noqa: E731
+    chex.assert_trees_all_equal(dfn.chain([double, double])(BATCH, None)["label"], jnp.asarray(LABELS * 4))
+    with pytest.raises(TypeError, match="must be a callable"):
+        dfn.chain(3)
+
+
+def test_stage_needs_dict_batch():
+    with pytest.raises(TypeError, match="batch dict"):
+        dfn.cast("x")(np.zeros(3))
