@@ -354,7 +354,11 @@ class _Backend:
 
         with self._lock:
             if self._spec is None:
-                first = next(iter(self.open(0, self.cfg.seed, 0)))
+                it = self.open(0, self.cfg.seed, 0)
+                try:
+                    first = next(it)
+                finally:
+                    it.close()
                 self._spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), first)
             return self._spec
 
@@ -403,7 +407,11 @@ class _IterableBackend(_Backend):
     def open(self, epoch: int, seed: int, start: int) -> Iterator[dict]:
         ds = self.ds
         if self.shuffle:
-            ds = ds.shuffle(seed=epoch_seed(seed, epoch), buffer_size=self.cfg.shuffle_buffer_size)
+            # One input shard at a time: HF's multi-shard interleaving reads in extra threads and
+            # sleeps 5 s whenever an iterator closes (datasets' workaround for apache/arrow#45214),
+            # which would stall every epoch end and resume. Shard order is still shuffled.
+            ds = ds.shuffle(seed=epoch_seed(seed, epoch), buffer_size=self.cfg.shuffle_buffer_size,
+                            max_buffer_input_shards=1)
         skip = start
         for table in ds.with_format("arrow").iter(batch_size=self.cfg.chunk_size):
             if skip >= len(table):

@@ -104,7 +104,9 @@ def _shutdown(stop: threading.Event, q: queue.Queue, thread: threading.Thread) -
     except queue.Empty:
         pass
     if thread is not threading.current_thread() and thread.is_alive():
-        thread.join(timeout=10)
+        # The producer notices `stop` within 50 ms; a backend stuck in its own cleanup
+        # cannot hang the caller (the thread is a daemon and ends with the backend).
+        thread.join(timeout=2)
 
 
 class _Reader:

