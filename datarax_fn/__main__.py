@@ -49,15 +49,21 @@ def _open(args: argparse.Namespace) -> Any:
     kwargs: dict[str, Any] = {"split": args.split}
     if args.data_dir is not None:
         kwargs["data_dir"] = args.data_dir
-    if args.streaming:
-        kwargs["streaming"] = True
+    if args.max_length is not None:
+        kwargs["max_length"] = args.max_length
+    if args.truncate:
+        kwargs["truncate"] = True
+    if args.include_keys:
+        kwargs["include_keys"] = tuple(args.include_keys.split(","))
+    if args.exclude_keys:
+        kwargs["exclude_keys"] = tuple(args.exclude_keys.split(","))
     if args.backend == "hf":
         if not hasattr(dfn, "from_hf"):
             raise SystemExit("inspect hf: this install has no HF backend (dfn.from_hf); install datarax_fn[hf].")
-        return dfn.from_hf(args.name, **kwargs)
+        return dfn.from_hf(args.name, streaming=True if args.streaming else None, **kwargs)
     if not hasattr(dfn, "from_tfds"):
         raise SystemExit("inspect tfds: this install has no TFDS backend (dfn.from_tfds); install datarax_fn[tfds].")
-    return dfn.from_tfds(args.name, **kwargs)
+    return dfn.from_tfds(args.name, eager=False if args.streaming else None, **kwargs)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -72,6 +78,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         state = _open(args)
         t_open = time.perf_counter() - t0
+    except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
+        # The backends' errors name the field and the fix; show them without a traceback.
+        print(f"datarax-fn inspect {args.backend} {args.name}: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
     finally:
         logger.removeHandler(capture)
         logger.setLevel(old_level)
@@ -153,7 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("name", help="HF dataset name or local path; TFDS builder name")
     inspect.add_argument("--split", required=True)
     inspect.add_argument("--data-dir", default=None)
-    inspect.add_argument("--streaming", action="store_true")
+    inspect.add_argument("--streaming", action="store_true", help="force streaming (default: eager if it fits memory)")
+    inspect.add_argument("--max-length", type=int, default=None, help="pad ragged fields and text to this length")
+    inspect.add_argument("--truncate", action="store_true", help="cut rows longer than --max-length")
+    inspect.add_argument("--include-keys", default=None, help="comma-separated fields to keep")
+    inspect.add_argument("--exclude-keys", default=None, help="comma-separated fields to drop")
     inspect.add_argument("--batch-size", type=int, default=32)
     inspect.add_argument("--batches", type=int, default=50, help="at most this many batches for the throughput")
     inspect.add_argument("--seconds", type=float, default=3.0, help="at most this long for the throughput")

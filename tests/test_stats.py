@@ -24,7 +24,7 @@ def assert_matches_numpy(stats, arrays, per_channel=True):
     assert stats.count == len(next(iter(arrays.values())))
 
 
-@settings(max_examples=15)
+@settings(max_examples=10)
 @given(
     n=st.integers(1, 70),
     chunk=st.integers(1, 32),
