@@ -394,7 +394,7 @@ def _data_source(plan: _Plan, cfg: TFDSEagerConfig) -> Any:
     features = plan.builder.info.features
     # Skip TFDS's per-record PIL decode of fixed-size images: the conversion layer decodes the
     # raw bytes in parallel threads instead.
-    decoders = {k: tfds.decode.SkipDecoding() for k in plan.keys if isinstance(features[k], tfds.features.Image)}
+    decoders = {k: tfds.decode.SkipDecoding() for k, f in features.items() if isinstance(f, tfds.features.Image)}
     try:
         return plan.builder.as_data_source(split=plan.split, decoders=decoders or None)
     except AssertionError as err:
@@ -455,15 +455,19 @@ def _field_at(fields: Mapping[str, Any], path: tuple) -> Any:
 # ----------------------------------------------------------------------------- tf.data reading
 
 
-def _tf_dataset(plan: _Plan, cfg: TFDSEagerConfig) -> Any:
-    """Returns the split as an unbatched ``tf.data.Dataset`` of the planned keys, in file order."""
+def _tf_dataset(plan: _Plan, cfg: TFDSEagerConfig, one_shot: bool = False) -> Any:
+    """Returns the split as an unbatched ``tf.data.Dataset`` of the planned keys, in file order.
+
+    ``one_shot`` (the eager whole-split read) keeps TFDS's own prefetch after decoding; a
+    stream never does, so its only read-ahead is the fixed ``prefetch_buffer``.
+    """
     _tf()
     tfds = _tfds()
     features = plan.builder.info.features
     decoders = None
     if set(plan.keys) != set(features.keys()):  # never decode features that are dropped
         decoders = tfds.decode.PartialDecoding({k: True for k in plan.keys})
-    read_config = tfds.ReadConfig(try_autocache=False, skip_prefetch=True)
+    read_config = tfds.ReadConfig(try_autocache=False, skip_prefetch=not one_shot)
     try:
         ds = plan.builder.as_dataset(
             split=plan.split, shuffle_files=False, decoders=decoders, read_config=read_config
@@ -572,7 +576,7 @@ def _convert(columns: Mapping[str, Any], fields: Mapping[str, Any], cfg: TFDSEag
 def _load_columns_tf(plan: _Plan, cfg: TFDSEagerConfig) -> dict[str, Any]:
     """Returns the whole split as host columns, read with one batch over every record."""
     tf = _tf()
-    ds = _tf_dataset(plan, cfg)
+    ds = _tf_dataset(plan, cfg, one_shot=True)
     ragged = _ragged_paths(ds.element_spec)
     n = int(ds.cardinality())
     if n > 0:
@@ -615,16 +619,9 @@ def TFDSEagerSource(config: TFDSEagerConfig) -> EagerSource:  # noqa: N802 (the 
 
     tfrecord datasets are read as one whole-split tensor per feature through ``tf.data``;
     array_record datasets through batched ``tfds.data_source`` access (TensorFlow is not
-    imported). ``dataset_info(state)`` gives the TFDS ``DatasetInfo``.
-
-    ```python
-    import datarax_fn as dfn
-    from tests.tfds_fixtures import prepared_digits
-    data_dir = prepared_digits()
-    state = dfn.TFDSEagerSource(dfn.TFDSEagerConfig(name="dfn_digits", split="train[:100]", data_dir=data_dir))
-    state, batch = dfn.get_batch(state, 32)
-    assert batch["image"].shape == (32, 8, 8, 1) and len(state) == 100
-    ```
+    imported). ``dataset_info(state)`` gives the TFDS ``DatasetInfo``. For example
+    ``TFDSEagerSource(TFDSEagerConfig(name="mnist", split="train[:10%]", data_dir=...))``
+    gives 6,000 records of uint8 ``(28, 28, 1)`` images and int32 labels.
     """
     if not isinstance(config, TFDSEagerConfig) or isinstance(config, TFDSStreamingConfig):
         raise TypeError(f"TFDSEagerSource needs a TFDSEagerConfig; got {type(config).__name__}.")
