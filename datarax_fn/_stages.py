@@ -167,9 +167,11 @@ class Normalize(Stage):
         out = dict(batch)
         for k in keys:
             std = self.std[k]
-            # A constant channel (std == 0) maps to 0 instead of NaN.
-            std = jnp.where(std > 0, std, jnp.ones_like(std))
-            out[k] = ((jnp.asarray(batch[k]).astype(self.dtype) - self.mean[k]) / std).astype(self.dtype)
+            # A constant channel (std == 0) maps to 0 instead of NaN. Multiplying by the
+            # per-channel reciprocal is several times faster than dividing every element
+            # on CPU, and differs from the division by at most one ulp.
+            inv = 1.0 / jnp.where(std > 0, std, jnp.ones_like(std))
+            out[k] = ((jnp.asarray(batch[k]).astype(self.dtype) - self.mean[k]) * inv).astype(self.dtype)
         return out
 
 
