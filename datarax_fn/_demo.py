@@ -168,8 +168,10 @@ def run(
         ),
     )
     manager.wait_until_finished()
-    say(f"epoch {half}: loss {float(loss):.4f}; checkpoint saved (model + optimiser + cursor "
-        f"epoch={cursor['source']['epoch']} index={cursor['source']['index']}) to {ckpt_root}")
+    # The source's own epoch lags the training epochs: each scan_epoch runs N // batch
+    # full batches and the leftover records open the next one (no short batches).
+    say(f"epoch {half}: loss {float(loss):.4f}; checkpoint saved (model + optimiser + cursor: source at "
+        f"stream epoch {cursor['source']['epoch']}, index {cursor['source']['index']}) to {ckpt_root}")
 
     # 3. second half in this process: the reference continuation, timed
     t0 = time.perf_counter()
