@@ -293,12 +293,21 @@ def _tensor(col: Any, field: Tensor, name: str) -> np.ndarray | _Ragged:
             return values.reshape((len(lengths), *shape))
         return _Ragged(levels[0], values)
     if isinstance(col, np.ndarray) and col.dtype != object and col.ndim == 1 + len(shape):
-        return col.astype(field.dtype, copy=False)
+        arr = col.astype(field.dtype, copy=False)
+        if shape[0] is None:  # declared ragged: keep it ragged so max_length pads every chunk alike
+            return _Ragged(np.arange(len(arr) + 1, dtype=np.int64) * arr.shape[1], arr.reshape((-1, *arr.shape[2:])))
+        return arr
     _check_py_nulls(col, name)
     items = [np.asarray(v, dtype=field.dtype) for v in col]
     for i, a in enumerate(items):
         if a.ndim != len(shape) or any(d is not None and d != s for d, s in zip(shape, a.shape)):
             raise ValueError(f"field {name!r}: row {i} has shape {a.shape}, expected {shape}.")
+    if shape[0] is None and items:
+        # Rows of equal length in this chunk are still a ragged field: pad them like any other
+        # chunk when max_length is given (streaming needs one shape), stack them otherwise.
+        off = np.zeros(len(items) + 1, np.int64)
+        np.cumsum([a.shape[0] for a in items], out=off[1:])
+        return _Ragged(off, np.concatenate(items, axis=0))
     return _ragged_from_arrays(items, name)
 
 

@@ -89,12 +89,22 @@ class EagerSource(eqx.Module):
 
 
 def from_arrays(
-    data: PyTree, *, shuffle: bool = False, seed: int = 0, name: str = "arrays", info: Any = None
+    data: PyTree,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+    name: str = "arrays",
+    info: Any = None,
+    copy: bool = True,
 ) -> EagerSource:
     """Returns an ``EagerSource`` over a PyTree of arrays sharing a leading axis.
 
     Arrays move to the default device once; dtypes are kept exactly (an int64 leaf
     needs ``jax_enable_x64`` and otherwise raises rather than silently narrowing).
+    ``copy=False`` hands NumPy buffers to ``jax.device_put``, which on a CPU device
+    aliases 64-byte-aligned buffers instead of copying them: use it only for arrays
+    nothing else holds (the HF and TFDS loaders do, for their freshly decoded arrays),
+    since writing to such a buffer afterwards would change the "immutable" state.
 
     ```python
     import numpy as np, datarax_fn as dfn
@@ -120,7 +130,7 @@ def from_arrays(
                 f"{want}. Cast it yourself (after checking the values fit) or enable "
                 "jax.config.update('jax_enable_x64', True)."
             )
-    data = jax.tree.map(jnp.asarray, data)
+    data = jax.tree.map(jnp.asarray if copy else jax.device_put, data)
     return EagerSource(
         data=data,
         index=jnp.zeros((), jnp.int32),

@@ -314,3 +314,19 @@ def test_eager_arrays_decode_back_to_the_rows(rows):
             "st": {"u": int(d["st"]["u"][r]), "w": wtexts[r]},
         }
         assert got == row
+
+
+def test_declared_ragged_list_rows_of_equal_length_are_still_padded():
+    # A chunk whose ragged rows happen to share a length must get the same padded shape and
+    # length leaf as any other chunk, or streamed batch shapes would change mid-stream.
+    fields = {"seq": cv.Tensor(shape=(None,), dtype="int32")}
+    out = cv.convert({"seq": [[1, 2], [3, 4]]}, fields, max_length=4)
+    np.testing.assert_array_equal(out["seq"], [[1, 2, 0, 0], [3, 4, 0, 0]])
+    np.testing.assert_array_equal(out["seq_length"], [2, 2])
+    out = cv.convert({"seq": np.array([[1, 2], [3, 4]], np.int32)}, fields, max_length=3)
+    np.testing.assert_array_equal(out["seq"], [[1, 2, 0], [3, 4, 0]])
+    np.testing.assert_array_equal(out["seq_length"], [2, 2])
+    # Without max_length, equal rows stack losslessly and unequal rows raise.
+    out = cv.convert({"seq": [[1, 2], [3, 4]]}, fields)
+    np.testing.assert_array_equal(out["seq"], [[1, 2], [3, 4]])
+    assert "seq_length" not in out

@@ -278,3 +278,26 @@ def test_nested_pytree_data():
     state, b = dfn.get_batch(dfn.from_arrays(data), 3)
     np.testing.assert_array_equal(b["a"]["b"], [0, 1, 2])
     np.testing.assert_array_equal(b["c"][0], [[0, 1], [2, 3], [4, 5]])
+
+
+def _aligned(n):
+    buf = np.empty(n * 4 + 64, np.uint8)
+    off = (-buf.ctypes.data) % 64
+    return buf[off : off + n * 4].view(np.float32)
+
+
+def test_from_arrays_copies_by_default():
+    x = _aligned(1000)
+    x[:] = 1.0
+    state = dfn.from_arrays({"x": x})
+    x[:] = 2.0  # the user's buffer changes; the immutable state must not
+    assert float(state.data["x"][0]) == 1.0
+
+
+def test_from_arrays_copy_false_may_alias_owned_buffers():
+    x = _aligned(1000)
+    x[:] = 1.0
+    state = dfn.from_arrays({"x": x}, copy=False)
+    np.testing.assert_array_equal(state.data["x"], x)
+    if jax.devices()[0].platform == "cpu":
+        assert state.data["x"].unsafe_buffer_pointer() == x.ctypes.data  # zero-copy on CPU
