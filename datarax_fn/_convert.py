@@ -23,11 +23,14 @@ Nothing is ever truncated silently: a row longer than ``max_length`` raises unle
 
 from __future__ import annotations
 
+import bisect
 import concurrent.futures as cf
 import dataclasses
 import io
 import os
+import struct
 import wave
+import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -317,38 +320,55 @@ def _tensor(col: Any, field: Tensor, name: str) -> np.ndarray | _Ragged:
 _MODE_FOR_CHANNELS = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 
 
+def _arrow_image_getter(arr: Any, name: str, base: int = 0) -> Callable[[int], Any]:
+    """Returns get(i) over one Arrow image array (struct or binary); errors name row ``base + i``."""
+    import pyarrow as pa
+
+    if isinstance(arr, pa.ExtensionArray):
+        arr = arr.storage
+    if arr.null_count:
+        raise _null_error(name, base + int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0]))
+    if pa.types.is_struct(arr.type):
+        kids = dict(zip([f.name for f in arr.type], arr.flatten()))
+        raw = kids.get("bytes")
+        paths = kids.get("path")
+        has = ~raw.is_null().to_numpy(zero_copy_only=False) if raw is not None else np.zeros(len(arr), bool)
+        if raw is not None:
+            raw = _arrow_bytes(raw.fill_null(b"") if raw.null_count else raw, name)
+        path_list = paths.to_pylist() if paths is not None and not has.all() else None
+    else:  # a plain binary column
+        raw, has, path_list = _arrow_bytes(arr, name), np.ones(len(arr), bool), None
+    off = raw.offsets.tolist() if raw is not None else None
+    data = memoryview(raw.values) if raw is not None else None
+
+    def get(i: int) -> Any:
+        if has[i]:
+            return data[off[i] : off[i + 1]]
+        if path_list is None or path_list[i] is None:
+            raise _null_error(name, base + i)
+        return path_list[i]
+
+    return get
+
+
 def _image_getter(col: Any, name: str) -> tuple[int, Callable[[int], Any]]:
     """Returns (n, get(i)) where get gives encoded bytes, a path, a PIL image or an array."""
     if _is_arrow(col):
         import pyarrow as pa
 
-        arr = _arrow_array(col)
-        _check_arrow_nulls(arr, name)
-        if pa.types.is_struct(arr.type):
-            kids = dict(zip([f.name for f in arr.type], arr.flatten()))
-            raw = kids.get("bytes")
-            paths = kids.get("path")
-            has = (
-                ~raw.is_null().to_numpy(zero_copy_only=False)
-                if raw is not None
-                else np.zeros(len(arr), bool)
-            )
-            if raw is not None:
-                raw = _arrow_bytes(raw.fill_null(b""), name)
-            path_list = paths.to_pylist() if paths is not None and not has.all() else None
-        else:  # a plain binary column
-            raw, has, path_list = _arrow_bytes(arr, name), np.ones(len(arr), bool), None
-        off = raw.offsets if raw is not None else None
-        data = raw.values if raw is not None else None
+        if not isinstance(col, pa.ChunkedArray) or col.num_chunks <= 1:
+            return len(col), _arrow_image_getter(_arrow_array(col), name)
+        # Many chunks (HF's cache files hold small record batches): read them in place rather
+        # than combine_chunks(), which would copy every encoded image once more.
+        chunks = [c for c in col.chunks if len(c)]
+        starts = np.cumsum([0] + [len(c) for c in chunks]).tolist()
+        gets = [_arrow_image_getter(c, name, lo) for c, lo in zip(chunks, starts)]
 
-        def get(i: int) -> Any:
-            if has[i]:
-                return memoryview(data[off[i] : off[i + 1]])
-            if path_list is None or path_list[i] is None:
-                raise _null_error(name, i)
-            return path_list[i]
+        def get_chunked(i: int) -> Any:
+            k = bisect.bisect_right(starts, i) - 1
+            return gets[k](i - starts[k])
 
-        return len(arr), get
+        return len(col), get_chunked
 
     _check_py_nulls(col, name)
 
@@ -400,50 +420,219 @@ def _to_pixels(obj: Any, target: str | None, name: str, row: int) -> np.ndarray:
     return a[:, :, None] if a.ndim == 2 else a
 
 
+def _aligned_empty(shape: tuple[int, ...], dtype: Any = np.uint8, align: int = 64) -> np.ndarray:
+    """Returns an uninitialised C-contiguous array whose data starts on an ``align``-byte boundary.
+
+    ``jax.device_put`` aliases 64-byte-aligned NumPy buffers on a CPU device instead of
+    copying them, so a freshly decoded image column costs its size once, not twice.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buf = np.empty(nbytes + align, np.uint8)
+    start = -buf.ctypes.data % align
+    return buf[start : start + nbytes].view(dtype).reshape(shape)
+
+
+# PNG fast path. PIL parses a PNG's chunks in Python (~75 us per image, under the GIL), which
+# dominates decoding small images such as MNIST. For the common case (8-bit L/RGB/LA/RGBA,
+# non-interlaced, no palette or tRNS, every image the same size) we inflate each image with
+# zlib and undo the scanline filters with NumPy, row by row but vectorised across images.
+# Anything else (or anything odd about a file) goes to PIL, so results stay PIL's, bit for bit.
+
+_PNG_SIG = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> channels (PIL modes L, RGB, LA, RGBA)
+_PNG_FAST_MAX_BYTES = 64 * 64  # bytes per image; measured: above ~64x64 grey PIL's C filters win
+_PNG_FAST_MIN_IMAGES = 64  # below this the per-row NumPy calls cost more than PIL
+_PNG_BLOCK = 4096  # images inflated per join, bounding the temporary copy of their scanlines
+
+
+def _png_geometry(buf: Any) -> tuple[int, int, int] | None:
+    """Returns ``(h, w, channels)`` of a PNG the fast path decodes exactly as PIL does, else None."""
+    if not isinstance(buf, (bytes, bytearray, memoryview)) or len(buf) < 45:
+        return None
+    if bytes(buf[:8]) != _PNG_SIG or bytes(buf[12:16]) != b"IHDR":
+        return None
+    w, h, depth, ctype, comp, filt, interlace = struct.unpack_from(">IIBBBBB", buf, 16)
+    c = _PNG_CHANNELS.get(ctype)
+    if depth != 8 or c is None or comp or filt or interlace or not (w and h):
+        return None
+    return h, w, c
+
+
+def _png_inflate(buf: Any, expect: int) -> bytes | None:
+    """Returns the inflated scanlines (``expect`` bytes) of a PNG, or None where PIL must decide.
+
+    None for: a bad chunk CRC, a ``tRNS`` or unknown critical chunk, no IEND, a zlib stream
+    that is broken, has trailing data or inflates to other than ``expect`` bytes.
+    """
+    pos, end, parts = 33, len(buf), []  # the caller checked the signature and IHDR
+    while pos + 12 <= end:
+        length, kind = struct.unpack_from(">I4s", buf, pos)
+        stop = pos + 12 + length
+        if stop > end or zlib.crc32(buf[pos + 4 : stop - 4]) != struct.unpack_from(">I", buf, stop - 4)[0]:
+            return None
+        if kind == b"IDAT":
+            parts.append(buf[pos + 8 : stop - 4])
+        elif kind == b"IEND":
+            break
+        elif kind == b"tRNS" or not (kind[0] & 32 or kind == b"PLTE"):
+            return None
+        pos = stop
+    else:
+        return None
+    if not parts:
+        return None
+    z = zlib.decompressobj()
+    try:
+        out = z.decompress(b"".join(parts) if len(parts) > 1 else parts[0])
+    except zlib.error:
+        return None
+    return out if z.eof and not z.unused_data and len(out) == expect else None
+
+
+def _png_unfilter(rows: np.ndarray, filt: np.ndarray, bpp: int) -> None:
+    """Undoes PNG scanline filters in place, vectorised across images.
+
+    ``rows`` is ``(n, h, w * bpp)`` uint8 holding the filtered bytes of ``n`` images, ``filt``
+    is ``(n, h)`` with each row's filter type in 0..4 (None, Sub, Up, Average, Paeth).
+    """
+    n, h, stride = rows.shape
+    w = stride // bpp
+    zero = np.zeros((n, stride), np.uint8)
+    for r in range(h):
+        f = filt[:, r]
+        for kind in (1, 2, 3, 4):
+            idx = np.flatnonzero(f == kind)
+            if not idx.size:
+                continue
+            cur = rows[idx, r]  # (k, stride) copy
+            if kind == 1:  # Sub: a running sum along the row with stride bpp, modulo 256
+                rows[idx, r] = np.cumsum(cur.reshape(-1, w, bpp), axis=1, dtype=np.uint8).reshape(-1, stride)
+                continue
+            prev = rows[idx, r - 1] if r else zero[: idx.size]
+            if kind == 2:  # Up
+                rows[idx, r] = cur + prev
+                continue
+            # Average and Paeth depend on the pixel to the left: loop over pixel columns,
+            # each step vectorised over the k images (laid out contiguous as (w, bpp, k)).
+            x = cur.reshape(-1, w, bpp).transpose(1, 2, 0).astype(np.int16)
+            b = prev.reshape(-1, w, bpp).transpose(1, 2, 0).astype(np.int16)
+            a = np.zeros(x.shape[1:], np.int16)
+            if kind == 3:
+                for j in range(w):
+                    a = (x[j] + ((a + b[j]) >> 1)) & 255
+                    x[j] = a
+            else:
+                c = np.zeros_like(b)
+                c[1:] = b[:-1]
+                bc = b - c
+                pa = np.abs(bc)  # |p - a| with p = a + b - c
+                for j in range(w):
+                    t = a - c[j]
+                    pb = np.abs(t)
+                    pc = np.abs(t + bc[j])
+                    pred = np.where((pa[j] <= pb) & (pa[j] <= pc), a, np.where(pb <= pc, b[j], c[j]))
+                    a = (x[j] + pred) & 255
+                    x[j] = a
+            rows[idx, r] = x.astype(np.uint8).transpose(2, 0, 1).reshape(-1, stride)
+
+
+def _png_fast(n: int, get: Callable[[int], Any], target: str | None) -> tuple[np.ndarray, list[int]] | None:
+    """Returns ``(out, todo)``: images decoded by the PNG fast path, and the rows it left to PIL.
+
+    None when the fast path does not apply (the first image is not a small plain PNG, its
+    mode is not ``target``, or there are too few images to pay for the vectorised filters).
+    Single-threaded on purpose: the per-file chunk walk holds the GIL, and threads measured slower.
+    """
+    first = get(0)
+    geom = _png_geometry(first)
+    if geom is None or n < _PNG_FAST_MIN_IMAGES:
+        return None
+    h, w, c = geom
+    if h * w * c > _PNG_FAST_MAX_BYTES or (target is not None and _MODE_FOR_CHANNELS[c] != target):
+        return None
+    head = bytes(first[:33])  # signature + IHDR chunk: equal bytes mean equal geometry and a good IHDR CRC
+    if zlib.crc32(head[12:29]) != struct.unpack_from(">I", head, 29)[0]:
+        return None
+    stride, expect = w * c, h * (1 + w * c)
+    out = _aligned_empty((n, h, w, c))
+    rows = out.reshape(n, h, stride)
+    filt = np.empty((n, h), np.uint8)
+    blank = bytes(expect)
+    left: list[int] = []
+    for lo in range(0, n, _PNG_BLOCK):
+        hi = min(lo + _PNG_BLOCK, n)
+        parts = []
+        for i in range(lo, hi):
+            buf = get(i)
+            raw = _png_inflate(buf, expect) if isinstance(buf, (bytes, bytearray, memoryview)) and buf[:33] == head else None
+            if raw is None:
+                left.append(i)
+                raw = blank
+            parts.append(raw)
+        block = np.frombuffer(b"".join(parts), np.uint8).reshape(hi - lo, h, 1 + stride)
+        rows[lo:hi] = block[:, :, 1:]
+        filt[lo:hi] = block[:, :, 0]
+    odd = np.flatnonzero((filt > 4).any(axis=1))  # an unknown filter type: PIL decides
+    if odd.size:
+        filt[odd] = 0
+        left = sorted(set(left) | set(odd.tolist()))
+    _png_unfilter(rows, filt, c)
+    return out, left
+
+
 def _images(col: Any, field: Image, name: str, progress: Any, num_threads: int | None) -> np.ndarray | list:
     n, get = _image_getter(col, name)
     target = field.mode or (_MODE_FOR_CHANNELS.get(field.shape[2]) if field.shape[2] else None)
     if n == 0:
         h, w, c = (d or 0 for d in field.shape)
         return np.zeros((0, h, w, c or 1), np.uint8)
-    first = _to_pixels(get(0), target, name, 0)
-    if target is None and first.shape[2] in _MODE_FOR_CHANNELS:
-        target = _MODE_FOR_CHANNELS[first.shape[2]]
-    out = np.empty((n, *first.shape), np.uint8)
-    out[0] = first
+    threads = num_threads or min(8, os.cpu_count() or 1)
+    fast = _png_fast(n, get, target)
+    if fast is not None:
+        out, todo = fast
+        shape = out.shape[1:]
+        if progress is not None:
+            progress.update(n - len(todo))
+    else:
+        first = _to_pixels(get(0), target, name, 0)
+        shape = first.shape
+        out = _aligned_empty((n, *shape))
+        out[0] = first
+        todo = range(1, n)
+    if target is None and shape[2] in _MODE_FOR_CHANNELS:
+        target = _MODE_FOR_CHANNELS[shape[2]]
     mismatch: list[tuple[int, tuple]] = []
 
-    def work(lo: int, hi: int) -> int:
-        for i in range(lo, hi):
+    def work(rows: Any) -> int:
+        for i in rows:
             if mismatch:
-                return hi - lo
+                return len(rows)
             a = _to_pixels(get(i), target, name, i)
-            if a.shape != first.shape:
+            if a.shape != shape:
                 mismatch.append((i, a.shape))
-                return hi - lo
+                return len(rows)
             out[i] = a
-        return hi - lo
+        return len(rows)
 
-    threads = num_threads or min(8, os.cpu_count() or 1)
-    block = max(64, min(2048, n // (threads * 4) + 1))
-    spans = [(lo, min(lo + block, n)) for lo in range(1, n, block)]
+    block = max(64, min(2048, len(todo) // (threads * 4) + 1))
+    spans = [todo[lo : lo + block] for lo in range(0, len(todo), block)]
     if threads <= 1 or len(spans) <= 1:
-        for lo, hi in spans:
+        for rows in spans:
+            done = work(rows)
             if progress is not None:
-                progress.update(work(lo, hi))
-            else:
-                work(lo, hi)
+                progress.update(done)
     else:
         with cf.ThreadPoolExecutor(threads, thread_name_prefix="datarax_fn-decode") as pool:
-            for fut in cf.as_completed([pool.submit(work, lo, hi) for lo, hi in spans]):
+            for fut in cf.as_completed([pool.submit(work, rows) for rows in spans]):
                 done = fut.result()
                 if progress is not None:
                     progress.update(done)
     if mismatch:  # different sizes: hand back a list (a transform may resize, else finalize raises)
         return [_to_pixels(get(i), target, name, i) for i in range(n)]
     fixed = [d for d in field.shape if d is not None]
-    if fixed and any(d is not None and d != s for d, s in zip(field.shape, first.shape)):
-        raise ValueError(f"field {name!r}: images have shape {first.shape}, the feature declares {field.shape}.")
+    if fixed and any(d is not None and d != s for d, s in zip(field.shape, shape)):
+        raise ValueError(f"field {name!r}: images have shape {shape}, the feature declares {field.shape}.")
     return out
 
 
@@ -844,6 +1033,32 @@ def convert(
     ```
     """
     return convert_with_meta(columns, fields, max_length=max_length, transform=transform, truncate=truncate, **kwargs)[0]
+
+
+def owned_arrays(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """Returns ``tree`` with every leaf in memory NumPy allocated, for ``from_arrays(copy=False)``.
+
+    Leaves that view a foreign buffer (a memory-mapped Arrow column passed through zero-copy,
+    a TensorFlow tensor) are copied into 64-byte-aligned memory, so the device array never
+    aliases a file mapping or another library's buffer. Freshly converted leaves (decoded
+    images, narrowed integers, padded text) are returned as they are. Only call it on arrays
+    :func:`convert` just produced without a ``transform``: a transform may return arrays the
+    caller still holds.
+    """
+    out: dict[str, Any] = {}
+    for k, a in tree.items():
+        if isinstance(a, Mapping):
+            out[k] = owned_arrays(a)
+            continue
+        root = a
+        while isinstance(root.base, np.ndarray):
+            root = root.base
+        if root.base is None and a.flags.writeable:
+            out[k] = a
+        else:
+            out[k] = _aligned_empty(a.shape, a.dtype)
+            out[k][...] = a
+    return out
 
 
 def select_keys(

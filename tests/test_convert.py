@@ -330,3 +330,206 @@ def test_declared_ragged_list_rows_of_equal_length_are_still_padded():
     out = cv.convert({"seq": [[1, 2], [3, 4]]}, fields)
     np.testing.assert_array_equal(out["seq"], [[1, 2], [3, 4]])
     assert "seq_length" not in out
+
+
+# ----------------------------------------------------------------------------- PNG fast path
+# PNGs are built by hand (filter bytes + zlib + chunks) because PIL's encoder picks the
+# filters itself. Every result is compared with PIL's own decode, bit for bit, and the fast
+# path must have decoded the images itself (no silent fallback to PIL).
+
+_CTYPES = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> channels
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _filter_row(x: np.ndarray, prev: np.ndarray, kind: int, bpp: int) -> np.ndarray:
+    """The PNG encoder side: filtered bytes of one scanline (int arrays, results mod 256)."""
+    a = np.concatenate([np.zeros(bpp, int), x[:-bpp]])
+    c = np.concatenate([np.zeros(bpp, int), prev[:-bpp]])
+    b = prev
+    p = a + b - c
+    pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
+    paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+    pred = {0: 0, 1: a, 2: b, 3: (a + b) // 2, 4: paeth}[kind]
+    return (x - pred) % 256
+
+
+def craft_png(img: np.ndarray, filters, ctype: int, idat_parts: int = 1, extra: bytes = b"",
+              depth: int = 8, interlace: bool = False) -> bytes:
+    """Returns a PNG of ``img`` (h, w, c) using ``filters[r]`` on row r, IDAT split in parts."""
+    import struct
+    import zlib
+
+    h, w, c = img.shape
+    bpp = c * depth // 8
+    if interlace:  # Adam7, every pass unfiltered
+        passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+        subs = [img[y0::dy, x0::dx] for x0, y0, dx, dy in passes]
+        raw = b"".join(b"\0" + row.tobytes() for s in subs if s.size for row in s)
+    else:
+        lines, prev = [], np.zeros(w * bpp, int)
+        for r in range(h):
+            x = (img[r].astype(">u2").view(np.uint8) if depth == 16 else img[r]).reshape(-1).astype(int)
+            lines.append(bytes([filters[r]]) + _filter_row(x, prev, filters[r], bpp).astype(np.uint8).tobytes())
+            prev = x
+        raw = b"".join(lines)
+    z = zlib.compress(raw)
+    cut = np.linspace(0, len(z), idat_parts + 1).astype(int)
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, ctype, 0, 0, int(interlace))
+    idats = b"".join(_chunk(b"IDAT", z[lo:hi]) for lo, hi in zip(cut[:-1], cut[1:]))
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + extra + idats + _chunk(b"IEND", b"")
+
+
+def pil_decode(data: bytes) -> np.ndarray:
+    import io
+
+    import PIL.Image
+
+    a = np.asarray(PIL.Image.open(io.BytesIO(data)))
+    return a[:, :, None] if a.ndim == 2 else a
+
+
+def fast_decode(col: list) -> tuple[np.ndarray, list[int]]:
+    res = cv._png_fast(len(col), col.__getitem__, None)
+    assert res is not None, "the fast path did not apply"
+    return res
+
+
+def _filter_plan(n: int, h: int, rng) -> np.ndarray:
+    """Row filters: image k row r uses (k + r) % 5, so every row sees every filter; some random rows."""
+    plan = (np.arange(n)[:, None] + np.arange(h)[None, :]) % 5
+    return np.where(rng.random((n, h)) < 0.3, rng.integers(0, 5, (n, h)), plan)
+
+
+@pytest.mark.parametrize("ctype", [0, 2, 4, 6])
+def test_png_fast_path_every_filter_matches_pil(ctype):
+    rng = np.random.default_rng(ctype)
+    n, h, w, c = 70, 6, 7, _CTYPES[ctype]  # odd width
+    imgs = rng.integers(0, 256, (n, h, w, c), dtype=np.uint8)
+    imgs[::3, :, : w // 2] = 250  # smooth patches too, so Average/Paeth predictors take every branch
+    plan = _filter_plan(n, h, rng)
+    col = [craft_png(x, f, ctype, idat_parts=1 + k % 3) for k, (x, f) in enumerate(zip(imgs, plan))]
+    want = np.stack([pil_decode(b) for b in col])
+    assert np.array_equal(want, imgs)
+    out, todo = fast_decode(col)
+    assert todo == [] and out.dtype == np.uint8 and np.array_equal(out, want)
+    conv = cv.convert({"im": col}, {"im": cv.Image()})["im"]
+    assert conv.shape == (n, h, w, c) and np.array_equal(conv, want) and conv.ctypes.data % 64 == 0
+
+
+def test_png_fast_path_on_pil_encoded_and_arrow_chunked_columns():
+    import pyarrow as pa
+
+    rng = np.random.default_rng(7)
+    imgs = (rng.integers(0, 4, (150, 28, 28)) * 60).astype(np.uint8)  # PIL picks its own filters
+    col = [png(x) for x in imgs]
+    out, todo = fast_decode(col)
+    assert todo == [] and np.array_equal(out[..., 0], imgs)
+    chunked = pa.chunked_array([pa.array(col[:40], pa.binary()), pa.array([], pa.binary()), pa.array(col[40:], pa.binary())])
+    assert np.array_equal(cv.convert({"im": chunked}, {"im": cv.Image()})["im"][..., 0], imgs)
+    ds = hd.Dataset.from_dict({"im": col}, features=hd.Features({"im": hd.Image()}))
+    assert np.array_equal(cv.convert(arrow_cols(ds), fields_from_hf(ds.features))["im"][..., 0], imgs)
+
+
+def test_chunked_arrow_null_image_names_the_global_row():
+    import pyarrow as pa
+
+    good = png(np.zeros((3, 3), np.uint8))
+    typ = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    chunks = [pa.array([{"bytes": good, "path": None}] * 70, typ), pa.array([{"bytes": good, "path": None}, None], typ)]
+    with pytest.raises(ValueError, match=r"'im'.*row 71"):
+        cv.convert({"im": pa.chunked_array(chunks)}, {"im": cv.Image()})
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    st.integers(1, 9), st.integers(1, 11), st.sampled_from([0, 2, 4, 6]), st.integers(0, 2**32 - 1),
+    st.sampled_from(["random", "smooth", "constant"]),
+)
+def test_png_fast_path_property_matches_pil(h, w, ctype, seed, kind):
+    rng = np.random.default_rng(seed)
+    n, c = 64, _CTYPES[ctype]
+    if kind == "random":
+        imgs = rng.integers(0, 256, (n, h, w, c), dtype=np.uint8)
+    elif kind == "smooth":
+        base = rng.integers(0, 256, (n, 1, 1, c))
+        imgs = ((base + np.arange(h)[:, None, None] * 3 + np.arange(w)[None, :, None] * 5) % 256).astype(np.uint8)
+    else:
+        imgs = np.broadcast_to(rng.integers(0, 256, (n, 1, 1, c), dtype=np.uint8), (n, h, w, c)).copy()
+    plan = rng.integers(0, 5, (n, h))
+    col = [craft_png(x, f, ctype, idat_parts=1 + int(rng.integers(0, 3))) for x, f in zip(imgs, plan)]
+    out, todo = fast_decode(col)
+    assert todo == [] and np.array_equal(out, imgs)
+    assert np.array_equal(out, np.stack([pil_decode(b) for b in col]))
+
+
+def test_png_fast_path_leaves_unusual_files_to_pil():
+    import PIL.Image
+    import io
+
+    rng = np.random.default_rng(3)
+    imgs = rng.integers(0, 256, (80, 5, 6, 3), dtype=np.uint8)
+    plan = _filter_plan(80, 5, rng)
+    col = [craft_png(x, f, 2) for x, f in zip(imgs, plan)]
+    buf = io.BytesIO()
+    PIL.Image.fromarray(imgs[10]).convert("P").save(buf, format="PNG")
+    col[10] = buf.getvalue()  # palette
+    col[20] = craft_png(imgs[20], [0] * 5, 2, interlace=True)  # Adam7
+    col[30] = craft_png(imgs[30], plan[30], 2, extra=_chunk(b"tRNS", b"\0\1\0\2\0\3"))  # tRNS
+    col[40] = png(imgs[40], "JPEG")
+    col[50] = png(imgs[50, :, :, 0])  # greyscale: PIL converts it to the column's RGB
+    bad = bytearray(craft_png(imgs[60], plan[60], 2))
+    bad[-13] ^= 1  # corrupt the IDAT CRC (PIL skips IDAT CRCs): the fast path must defer to PIL
+    col[60] = bytes(bad)
+    out, todo = fast_decode(col)
+    assert todo == [10, 20, 30, 40, 50, 60]
+    conv = cv.convert({"im": col}, {"im": cv.Image()})["im"]
+    want = np.stack([np.asarray(PIL.Image.open(io.BytesIO(b)).convert("RGB")) for b in col])
+    assert np.array_equal(conv, want)
+    assert np.array_equal(pil_decode(col[20]), imgs[20])  # the crafted interlaced file is valid
+
+
+def test_png_fast_path_declines_whole_columns_it_cannot_decode():
+    rng = np.random.default_rng(4)
+    grey = rng.integers(0, 256, (70, 4, 5, 1), dtype=np.uint8)
+    col = [craft_png(x, [1] * 4, 0) for x in grey]
+    assert cv._png_fast(len(col), col.__getitem__, "RGB") is None  # a mode conversion: PIL's job
+    rgb = cv.convert({"im": col}, {"im": cv.Image(mode="RGB")})["im"]
+    assert rgb.shape == (70, 4, 5, 3) and np.array_equal(rgb, np.repeat(grey, 3, axis=3))
+    assert cv._png_fast(10, col.__getitem__, None) is None  # too few images to pay off
+    wide = [craft_png(np.zeros((80, 80, 1), np.uint8), [0] * 80, 0)] * 70
+    assert cv._png_fast(70, wide.__getitem__, None) is None  # large images: PIL is faster
+    sixteen = [craft_png(np.full((4, 5, 1), 300, np.uint16), [2] * 4, 0, depth=16)] * 70
+    assert cv._png_fast(70, sixteen.__getitem__, None) is None
+
+
+def test_png_fast_path_errors_and_fallbacks_match_the_pil_path(monkeypatch):
+    rng = np.random.default_rng(5)
+    imgs = rng.integers(0, 256, (70, 4, 5, 1), dtype=np.uint8)
+    col = [craft_png(x, [4] * 4, 0) for x in imgs]
+    mixed = col[:33] + [craft_png(np.zeros((5, 4, 1), np.uint8), [0] * 5, 0)] + col[34:]
+    with pytest.raises(ValueError, match=r"'im'.*different shapes"):
+        cv.convert({"im": mixed}, {"im": cv.Image()})
+    deep = col[:33] + [craft_png(np.full((4, 5, 1), 300, np.uint16), [2] * 4, 0, depth=16)] + col[34:]
+    fast = cv.convert({"im": deep}, {"im": cv.Image()})["im"]  # the 16-bit row goes through PIL
+    monkeypatch.setattr(cv, "_PNG_FAST_MIN_IMAGES", 10**9)
+    assert np.array_equal(fast, cv.convert({"im": deep}, {"im": cv.Image()})["im"])
+    with pytest.raises(ValueError, match=r"'im'.*different shapes"):
+        cv.convert({"im": mixed}, {"im": cv.Image()})
+
+
+def test_owned_arrays_copies_foreign_buffers_and_keeps_fresh_ones():
+    import pyarrow as pa
+
+    fresh = np.arange(10, dtype=np.int32)
+    view = pa.array(np.arange(10, dtype=np.float32)).to_numpy()  # zero-copy, read-only
+    out = cv.owned_arrays({"a": fresh, "b": {"c": view}})
+    assert out["a"] is fresh
+    c = out["b"]["c"]
+    assert c is not view and not np.shares_memory(c, view) and np.array_equal(c, view)
+    assert c.flags.writeable and c.ctypes.data % 64 == 0
