@@ -296,7 +296,13 @@ def _eager_from_dataset(ds: Any, cfg: HFEagerConfig) -> Any:
     del table
     if not arrays or not len(next(iter(_leaf_arrays(arrays)))):
         raise ValueError(f"{cfg.name!r} split {cfg.split!r} has no records; an empty split cannot be iterated.")
-    return from_arrays(arrays, shuffle=cfg.shuffle, seed=cfg.seed, name=f"hf:{cfg.name}/{cfg.split}", info=_info(ds, meta))
+    # Without a transform every leaf is a buffer the conversion just allocated (or a copy of an
+    # Arrow view), held nowhere else: let device_put alias it rather than copy the whole split.
+    fresh = cfg.transform is None
+    if fresh:
+        arrays = cv.owned_arrays(arrays)
+    return from_arrays(arrays, shuffle=cfg.shuffle, seed=cfg.seed, name=f"hf:{cfg.name}/{cfg.split}",
+                       info=_info(ds, meta), copy=not fresh)
 
 
 def _leaf_arrays(tree: Mapping) -> Iterator[np.ndarray]:

@@ -632,9 +632,14 @@ def TFDSEagerSource(config: TFDSEagerConfig) -> EagerSource:  # noqa: N802 (the 
         arrays = _convert(_load_columns_tf(plan, config), plan.conv, config)
     if not arrays or not len(next(iter(_flatten(arrays)))[1]):
         raise ValueError(f"split={config.split!r} of {config.name!r} has no records; an eager source needs N > 0.")
+    # Without a transform every leaf is freshly converted (or copied off a TF tensor by
+    # owned_arrays) and held nowhere else, so device_put may alias it instead of copying.
+    fresh = config.transform is None
+    if fresh:
+        arrays = cv.owned_arrays(arrays)
     return from_arrays(
         arrays, shuffle=config.shuffle, seed=int(config.seed), name=f"tfds:{config.name}:{config.split}",
-        info=plan.builder.info,
+        info=plan.builder.info, copy=not fresh,
     )
 
 
