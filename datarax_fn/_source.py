@@ -102,9 +102,12 @@ def from_arrays(
     Arrays move to the default device once; dtypes are kept exactly (an int64 leaf
     needs ``jax_enable_x64`` and otherwise raises rather than silently narrowing).
     ``copy=False`` hands NumPy buffers to ``jax.device_put``, which on a CPU device
-    aliases 64-byte-aligned buffers instead of copying them: use it only for arrays
-    nothing else holds (the HF and TFDS loaders do, for their freshly decoded arrays),
-    since writing to such a buffer afterwards would change the "immutable" state.
+    aliases 64-byte-aligned buffers instead of copying them (half the peak memory of a
+    load). Use it only for arrays nothing else holds (the HF and TFDS loaders do, for
+    their freshly decoded arrays): writing to such a buffer would change the state. XLA
+    cannot donate memory it does not own, so on CPU the first donated ``jit_step`` copies
+    such a dataset once into XLA memory; every later step aliases it (eager
+    ``get_batch`` and ``lax.scan`` never copy it at all).
 
     ```python
     import numpy as np, datarax_fn as dfn
@@ -130,17 +133,27 @@ def from_arrays(
                 f"{want}. Cast it yourself (after checking the values fit) or enable "
                 "jax.config.update('jax_enable_x64', True)."
             )
-    data = jax.tree.map(jnp.asarray if copy else jax.device_put, data)
+    data = jax.tree.map(lambda x: _to_device(x, copy), data)
     return EagerSource(
         data=data,
-        index=jnp.zeros((), jnp.int32),
-        epoch=jnp.zeros((), jnp.int32),
-        seed=jnp.asarray(seed, jnp.uint32),
+        # device_put of NumPy scalars: no XLA compile on a cold start (jnp.zeros compiles one).
+        index=jax.device_put(np.zeros((), np.int32)),
+        epoch=jax.device_put(np.zeros((), np.int32)),
+        seed=jax.device_put(np.asarray(seed, np.uint32)),
         num_records=_first_length(leaves),
         shuffle=bool(shuffle),
         name=str(name),
         info=None if info is None else Static(info),
     )
+
+
+def _to_device(x: Any, copy: bool) -> jax.Array:
+    if isinstance(x, jax.Array):
+        return x  # already immutable and on a device
+    # jnp.asarray copies into XLA-owned memory, which a donating jit can alias in to out.
+    # device_put may instead alias 64-byte-aligned NumPy memory on CPU: no copy now, but
+    # XLA cannot donate a buffer it does not own, so the first donated step copies it once.
+    return jnp.asarray(x) if copy else jax.device_put(x)
 
 
 def _first_length(leaves: list[tuple[str, Any]]) -> int:
