@@ -222,3 +222,18 @@ def test_interpreter_exit_does_not_hang():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "ok (3,)" in out.stdout
+
+
+def test_batches_and_cursor_stay_on_the_host():
+    # A device_put per batch cost as much as the rest of get_batch; the stream hands out
+    # NumPy batches and keeps its cursor in NumPy scalars, exactly typed.
+    state = make_streaming(ArrayBackend(n=10), shuffle=True, seed=1)
+    state, batch = dfn.get_batch(state, 4)
+    assert isinstance(batch["x"], np.ndarray) and batch["x"].dtype == np.int32
+    assert isinstance(batch["y"]["z"], np.ndarray) and batch["y"]["z"].dtype == np.float32
+    for leaf, dtype in ((state.epoch, np.int32), (state.position, np.int32), (state.seed, np.uint32)):
+        assert isinstance(leaf, np.ndarray) and leaf.shape == () and leaf.dtype == dtype
+    np.testing.assert_array_equal(batch["x"], expected(10, 1, 1)[:4])
+    moved = list(dfn.prefetch_to_device(iter([batch])))
+    assert isinstance(moved[0]["x"], jax.Array)
+    np.testing.assert_array_equal(moved[0]["x"], batch["x"])
