@@ -1063,20 +1063,34 @@ def owned_arrays(tree: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def check_key_options(include_keys: Any, exclude_keys: Any, owner: str = "") -> tuple[Any, Any]:
+    """Returns ``(include_keys, exclude_keys)`` as tuples (or None); raises on a bad combination.
+
+    Shared by the HF and TFDS configs and ``select_keys``: both set, or a bare string
+    instead of a list of keys, raise an error that names the fields.
+    """
+    where = f"{owner}: " if owner else ""
+    if include_keys is not None and exclude_keys is not None:
+        raise ValueError(
+            f"{where}include_keys and exclude_keys are exclusive; got both: include_keys={list(include_keys)}, "
+            f"exclude_keys={list(exclude_keys)}. Set one of them."
+        )
+    out = []
+    for arg, keys in (("include_keys", include_keys), ("exclude_keys", exclude_keys)):
+        if isinstance(keys, str):
+            raise TypeError(f"{where}{arg} must be a list of keys, not the string {keys!r}; write [{keys!r}].")
+        out.append(None if keys is None else tuple(keys))
+    return out[0], out[1]
+
+
 def select_keys(
     fields: Mapping[str, Any], include_keys: Any = None, exclude_keys: Any = None
 ) -> dict[str, Any]:
     """Returns the top-level ``fields`` kept by ``include_keys`` / ``exclude_keys``."""
-    if include_keys is not None and exclude_keys is not None:
-        raise ValueError(
-            f"include_keys and exclude_keys are exclusive; got both: include_keys={list(include_keys)}, "
-            f"exclude_keys={list(exclude_keys)}. Set one of them."
-        )
+    include_keys, exclude_keys = check_key_options(include_keys, exclude_keys)
     for arg, keys in (("include_keys", include_keys), ("exclude_keys", exclude_keys)):
         if keys is None:
             continue
-        if isinstance(keys, str):
-            raise TypeError(f"{arg} must be a list of keys, not the string {keys!r}; write [{keys!r}].")
         unknown = [k for k in keys if k not in fields]
         if unknown:
             raise ValueError(f"{arg}: unknown keys {unknown}; available keys are {list(fields)}.")

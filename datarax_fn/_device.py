@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from . import _api
+from ._streaming import _put
 
 PyTree = Any
 _ITEM, _END, _ERROR = 0, 1, 2
@@ -56,22 +57,13 @@ def collect_to_array(source: Any, *, chunk_size: int = 4096) -> PyTree:
 
 
 def _producer(it: Iterator, q: queue.Queue, stop: threading.Event, device: Any) -> None:
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
     try:
         for item in it:
-            if not put((_ITEM, jax.device_put(item, device))):
+            if not _put(q, (_ITEM, jax.device_put(item, device)), stop):
                 return
-        put((_END, None))
+        _put(q, (_END, None), stop)
     except BaseException as err:  # re-raised in the consumer
-        put((_ERROR, err))
+        _put(q, (_ERROR, err), stop)
 
 
 def prefetch_to_device(iterator: Iterable, size: int = 2, *, device: Any = None) -> Iterator:

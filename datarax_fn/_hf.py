@@ -30,17 +30,9 @@ def _check_common(cfg: Any) -> None:
         raise ValueError(f"{cls}: name must be a non-empty string (hub name, folder or builder); got name={cfg.name!r}.")
     if not isinstance(cfg.split, str) or not cfg.split.strip():
         raise ValueError(f"{cls}: split must be a non-empty string such as 'train' or 'train[:10%]'; got split={cfg.split!r}.")
-    if cfg.include_keys is not None and cfg.exclude_keys is not None:
-        raise ValueError(
-            f"{cls}: include_keys and exclude_keys are exclusive; got both: include_keys={list(cfg.include_keys)}, "
-            f"exclude_keys={list(cfg.exclude_keys)}. Set one of them."
-        )
-    for field in ("include_keys", "exclude_keys"):
-        v = getattr(cfg, field)
-        if isinstance(v, str):
-            raise TypeError(f"{cls}: {field} must be a list of keys, not the string {v!r}; write [{v!r}].")
-        if v is not None:
-            object.__setattr__(cfg, field, tuple(v))
+    include, exclude = cv.check_key_options(cfg.include_keys, cfg.exclude_keys, cls)
+    object.__setattr__(cfg, "include_keys", include)
+    object.__setattr__(cfg, "exclude_keys", exclude)
     if not isinstance(cfg.trust_remote_code, bool):
         raise TypeError(f"{cls}: trust_remote_code must be True or False; got {cfg.trust_remote_code!r}.")
     if not isinstance(cfg.local_files_only, bool):

@@ -164,17 +164,9 @@ def _validate(cfg: TFDSEagerConfig) -> None:
             f"{cls}: local_files_only=True forbids network access, but got download={cfg.download!r}, "
             f"try_gcs={cfg.try_gcs!r}. Set those to False, or local_files_only=False."
         )
-    for fld in ("include_keys", "exclude_keys"):
-        v = getattr(cfg, fld)
-        if isinstance(v, str):
-            raise TypeError(f"{cls}: {fld} must be a list of keys, not the string {v!r}; write [{v!r}].")
-        if v is not None:
-            object.__setattr__(cfg, fld, tuple(v))
-    if cfg.include_keys is not None and cfg.exclude_keys is not None:
-        raise ValueError(
-            f"{cls}: include_keys and exclude_keys are exclusive; got both: include_keys="
-            f"{list(cfg.include_keys)}, exclude_keys={list(cfg.exclude_keys)}. Set one of them."
-        )
+    include, exclude = cv.check_key_options(cfg.include_keys, cfg.exclude_keys, cls)
+    object.__setattr__(cfg, "include_keys", include)
+    object.__setattr__(cfg, "exclude_keys", exclude)
     b = cfg.beam_num_workers
     if isinstance(b, bool) or not isinstance(b, int) or b < 1:
         raise ValueError(f"{cls}: beam_num_workers must be an int >= 1; got beam_num_workers={b!r}.")
