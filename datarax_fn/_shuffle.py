@@ -95,6 +95,9 @@ def _walk_numpy(x: np.ndarray, keys: list[Any], bits: int, n: int) -> np.ndarray
     return y
 
 
+_UNROLLED_WALKS = 2
+
+
 def _walk_jax(x: jax.Array, keys: list[Any], bits: int, n: int) -> jax.Array:
     y = _feistel(x, keys, bits, jnp)
     if n == 1 << bits:
@@ -103,6 +106,11 @@ def _walk_jax(x: jax.Array, keys: list[Any], bits: int, n: int) -> jax.Array:
     def body(y):
         return jnp.where(y >= n, _feistel(y, keys, bits, jnp), y)
 
+    # Each element leaves [0, n) with probability < 1/2 per step; two unrolled steps settle
+    # almost every batch, so the while loop (costly per iteration on XLA:CPU) usually only
+    # evaluates its condition once. It still guarantees termination for the rest.
+    for _ in range(_UNROLLED_WALKS):
+        y = body(y)
     return jax.lax.while_loop(lambda y: jnp.any(y >= n), body, y)
 
 
@@ -124,16 +132,31 @@ def permute(i: Any, n: int, seed: Any, epoch: Any = 0) -> Any:
         raise ValueError(f"permute: n must be a Python int in [1, 2**31 - 1]; got n={n!r}.")
     bits = (n - 1).bit_length()
     if _is_jax(i, seed, epoch):
-        i = _u32(i, jnp)
-        if bits == 0:
-            return jnp.zeros(i.shape, jnp.int32)
-        return _walk_jax(i, _round_keys(seed, epoch, jnp), bits, n).astype(jnp.int32)
+        return permute_with_keys(i, n, _round_keys(seed, epoch, jnp))
     with np.errstate(over="ignore"):
         i = _u32(i, np)
         if bits == 0:
             return np.zeros(i.shape, np.int64)
         keys = [np.broadcast_to(k, i.shape) if np.ndim(k) else k for k in _round_keys(seed, epoch, np)]
         return _walk_numpy(i.copy(), keys, bits, n).astype(np.int64)
+
+
+def round_keys(seed: Any, epoch: Any) -> list[jax.Array]:
+    """Returns the JAX round keys of ``(seed, epoch)``, for ``permute_with_keys``."""
+    return _round_keys(seed, epoch, jnp)
+
+
+def permute_with_keys(i: Any, n: int, keys: list[Any]) -> jax.Array:
+    """``permute`` inside ``jit`` with precomputed round keys (scalars, or arrays like ``i``).
+
+    A batch that straddles two epochs selects between two scalar key sets per element,
+    which costs far less than hashing ``(seed, epoch)`` once per element.
+    """
+    i = _u32(i, jnp)
+    bits = (n - 1).bit_length()
+    if bits == 0:
+        return jnp.zeros(i.shape, jnp.int32)
+    return _walk_jax(i, keys, bits, n).astype(jnp.int32)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -19,7 +19,7 @@ import numpy as np
 from jaxtyping import Array, Int, UInt32
 
 from . import _api, _nocopy
-from ._shuffle import permute
+from ._shuffle import permute, permute_with_keys, round_keys
 
 PyTree = Any
 _INT32_MAX = 2**31 - 1
@@ -208,7 +208,8 @@ def _records_at(data: PyTree, start: Any, size: int, n: int, shuffle: bool, seed
         pos = local + offsets
         wrapped = pos >= jnp.uint32(n)
         pos = jnp.where(wrapped, pos - jnp.uint32(n), pos)
-        return _take(data, permute(pos, n, seed, ep + wrapped.astype(jnp.uint32)))
+        keys = [jnp.where(wrapped, k1, k0) for k0, k1 in zip(round_keys(seed, ep), round_keys(seed, ep + 1))]
+        return _take(data, permute_with_keys(pos, n, keys))
     # Sequential: slice [s0, s0 + size) with s0 = min(local, N - size), append the first
     # `size` records, and slice again at local - s0; rows past N wrap to the epoch start.
     local = local.astype(jnp.int32)
