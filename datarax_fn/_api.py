@@ -7,6 +7,7 @@ state type plugs in with ``@dfn.get_batch.register(MyState)``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +22,23 @@ def _unsupported(fn_name: str, state: Any) -> TypeError:
         f"{fn_name}: expected a datarax_fn source state (EagerSource, StreamingSource, ...); "
         f"got {type(state).__name__}. Build one with dfn.from_arrays, dfn.from_hf or dfn.from_tfds."
     )
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def replace(state: Any, **changes: Any) -> Any:
+    """Returns a copy of an ``eqx.Module`` state with ``changes``, skipping ``__init__``.
+
+    ``dataclasses.replace`` re-runs ``__init__`` and its validation; this is on every
+    state's per-step hot path, and a state built from a valid one stays valid.
+    """
+    new = object.__new__(type(state))
+    for name in _field_names(type(state)):
+        object.__setattr__(new, name, changes[name] if name in changes else getattr(state, name))
+    return new
 
 
 def check_size(size: Any, fn_name: str = "get_batch") -> int:

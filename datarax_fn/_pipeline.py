@@ -13,7 +13,6 @@ copied (issue [no-copy]).
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -95,12 +94,7 @@ def _copy_arrays(tree: Any) -> Any:
     return jax.tree.map(lambda x: jnp.array(x, copy=True) if isinstance(x, jax.Array) else x, tree)
 
 
-def _replace(pipe: Pipeline, **changes: Any) -> Pipeline:
-    # Skips __init__ (and its re-binding) on the hot path.
-    new = object.__new__(Pipeline)
-    for f in dataclasses.fields(Pipeline):
-        object.__setattr__(new, f.name, changes.get(f.name, getattr(pipe, f.name)))
-    return new
+_replace = _api.replace  # skips __init__ (and its re-binding of stages) on the hot path
 
 
 def _position(source: Any) -> tuple[Any, Any]:
@@ -170,19 +164,17 @@ def steps_per_epoch(pipeline: Pipeline) -> int:
 
 def _split_data(pipe: Pipeline) -> tuple[Pipeline, Any]:
     """Takes an eager source's dataset out of the pipeline, so it is never a carry."""
-    from ._source import EagerSource, _replace as replace_source
+    from ._source import EagerSource
 
     if isinstance(pipe.source, EagerSource):
-        return _replace(pipe, source=replace_source(pipe.source, data=None)), pipe.source.data
+        return _replace(pipe, source=_api.replace(pipe.source, data=None)), pipe.source.data
     return pipe, None
 
 
 def _join_data(pipe: Pipeline, data: Any) -> Pipeline:
-    from ._source import _replace as replace_source
-
     if data is None:
         return pipe
-    return _replace(pipe, source=replace_source(pipe.source, data=data))
+    return _replace(pipe, source=_api.replace(pipe.source, data=data))
 
 
 def _scan(light: Pipeline, data: Any, step_fn: Callable, carry: Any, length: int):

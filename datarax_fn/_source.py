@@ -8,7 +8,6 @@ and ``epoch < 2**31`` (an overflow raises inside ``jit`` through ``eqx.error_if`
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from typing import Any
 
@@ -257,15 +256,7 @@ def _is_traced(state: EagerSource) -> bool:
     return isinstance(state.index, jax.core.Tracer)
 
 
-_FIELDS = tuple(f.name for f in dataclasses.fields(EagerSource))
-
-
-def _replace(state: EagerSource, **changes: Any) -> EagerSource:
-    # dataclasses.replace without re-running validation: this is on the per-step hot path.
-    new = object.__new__(EagerSource)
-    for name in _FIELDS:
-        object.__setattr__(new, name, changes[name] if name in changes else getattr(state, name))
-    return new
+_replace = _api.replace
 
 
 def _check_key_size(size: int, n: int) -> None:

@@ -260,19 +260,11 @@ def make_streaming(
     )
 
 
-_FIELDS = ("epoch", "position", "seed", "backend", "shuffle", "name", "num_epochs")
-
-
 def _with(state: StreamingSource, epoch: int, position: int) -> StreamingSource:
     # Per-batch hot path on the host thread that competes with the prefetch thread for the
     # GIL. The cursor of a host-side source stays in host memory (0-d NumPy int32): a
     # device_put per scalar costs ~0.1 ms in JAX's dispatch, and nothing reads it on device.
-    new = object.__new__(StreamingSource)
-    for name in _FIELDS:
-        object.__setattr__(new, name, getattr(state, name))
-    object.__setattr__(new, "epoch", np.asarray(epoch, np.int32))
-    object.__setattr__(new, "position", np.asarray(position, np.int32))
-    return new
+    return _api.replace(state, epoch=np.asarray(epoch, np.int32), position=np.asarray(position, np.int32))
 
 
 def _check_host(state: StreamingSource, fn: str) -> None:
@@ -434,9 +426,9 @@ def _(state: StreamingSource, cursor: dict[str, Any]):
         )
     if bool(cursor.get("shuffle")) != state.shuffle:
         raise ValueError(f"restore_cursor: cursor has shuffle={cursor.get('shuffle')}, source has shuffle={state.shuffle}.")
-    new = _with(state, int(cursor["epoch"]), int(cursor["position"]))
-    object.__setattr__(new, "seed", np.asarray(int(cursor["seed"]), np.uint32))
-    return new
+    return _api.replace(
+        _with(state, int(cursor["epoch"]), int(cursor["position"])), seed=np.asarray(int(cursor["seed"]), np.uint32)
+    )
 
 
 @_api.dataset_info.register
