@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 from . import _api
-from ._streaming import _put
+from ._streaming import _put, _shutdown
 
 PyTree = Any
 _ITEM, _END, _ERROR = 0, 1, 2
@@ -100,10 +100,4 @@ def _prefetch(it: Iterator, size: int, device: Any) -> Iterator:
                 raise item
             yield item
     finally:
-        stop.set()
-        try:
-            while True:
-                q.get_nowait()
-        except queue.Empty:
-            pass
-        thread.join(timeout=10)
+        _shutdown(stop, q, thread, timeout=10)

@@ -98,7 +98,8 @@ def _produce(it: Iterator, q: queue.Queue, stop: threading.Event) -> None:
                 pass
 
 
-def _shutdown(stop: threading.Event, q: queue.Queue, thread: threading.Thread) -> None:
+def _shutdown(stop: threading.Event, q: queue.Queue, thread: threading.Thread, timeout: float = 2) -> None:
+    """Stops a bounded-queue producer thread: set ``stop``, drain ``q``, join ``thread``."""
     stop.set()
     try:
         while True:
@@ -108,7 +109,7 @@ def _shutdown(stop: threading.Event, q: queue.Queue, thread: threading.Thread) -
     if thread is not threading.current_thread() and thread.is_alive():
         # The producer notices `stop` within 50 ms; a backend stuck in its own cleanup
         # cannot hang the caller (the thread is a daemon and ends with the backend).
-        thread.join(timeout=2)
+        thread.join(timeout=timeout)
 
 
 class _Reader:

@@ -19,6 +19,13 @@ def build(seed=7):
     return dfn.from_arrays({"x": np.arange(37, dtype=np.int32),
                             "img": rng.integers(0, 255, (37, 4, 4, 1), dtype=np.uint8)},
                            shuffle=True, seed=seed)
+def print_next_batches(state, k=6):
+    import json
+    out = []
+    for _ in range(k):
+        state, b = dfn.get_batch(state, 10)
+        out.append(np.asarray(b["x"]).tolist())
+    print(json.dumps(out))
 """
 exec(BUILD)
 
@@ -55,16 +62,12 @@ def test_orbax_standard_checkpointer_fresh_process(saved, tmp_path):
         ckptr.save(path, state)
     got = run_fresh(
         f"""
-        import json, jax, numpy as np, orbax.checkpoint as ocp
+        import jax, orbax.checkpoint as ocp
         target = build()
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         with ocp.StandardCheckpointer() as ckptr:
             state = ckptr.restore({str(path)!r}, abstract)
-        out = []
-        for _ in range(6):
-            state, b = dfn.get_batch(state, 10)
-            out.append(np.asarray(b["x"]).tolist())
-        print(json.dumps(out))
+        print_next_batches(state)
         """,
         tmp_path,
     )
@@ -80,16 +83,12 @@ def test_orbax_checkpoint_manager_with_cursor(saved, tmp_path):
         mngr.wait_until_finished()
     got = run_fresh(
         f"""
-        import json, numpy as np, orbax.checkpoint as ocp
+        import orbax.checkpoint as ocp
         with ocp.CheckpointManager({str(tmp_path / "mgr")!r}) as mngr:
             step = mngr.latest_step()
             cur = mngr.restore(step, args=ocp.args.Composite(cursor=ocp.args.JsonRestore()))["cursor"]
         state = dfn.restore_cursor(build(), cur)
-        out = []
-        for _ in range(6):
-            state, b = dfn.get_batch(state, 10)
-            out.append(np.asarray(b["x"]).tolist())
-        print(json.dumps(out))
+        print_next_batches(state)
         """,
         tmp_path,
     )
