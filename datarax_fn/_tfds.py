@@ -345,7 +345,6 @@ def _not_prepared(cfg: TFDSEagerConfig, builder: Any, err: Exception) -> FileNot
 
 
 def _plan(cfg: TFDSEagerConfig) -> _Plan:
-    tfds = _tfds()
     builder = _open_builder(cfg)
     info = builder.info
     features = info.features

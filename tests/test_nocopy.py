@@ -1,7 +1,5 @@
 """[no-copy]: carrying the state through a step must keep the very same data buffers."""
 
-import subprocess
-import sys
 import warnings
 
 import jax
