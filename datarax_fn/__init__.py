@@ -9,8 +9,8 @@ state, batch = dfn.get_batch(state, 128)
 
 # --- foundation (lead) ---
 from ._shuffle import permute as permute
-from ._source import EagerSource as EagerSource, from_arrays as from_arrays
-from ._api import (
+from ._eager import EagerSource as EagerSource, from_arrays as from_arrays
+from ._core import (
     cursor as cursor,
     dataset_info as dataset_info,
     element_spec as element_spec,
@@ -20,7 +20,7 @@ from ._api import (
     num_records as num_records,
     restore_cursor as restore_cursor,
 )
-from ._nocopy import DatasetCopyWarning as DatasetCopyWarning, jit_step as jit_step
+from ._jit import DatasetCopyWarning as DatasetCopyWarning, jit_step as jit_step
 from ._sharding import data_sharding as data_sharding, get_global_batch as get_global_batch
 
 # --- conversion + hf (hf engineer) ---

@@ -10,7 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from . import _api
+from . import _core
 from ._streaming import _put, _shutdown
 
 PyTree = Any
@@ -33,13 +33,13 @@ def collect_to_array(source: Any, *, chunk_size: int = 4096) -> PyTree:
     ```
     """
     from ._pipeline import Pipeline
-    from ._source import EagerSource
+    from ._eager import EagerSource
 
     if isinstance(source, Pipeline):
         source = source.source
     if isinstance(source, EagerSource):
         return source.data
-    n = _api.num_records(source)
+    n = _core.num_records(source)
     if n is None:
         raise ValueError(
             "collect_to_array: the source has unknown length (an endless stream), so it cannot be "
@@ -50,7 +50,7 @@ def collect_to_array(source: Any, *, chunk_size: int = 4096) -> PyTree:
     parts, seen, state = [], 0, source
     while seen < n:
         size = min(chunk_size, n - seen)
-        state, batch = _api.get_batch(state, size)
+        state, batch = _core.get_batch(state, size)
         parts.append(jax.tree.map(np.asarray, batch))
         seen += size
     return jax.device_put(jax.tree.map(lambda *xs: np.concatenate(xs), *parts))

@@ -280,7 +280,7 @@ def _convert_table(table: Any, fields: Mapping[str, Any], cfg: Any, **kw: Any) -
 
 
 def _eager_from_dataset(ds: Any, cfg: HFEagerConfig) -> Any:
-    from ._source import from_arrays
+    from ._eager import from_arrays
 
     fields = _fields_for(ds, cfg)
     table = ds.select_columns(list(fields)).with_format("arrow")[:]

@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, UInt32
 
-from . import _api
-from ._nocopy import DatasetCopyWarning
+from . import _core
+from ._jit import DatasetCopyWarning
 from ._stages import Chain, as_stage, bind_stats, chain
 from ._stats import Statistics
 
@@ -94,7 +94,7 @@ def _copy_arrays(tree: Any) -> Any:
     return jax.tree.map(lambda x: jnp.array(x, copy=True) if isinstance(x, jax.Array) else x, tree)
 
 
-_replace = _api.replace  # skips __init__ (and its re-binding of stages) on the hot path
+_replace = _core.replace  # skips __init__ (and its re-binding of stages) on the hot path
 
 
 def _position(source: Any) -> tuple[Any, Any]:
@@ -147,13 +147,13 @@ def step(pipeline: Pipeline) -> tuple[Pipeline, PyTree]:
     if not isinstance(pipeline, Pipeline):
         raise TypeError(f"step: expected a dfn.Pipeline; got {type(pipeline).__name__}.")
     epoch, position = _position(pipeline.source)
-    source, batch = _api.get_batch(pipeline.source, pipeline.batch_size)
+    source, batch = _core.get_batch(pipeline.source, pipeline.batch_size)
     return _replace(pipeline, source=source), _run_stages(pipeline, batch, epoch, position)
 
 
 def steps_per_epoch(pipeline: Pipeline) -> int:
     """Returns ``max(1, num_records // batch_size)``: the steps ``scan_epoch`` runs."""
-    n = _api.num_records(pipeline.source)
+    n = _core.num_records(pipeline.source)
     if n is None:
         raise ValueError("steps_per_epoch: the source has unknown length; use dfn.scan with an explicit length.")
     return max(1, n // pipeline.batch_size)
@@ -164,17 +164,17 @@ def steps_per_epoch(pipeline: Pipeline) -> int:
 
 def _split_data(pipe: Pipeline) -> tuple[Pipeline, Any]:
     """Takes an eager source's dataset out of the pipeline, so it is never a carry."""
-    from ._source import EagerSource
+    from ._eager import EagerSource
 
     if isinstance(pipe.source, EagerSource):
-        return _replace(pipe, source=_api.replace(pipe.source, data=None)), pipe.source.data
+        return _replace(pipe, source=_core.replace(pipe.source, data=None)), pipe.source.data
     return pipe, None
 
 
 def _join_data(pipe: Pipeline, data: Any) -> Pipeline:
     if data is None:
         return pipe
-    return _replace(pipe, source=_api.replace(pipe.source, data=data))
+    return _replace(pipe, source=_core.replace(pipe.source, data=data))
 
 
 def _scan(light: Pipeline, data: Any, step_fn: Callable, carry: Any, length: int):
@@ -283,7 +283,7 @@ def iterate(
         raise ValueError(f"iterate: remainder must be one of {_REMAINDERS}; got {remainder!r}.")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"iterate: epochs must be a Python int >= 1; got epochs={epochs!r}.")
-    n = _api.num_records(pipeline.source)
+    n = _core.num_records(pipeline.source)
     if n is None:
         raise ValueError(
             "iterate: the source has unknown length, so epochs have no known remainder; use "
@@ -302,7 +302,7 @@ def _iterate(pipe: Pipeline, n: int, epochs: int, remainder: str) -> Iterator[tu
         if not rem:
             continue
         epoch, position = _position(pipe.source)
-        source, raw = _api.get_batch(pipe.source, rem)
+        source, raw = _core.get_batch(pipe.source, rem)
         pipe = _replace(pipe, source=source)
         if remainder == "partial":
             yield pipe, _run_stages(pipe, raw, epoch, position)
@@ -311,7 +311,7 @@ def _iterate(pipe: Pipeline, n: int, epochs: int, remainder: str) -> Iterator[tu
             yield pipe, _mask(batch, rem, size)
 
 
-@_api.iterate.register
+@_core.iterate.register
 def _(state: Pipeline, size: int | None = None, *, epochs: int = 1, remainder: str = "drop"):
     return iterate(state, size, epochs=epochs, remainder=remainder)
 
@@ -319,39 +319,39 @@ def _(state: Pipeline, size: int | None = None, *, epochs: int = 1, remainder: s
 # ----------------------------------------------------------------------------- generic functions
 
 
-@_api.num_records.register
+@_core.num_records.register
 def _(state: Pipeline):
-    return _api.num_records(state.source)
+    return _core.num_records(state.source)
 
 
-@_api.element_spec.register
+@_core.element_spec.register
 def _(state: Pipeline):
     """The spec of one record after the stages (traced, nothing runs)."""
-    spec = _api.element_spec(state.source)
+    spec = _core.element_spec(state.source)
     batch = jax.tree.map(lambda s: jax.ShapeDtypeStruct((state.batch_size, *s.shape), s.dtype), spec)
     epoch, position = _position(state.source)
     out = jax.eval_shape(_apply, state.stages, batch, state.seed, epoch, position)
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), out)
 
 
-@_api.dataset_info.register
+@_core.dataset_info.register
 def _(state: Pipeline):
-    return _api.dataset_info(state.source)
+    return _core.dataset_info(state.source)
 
 
-@_api.cursor.register
+@_core.cursor.register
 def _(state: Pipeline):
-    return {"kind": "pipeline", "seed": int(state.seed), "source": _api.cursor(state.source)}
+    return {"kind": "pipeline", "seed": int(state.seed), "source": _core.cursor(state.source)}
 
 
-@_api.restore_cursor.register
+@_core.restore_cursor.register
 def _(state: Pipeline, cursor: dict[str, Any]):
     if cursor.get("kind") != "pipeline" or "source" not in cursor:
         raise ValueError(
             "restore_cursor: a Pipeline needs the cursor from dfn.cursor(pipeline) (kind 'pipeline'); "
             f"got kind={cursor.get('kind')!r}. For a source cursor, restore pipeline.source instead."
         )
-    source = _api.restore_cursor(state.source, cursor["source"])
+    source = _core.restore_cursor(state.source, cursor["source"])
     return _replace(state, source=source, seed=jnp.asarray(int(cursor["seed"]), jnp.uint32))
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import jax
 
-from . import _api
-from ._source import EagerSource, _advance, _replace
+from . import _core
+from ._eager import EagerSource, _advance, _replace
 
 
 def _process_rows(sharding: jax.sharding.Sharding, global_size: int) -> tuple[int, int]:
@@ -50,7 +50,7 @@ def get_global_batch(state: EagerSource, global_size: int, sharding: jax.shardin
     assert batch["x"].tolist() == list(range(8))
     ```
     """
-    _api.check_size(global_size, "get_global_batch")
+    _core.check_size(global_size, "get_global_batch")
     if not isinstance(state, EagerSource):
         raise TypeError(f"get_global_batch: expected an EagerSource; got {type(state).__name__}.")
     if isinstance(state.index, jax.core.Tracer):
@@ -59,7 +59,7 @@ def get_global_batch(state: EagerSource, global_size: int, sharding: jax.shardin
             "jax.lax.with_sharding_constraint(batch, sharding)."
         )
     start, stop = _process_rows(sharding, global_size)
-    local = _api.get_batch_at(state, state.index + start, stop - start)
+    local = _core.get_batch_at(state, state.index + start, stop - start)
     batch = jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, x, (global_size, *x.shape[1:])), local
     )

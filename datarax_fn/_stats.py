@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _api
+from . import _core
 
 PyTree = Any
 _REDUCTIONS = ("mean", "sum", "min", "max")
@@ -198,7 +198,7 @@ def compute_statistics(
     ```
     """
     from ._pipeline import Pipeline
-    from ._source import EagerSource
+    from ._eager import EagerSource
 
     if isinstance(source, Pipeline):
         source = source.source
@@ -206,7 +206,7 @@ def compute_statistics(
         raise ValueError(f"compute_statistics: batch_size must be an int >= 1; got {batch_size!r}.")
     if batch_stats_fn is not None and reduction not in _REDUCTIONS:
         raise ValueError(f"compute_statistics: reduction must be one of {_REDUCTIONS}; got {reduction!r}.")
-    n = _api.num_records(source)
+    n = _core.num_records(source)
     if n is None:
         raise ValueError(
             "compute_statistics: the source has unknown length (an endless stream); pass "
@@ -232,7 +232,7 @@ def compute_statistics(
         state, acc, seen, shift = source, None, 0, None
         while seen < n:
             size = min(chunk, n - seen)
-            state, batch = _api.get_batch(state, size)
+            state, batch = _core.get_batch(state, size)
             batch = _select(batch, keys)
             shift = _shift(batch, per_channel) if shift is None else shift
             part = chunk_jit(batch, shift)

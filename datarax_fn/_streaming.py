@@ -34,7 +34,7 @@ import jax
 import numpy as np
 from jaxtyping import Int, UInt32
 
-from . import _api
+from . import _core
 
 PyTree = Any
 
@@ -265,7 +265,7 @@ def _with(state: StreamingSource, epoch: int, position: int) -> StreamingSource:
     # Per-batch hot path on the host thread that competes with the prefetch thread for the
     # GIL. The cursor of a host-side source stays in host memory (0-d NumPy int32): a
     # device_put per scalar costs ~0.1 ms in JAX's dispatch, and nothing reads it on device.
-    return _api.replace(state, epoch=np.asarray(epoch, np.int32), position=np.asarray(position, np.int32))
+    return _core.replace(state, epoch=np.asarray(epoch, np.int32), position=np.asarray(position, np.int32))
 
 
 def _check_host(state: StreamingSource, fn: str) -> None:
@@ -294,10 +294,10 @@ def _check_shapes(parts: list[PyTree], spec: PyTree, name: str) -> None:
                 )
 
 
-@_api.get_batch.register
+@_core.get_batch.register
 def _get_batch(state: StreamingSource, size: int, key: Any = None):
     _check_host(state, "get_batch")
-    size = _api.check_size(size)
+    size = _core.check_size(size)
     if key is not None:
         raise TypeError(
             "get_batch: a StreamingSource cannot draw random records with key=; it reads in order. "
@@ -347,7 +347,7 @@ def _get_batch(state: StreamingSource, size: int, key: Any = None):
     return _with(state, epoch, pos), _concat(parts)
 
 
-@_api.get_batch_at.register
+@_core.get_batch_at.register
 def _(state: StreamingSource, start: Any, size: int, key: Any = None):
     raise TypeError(
         "get_batch_at: a StreamingSource has no random access; use dfn.get_batch(state, size), or load "
@@ -355,7 +355,7 @@ def _(state: StreamingSource, start: Any, size: int, key: Any = None):
     )
 
 
-@_api.element_spec.register
+@_core.element_spec.register
 def _(state: StreamingSource):
     return state.backend.spec()
 
@@ -370,26 +370,26 @@ def _num_records(state: StreamingSource) -> int:
     return n
 
 
-@_api.num_records.register
+@_core.num_records.register
 def _(state: StreamingSource):
     return _num_records(state)
 
 
-@_api.iterate.register
+@_core.iterate.register
 def _(state: StreamingSource, size: int, *, epochs: int = 1):
     _check_host(state, "iterate")
     if state.backend.backend.num_records() is not None and state.num_epochs is None:
-        return _api.iterate_batches(state, size, epochs)
+        return _core.iterate_batches(state, size, epochs)
     return _iterate_unknown(state, size, epochs)
 
 
 def _iterate_unknown(state: StreamingSource, size: int, epochs: int):
-    _api.check_size(size, "iterate")
+    _core.check_size(size, "iterate")
     stop = int(state.epoch) + epochs
     target = int(state.position)
     while True:
         try:
-            state, batch = _api.get_batch(state, size)
+            state, batch = _core.get_batch(state, size)
         except EndOfStream:
             return
         yield state, batch
@@ -402,7 +402,7 @@ def _fingerprint(state: StreamingSource) -> str | None:
     return fp() if callable(fp) else None
 
 
-@_api.cursor.register
+@_core.cursor.register
 def _(state: StreamingSource):
     return {
         "kind": "streaming",
@@ -415,7 +415,7 @@ def _(state: StreamingSource):
     }
 
 
-@_api.restore_cursor.register
+@_core.restore_cursor.register
 def _(state: StreamingSource, cursor: dict[str, Any]):
     if cursor.get("kind") != "streaming":
         raise ValueError(f"restore_cursor: a {cursor.get('kind')!r} cursor cannot restore a StreamingSource.")
@@ -427,12 +427,12 @@ def _(state: StreamingSource, cursor: dict[str, Any]):
         )
     if bool(cursor.get("shuffle")) != state.shuffle:
         raise ValueError(f"restore_cursor: cursor has shuffle={cursor.get('shuffle')}, source has shuffle={state.shuffle}.")
-    return _api.replace(
+    return _core.replace(
         _with(state, int(cursor["epoch"]), int(cursor["position"])), seed=np.asarray(int(cursor["seed"]), np.uint32)
     )
 
 
-@_api.dataset_info.register
+@_core.dataset_info.register
 def _(state: StreamingSource):
     return getattr(state.backend.backend, "info", None)
 

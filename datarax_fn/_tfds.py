@@ -33,7 +33,7 @@ from . import _convert as cv
 from . import _budget
 from ._budget import choose_mode, logger
 from ._shuffle import epoch_seed, permute
-from ._source import EagerSource, from_arrays
+from ._eager import EagerSource, from_arrays
 
 _SHAPE = "__shape__"  # tf.data side leaf holding the true shape of a ragged feature
 

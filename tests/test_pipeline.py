@@ -98,7 +98,7 @@ def test_stage_keys_depend_on_position_only_not_on_history():
     for _ in range(3):
         walked, _ = dfn.step(walked)
     jumped = make()
-    jumped = dfn._pipeline._replace(jumped, source=dfn._source._replace(jumped.source, index=jnp.int32(15)))
+    jumped = dfn._pipeline._replace(jumped, source=dfn._eager._replace(jumped.source, index=jnp.int32(15)))
     chex.assert_trees_all_equal(dfn.step(walked)[1], dfn.step(jumped)[1])
     # a different position gives different augmentations of the same records
     data = [np.asarray(jax.random.key_data(stage_key(s, e, p))) for s, e, p in [(0, 0, 5), (0, 1, 5), (0, 0, 6), (1, 0, 5)]]

@@ -1,7 +1,7 @@
 """The generic functions every source state implements.
 
 Each is a ``functools.singledispatch`` on the state's type: ``EagerSource`` registers
-its implementation in ``_source.py``, ``StreamingSource`` in ``_streaming.py``. A new
+its implementation in ``_eager.py``, ``StreamingSource`` in ``_streaming.py``. A new
 state type plugs in with ``@dfn.get_batch.register(MyState)``.
 """
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Int, UInt32
 
-from . import _api, _nocopy
+from . import _core, _jit
 from ._shuffle import permute, permute_with_keys, round_keys
 
 PyTree = Any
@@ -246,7 +246,7 @@ def _step(data, index, epoch, seed, size, n, shuffle):
 
 
 # Compiled once per (batch size, N, shuffle, data structure); `data` is an input and
-# never an output, so XLA cannot copy it (see _nocopy and issue [no-copy]).
+# never an output, so XLA cannot copy it (see _jit and issue [no-copy]).
 _step_jit = jax.jit(_step, static_argnums=(4, 5, 6))
 _records_at_jit = jax.jit(_records_at, static_argnames=("size", "n", "shuffle"))
 _keyed_jit = jax.jit(_keyed, static_argnames=("size", "n"))
@@ -256,7 +256,7 @@ def _is_traced(state: EagerSource) -> bool:
     return isinstance(state.index, jax.core.Tracer)
 
 
-_replace = _api.replace
+_replace = _core.replace
 
 
 def _check_key_size(size: int, n: int) -> None:
@@ -267,9 +267,9 @@ def _check_key_size(size: int, n: int) -> None:
         )
 
 
-@_api.get_batch.register
+@_core.get_batch.register
 def _(state: EagerSource, size: int, key: Any = None):
-    size = _api.check_size(size)
+    size = _core.check_size(size)
     n = state.num_records
     traced = _is_traced(state)
     if key is not None:
@@ -277,16 +277,16 @@ def _(state: EagerSource, size: int, key: Any = None):
         fn = _keyed if traced else _keyed_jit
         return state, fn(state.data, key, size=size, n=n)
     if traced:
-        _nocopy.warn_if_copied(state.data)
+        _jit.warn_if_copied(state.data)
         index, epoch, batch = _step(state.data, state.index, state.epoch, state.seed, size, n, state.shuffle)
     else:
         index, epoch, batch = _step_jit(state.data, state.index, state.epoch, state.seed, size, n, state.shuffle)
     return _replace(state, index=index, epoch=epoch), batch
 
 
-@_api.get_batch_at.register
+@_core.get_batch_at.register
 def _(state: EagerSource, start: Any, size: int, key: Any = None):
-    size = _api.check_size(size, "get_batch_at")
+    size = _core.check_size(size, "get_batch_at")
     n = state.num_records
     if key is not None:
         _check_key_size(size, n)
@@ -297,22 +297,22 @@ def _(state: EagerSource, start: Any, size: int, key: Any = None):
     return fn(state.data, start, size=size, n=n, shuffle=state.shuffle, seed=state.seed, epoch=state.epoch)
 
 
-@_api.element_spec.register
+@_core.element_spec.register
 def _(state: EagerSource):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), state.data)
 
 
-@_api.num_records.register
+@_core.num_records.register
 def _(state: EagerSource):
     return state.num_records
 
 
-@_api.iterate.register
+@_core.iterate.register
 def _(state: EagerSource, size: int, *, epochs: int = 1):
-    return _api.iterate_batches(state, size, epochs)
+    return _core.iterate_batches(state, size, epochs)
 
 
-@_api.dataset_info.register
+@_core.dataset_info.register
 def _(state: EagerSource):
     return None if state.info is None else state.info.value
 
@@ -334,7 +334,7 @@ def fingerprint(state: EagerSource) -> str:
     return h.hexdigest()
 
 
-@_api.cursor.register
+@_core.cursor.register
 def _(state: EagerSource):
     return {
         "kind": "eager",
@@ -347,7 +347,7 @@ def _(state: EagerSource):
     }
 
 
-@_api.restore_cursor.register
+@_core.restore_cursor.register
 def _(state: EagerSource, cursor: dict[str, Any]):
     missing = {"index", "epoch", "seed", "fingerprint"} - set(cursor)
     if missing:

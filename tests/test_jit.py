@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import datarax_fn as dfn
-from datarax_fn import _nocopy
+from datarax_fn import _jit
 
 
 def big_state(shuffle=True):
@@ -32,13 +32,13 @@ def test_eager_get_batch_keeps_buffers():
 
 def test_eager_get_batch_compiles_once_per_size():
     state = dfn.from_arrays({"x": np.arange(1000, dtype=np.int32)}, shuffle=True, seed=9)
-    from datarax_fn import _source
+    from datarax_fn import _eager
 
     state, _ = dfn.get_batch(state, 77)
-    size_before = _source._step_jit._cache_size()
+    size_before = _eager._step_jit._cache_size()
     for _ in range(5):
         state, _ = dfn.get_batch(state, 77)
-    assert _source._step_jit._cache_size() == size_before
+    assert _eager._step_jit._cache_size() == size_before
 
 
 def test_jit_step_aliases_the_dataset():
@@ -123,7 +123,7 @@ def test_jit_step_passes_other_args_through_without_donation():
 
 
 def test_threshold_constant_documented():
-    assert _nocopy.COPY_WARNING_BYTES == 8 * 2**20
+    assert _jit.COPY_WARNING_BYTES == 8 * 2**20
 
 
 def test_host_aliased_source_is_copied_at_most_once():

@@ -66,7 +66,7 @@ def warn_if_copied(data: Any) -> None:
 
 
 def _holds_source(tree: Any) -> bool:
-    from ._source import EagerSource
+    from ._eager import EagerSource
 
     return any(isinstance(x, EagerSource) for x in jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, EagerSource)))
 
