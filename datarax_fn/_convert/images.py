@@ -97,7 +97,23 @@ def _spng_ok(buf: Any) -> bool:
     if len(buf) < 33 or bytes(buf[:8]) != _PNG_SIG:
         return False
     depth, ctype = buf[24], buf[25]
+    if (depth, ctype) == (8, 4):  # libspng has no 8-bit grey+alpha output
+        return False
     return depth in (8, 16) and ctype in (0, 2, 4, 6) and bytes(buf).find(b"tRNS") < 0
+
+
+def _decode_png(buf: Any) -> np.ndarray | None:
+    """Returns a PNG decoded by libspng, or None where PIL must decode it."""
+    spng = _spng()
+    if spng is None or not _spng_ok(buf):
+        return None
+    try:
+        a = spng.load(bytes(buf))
+    except RuntimeError:  # a file libspng refuses: PIL decides (and names the error)
+        return None
+    if a.dtype == np.uint16 and buf[25] in (0, 2):  # 16-bit grey/RGB come with an added opaque alpha
+        a = a[:, :, : 1 if buf[25] == 0 else 3]
+    return a[:, :, None] if a.ndim == 2 else a
 
 
 def decode(obj: Any, name: str, row: int) -> np.ndarray:
@@ -106,12 +122,9 @@ def decode(obj: Any, name: str, row: int) -> np.ndarray:
         a = np.asarray(obj)
         return a[:, :, None] if a.ndim == 2 else a
     if isinstance(obj, (bytes, bytearray, memoryview)):
-        spng = _spng()
-        if spng is not None and _spng_ok(obj):
-            a = spng.load(bytes(obj))
-            if a.dtype == np.uint16 and obj[25] in (0, 2):  # 16-bit grey/RGB come with an added opaque alpha
-                a = a[:, :, : 1 if obj[25] == 0 else 3]
-            return a[:, :, None] if a.ndim == 2 else a
+        a = _decode_png(obj)
+        if a is not None:
+            return a
     from PIL import Image as PILImage  # heavy; only images need it
 
     try:
@@ -206,10 +219,11 @@ def stack(images: list[np.ndarray], mode: str | None, dtype: str, shape: tuple, 
     first = images[0].shape if images else tuple(d or 0 for d in shape)
     for i, a in enumerate(images):
         if a.dtype != want:
+            fix = f"pass image_mode={{{name!r}: 'I;16'}}" if a.shape[2] == 1 and a.dtype == np.uint16 else (
+                "pass a transform that converts it (it receives the decoded arrays)")
             raise ValueError(
-                f"field {name!r}: row {row0 + i} is a {a.dtype} image, the feature declares {want}. Declare "
-                f"the image's dtype (HF: image_mode={{{name!r}: 'I;16'}} for 16-bit grey), or pass a "
-                "transform that converts it."
+                f"field {name!r}: row {row0 + i} is a {a.dtype} image with {a.shape[2]} channel(s), the feature "
+                f"declares {want}. To keep its values, {fix}; or leave it out with exclude_keys=[{name!r}]."
             )
         if a.shape != first or any(d is not None and d != s for d, s in zip(shape, a.shape)):
             other = first if a.shape != first else tuple(shape)
