@@ -89,7 +89,7 @@ def test_decoded_hf_arrays_pass_through():
 
 
 def test_flac_decodes_through_soundfile_exactly():
-    sf = pytest.importorskip("soundfile")
+    import soundfile as sf
     buf = io.BytesIO()
     sf.write(buf, CLIP, 8000, format="FLAC", subtype="PCM_16")
     out = convert({"au": [buf.getvalue()]}, {"au": cv.Audio(8000)})["au"]

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from datarax_fn import _convert as cv
-from datarax_fn._convert import images
+from datarax_fn._convert import decoders, images
 
 RNG = np.random.default_rng(0)
 GREY = RNG.integers(0, 256, (6, 5), dtype=np.uint8)
@@ -161,12 +161,62 @@ def test_jpeg_pixels_equal_pil_decoding_of_the_same_bytes(subsampling, kind):
     assert np.array_equal(out[1], pil_pixels(data))
 
 
+def jpeg(a: np.ndarray, **options) -> bytes:
+    buf = io.BytesIO()
+    PIL.Image.fromarray(a).save(buf, "JPEG", **options)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 5), (17, 23), (64, 48), (255, 129)])
+def test_jpeg_library_decoder_is_bit_exact_with_pil_on_a_varied_set(size):
+    rng = np.random.default_rng(size[0])
+    h, w = size
+    arrays = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8), rng.integers(0, 256, (h, w), dtype=np.uint8),
+              np.linspace(0, 255, h * w * 3).reshape(h, w, 3).astype(np.uint8)]
+    checked = 0
+    for a in arrays:
+        for subsampling in (0, 1, 2):
+            for quality in (30, 90, 100):
+                for progressive in (False, True):
+                    try:
+                        data = jpeg(a, quality=quality, subsampling=subsampling, progressive=progressive)
+                    except OSError:  # libjpeg cannot write some tiny progressive files
+                        continue
+                    fast = decoders.decode_fast(data)
+                    assert fast is not None and np.array_equal(fast, decoders.decode_pil(data))
+                    checked += 1
+    assert checked >= 36
+
+
+def test_jpeg_with_exif_orientation_or_cmyk_is_decoded_like_hf():
+    a = np.zeros((4, 6, 3), np.uint8)
+    a[0, 0] = 255
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    buf = io.BytesIO()
+    PIL.Image.fromarray(a).save(buf, "JPEG", quality=100, exif=exif)
+    rows = {"im": [buf.getvalue()]}
+    out = hf_convert(rows, {"im": hd.Image()})["im"]
+    ref = hf_dataset(rows, {"im": hd.Image()}).with_format("numpy")["im"][0]
+    assert out.shape == (1, 6, 4, 3) and np.array_equal(out[0], ref)
+    cmyk = io.BytesIO()
+    PIL.Image.fromarray(RGBA, "CMYK").save(cmyk, "JPEG")
+    assert decoders.decode_fast(cmyk.getvalue()) is None
+    out = convert({"im": [cmyk.getvalue()]}, {"im": cv.Image()})["im"]
+    assert np.array_equal(out[0], np.asarray(PIL.Image.open(io.BytesIO(cmyk.getvalue())).convert("RGB")))
+
+
+def test_plain_png_and_jpeg_take_the_library_decoders():
+    assert decoders.decode_fast(png(RGB)) is not None and decoders.decode_fast(jpeg(RGB)) is not None
+    assert decoders.decode_fast(png(LA)) is None  # libspng has no 8-bit grey+alpha output
+
+
 def test_threads_and_the_pil_fallback_give_the_same_pixels(monkeypatch):
     imgs = RNG.integers(0, 256, (300, 9, 8, 3), dtype=np.uint8)
     col = [png(x) for x in imgs]
     a = convert({"im": col}, {"im": cv.Image()}, num_threads=4)["im"]
     b = convert({"im": col}, {"im": cv.Image()}, num_threads=1)["im"]
-    monkeypatch.setattr(images, "_spng", lambda: None)
+    monkeypatch.setattr(decoders, "decode_fast", lambda data: None)
     c = convert({"im": col}, {"im": cv.Image()}, num_threads=1)["im"]
     assert np.array_equal(a, imgs) and np.array_equal(b, imgs) and np.array_equal(c, imgs)
 
