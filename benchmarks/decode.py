@@ -17,7 +17,6 @@ PIL is the reference, HF's own reader; PNG: PIL and the pixels written). Rows:
 from __future__ import annotations
 
 import argparse
-import importlib
 import io
 import subprocess
 import sys
