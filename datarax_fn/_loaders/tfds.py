@@ -171,6 +171,8 @@ def _not_prepared(cfg: TFDSEagerConfig, builder: Any, err: Exception) -> FileNot
 
 def _split_size(info: Any, cfg: TFDSEagerConfig) -> int | None:
     """Returns the records the split expression selects; raises for an empty or reversed slice."""
+    if not info.splits:  # not prepared (the reader says so), or catalog metadata under mock_data
+        return None
     try:
         n = int(info.splits[cfg.split].num_examples)
     except KeyError as err:
@@ -225,14 +227,14 @@ def _decoders(plan: _Plan, partial: bool) -> Any:
     keep_tree: dict = {}
     skip_tree: dict = {}
     for path, feature, inner in _walk_features(plan.builder.info.features):
-        kept = path in plan.keep or any(p.startswith(path + ".") for p in plan.keep)
+        kept = path in plan.keep or any(path.startswith(p + ".") or p.startswith(path + ".") for p in plan.keep)
         encoded = isinstance(inner, (F.Image, F.Audio))
         node_k, node_s, parts = keep_tree, skip_tree, path.split(".")
         for part in parts[:-1]:
             node_k, node_s = node_k.setdefault(part, {}), node_s.setdefault(part, {})
         if kept:
             node_k[parts[-1]] = True
-        if encoded or (not kept and not partial):
+        if encoded and (kept or not partial):  # the data source skips only these; other dropped ones decode cheaply
             node_s[parts[-1]] = tfds.decode.SkipDecoding()
     skip_tree = _prune(skip_tree)
     if partial:
