@@ -26,7 +26,8 @@ import numpy as np
 from .._eager import EagerSource, from_arrays
 from .._shuffle import epoch_seed, permute
 from .._streaming import StreamingSource, make_streaming
-from . import _cvshim as cv
+from .. import _convert as cv
+from .config import conversion_options
 
 Columns = dict[str, Any]
 
@@ -169,16 +170,8 @@ class Backend:
         return ",".join(f"{k}={v}" for k, v in sorted(self._parts.items()))
 
     def convert(self, columns: Columns, row0: int) -> dict[str, np.ndarray]:
-        """Returns the converted chunk; refuses a transform that changed the row count."""
-        out = self.conv(columns, row0)
-        got, want = num_rows(out), num_rows(columns)
-        if got != want:
-            raise ValueError(
-                f"transform returned {got} rows for the {want} records from record {row0}; a streaming source "
-                "counts records to resume exactly, so its transform must keep one output row per input row. "
-                "Load eagerly (streaming=False) to filter or expand rows, or filter the dataset before loading."
-            )
-        return out
+        """Returns the converted chunk (a static Converter refuses a transform that changes the row count)."""
+        return self.conv(columns, row0)
 
 
 class RandomAccessBackend(Backend):
@@ -230,32 +223,48 @@ class ReplayBackend(Backend):
 # ----------------------------------------------------------------------------- building states
 
 
-def converter(fields: Mapping[str, Any], cfg: Any, probe: Columns | None, static: bool) -> Any:
-    """Returns the conversion layer's ``Converter`` for the selected ``fields`` and the config's options."""
-    conv = cv.Converter(fields, max_length=cfg.max_length, truncate=cfg.truncate, image_mode=cfg.image_mode,
-                        transform=cfg.transform, probe=probe, static=static, num_threads=cfg.num_threads)
-    if static and probe is not None and cfg.transform is not None:
-        n_in, n_out = num_rows(probe), num_rows(conv(probe, 0))
-        if n_in != n_out:
-            raise ValueError(
-                f"transform returned {n_out} rows for the first {n_in} records; a streaming source counts records "
-                "to resume exactly, so its transform must keep one output row per input row. Load eagerly "
-                "(streaming=False) to filter or expand rows."
-            )
-    return conv
+def select(fields: Mapping[str, Any], cfg: Any, schema: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Returns ``(selected fields, conversion options)``; per-field options of dropped features left out.
+
+    ``max_length`` / ``image_mode`` dicts may name features of ``schema`` (default ``fields``)
+    that the selection drops (one options dict for several selections); names of no feature at
+    all still reach the Converter, which rejects them.
+    """
+    selected = cv.select(fields, cfg.include_keys, cfg.exclude_keys)
+    every, kept = cv.read_paths(schema or fields), cv.read_paths(selected)
+
+    def names(paths: list[str], key: str) -> bool:
+        return any(p == key or p.startswith(key + ".") for p in paths)
+
+    opts = conversion_options(cfg)
+    for opt in ("max_length", "image_mode"):
+        value = opts[opt]
+        if isinstance(value, Mapping):
+            opts[opt] = {k: v for k, v in value.items() if names(kept, k) or not names(every, k)} or None
+    return selected, opts
+
+
+def converter(fields: Mapping[str, Any], opts: Mapping[str, Any], probe: Columns | None, static: bool) -> Any:
+    """Returns the conversion layer's ``Converter`` for the selected ``fields`` and options from :func:`select`."""
+    return cv.Converter(fields, probe=probe, static=static, **opts)
+
+
+def probe_of(columns: Columns, rows: int = 256) -> Columns:
+    """Returns the first rows of ``columns``: the probe that fixes a transform's output spec."""
+    return slice_rows(columns, 0, min(rows, num_rows(columns)))
 
 
 def empty_split_error(what: str, split: Any) -> ValueError:
     return ValueError(f"{what}: split={str(split)!r} has no records; pick a split or slice that selects at least one.")
 
 
-def eager_source(columns: Columns, fields: Mapping[str, Any], cfg: Any, *, name: str,
+def eager_source(columns: Columns, fields: Mapping[str, Any], opts: Mapping[str, Any], cfg: Any, *, name: str,
                  info: Callable[[Mapping[str, Any]], Any]) -> EagerSource:
     """Returns an ``EagerSource`` of the converted ``columns`` (the whole split); ``info(conv.meta)`` is its info."""
     if not num_rows(columns):
         raise empty_split_error(name, cfg.split)
-    conv = converter(fields, cfg, None, static=False)
     n = num_rows(columns)
+    conv = converter(fields, opts, probe_of(columns), static=False)
     bar = None
     if cfg.progress or (cfg.progress is None and n >= 20_000 and any(isinstance(f, cv.Image) for f in fields.values())):
         from tqdm.auto import tqdm  # optional display dependency, only when a bar is shown
@@ -284,6 +293,6 @@ def streaming_source(backend: Backend, cfg: Any, name: str) -> StreamingSource:
 
 
 __all__ = [
-    "Backend", "RandomAccessBackend", "ReplayBackend", "concat_rows", "converter", "digest", "eager_source",
-    "empty_split_error", "file_stats", "num_rows", "slice_rows", "streaming_source", "take_rows",
+    "Backend", "RandomAccessBackend", "ReplayBackend", "concat_rows", "converter", "digest", "eager_source", "probe_of",
+    "empty_split_error", "file_stats", "num_rows", "select", "slice_rows", "streaming_source", "take_rows",
 ]

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _cvshim as cv
+from .. import _convert as cv
 from . import backends as bk
 from .config import (
     LoaderConfig, StreamingOptions, check_mode, configs_from_options, data_files, decide, flag, mapping, option, text,
@@ -180,8 +180,8 @@ def _load(cfg: HFEagerConfig, streaming: bool) -> Any:
 # ----------------------------------------------------------------------------- schema and columns
 
 
-def _fields(ds: Any, cfg: HFEagerConfig) -> dict[str, Any]:
-    """Returns the selected fields; the input's own ``with_format(columns=...)`` narrows them."""
+def _fields(ds: Any, cfg: HFEagerConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Returns ``(selected fields, conversion options)``; the input's ``with_format(columns=...)`` narrows them."""
     features = ds.features
     if features is None:  # some streamed json/csv sets resolve their schema lazily
         features = ds._resolve_features().features  # noqa: SLF001
@@ -196,7 +196,7 @@ def _fields(ds: Any, cfg: HFEagerConfig) -> dict[str, Any]:
     shown = fmt.get("columns")
     if shown is not None and not fmt.get("output_all_columns"):
         fields = {k: f for k, f in fields.items() if k in shown}
-    return cv.select(fields, cfg.include_keys, cfg.exclude_keys)
+    return bk.select(fields, cfg)
 
 
 def _top(fields: Mapping[str, Any]) -> list[str]:
@@ -224,12 +224,12 @@ def _label(cfg: HFEagerConfig) -> str:
 
 
 def _eager(ds: Any, cfg: HFEagerConfig) -> Any:
-    fields = _fields(ds, cfg)
+    fields, opts = _fields(ds, cfg)
     columns = _columns(ds.select_columns(_top(fields)).with_format("arrow")[:])
-    return bk.eager_source(columns, fields, cfg, name=_label(cfg), info=lambda meta: _info(ds.info, meta))
+    return bk.eager_source(columns, fields, opts, cfg, name=_label(cfg), info=lambda meta: _info(ds.info, meta))
 
 
-def _map_backend(ds: Any, fields: dict, cfg: HFStreamingConfig) -> bk.Backend:
+def _map_backend(ds: Any, fields: dict, opts: dict, cfg: HFStreamingConfig) -> bk.Backend:
     arrow = ds.select_columns(_top(fields)).with_format("arrow")
 
     def read(idx: np.ndarray) -> bk.Columns:
@@ -237,7 +237,7 @@ def _map_backend(ds: Any, fields: dict, cfg: HFStreamingConfig) -> bk.Backend:
         contiguous = idx[-1] - lo == len(idx) - 1 and (len(idx) < 2 or bool((np.diff(idx) == 1).all()))
         return _columns(arrow[lo : lo + len(idx)] if contiguous else arrow[idx.tolist()])
 
-    conv = bk.converter(fields, cfg, read(np.arange(min(cfg.chunk_size, len(ds)))), static=True)
+    conv = bk.converter(fields, opts, read(np.arange(min(cfg.chunk_size, len(ds)))), static=True)
     data = (ds._fingerprint, bk.file_stats(f["filename"] for f in ds.cache_files))  # noqa: SLF001
     return bk.RandomAccessBackend(read, len(ds), conv, data=data, split=cfg.split, info=_info(ds.info, conv.meta), cfg=cfg)
 
@@ -253,7 +253,7 @@ def _data_files(ds: Any) -> list[str]:
     return []
 
 
-def _replay_backend(ds: Any, fields: dict, cfg: HFStreamingConfig) -> bk.Backend:
+def _replay_backend(ds: Any, fields: dict, opts: dict, cfg: HFStreamingConfig) -> bk.Backend:
     where = repr(cfg.name)
     splits = getattr(ds.info, "splits", None) or {}
     known = splits.get(_split_name(cfg.split)) if splits else None
@@ -279,7 +279,7 @@ def _replay_backend(ds: Any, fields: dict, cfg: HFStreamingConfig) -> bk.Backend
     probe = next(read_from(0), None)
     if probe is None:
         raise bk.empty_split_error(where, cfg.split)
-    conv = bk.converter(fields, cfg, probe, static=True)
+    conv = bk.converter(fields, opts, probe, static=True)
     data = (cfg.name, cfg.config_name, cfg.revision, cfg.data_files, bk.file_stats(_data_files(ds)))
     n = hi - lo if hi is not None else (None if total is None else total - lo)
     return bk.ReplayBackend(read_from, n, conv, data=data, split=cfg.split, info=_info(ds.info, conv.meta), cfg=cfg)
@@ -288,9 +288,8 @@ def _replay_backend(ds: Any, fields: dict, cfg: HFStreamingConfig) -> bk.Backend
 def _streaming(ds: Any, cfg: HFStreamingConfig) -> Any:
     import datasets as hd
 
-    fields = _fields(ds, cfg)
     kind: Callable = _map_backend if isinstance(ds, hd.Dataset) else _replay_backend
-    return bk.streaming_source(kind(ds, fields, cfg), cfg, _label(cfg))
+    return bk.streaming_source(kind(ds, *_fields(ds, cfg), cfg), cfg, _label(cfg))
 
 
 def HFEagerSource(config: HFEagerConfig) -> Any:  # noqa: N802 (the users' seed API name)
@@ -321,9 +320,9 @@ def HFStreamingSource(config: HFStreamingConfig) -> Any:  # noqa: N802 (the user
 
 
 def _estimate(ds: Any, cfg: HFEagerConfig) -> int:
-    fields = _fields(ds, cfg)
+    fields, opts = _fields(ds, cfg)
     columns = _columns(ds.select_columns(_top(fields)).with_format("arrow")[:])
-    return cv.estimate_nbytes(bk.converter(fields, cfg, None, static=False), columns)
+    return cv.estimate_nbytes(bk.converter(fields, opts, bk.probe_of(columns), static=False), columns)
 
 
 def from_hf(name: Any, split: str | None = None, *, streaming: bool | None = None, memory_budget: int | None = None,

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _cvshim as cv
+from .. import _convert as cv
 from . import backends as bk
 from .config import (
     LoaderConfig, StreamingOptions, check_mode, configs_from_options, decide, flag, logger, mapping, option, positive,
@@ -111,6 +111,7 @@ class _Plan:
 
     builder: Any
     fields: dict[str, Any]  # selected conversion fields
+    opts: dict[str, Any]  # conversion options for them
     keep: frozenset[str]  # their dotted leaf paths
     array_record: bool  # random access through tfds.data_source (no TensorFlow)
     n: int  # records of the split (slices applied)
@@ -189,7 +190,7 @@ def _plan(cfg: TFDSEagerConfig) -> _Plan:
     builder = _open_builder(cfg)
     info = builder.info
     features = info.features
-    fields = cv.fields_from_tfds(features)
+    fields = schema = cv.fields_from_tfds(features)
     if cfg.as_supervised:
         sk = info.supervised_keys
         if not sk or not all(isinstance(k, str) for k in sk):
@@ -198,9 +199,9 @@ def _plan(cfg: TFDSEagerConfig) -> _Plan:
                 f"{sk!r}; set as_supervised=False and pick features with include_keys (available: {list(fields)})."
             )
         fields = {k: fields[k] for k in sk if k in fields}
-    fields = cv.select(fields, cfg.include_keys, cfg.exclude_keys)
+    fields, opts = bk.select(fields, cfg, schema)
     fmt = getattr(info.file_format, "value", info.file_format)
-    return _Plan(builder, fields, frozenset(cv.read_paths(fields)), fmt in ("array_record", "parquet"),
+    return _Plan(builder, fields, opts, frozenset(cv.read_paths(fields)), fmt in ("array_record", "parquet"),
                  _split_size(info, cfg) or 0)
 
 
@@ -288,7 +289,9 @@ def _column(values: list) -> Any:
     arrays = [np.asarray(v) for v in values]
     if arrays[0].dtype.kind not in "OSU" and all(a.shape == arrays[0].shape for a in arrays):
         return np.stack(arrays)
-    return arrays
+    # Ragged rows: an empty row carries no dtype of its own (NumPy makes it float64).
+    dtype = next((a.dtype for a in arrays if a.size), arrays[0].dtype)
+    return [a if a.size else a.astype(dtype) for a in arrays]
 
 
 def _rows_to_columns(rows: list[dict], plan: _Plan) -> bk.Columns:
@@ -406,7 +409,7 @@ def TFDSEagerSource(config: TFDSEagerConfig) -> Any:  # noqa: N802 (the users' s
 
 def _eager(plan: _Plan, cfg: TFDSEagerConfig, columns: bk.Columns | None = None) -> Any:
     columns = _read_all(plan, cfg) if columns is None else columns
-    return bk.eager_source(columns, plan.fields, cfg, name=_label(cfg), info=lambda meta: plan.builder.info)
+    return bk.eager_source(columns, plan.fields, plan.opts, cfg, name=_label(cfg), info=lambda meta: plan.builder.info)
 
 
 def _backend(plan: _Plan, cfg: TFDSStreamingConfig) -> bk.Backend:
@@ -420,7 +423,7 @@ def _backend(plan: _Plan, cfg: TFDSStreamingConfig) -> bk.Backend:
         def read(idx: np.ndarray) -> bk.Columns:
             return _rows_to_columns(source.__getitems__(idx.tolist()), plan)
 
-        conv = bk.converter(plan.fields, cfg, read(np.arange(min(n, cfg.chunk_size))), static=True)
+        conv = bk.converter(plan.fields, plan.opts, read(np.arange(min(n, cfg.chunk_size))), static=True)
         return bk.RandomAccessBackend(read, n, conv, data=data, split=cfg.split, info=info, cfg=cfg)
 
     base = _tf_dataset(plan, cfg)
@@ -433,7 +436,7 @@ def _backend(plan: _Plan, cfg: TFDSStreamingConfig) -> bk.Backend:
     probe = next(read_from(0), None)
     if probe is None:
         raise bk.empty_split_error(repr(cfg.name), cfg.split)
-    conv = bk.converter(plan.fields, cfg, probe, static=True)
+    conv = bk.converter(plan.fields, plan.opts, probe, static=True)
     n = card if card > 0 else (plan.n or None)
     return bk.ReplayBackend(read_from, n, conv, data=data, split=cfg.split, info=info, cfg=cfg)
 
@@ -476,7 +479,7 @@ def from_tfds(name: str, split: Any = "train", *, streaming: bool | None = None,
 
     def estimate() -> int:
         read.append(_read_all(plan, ecfg))
-        return cv.estimate_nbytes(bk.converter(plan.fields, ecfg, None, static=False), read[0])
+        return cv.estimate_nbytes(bk.converter(plan.fields, plan.opts, bk.probe_of(read[0]), static=False), read[0])
 
     if decide("from_tfds", f"{name}, {split}", streaming, memory_budget, estimate):
         read.clear()
