@@ -24,6 +24,7 @@ class _Context:
     num_threads: int | None
     image_shape: dict[str, tuple]
     meta: dict[str, Any]
+    static: bool
 
 
 def _get(tree: Mapping[str, Any], keys: tuple[str, ...], row0: int, path: str) -> Any:
@@ -88,7 +89,7 @@ class Converter:
         self.meta: dict[str, Any] = {
             leaf.path: {"sampling_rate": leaf.field.sampling_rate} for leaf in self.leaves if leaf.kind == "audio"
         }
-        self._ctx = _Context(self.num_threads, {}, self.meta)
+        self._ctx = _Context(self.num_threads, {}, self.meta, self.static)
         self._out: Converter | None = None
         if transform is not None:
             self._build_output(probe, max_length, truncate)

@@ -1,36 +1,25 @@
 """Images: encoded bytes -> pixel arrays with the declared dtype and channel count.
 
-PNG is decoded by libspng (``pyspng``) where it decodes exactly as PIL does (8/16-bit grey,
-grey+alpha, RGB, RGBA, no palette or ``tRNS``); everything else, JPEG included, by PIL, whose
-pixels are the reference (HF's own reader).
+Decoding is in :mod:`.decoders`; here: reading encoded columns, channel modes, stacking.
 """
 
 from __future__ import annotations
 
 import bisect
 import concurrent.futures as cf
-import io
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
+from . import decoders
 from .columns import arrow_bytes, is_arrow, null_error, plain_arrow
 from .memory import aligned_empty
 
 MODES = {"L": (1, "uint8"), "LA": (2, "uint8"), "RGB": (3, "uint8"), "RGBA": (4, "uint8"),
          "I;16": (1, "uint16"), "I": (1, "int32"), "F": (1, "float32")}
 _CHANNEL_MODE = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
-_PNG_SIG = b"\x89PNG\r\n\x1a\n"
-
-
-def _spng() -> Any:
-    try:
-        import pyspng  # optional fast PNG decoder; PIL is the fallback
-    except ImportError:
-        return None
-    return pyspng
 
 
 def _arrow_getter(arr: Any, name: str, base: int) -> Callable[[int], Any]:
@@ -92,49 +81,23 @@ def encoded(col: Any, name: str, row0: int) -> tuple[int, Callable[[int], Any]]:
     return len(col), get_py
 
 
-def _spng_ok(buf: Any) -> bool:
-    """Returns whether libspng decodes this PNG exactly as PIL (8/16-bit, no palette, no tRNS)."""
-    if len(buf) < 33 or bytes(buf[:8]) != _PNG_SIG:
-        return False
-    depth, ctype = buf[24], buf[25]
-    return depth in (8, 16) and ctype in (0, 2, 4, 6) and bytes(buf).find(b"tRNS") < 0
-
-
 def decode(obj: Any, name: str, row: int) -> np.ndarray:
     """Returns one image as an ``(H, W, C)`` array in its stored dtype and channels."""
     if isinstance(obj, np.ndarray) or type(obj).__module__.startswith("jax"):
         a = np.asarray(obj)
         return a[:, :, None] if a.ndim == 2 else a
     if isinstance(obj, (bytes, bytearray, memoryview)):
-        spng = _spng()
-        if spng is not None and _spng_ok(obj):
-            a = spng.load(bytes(obj))
-            if a.dtype == np.uint16 and obj[25] in (0, 2):  # 16-bit grey/RGB come with an added opaque alpha
-                a = a[:, :, : 1 if obj[25] == 0 else 3]
+        obj = bytes(obj)
+        a = decoders.decode_fast(obj)
+        if a is not None:
             return a[:, :, None] if a.ndim == 2 else a
-    from PIL import Image as PILImage  # heavy; only images need it
-
     try:
-        img = obj if isinstance(obj, PILImage.Image) else PILImage.open(
-            obj if isinstance(obj, (str, os.PathLike)) else io.BytesIO(obj)
-        )
-        mode = img.mode
-        if mode == "1":
-            img = img.convert("L")
-        elif mode == "P":
-            img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-        elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-            img = img.convert("RGB")
-        elif mode == "PA":
-            img = img.convert("RGBA")
-        a = np.asarray(img)
+        a = decoders.decode_pil(obj)
     except (OSError, ValueError, SyntaxError) as err:
         raise ValueError(
             f"field {name!r}: row {row} is not a readable image ({err}). Fix the file, or leave the "
             f"field out with exclude_keys=[{name!r}]."
         ) from err
-    if a.dtype.byteorder == ">":
-        a = a.astype(a.dtype.newbyteorder("="))
     return a[:, :, None] if a.ndim == 2 else a
 
 
@@ -206,10 +169,11 @@ def stack(images: list[np.ndarray], mode: str | None, dtype: str, shape: tuple, 
     first = images[0].shape if images else tuple(d or 0 for d in shape)
     for i, a in enumerate(images):
         if a.dtype != want:
+            fix = f"pass image_mode={{{name!r}: 'I;16'}}" if a.shape[2] == 1 and a.dtype == np.uint16 else (
+                "pass a transform that converts it (it receives the decoded arrays)")
             raise ValueError(
-                f"field {name!r}: row {row0 + i} is a {a.dtype} image, the feature declares {want}. Declare "
-                f"the image's dtype (HF: image_mode={{{name!r}: 'I;16'}} for 16-bit grey), or pass a "
-                "transform that converts it."
+                f"field {name!r}: row {row0 + i} is a {a.dtype} image with {a.shape[2]} channel(s), the feature "
+                f"declares {want}. To keep its values, {fix}; or leave it out with exclude_keys=[{name!r}]."
             )
         if a.shape != first or any(d is not None and d != s for d, s in zip(shape, a.shape)):
             other = first if a.shape != first else tuple(shape)

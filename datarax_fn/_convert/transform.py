@@ -22,8 +22,8 @@ from .rules import audio_nested, decoded_images
 from .time import to_counts
 
 
-def _split(values: np.ndarray, offsets: list[np.ndarray]) -> list:
-    """Returns the rows of ``values`` split by the list levels ``offsets`` (innermost first)."""
+def _split(values: Any, offsets: list[np.ndarray]) -> list:
+    """Returns the rows of ``values`` (an array or a list) split by the list levels ``offsets`` (innermost first)."""
     items: list = [values[offsets[-1][i] : offsets[-1][i + 1]] for i in range(len(offsets[-1]) - 1)]
     for off in reversed(offsets[:-1]):
         items = [items[off[i] : off[i + 1]] for i in range(len(off) - 1)]
@@ -49,7 +49,7 @@ def user_column(leaf: Leaf, col: Any, row0: int, ctx: Any) -> Any:
             out = np.empty(len(strs), object)
             out[:] = strs
             return out
-        return _split(np.asarray(strs + [None], object)[:-1], nest.offsets[:-1])
+        return _split(strs, nest.offsets[:-1])
     if leaf.kind == "time":
         col = to_counts(col)
     dtype = np.dtype(leaf.field.dtype) if leaf.kind == "number" else None
