@@ -73,8 +73,10 @@ class Converter:
             raise ValueError(f"Converter: fields must be a non-empty dict of fields; got {fields!r}.")
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be a function dict -> dict; got {type(transform).__name__}.")
-        if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or num_threads < 1):
-            raise ValueError(f"num_threads must be None or an int >= 1; got {num_threads!r}.")
+        if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer))):
+            raise TypeError(f"num_threads must be None or an int; got {num_threads!r}.")
+        if num_threads is not None and num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1; got {num_threads!r}.")
         self.fields = dict(fields)
         self.transform = transform
         self.static = _check_bool("static", static)
