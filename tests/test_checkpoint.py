@@ -154,4 +154,4 @@ def test_cursor_rejects_other_shuffle_setting():
 
 def test_cursor_missing_fields():
     with pytest.raises(ValueError, match=r"lacks \['epoch', 'fingerprint'"):
-        dfn.restore_cursor(build(), {"version": 1, "index": 0})
+        dfn.restore_cursor(build(), {"version": 1, "kind": "eager", "index": 0})

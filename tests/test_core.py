@@ -194,45 +194,47 @@ def test_get_batch_at_refuses_a_negative_start():
 # ----------------------------------------------------------------------------- extension point
 
 
-class Counter(dfn.Source):
-    """Records 0 .. n-1 in order, written through the public API only."""
+class Countdown(dfn.Source):
+    """Records n-1 .. 0 in order, written through the public API only."""
 
     index: jax.Array
     epoch: jax.Array
     seed: jax.Array
     n: int = eqx.field(static=True)
 
+    def moved(self, size):
+        epochs, index = jnp.divmod(self.index + size, self.n)
+        return Countdown(index, self.epoch + epochs, self.seed, self.n)
 
-@dfn.get_batch.register(Counter)
+
+@dfn.get_batch.register(Countdown)
 def _(state, size, key=None):
-    end = state.index + size
-    new = Counter(end % state.n, state.epoch + end // state.n, state.seed, state.n)
-    return new, {"x": (state.index + jnp.arange(size)) % state.n}
+    return state.moved(size), {"x": state.n - 1 - (state.index + jnp.arange(size)) % state.n}
 
 
-@dfn.num_records.register(Counter)
+@dfn.num_records.register(Countdown)
 def _(state):
     return state.n
 
 
-def counter():
-    return Counter(jnp.int32(0), jnp.int32(0), jnp.uint32(0), 5)
+def countdown():
+    return Countdown(jnp.int32(0), jnp.int32(0), jnp.uint32(0), 5)
 
 
 def test_a_source_written_from_scratch_plugs_in():
-    state = counter()
+    state = countdown()
     assert len(state) == 5 and bool(state)
     state, batch = dfn.get_batch(state, 3)
-    assert batch["x"].tolist() == [0, 1, 2]
+    assert batch["x"].tolist() == [4, 3, 2]
 
     @dfn.jit_step
     def step(state):
         return dfn.get_batch(state, 4)
 
     state, batch = step(state)
-    assert batch["x"].tolist() == [3, 4, 0, 1] and (int(state.index), int(state.epoch)) == (2, 1)
-    pipe, out = dfn.step(dfn.Pipeline(counter(), [double], batch_size=2))
-    assert out["x"].tolist() == [0, 2]
+    assert batch["x"].tolist() == [1, 0, 4, 3] and (int(state.index), int(state.epoch)) == (2, 1)
+    pipe, out = dfn.step(dfn.Pipeline(countdown(), [double], batch_size=2))
+    assert out["x"].tolist() == [8, 6]
     with pytest.raises(TypeError, match="registers cursor"):
         dfn.cursor(state)
 

@@ -35,17 +35,18 @@ def test_eager_get_batch_compiles_once_per_size():
     from datarax_fn import _eager
 
     state, _ = dfn.get_batch(state, 77)
-    size_before = _eager._step_jit._cache_size()
+    size_before = _eager._step.jitted._cache_size()
     for _ in range(5):
         state, _ = dfn.get_batch(state, 77)
-    assert _eager._step_jit._cache_size() == size_before
+    assert _eager._step.jitted._cache_size() == size_before
 
 
-def test_jit_step_aliases_the_dataset():
+@pytest.mark.parametrize("by_keyword", [False, True])
+def test_jit_step_aliases_the_dataset_passed_by_position_or_keyword(by_keyword):
     @dfn.jit_step
-    def step(total, state):
+    def step(total, state, *, scale=1):
         state, batch = dfn.get_batch(state, 64)
-        return total + batch["y"].sum(), state
+        return total + batch["y"].sum() * scale, state
 
     state = big_state()
     before = ptrs(state)
@@ -53,9 +54,10 @@ def test_jit_step_aliases_the_dataset():
     with warnings.catch_warnings():
         warnings.simplefilter("error", dfn.DatasetCopyWarning)
         for _ in range(3):
-            total, state = step(total, state)
+            total, state = step(total, state=state, scale=2) if by_keyword else step(total, state, scale=2)
     assert ptrs(state) == before
-    assert int(total) == int(np.arange(4096)[np.asarray(dfn.permute(np.arange(192), 4096, 0, 0))].sum())
+    assert list(step.compiled) == [((), ("state",)) if by_keyword else ((1,), ())]
+    assert int(total) == 2 * int(np.arange(4096)[np.asarray(dfn.permute(np.arange(192), 4096, 0, 0))].sum())
 
 
 @pytest.mark.parametrize("loop", ["scan", "fori"])
