@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import datarax_fn as dfn
-from datarax_fn import _jit
 
 
 def big_state(shuffle=True):
@@ -124,8 +123,14 @@ def test_jit_step_passes_other_args_through_without_donation():
     assert float(out) == 2.0 and float(w) == 2.0  # w is still alive: not donated
 
 
-def test_threshold_constant_documented():
-    assert _jit.COPY_WARNING_BYTES == 8 * 2**20
+@pytest.mark.parametrize("mib, warned", [(7.9, False), (8.1, True)])
+def test_copy_warning_fires_above_8_mib_only(mib, warned):
+    rows = int(mib * 2**20 / 4 / 1024)
+    state = dfn.from_arrays({"x": np.zeros((rows, 1024), np.float32)})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        jax.jit(lambda s: dfn.get_batch(s, 2))(state)
+    assert [w.category for w in caught] == ([dfn.DatasetCopyWarning] if warned else [])
 
 
 def test_host_aliased_source_is_copied_at_most_once():
