@@ -1,8 +1,6 @@
 """Checkpointing: the state is a PyTree (Orbax, equinox), the cursor a few hundred bytes."""
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import equinox as eqx
@@ -11,6 +9,7 @@ import numpy as np
 import pytest
 
 import datarax_fn as dfn
+from conftest import run_fresh, take_n
 
 BUILD = """
 import numpy as np, datarax_fn as dfn
@@ -31,18 +30,13 @@ exec(BUILD)
 
 
 def batches(state, k, size=10):
-    out = []
-    for _ in range(k):
-        state, b = dfn.get_batch(state, size)
-        out.append(np.asarray(b["x"]))
-    return state, np.stack(out)
+    state, got = take_n(state, k, size)
+    return state, got["x"]
 
 
-def run_fresh(code, tmp_path):
-    script = tmp_path / "resume.py"
-    script.write_text(BUILD + textwrap.dedent(code))
-    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+def replay_fresh(code):
+    """Returns the batches a fresh process prints after running BUILD + ``code``."""
+    res = run_fresh(BUILD + textwrap.dedent(code))
     return np.asarray(json.loads(res.stdout.strip().splitlines()[-1]))
 
 
@@ -60,7 +54,7 @@ def test_orbax_standard_checkpointer_fresh_process(saved, tmp_path):
     path = tmp_path / "ckpt"
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(path, state)
-    got = run_fresh(
+    got = replay_fresh(
         f"""
         import jax, orbax.checkpoint as ocp
         target = build()
@@ -68,8 +62,7 @@ def test_orbax_standard_checkpointer_fresh_process(saved, tmp_path):
         with ocp.StandardCheckpointer() as ckptr:
             state = ckptr.restore({str(path)!r}, abstract)
         print_next_batches(state)
-        """,
-        tmp_path,
+        """
     )
     np.testing.assert_array_equal(got, expected)
 
@@ -81,7 +74,7 @@ def test_orbax_checkpoint_manager_with_cursor(saved, tmp_path):
     with ocp.CheckpointManager(tmp_path / "mgr") as mngr:
         mngr.save(3, args=ocp.args.Composite(cursor=ocp.args.JsonSave(dfn.cursor(state))))
         mngr.wait_until_finished()
-    got = run_fresh(
+    got = replay_fresh(
         f"""
         import orbax.checkpoint as ocp
         with ocp.CheckpointManager({str(tmp_path / "mgr")!r}) as mngr:
@@ -89,8 +82,7 @@ def test_orbax_checkpoint_manager_with_cursor(saved, tmp_path):
             cur = mngr.restore(step, args=ocp.args.Composite(cursor=ocp.args.JsonRestore()))["cursor"]
         state = dfn.restore_cursor(build(), cur)
         print_next_batches(state)
-        """,
-        tmp_path,
+        """
     )
     np.testing.assert_array_equal(got, expected)
 

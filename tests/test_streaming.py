@@ -13,10 +13,6 @@ import datarax_fn as dfn
 from hf_fixtures import hf_dataset, parquet_folder  # noqa: F401
 from conftest import RangeBackend, live_threads, run_fresh, run_fresh_many, wait_threads_gone
 from datarax_fn import EndOfStream, StreamingBackend, permute
-from datarax_fn import from_backend as make_streaming
-
-
-ArrayBackend = RangeBackend
 
 
 def expected(n, seed, epochs, shuffle=True):
@@ -24,11 +20,11 @@ def expected(n, seed, epochs, shuffle=True):
 
 
 def test_backend_satisfies_protocol():
-    assert isinstance(ArrayBackend(), StreamingBackend)
+    assert isinstance(RangeBackend(), StreamingBackend)
 
 
 def test_leaves_are_the_cursor_and_backend_is_static():
-    state = make_streaming(ArrayBackend(), seed=7)
+    state = dfn.from_backend(RangeBackend(), seed=7)
     leaves = jax.tree.leaves(state)
     assert [x.dtype for x in leaves] == [np.int32, np.int32, np.uint32]
     assert (int(state.index), int(state.epoch), int(state.seed)) == (0, 0, 7)
@@ -38,7 +34,7 @@ def test_leaves_are_the_cursor_and_backend_is_static():
 @settings(max_examples=20)
 @given(st.lists(st.integers(1, 13), min_size=1, max_size=6), st.integers(0, 2**32 - 1), st.booleans())
 def test_stream_straddles_epochs_and_is_split_independent(sizes, seed, known):
-    state = make_streaming(ArrayBackend(10, 3, known), shuffle=True, seed=seed)
+    state = dfn.from_backend(RangeBackend(10, 3, known), shuffle=True, seed=seed)
     got = []
     for s in sizes:
         state, batch = dfn.get_batch(state, s)
@@ -52,7 +48,7 @@ def test_stream_straddles_epochs_and_is_split_independent(sizes, seed, known):
 
 
 def test_state_counters_and_old_state_replays():
-    s0 = make_streaming(ArrayBackend(10, 4), shuffle=True, seed=3)
+    s0 = dfn.from_backend(RangeBackend(10, 4), shuffle=True, seed=3)
     s1, b1 = dfn.get_batch(s0, 7)
     s2, b2 = dfn.get_batch(s1, 7)
     assert (int(s2.epoch), int(s2.index)) == (1, 4)
@@ -64,7 +60,7 @@ def test_state_counters_and_old_state_replays():
 
 
 def test_epochs_have_different_orders():
-    s = make_streaming(ArrayBackend(50, 8), shuffle=True, seed=1)
+    s = dfn.from_backend(RangeBackend(50, 8), shuffle=True, seed=1)
     s, a = dfn.get_batch(s, 50)
     s, b = dfn.get_batch(s, 50)
     assert sorted(np.asarray(a["x"]).tolist()) == list(range(50)) and not np.array_equal(a["x"], b["x"])
@@ -72,7 +68,7 @@ def test_epochs_have_different_orders():
 
 
 def test_num_epochs_raises_end_of_stream_and_iterate_stops():
-    s = make_streaming(ArrayBackend(10, 3), seed=0, num_epochs=2)
+    s = dfn.from_backend(RangeBackend(10, 3), seed=0, num_epochs=2)
     s, _ = dfn.get_batch(s, 8)
     s, _ = dfn.get_batch(s, 8)
     with pytest.raises(EndOfStream, match="num_epochs=2"):
@@ -88,12 +84,12 @@ def test_num_epochs_raises_end_of_stream_and_iterate_stops():
         list(batches(s))
     s2, _ = dfn.get_batch(s, 4)  # exactly the 4 records left are still served
     assert (int(s2.epoch), int(s2.index)) == (1, 10)
-    batches = list(dfn.iterate(make_streaming(ArrayBackend(10, 3, shuffle=False), num_epochs=1), 4))
+    batches = list(dfn.iterate(dfn.from_backend(RangeBackend(10, 3, shuffle=False), num_epochs=1), 4))
     assert [np.asarray(b["x"]).tolist() for _, b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7]]
 
 
 def test_iterate_with_unknown_length_walks_epochs():
-    s = make_streaming(ArrayBackend(10, 3, known_length=False, shuffle=False))
+    s = dfn.from_backend(RangeBackend(10, 3, known_length=False, shuffle=False))
     pairs = list(dfn.iterate(s, 4, epochs=2))
     out = [np.asarray(b["x"]) for _, b in pairs]
     assert (int(pairs[-1][0].epoch), int(pairs[-1][0].index)) == (2, 0)
@@ -102,14 +98,14 @@ def test_iterate_with_unknown_length_walks_epochs():
 
 
 def test_element_spec_peeks_without_consuming_and_len():
-    backend = ArrayBackend(10, 3, shuffle=False)
-    s = make_streaming(backend)
+    backend = RangeBackend(10, 3, shuffle=False)
+    s = dfn.from_backend(backend)
     spec = dfn.element_spec(s)
     assert spec["x"].shape == () and spec["y"]["z"].dtype == np.float32
     assert len(s) == 10 and dfn.num_records(s) == 10
     _, b = dfn.get_batch(s, 2)
     assert np.asarray(b["x"]).tolist() == [0, 1]
-    unknown = make_streaming(ArrayBackend(known_length=False))
+    unknown = dfn.from_backend(RangeBackend(known_length=False))
     assert dfn.num_records(unknown) is None and bool(unknown)
     with pytest.raises(TypeError, match="length is unknown"):
         len(unknown)
@@ -117,7 +113,7 @@ def test_element_spec_peeks_without_consuming_and_len():
 
 
 def test_errors_under_jit_and_for_keys():
-    s = make_streaming(ArrayBackend())
+    s = dfn.from_backend(RangeBackend())
     with pytest.raises(TypeError, match="cannot run under jax.jit"):
         jax.jit(lambda st: dfn.get_batch(st, 2)[1])(s)
     with pytest.raises(TypeError, match="key"):
@@ -130,22 +126,22 @@ def test_errors_under_jit_and_for_keys():
 
 
 def test_cursor_round_trip_and_mismatch():
-    s = make_streaming(ArrayBackend(10, 3), shuffle=True, seed=5)
+    s = dfn.from_backend(RangeBackend(10, 3), shuffle=True, seed=5)
     s, _ = dfn.get_batch(s, 6)
     c = dfn.cursor(s)
     assert c == {"version": 1, "kind": "streaming", "index": 6, "epoch": 0, "seed": 5, "shuffle": True,
                  "fingerprint": "range:10:True:"}
-    fresh = make_streaming(ArrayBackend(10, 3), shuffle=True, seed=5)
+    fresh = dfn.from_backend(RangeBackend(10, 3), shuffle=True, seed=5)
     r = dfn.restore_cursor(fresh, c)
     _, a = dfn.get_batch(r, 5)
     _, b = dfn.get_batch(s, 5)
     chex.assert_trees_all_equal(jax.device_get(a), jax.device_get(b))
     with pytest.raises(ValueError, match=r"shuffle \(cursor True, this state False\)"):
-        dfn.restore_cursor(make_streaming(ArrayBackend(10, 3), seed=5), c)
+        dfn.restore_cursor(dfn.from_backend(RangeBackend(10, 3), seed=5), c)
     with pytest.raises(ValueError, match=r"seed \(cursor 5, this state 0\)"):
-        dfn.restore_cursor(make_streaming(ArrayBackend(10, 3), shuffle=True), c)
+        dfn.restore_cursor(dfn.from_backend(RangeBackend(10, 3), shuffle=True), c)
     with pytest.raises(ValueError, match="fingerprint"):
-        dfn.restore_cursor(make_streaming(ArrayBackend(11, 3), shuffle=True, seed=5), c)
+        dfn.restore_cursor(dfn.from_backend(RangeBackend(11, 3), shuffle=True, seed=5), c)
     assert dfn.dataset_info(s) == {"kind": "test"}
     s.close()
     r.close()
@@ -153,12 +149,12 @@ def test_cursor_round_trip_and_mismatch():
 
 def test_threads_stop_on_close_and_on_gc():
     before = set(live_threads("datarax_fn-prefetch", ))
-    s = make_streaming(ArrayBackend(1000, 1), prefetch=2)
+    s = dfn.from_backend(RangeBackend(1000, 1), prefetch=2)
     s, _ = dfn.get_batch(s, 3)
     assert live_threads("datarax_fn-prefetch", before)
     s.close()
     assert wait_threads_gone("datarax_fn-prefetch", before) == []
-    s = make_streaming(ArrayBackend(1000, 1), prefetch=2)
+    s = dfn.from_backend(RangeBackend(1000, 1), prefetch=2)
     s, _ = dfn.get_batch(s, 3)
     assert live_threads("datarax_fn-prefetch", before)
     del s, _
@@ -166,13 +162,13 @@ def test_threads_stop_on_close_and_on_gc():
 
 
 def test_backend_errors_reach_the_caller():
-    class Broken(ArrayBackend):
+    class Broken(RangeBackend):
         def open(self, epoch, seed, start):
             yield {"x": np.zeros(2, np.int32), "y": {"z": np.zeros(2, np.float32)}}
             raise RuntimeError("disk on fire")
 
     before = set(live_threads("datarax_fn-prefetch", ))
-    s = make_streaming(Broken())
+    s = dfn.from_backend(Broken())
     with pytest.raises(RuntimeError, match="disk on fire"):
         dfn.get_batch(s, 5)
     assert wait_threads_gone("datarax_fn-prefetch", before) == []
@@ -218,7 +214,7 @@ def test_processes_that_streamed_parquet_exit_cleanly(parquet_folder, tmp_path):
 def test_batches_and_cursor_stay_on_the_host():
     # A device_put per batch cost as much as the rest of get_batch; the stream hands out
     # NumPy batches and keeps its cursor in NumPy scalars, exactly typed.
-    state = make_streaming(ArrayBackend(n=10), shuffle=True, seed=1)
+    state = dfn.from_backend(RangeBackend(n=10), shuffle=True, seed=1)
     state, batch = dfn.get_batch(state, 4)
     assert isinstance(batch["x"], np.ndarray) and batch["x"].dtype == np.int32
     assert isinstance(batch["y"]["z"], np.ndarray) and batch["y"]["z"].dtype == np.float32
