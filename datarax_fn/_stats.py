@@ -16,45 +16,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from . import _core
+from ._eager import EagerSource
+from ._pipeline import Pipeline
+from ._stages import Statistics
 
 PyTree = Any
 _REDUCTIONS = ("mean", "sum", "min", "max")
-
-
-class Statistics(eqx.Module):
-    """Per-key ``mean``, ``std`` (population, ``ddof=0``), ``min`` and ``max`` of a dataset.
-
-    Each field is a dict ``{key: array}``; arrays have shape ``(C,)`` for per-channel
-    statistics (reduced over every axis but the last) or ``()``. Build one yourself
-    to skip the computation (the configs' ``precomputed_stats``):
-
-    ```python
-    import datarax_fn as dfn
-    stats = dfn.Statistics(mean={"image": [0.5]}, std={"image": [0.25]})
-    assert stats.mean["image"].shape == (1,)
-    ```
-    """
-
-    mean: dict
-    std: dict
-    min: dict | None
-    max: dict | None
-    count: int = eqx.field(static=True)
-
-    def __init__(self, mean: Mapping, std: Mapping, min: Mapping | None = None, max: Mapping | None = None, count: int = 0):
-        if set(mean) != set(std):
-            raise ValueError(f"Statistics: mean and std must cover the same keys; got {sorted(mean)} and {sorted(std)}.")
-        self.mean = {k: jnp.asarray(v, jnp.float32) for k, v in mean.items()}
-        self.std = {k: jnp.asarray(v, jnp.float32) for k, v in std.items()}
-        self.min = None if min is None else {k: jnp.asarray(v) for k, v in min.items()}
-        self.max = None if max is None else {k: jnp.asarray(v) for k, v in max.items()}
-        self.count = int(count)
 
 
 def _select(data: PyTree, keys: Sequence[str] | None) -> dict:
@@ -190,6 +162,17 @@ def compute_statistics(
     averages such as ``x.mean(0)`` or ``(x**2).mean(0)``), ``"sum"`` adds (counts,
     histograms), ``"min"``/``"max"`` take the elementwise extreme.
 
+    Arguments:
+        source: a source state, or a ``dfn.Pipeline`` (its source is read, stages not applied).
+        batch_stats_fn: ``fn(chunk) -> PyTree`` to compute instead of the default statistics.
+        keys: the entries to cover; None: all.
+        batch_size: rows per chunk.
+        per_channel: reduce over every axis but the last (else over all).
+        reduction: how ``batch_stats_fn`` results combine: ``"mean"``, ``"sum"``, ``"min"``, ``"max"``.
+
+    Returns:
+        a ``dfn.Statistics``, or the combined ``batch_stats_fn`` PyTree.
+
     ```python
     import numpy as np, datarax_fn as dfn
     x = np.arange(12, dtype=np.float32).reshape(6, 2)
@@ -197,9 +180,6 @@ def compute_statistics(
     assert np.allclose(stats.mean["x"], x.mean(0)) and np.allclose(stats.std["x"], x.std(0))
     ```
     """
-    from ._pipeline import Pipeline
-    from ._eager import EagerSource
-
     if isinstance(source, Pipeline):
         source = source.source
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

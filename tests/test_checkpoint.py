@@ -1,8 +1,6 @@
 """Checkpointing: the state is a PyTree (Orbax, equinox), the cursor a few hundred bytes."""
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import equinox as eqx
@@ -11,6 +9,7 @@ import numpy as np
 import pytest
 
 import datarax_fn as dfn
+from conftest import run_fresh, take_n
 
 BUILD = """
 import numpy as np, datarax_fn as dfn
@@ -31,18 +30,13 @@ exec(BUILD)
 
 
 def batches(state, k, size=10):
-    out = []
-    for _ in range(k):
-        state, b = dfn.get_batch(state, size)
-        out.append(np.asarray(b["x"]))
-    return state, np.stack(out)
+    state, got = take_n(state, k, size)
+    return state, got["x"]
 
 
-def run_fresh(code, tmp_path):
-    script = tmp_path / "resume.py"
-    script.write_text(BUILD + textwrap.dedent(code))
-    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+def replay_fresh(code):
+    """Returns the batches a fresh process prints after running BUILD + ``code``."""
+    res = run_fresh(BUILD + textwrap.dedent(code))
     return np.asarray(json.loads(res.stdout.strip().splitlines()[-1]))
 
 
@@ -60,7 +54,7 @@ def test_orbax_standard_checkpointer_fresh_process(saved, tmp_path):
     path = tmp_path / "ckpt"
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(path, state)
-    got = run_fresh(
+    got = replay_fresh(
         f"""
         import jax, orbax.checkpoint as ocp
         target = build()
@@ -68,8 +62,7 @@ def test_orbax_standard_checkpointer_fresh_process(saved, tmp_path):
         with ocp.StandardCheckpointer() as ckptr:
             state = ckptr.restore({str(path)!r}, abstract)
         print_next_batches(state)
-        """,
-        tmp_path,
+        """
     )
     np.testing.assert_array_equal(got, expected)
 
@@ -81,7 +74,7 @@ def test_orbax_checkpoint_manager_with_cursor(saved, tmp_path):
     with ocp.CheckpointManager(tmp_path / "mgr") as mngr:
         mngr.save(3, args=ocp.args.Composite(cursor=ocp.args.JsonSave(dfn.cursor(state))))
         mngr.wait_until_finished()
-    got = run_fresh(
+    got = replay_fresh(
         f"""
         import orbax.checkpoint as ocp
         with ocp.CheckpointManager({str(tmp_path / "mgr")!r}) as mngr:
@@ -89,8 +82,7 @@ def test_orbax_checkpoint_manager_with_cursor(saved, tmp_path):
             cur = mngr.restore(step, args=ocp.args.Composite(cursor=ocp.args.JsonRestore()))["cursor"]
         state = dfn.restore_cursor(build(), cur)
         print_next_batches(state)
-        """,
-        tmp_path,
+        """
     )
     np.testing.assert_array_equal(got, expected)
 
@@ -107,38 +99,51 @@ def test_cursor_is_small_and_json():
     state, _ = batches(build(), 2)
     cur = dfn.cursor(state)
     blob = json.dumps(cur)
-    assert len(blob) < 300
+    assert len(blob) < 300 and cur["version"] == 1 and cur["kind"] == "eager"
     assert cur["index"] == 20 and cur["epoch"] == 0 and cur["seed"] == 7 and cur["num_records"] == 37
     state2 = dfn.restore_cursor(build(), json.loads(blob))
     chex_equal = jax.tree.map(lambda a, b: np.array_equal(a, b), state, state2)
     assert all(jax.tree.leaves(chex_equal))
 
 
-def test_cursor_restores_the_seed():
+def test_cursor_refuses_another_seed_and_names_it():
     state, _ = batches(build(seed=7), 4)
-    other = dfn.restore_cursor(build(seed=7), dfn.cursor(state))
-    assert int(other.seed) == 7
+    assert int(dfn.restore_cursor(build(seed=7), dfn.cursor(state)).index) == 3
+    with pytest.raises(ValueError, match=r"differs in seed \(cursor 7, this state 8\)"):
+        dfn.restore_cursor(build(seed=8), dfn.cursor(state))
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_cursor_seed_out_of_range_is_a_value_error(seed):
+    with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*32\)"):
+        dfn.restore_cursor(build(), {**dfn.cursor(build()), "seed": seed})
+
+
+def test_cursor_without_version_is_refused():
+    old = {k: v for k, v in dfn.cursor(build()).items() if k != "version"}
+    with pytest.raises(ValueError, match="version=None.*version 1"):
+        dfn.restore_cursor(build(), old)
 
 
 def test_cursor_rejects_different_data():
     cur = dfn.cursor(build())
     changed = dfn.from_arrays({"x": np.arange(37, dtype=np.int32) + 1, "img": np.asarray(build().data["img"])}, shuffle=True)
-    with pytest.raises(ValueError, match="different data"):
+    with pytest.raises(ValueError, match="different stream; it differs in fingerprint"):
         dfn.restore_cursor(changed, cur)
     shorter = dfn.from_arrays({"x": np.arange(36, dtype=np.int32), "img": np.zeros((36, 4, 4, 1), np.uint8)}, shuffle=True)
-    with pytest.raises(ValueError, match="N=37.*N=36"):
+    with pytest.raises(ValueError, match=r"num_records \(cursor 37, this state 36\)"):
         dfn.restore_cursor(shorter, cur)
 
 
 def test_cursor_rejects_other_shuffle_setting():
     cur = dfn.cursor(build())
     plain = dfn.from_arrays(
-        {"x": np.asarray(build().data["x"]), "img": np.asarray(build().data["img"])}, shuffle=False
+        {"x": np.asarray(build().data["x"]), "img": np.asarray(build().data["img"])}, shuffle=False, seed=7
     )
-    with pytest.raises(ValueError, match="shuffle"):
+    with pytest.raises(ValueError, match=r"differs in shuffle \(cursor True, this state False\)"):
         dfn.restore_cursor(plain, cur)
 
 
 def test_cursor_missing_fields():
-    with pytest.raises(ValueError, match="lacks"):
-        dfn.restore_cursor(build(), {"index": 0})
+    with pytest.raises(ValueError, match=r"lacks \['epoch', 'fingerprint'"):
+        dfn.restore_cursor(build(), {"version": 1, "kind": "eager", "index": 0})
