@@ -50,6 +50,12 @@ def test_code_blocks_run(path, tmp_path, monkeypatch):
     run_blocks(path.read_text(), str(path), monkeypatch)
 
 
+def test_guides_have_runnable_examples():
+    for name in ("index", "quickstart", "state", "shuffling", "checkpointing", "training_loops",
+                 "pipelines", "writing_a_source", "cli", "faq"):
+        assert python_blocks((DOCS / f"{name}.md").read_text()), f"docs/{name}.md has no runnable example"
+
+
 # ----------------------------------------------------------------------------- docstrings
 
 
