@@ -78,7 +78,7 @@ def count_correct(params: eqx.nn.MLP, static: eqx.nn.MLP, batch: dict) -> jax.Ar
 def make_pipeline(split: dict, stats: dfn.Statistics, *, train: bool, batch_size: int, seed: int) -> dfn.Pipeline:
     source = dfn.from_arrays(split, shuffle=train, seed=seed, name="digits")
     stages = [dfn.cast("image"), dfn.normalize("image")]
-    if train:  # a one-pixel random shift; its keys come from (seed, epoch, position)
+    if train:  # a one-pixel random shift; its keys come from (seed, epoch, index)
         stages.append(dfn.random_crop("image", padding=1))
     return dfn.Pipeline(source, stages, batch_size, stats=stats)
 
