@@ -1,16 +1,16 @@
 """datarax_fn: pure-functional JAX PyTree data sources.
 
 ```python
-import datarax_fn as dfn
+import numpy as np, datarax_fn as dfn
+x, y = np.zeros((100, 4), np.float32), np.arange(100, dtype=np.int32)
 state = dfn.from_arrays({"x": x, "y": y}, shuffle=True, seed=0)
-state, batch = dfn.get_batch(state, 128)
+state, batch = dfn.get_batch(state, 32)
+assert batch["x"].shape == (32, 4)
 ```
 """
 
-# --- foundation (lead) ---
-from ._shuffle import permute as permute
-from ._eager import EagerSource as EagerSource, from_arrays as from_arrays
 from ._core import (
+    Source as Source,
     cursor as cursor,
     dataset_info as dataset_info,
     element_spec as element_spec,
@@ -20,31 +20,18 @@ from ._core import (
     num_records as num_records,
     restore_cursor as restore_cursor,
 )
+from ._shuffle import permute as permute
+from ._eager import EagerSource as EagerSource, from_arrays as from_arrays
+from ._streaming import (
+    EndOfStream as EndOfStream,
+    StreamingBackend as StreamingBackend,
+    StreamingSource as StreamingSource,
+    make_streaming as from_backend,
+)
 from ._jit import DatasetCopyWarning as DatasetCopyWarning, jit_step as jit_step
 from ._sharding import data_sharding as data_sharding, get_global_batch as get_global_batch
-
-# --- conversion + hf (hf engineer) ---
-from ._convert import decode_text as decode_text
-from ._streaming import EndOfStream as EndOfStream, StreamingSource as StreamingSource
-from ._hf import (
-    HFEagerConfig as HFEagerConfig,
-    HFEagerSource as HFEagerSource,
-    HFStreamingConfig as HFStreamingConfig,
-    HFStreamingSource as HFStreamingSource,
-    from_hf as from_hf,
-)
-
-# --- tfds (tfds engineer) ---
-from ._tfds import (
-    TFDSEagerConfig as TFDSEagerConfig,
-    TFDSEagerSource as TFDSEagerSource,
-    TFDSStreamingConfig as TFDSStreamingConfig,
-    TFDSStreamingSource as TFDSStreamingSource,
-    from_tfds as from_tfds,
-)
-
-# --- pipeline (pipeline engineer) ---
 from ._stages import (
+    Statistics as Statistics,
     apply_to_keys as apply_to_keys,
     cast as cast,
     chain as chain,
@@ -53,7 +40,6 @@ from ._stages import (
     random_crop as random_crop,
     random_flip as random_flip,
 )
-from ._stats import Statistics as Statistics, compute_statistics as compute_statistics
 from ._pipeline import (
     Pipeline as Pipeline,
     scan as scan,
@@ -61,7 +47,24 @@ from ._pipeline import (
     step as step,
     steps_per_epoch as steps_per_epoch,
 )
+from ._stats import compute_statistics as compute_statistics
 from ._device import collect_to_array as collect_to_array, prefetch_to_device as prefetch_to_device
 from ._digits import load_digits as load_digits
+
+from ._convert import decode_text as decode_text
+from ._hf import (
+    HFEagerConfig as HFEagerConfig,
+    HFEagerSource as HFEagerSource,
+    HFStreamingConfig as HFStreamingConfig,
+    HFStreamingSource as HFStreamingSource,
+    from_hf as from_hf,
+)
+from ._tfds import (
+    TFDSEagerConfig as TFDSEagerConfig,
+    TFDSEagerSource as TFDSEagerSource,
+    TFDSStreamingConfig as TFDSStreamingConfig,
+    TFDSStreamingSource as TFDSStreamingSource,
+    from_tfds as from_tfds,
+)
 
 __version__ = "0.1.0"

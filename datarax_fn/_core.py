@@ -1,26 +1,109 @@
-"""The generic functions every source state implements.
+"""The generic functions every source state implements, and the contract they keep.
 
-Each is a ``functools.singledispatch`` on the state's type: ``EagerSource`` registers
-its implementation in ``_eager.py``, ``StreamingSource`` in ``_streaming.py``. A new
-state type plugs in with ``@dfn.get_batch.register(MyState)``.
+A *state* is an immutable ``equinox.Module`` (a PyTree) that subclasses
+:class:`Source`. ``EagerSource``, ``StreamingSource`` and ``Pipeline`` are states; a
+new one plugs in by subclassing ``dfn.Source`` and registering its implementations,
+``@dfn.get_batch.register(MyState)``. Every state keeps this contract:
+
+1. **Stream.** Epoch ``e`` visits every record once, in an order fixed by
+   ``(seed, e)`` (the identity without shuffling). ``get_batch(state, size)`` returns
+   the next ``size`` records of that stream and a new state; batches straddle epoch
+   boundaries (no short last batch). The output depends on the state alone: an old
+   state replays the same batches.
+2. **Cursor.** The leaves ``index`` (records consumed in the current epoch, in
+   ``[0, N)``), ``epoch`` and ``seed`` are the whole position; everything else that
+   shapes the stream (the data's fingerprint, ``shuffle``, a pipeline's stages and
+   batch size) is static.
+3. **Length.** ``num_records(state)`` returns the records per epoch, or ``None`` when
+   the backend cannot know it (a stream without split metadata). ``len(state)``
+   returns the same int, and raises ``TypeError`` for an unknown length; ``bool(state)``
+   is always True (a state is never "empty": an empty split cannot be built).
+4. **Checkpoints.** ``cursor(state)`` returns a small JSON dict ``{"version": 1,
+   "kind", "index", "epoch", "seed", ...}`` without touching the data (the fingerprint
+   is computed once, when the state is built). ``restore_cursor(state, cursor)``
+   returns ``state`` at the cursor's position, and raises ``ValueError`` naming every
+   field that differs when the cursor was saved on another stream: other data, seed,
+   shuffle, stages or batch size. A cursor of another version is refused.
+5. **Equality.** Static metadata compares by a stable key (name plus fingerprint), so
+   a state rebuilt from the same data has the same tree structure: a jitted step does
+   not recompile, and ``jax.tree.map(f, a, b)`` works across the two.
+6. **Errors.** A wrong type is a ``TypeError``, a wrong value a ``ValueError``; both
+   name the argument, the value and a fix. Inside ``jit`` the checks that need values
+   go through ``eqx.error_if``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
+
+import equinox as eqx
+import jax
+import numpy as np
 
 PyTree = Any
 
-_INT32_MAX = 2**31 - 1
+INT32_MAX = 2**31 - 1
+CURSOR_VERSION = 1
+
+
+class Source(eqx.Module):
+    """Base class of every source state: an immutable PyTree with a cursor.
+
+    Subclasses hold their cursor as leaves named ``index``, ``epoch`` and ``seed``,
+    their configuration in static fields, and register the generic functions
+    (``dfn.get_batch``, ``dfn.num_records``, ``dfn.element_spec``, ``dfn.cursor``,
+    ``dfn.restore_cursor``; optionally ``dfn.get_batch_at``, ``dfn.iterate`` and
+    ``dfn.dataset_info``). ``dfn.jit_step`` donates every argument holding one.
+
+    ```python
+    import equinox as eqx, jax, jax.numpy as jnp, datarax_fn as dfn
+
+    class Counter(dfn.Source):
+        index: jax.Array
+        epoch: jax.Array
+        seed: jax.Array
+        n: int = eqx.field(static=True)
+
+    @dfn.get_batch.register(Counter)
+    def _(state, size, key=None):
+        end = state.index + size
+        new = Counter(end % state.n, state.epoch + end // state.n, state.seed, state.n)
+        return new, {"x": (state.index + jnp.arange(size)) % state.n}
+
+    @dfn.num_records.register(Counter)
+    def _(state):
+        return state.n
+
+    state = Counter(jnp.int32(0), jnp.int32(0), jnp.uint32(0), 10)
+    state, batch = dfn.get_batch(state, 3)
+    assert batch["x"].tolist() == [0, 1, 2] and len(state) == 10 and bool(state)
+    ```
+    """
+
+    def __len__(self) -> int:
+        n = num_records(self)
+        if n is None:
+            raise TypeError(
+                f"len({type(self).__name__}): the stream's length is unknown (its backend has no "
+                "record count). Use dfn.num_records(state), which returns None here, or count the "
+                "records once and load eagerly."
+            )
+        return n
+
+    def __bool__(self) -> bool:
+        # A state is never empty (building one over an empty split raises); without this,
+        # `if state:` would fall back to __len__ and raise for streams of unknown length.
+        return True
 
 
 def _unsupported(fn_name: str, state: Any) -> TypeError:
     return TypeError(
-        f"{fn_name}: expected a datarax_fn source state (EagerSource, StreamingSource, ...); "
-        f"got {type(state).__name__}. Build one with dfn.from_arrays, dfn.from_hf or dfn.from_tfds."
+        f"{fn_name}: expected a datarax_fn source state (EagerSource, StreamingSource, Pipeline or "
+        f"a dfn.Source subclass that registers {fn_name}); got {type(state).__name__}. Build one "
+        "with dfn.from_arrays, dfn.from_hf or dfn.from_tfds."
     )
 
 
@@ -41,17 +124,119 @@ def replace(state: Any, **changes: Any) -> Any:
     return new
 
 
+def is_traced(*trees: Any) -> bool:
+    """Returns True when any leaf of ``trees`` is a tracer (we are inside jit/scan/vmap)."""
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(trees))
+
+
+def jit_unless_traced(fn: Callable | None = None, **jit_kwargs: Any) -> Callable:
+    """Returns ``fn`` wrapped to run inline when traced, and as one cached ``jax.jit`` otherwise.
+
+    Inside a user's ``jit`` the kernel must be traced into the caller's program; called
+    eagerly it should compile once instead of dispatching op by op.
+    """
+    if fn is None:
+        return functools.partial(jit_unless_traced, **jit_kwargs)
+    jitted = jax.jit(fn, **jit_kwargs)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return (fn if is_traced(args, kwargs) else jitted)(*args, **kwargs)
+
+    wrapper.jitted = jitted
+    return wrapper
+
+
 def check_size(size: Any, fn_name: str = "get_batch") -> int:
-    """Returns ``size`` if it is a static Python int in ``[1, 2**31 - 1]``, else raises."""
-    if isinstance(size, bool) or not isinstance(size, int):
+    """Returns ``size`` as an int if it is a static integer in ``[1, 2**31 - 1]``, else raises."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
         raise TypeError(
             f"{fn_name}: size must be a static Python int (it fixes the batch shape); got "
             f"{type(size).__name__} {size!r}. Pass int(size); for a traced start position use "
             "dfn.get_batch_at(state, start, size)."
         )
-    if not 1 <= size <= _INT32_MAX:
+    if not 1 <= size <= INT32_MAX:
         raise ValueError(f"{fn_name}: size must be in [1, 2**31 - 1]; got size={size}.")
-    return size
+    return int(size)
+
+
+def check_seed(seed: Any, fn_name: str) -> int:
+    """Returns ``seed`` as an int if it is an integer in ``[0, 2**32)``, else raises."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"{fn_name}: seed must be an int in [0, 2**32); got {type(seed).__name__} {seed!r}.")
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"{fn_name}: seed must be in [0, 2**32); got seed={seed}. Use seed % 2**32.")
+    return int(seed)
+
+
+def check_start(start: Any, fn_name: str = "get_batch_at") -> Any:
+    """Returns ``start`` checked to be ``>= 0``: a ValueError when concrete, ``eqx.error_if`` when traced."""
+    if is_traced(start):
+        return eqx.error_if(
+            start, start < 0, f"{fn_name}: start must be >= 0 (positions count from the epoch's first record)."
+        )
+    if isinstance(start, bool) or not np.issubdtype(np.asarray(start).dtype, np.integer) or np.ndim(start):
+        raise TypeError(f"{fn_name}: start must be an integer scalar; got {type(start).__name__} {start!r}.")
+    if not 0 <= int(start) <= INT32_MAX:
+        raise ValueError(
+            f"{fn_name}: start must be in [0, 2**31 - 1] (positions count from the first record of "
+            f"epoch state.epoch; they do not wrap); got start={int(start)}."
+        )
+    return start
+
+
+# ----------------------------------------------------------------------------- cursors
+
+
+def make_cursor(kind: str, index: int, epoch: int, seed: int, **fields: Any) -> dict[str, Any]:
+    """Returns a version-1 cursor: ``{"version", "kind", "index", "epoch", "seed", **fields}``."""
+    return {"version": CURSOR_VERSION, "kind": kind, "index": int(index), "epoch": int(epoch),
+            "seed": int(seed), **fields}
+
+
+def check_cursor(cursor: Any, kind: str, expected: dict[str, Any], num_records: int | None) -> tuple[int, int]:
+    """Returns ``(index, epoch)`` of ``cursor`` after checking it belongs to this stream.
+
+    ``expected`` maps every field that shapes the stream (fingerprint, seed, shuffle, ...)
+    to this state's value; all differences are reported in one ``ValueError``.
+    """
+    if not isinstance(cursor, dict):
+        raise TypeError(f"restore_cursor: cursor must be the dict from dfn.cursor(state); got {type(cursor).__name__}.")
+    version = cursor.get("version")
+    if version != CURSOR_VERSION:
+        raise ValueError(
+            f"restore_cursor: this cursor has version={version!r}; this datarax_fn reads version "
+            f"{CURSOR_VERSION} only (cursors saved before versioning have none). Save a new cursor with "
+            "dfn.cursor(state), or restore the checkpointed PyTree instead."
+        )
+    missing = sorted({"kind", "index", "epoch", "seed", *expected} - set(cursor))
+    if missing:
+        raise ValueError(f"restore_cursor: the cursor lacks {missing}; pass the dict from dfn.cursor(state).")
+    if cursor["kind"] != kind:
+        raise ValueError(f"restore_cursor: a {cursor['kind']!r} cursor cannot restore a {kind!r} state.")
+    for name in ("index", "epoch", "seed"):
+        value = cursor[name]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"restore_cursor: cursor[{name!r}] must be an int; got {type(value).__name__} {value!r}.")
+    check_seed(cursor["seed"], "restore_cursor")
+    diffs = [f"{k} (cursor {cursor[k]!r}, this state {v!r})" for k, v in expected.items() if cursor[k] != v]
+    if diffs:
+        raise ValueError(
+            "restore_cursor: the cursor was saved on a different stream; it differs in "
+            + "; ".join(diffs)
+            + ". Rebuild the state with the same data, options and seed as when the cursor was saved."
+        )
+    index, epoch = int(cursor["index"]), int(cursor["epoch"])
+    upper = INT32_MAX if num_records is None else num_records - 1
+    if not (0 <= index <= upper and 0 <= epoch <= INT32_MAX):
+        raise ValueError(
+            f"restore_cursor: index={index}, epoch={epoch} are out of range (index in [0, {upper}], "
+            "epoch in [0, 2**31 - 1])."
+        )
+    return index, epoch
+
+
+# ----------------------------------------------------------------------------- generic functions
 
 
 @functools.singledispatch
@@ -63,11 +248,20 @@ def get_batch(state: Any, size: int, key: Any = None) -> tuple[Any, PyTree]:
     last batch). With a ``jax.random`` ``key``, returns ``size`` distinct records drawn
     by that key and the state unchanged.
 
+    Arguments:
+        state: a source state.
+        size: records per batch, a static Python int (it fixes the batch shape).
+        key: optional ``jax.random`` key for keyed sampling (eager sources only).
+
+    Returns:
+        ``(new_state, batch)``; ``batch`` has the structure of ``element_spec(state)``
+        with a leading axis of ``size``.
+
     ```python
     import numpy as np, datarax_fn as dfn
-    state = dfn.from_arrays({"x": np.arange(10)})
+    state = dfn.from_arrays({"x": np.arange(10, dtype=np.int32)})
     state, batch = dfn.get_batch(state, 4)
-    assert batch["x"].tolist() == [0, 1, 2, 3]
+    assert batch["x"].tolist() == [0, 1, 2, 3] and int(state.index) == 4
     ```
     """
     raise _unsupported("get_batch", state)
@@ -75,62 +269,161 @@ def get_batch(state: Any, size: int, key: Any = None) -> tuple[Any, PyTree]:
 
 @functools.singledispatch
 def get_batch_at(state: Any, start: Any, size: int, key: Any = None) -> PyTree:
-    """Returns the records at stream positions ``start .. start + size - 1``.
+    """Returns the batch of records at stream positions ``start .. start + size - 1``.
 
-    Positions count from the first record of epoch ``state.epoch``; ``start`` may be a
-    traced integer. Pure: the state is not advanced.
+    Positions count from the first record of epoch ``state.epoch`` and run on into the
+    following epochs; a negative ``start`` raises (``ValueError``, or through
+    ``eqx.error_if`` under ``jit``). Pure: the state is not advanced.
+
+    Arguments:
+        state: a random-access source state (eager).
+        start: the first position, a Python int or a traced integer.
+        size: records per batch, a static Python int.
+        key: optional ``jax.random`` key: the positions then index that key's permutation.
+
+    Returns:
+        the batch, as from ``get_batch``.
+
+    ```python
+    import numpy as np, datarax_fn as dfn
+    state = dfn.from_arrays({"x": np.arange(10, dtype=np.int32)})
+    assert dfn.get_batch_at(state, 8, 4)["x"].tolist() == [8, 9, 0, 1]
+    ```
     """
     raise _unsupported("get_batch_at", state)
 
 
 @functools.singledispatch
 def element_spec(state: Any) -> PyTree:
-    """Returns a PyTree of ``jax.ShapeDtypeStruct``, one per leaf, for a single record."""
+    """Returns a PyTree of ``jax.ShapeDtypeStruct``, one per leaf, for a single record.
+
+    Arguments:
+        state: a source state.
+
+    Returns:
+        the structure of one record, without reading any.
+    """
     raise _unsupported("element_spec", state)
 
 
 @functools.singledispatch
-def num_records(state: Any) -> int:
-    """Returns the number of records in one epoch (also ``len(state)``)."""
+def num_records(state: Any) -> int | None:
+    """Returns the number of records in one epoch, or None when it is unknown.
+
+    Arguments:
+        state: a source state.
+
+    Returns:
+        an int (also ``len(state)``), or ``None`` for a stream whose backend does not
+        know its length (``len(state)`` raises ``TypeError`` then).
+
+    ```python
+    import numpy as np, datarax_fn as dfn
+    assert dfn.num_records(dfn.from_arrays({"x": np.zeros(7)})) == 7
+    ```
+    """
     raise _unsupported("num_records", state)
 
 
 @functools.singledispatch
 def iterate(state: Any, size: int, *, epochs: int = 1) -> Iterator[tuple[Any, PyTree]]:
-    """Yields ``(state, batch)`` pairs on the host, for plain Python loops.
+    """Returns an iterator of ``(state, batch)`` pairs, for plain Python loops on the host.
 
     Walks ``epochs * num_records(state)`` records from the state's position in
     ``ceil(epochs * N / size)`` batches of ``size``; the last batch straddles into the
     next epoch instead of being dropped or short. Each yielded state is the one after
-    its batch, ready to checkpoint.
+    its batch, ready to checkpoint. A stream of unknown length walks until ``epochs``
+    more epochs have started, or until it ends.
+
+    Arguments:
+        state: a source state.
+        size: records per batch.
+        epochs: how many epochs to walk.
+
+    Returns:
+        an iterator of ``(state_after_batch, batch)``.
+
+    ```python
+    import numpy as np, datarax_fn as dfn
+    pairs = list(dfn.iterate(dfn.from_arrays({"x": np.arange(5, dtype=np.int32)}), 2))
+    assert [b["x"].tolist() for _, b in pairs] == [[0, 1], [2, 3], [4, 0]]
+    ```
     """
     raise _unsupported("iterate", state)
 
 
 @functools.singledispatch
 def cursor(state: Any) -> dict[str, Any]:
-    """Returns the state's position as a small JSON-able dict (no data)."""
+    """Returns the state's position as a small JSON-able dict, without reading the data.
+
+    Arguments:
+        state: a source state.
+
+    Returns:
+        ``{"version": 1, "kind", "index", "epoch", "seed", ...}`` plus what identifies
+        the stream (fingerprint, shuffle; a pipeline adds its stages and batch size).
+
+    ```python
+    import json, numpy as np, datarax_fn as dfn
+    state, _ = dfn.get_batch(dfn.from_arrays({"x": np.arange(10)}, seed=3), 4)
+    saved = json.dumps(dfn.cursor(state))
+    state = dfn.restore_cursor(dfn.from_arrays({"x": np.arange(10)}, seed=3), json.loads(saved))
+    assert int(state.index) == 4
+    ```
+    """
     raise _unsupported("cursor", state)
 
 
 @functools.singledispatch
 def restore_cursor(state: Any, cursor: dict[str, Any]) -> Any:
-    """Returns ``state`` moved to a saved ``cursor``; raises if the data differ."""
+    """Returns ``state`` moved to a saved ``cursor``.
+
+    Arguments:
+        state: a state built like the one the cursor was saved from.
+        cursor: the dict from ``dfn.cursor``.
+
+    Returns:
+        the state at the cursor's position.
+
+    Raises:
+        ValueError: the cursor was saved on another stream (the message names every
+            field that differs: data fingerprint, seed, shuffle, stages, batch size), is
+            of another version, or is out of range.
+    """
     raise _unsupported("restore_cursor", state)
 
 
 @functools.singledispatch
 def dataset_info(state: Any) -> Any:
-    """Returns the backend's metadata (HF ``DatasetInfo``, TFDS ``DatasetInfo``) or None."""
+    """Returns the backend's metadata (HF ``DatasetInfo``, TFDS ``DatasetInfo``), or None.
+
+    Arguments:
+        state: a source state.
+
+    Returns:
+        the metadata object the loader attached, or ``None``.
+    """
     raise _unsupported("dataset_info", state)
 
 
+def check_epochs(epochs: Any, fn_name: str = "iterate") -> int:
+    """Returns ``epochs`` as an int if it is an integer ``>= 1``, else raises."""
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)):
+        raise TypeError(f"{fn_name}: epochs must be a Python int >= 1; got {type(epochs).__name__} {epochs!r}.")
+    if epochs < 1:
+        raise ValueError(f"{fn_name}: epochs must be >= 1; got epochs={epochs}.")
+    return int(epochs)
+
+
 def iterate_batches(state: Any, size: int, epochs: int) -> Iterator[tuple[Any, PyTree]]:
-    """The shared host loop behind ``iterate`` for states with a known length."""
+    """Returns the shared host loop behind ``iterate`` for states with a known length."""
     check_size(size, "iterate")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"iterate: epochs must be a Python int >= 1; got epochs={epochs!r}.")
+    epochs = check_epochs(epochs)
     steps = -(-epochs * num_records(state) // size)
-    for _ in range(steps):
-        state, batch = get_batch(state, size)
-        yield state, batch
+
+    def walk(state):
+        for _ in range(steps):
+            state, batch = get_batch(state, size)
+            yield state, batch
+
+    return walk(state)

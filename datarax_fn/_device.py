@@ -1,9 +1,8 @@
-"""Device helpers: the whole dataset as device arrays, and a bounded host-to-device prefetch."""
+"""Moving data to devices: the whole dataset as device arrays, and a bounded host-to-device prefetch."""
 
 from __future__ import annotations
 
-import queue
-import threading
+import functools
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -11,14 +10,22 @@ import jax
 import numpy as np
 
 from . import _core
-from ._streaming import _put, _shutdown
+from ._eager import EagerSource
+from ._pipeline import Pipeline
+from ._prefetch import Prefetcher
 
 PyTree = Any
-_ITEM, _END, _ERROR = 0, 1, 2
 
 
 def collect_to_array(source: Any, *, chunk_size: int = 4096) -> PyTree:
     """Returns the whole dataset as a PyTree of device arrays with leading axis N.
+
+    Arguments:
+        source: a source state or a ``dfn.Pipeline`` (its stages are not applied).
+        chunk_size: records read per ``get_batch`` from a streaming source.
+
+    Returns:
+        a PyTree of ``jax.Array``s with the structure of ``element_spec(source)``.
 
     For an in-memory source this is its ``data`` as is: record order, no copy. A
     streaming source (or a pipeline over one, whose stages are not applied) is read for
@@ -28,13 +35,10 @@ def collect_to_array(source: Any, *, chunk_size: int = 4096) -> PyTree:
 
     ```python
     import numpy as np, datarax_fn as dfn
-    arrays = dfn.collect_to_array(dfn.from_arrays({"x": np.arange(5)}))
+    arrays = dfn.collect_to_array(dfn.from_arrays({"x": np.arange(5, dtype=np.int32)}))
     assert arrays["x"].tolist() == [0, 1, 2, 3, 4]
     ```
     """
-    from ._pipeline import Pipeline
-    from ._eager import EagerSource
-
     if isinstance(source, Pipeline):
         source = source.source
     if isinstance(source, EagerSource):
@@ -56,24 +60,22 @@ def collect_to_array(source: Any, *, chunk_size: int = 4096) -> PyTree:
     return jax.device_put(jax.tree.map(lambda *xs: np.concatenate(xs), *parts))
 
 
-def _producer(it: Iterator, q: queue.Queue, stop: threading.Event, device: Any) -> None:
-    try:
-        for item in it:
-            if not _put(q, (_ITEM, jax.device_put(item, device)), stop):
-                return
-        _put(q, (_END, None), stop)
-    except BaseException as err:  # re-raised in the consumer
-        _put(q, (_ERROR, err), stop)
-
-
 def prefetch_to_device(iterator: Iterable, size: int = 2, *, device: Any = None) -> Iterator:
-    """Yields the items of ``iterator``, moved to ``device``, up to ``size`` items ahead.
+    """Returns an iterator of the items of ``iterator``, moved to ``device``, up to ``size`` ahead.
 
     A background thread pulls items (any PyTree: batches, ``(state, batch)`` pairs) and
     ``jax.device_put``s them into a queue holding at most ``size``, so host reading and
     the transfer overlap with the device's work. The thread ends when the iterator is
     exhausted, when it raises (the error is re-raised here), or when this generator is
     closed or garbage collected (``break`` out of a ``for`` loop closes it).
+
+    Arguments:
+        iterator: any iterable of PyTrees.
+        size: items moved ahead of the consumer.
+        device: the target device; default: JAX's default device.
+
+    Returns:
+        a generator of the moved items.
 
     ```python
     import numpy as np, datarax_fn as dfn
@@ -87,17 +89,12 @@ def prefetch_to_device(iterator: Iterable, size: int = 2, *, device: Any = None)
 
 
 def _prefetch(it: Iterator, size: int, device: Any) -> Iterator:
-    q: queue.Queue = queue.Queue(maxsize=size)
-    stop = threading.Event()
-    thread = threading.Thread(target=_producer, args=(it, q, stop, device), name="datarax_fn-prefetch_to_device", daemon=True)
-    thread.start()
+    reader = Prefetcher(it, size, "datarax_fn-prefetch_to_device", functools.partial(jax.device_put, device=device))
     try:
         while True:
-            kind, item = q.get()
-            if kind == _END:
+            item, ended = reader.get()
+            if ended:
                 return
-            if kind == _ERROR:
-                raise item
             yield item
     finally:
-        _shutdown(stop, q, thread, timeout=10)
+        reader.close()

@@ -8,32 +8,44 @@ and ``epoch < 2**31`` (an overflow raises inside ``jit`` through ``eqx.error_if`
 
 from __future__ import annotations
 
-import hashlib
+import functools
 from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import xxhash
 from jaxtyping import Array, Int, UInt32
 
 from . import _core, _jit
 from ._shuffle import permute, permute_with_keys, round_keys
 
 PyTree = Any
-_INT32_MAX = 2**31 - 1
 
 
 class Static:
-    """Holds backend metadata in a static field; equal only to itself (hashed by identity)."""
+    """Holds backend metadata in a static field; compares by ``key``, a stable string.
 
-    __slots__ = ("value",)
+    JAX compares static fields when it compares tree structures (jit caches,
+    ``jax.tree.map`` over two states). Two loads of the same data carry different
+    metadata objects but the same key, so their states have the same structure.
+    """
 
-    def __init__(self, value: Any):
+    __slots__ = ("value", "key")
+
+    def __init__(self, value: Any, key: str):
         self.value = value
+        self.key = key
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Static) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
 
     def __repr__(self) -> str:
-        return f"Static({type(self.value).__name__})"
+        return f"Static({type(self.value).__name__}, key={self.key!r})"
 
 
 def _leaf_paths(tree: PyTree) -> list[tuple[str, Any]]:
@@ -41,11 +53,27 @@ def _leaf_paths(tree: PyTree) -> list[tuple[str, Any]]:
     return [(jax.tree_util.keystr(path) or "<root>", leaf) for path, leaf in flat]
 
 
-class EagerSource(eqx.Module):
+def hash_arrays(data: PyTree) -> str:
+    """Returns a 128-bit xxh3 hex digest of every leaf's path, shape, dtype and bytes.
+
+    One pass over the data on the host (several GB/s); a state computes it once, when
+    it is built, so ``dfn.cursor`` never reads the data.
+    """
+    h = xxhash.xxh3_128()
+    for path, leaf in _leaf_paths(data):
+        arr = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{path}:{arr.shape}:{arr.dtype};".encode())
+        h.update(arr.reshape(-1).view(np.uint8))
+    return h.hexdigest()
+
+
+class EagerSource(_core.Source):
     """An in-memory source: ``data`` arrays plus the ``index``/``epoch``/``seed`` cursor.
 
     Immutable; every function returns a new state. Build one with ``dfn.from_arrays``,
-    ``dfn.from_hf`` or ``dfn.from_tfds``.
+    ``dfn.from_hf`` or ``dfn.from_tfds``. ``fingerprint`` (static) identifies the data:
+    two sources over equal data have equal tree structures, so a jitted step compiled
+    for one runs the other without recompiling.
     """
 
     data: PyTree
@@ -56,6 +84,7 @@ class EagerSource(eqx.Module):
     shuffle: bool = eqx.field(static=True, default=False)
     name: str = eqx.field(static=True, default="arrays")
     info: Static | None = eqx.field(static=True, default=None)
+    fingerprint: str = eqx.field(static=True, default="")
 
     def __check_init__(self):
         leaves = _leaf_paths(self.data)
@@ -77,14 +106,11 @@ class EagerSource(eqx.Module):
                 f"EagerSource: every data leaf must share the leading axis N={self.num_records}; "
                 f"got leading sizes {shown}."
             )
-        if not 1 <= self.num_records <= _INT32_MAX:
+        if not 1 <= self.num_records <= _core.INT32_MAX:
             raise ValueError(
                 f"EagerSource: num_records must be in [1, 2**31 - 1]; got N={self.num_records} "
                 f"(leading sizes {shown}). An empty split cannot be iterated."
             )
-
-    def __len__(self) -> int:
-        return self.num_records
 
 
 def from_arrays(
@@ -95,28 +121,39 @@ def from_arrays(
     name: str = "arrays",
     info: Any = None,
     copy: bool = True,
+    fingerprint: str | None = None,
 ) -> EagerSource:
     """Returns an ``EagerSource`` over a PyTree of arrays sharing a leading axis.
 
     Arrays move to the default device once; dtypes are kept exactly (an int64 leaf
     needs ``jax_enable_x64`` and otherwise raises rather than silently narrowing).
-    ``copy=False`` hands NumPy buffers to ``jax.device_put``, which on a CPU device
-    aliases 64-byte-aligned buffers instead of copying them (half the peak memory of a
-    load). Use it only for arrays nothing else holds (the HF and TFDS loaders do, for
-    their freshly decoded arrays): writing to such a buffer would change the state. XLA
-    cannot donate memory it does not own, so on CPU the first donated ``jit_step`` copies
-    such a dataset once into XLA memory; every later step aliases it (eager
-    ``get_batch`` and ``lax.scan`` never copy it at all).
+    The data's fingerprint (xxh3 of every leaf) is computed here, once.
+
+    Arguments:
+        data: a PyTree (usually a dict) of NumPy or JAX arrays with one leading length N.
+        shuffle: visit each epoch in the keyed order of ``(seed, epoch)``.
+        seed: an int in ``[0, 2**32)``.
+        name: a label used in error messages and the cursor's stream key.
+        info: backend metadata returned by ``dfn.dataset_info``.
+        copy: ``False`` hands NumPy buffers to ``jax.device_put``, which on a CPU device
+            aliases 64-byte-aligned buffers instead of copying them (half the peak memory
+            of a load). Use it only for arrays nothing else holds: writing to such a buffer
+            would change the state. XLA cannot donate memory it does not own, so on CPU
+            the first donated ``jit_step`` copies such a dataset once into XLA memory.
+        fingerprint: a string that identifies the data, for loaders that already have
+            one (e.g. a digest of the files and options); default: xxh3 of the arrays.
+
+    Returns:
+        an ``EagerSource`` at epoch 0, index 0.
 
     ```python
     import numpy as np, datarax_fn as dfn
     state = dfn.from_arrays({"image": np.zeros((100, 8, 8, 1), np.uint8),
                              "label": np.arange(100, dtype=np.int32)}, shuffle=True, seed=1)
-    assert len(state) == 100
+    assert len(state) == 100 and dfn.num_records(state) == 100
     ```
     """
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
-        raise ValueError(f"from_arrays: seed must be an int in [0, 2**32); got seed={seed!r}.")
+    seed = _core.check_seed(seed, "from_arrays")
     leaves = _leaf_paths(data)
     bad = [p for p, x in leaves if not isinstance(x, (np.ndarray, jax.Array))]
     if bad:
@@ -132,6 +169,10 @@ def from_arrays(
                 f"{want}. Cast it yourself (after checking the values fit) or enable "
                 "jax.config.update('jax_enable_x64', True)."
             )
+    if fingerprint is not None and not isinstance(fingerprint, str):
+        raise TypeError(f"from_arrays: fingerprint must be a str or None; got {type(fingerprint).__name__}.")
+    fingerprint = fingerprint or hash_arrays(data)
+    name = str(name)
     data = jax.tree.map(lambda x: _to_device(x, copy), data)
     return EagerSource(
         data=data,
@@ -141,8 +182,9 @@ def from_arrays(
         seed=jax.device_put(np.asarray(seed, np.uint32)),
         num_records=_first_length(leaves),
         shuffle=bool(shuffle),
-        name=str(name),
-        info=None if info is None else Static(info),
+        name=name,
+        info=None if info is None else Static(info, f"{name}:{fingerprint}"),
+        fingerprint=fingerprint,
     )
 
 
@@ -190,6 +232,7 @@ def _take(data: PyTree, idx: jax.Array, unique: bool = False) -> PyTree:
     return jax.tree.map(lambda x: _take_leaf(x, idx, unique), data)
 
 
+@functools.partial(_core.jit_unless_traced, static_argnames=("size", "n", "shuffle"))
 def _records_at(data: PyTree, start: Any, size: int, n: int, shuffle: bool, seed: Any, epoch: Any) -> PyTree:
     """The batch at stream positions ``start .. start + size - 1`` from epoch ``epoch``.
 
@@ -221,6 +264,7 @@ def _records_at(data: PyTree, start: Any, size: int, n: int, shuffle: bool, seed
     return jax.tree.map(leaf, data)
 
 
+@functools.partial(_core.jit_unless_traced, static_argnames=("size", "n"))
 def _advance(index: jax.Array, epoch: jax.Array, size: int, n: int) -> tuple[jax.Array, jax.Array]:
     total = index.astype(jnp.uint32) + jnp.uint32(size)
     new_index = (total % jnp.uint32(n)).astype(jnp.int32)
@@ -234,29 +278,26 @@ def _advance(index: jax.Array, epoch: jax.Array, size: int, n: int) -> tuple[jax
     return new_index, new_epoch
 
 
-def _keyed(data: PyTree, key: Any, size: int, n: int) -> PyTree:
+def advance(state: EagerSource, size: int) -> EagerSource:
+    """Returns ``state`` moved on by ``size`` records without reading them."""
+    index, epoch = _advance(state.index, state.epoch, size=size, n=state.num_records)
+    return _core.replace(state, index=index, epoch=epoch)
+
+
+@functools.partial(_core.jit_unless_traced, static_argnames=("size", "n"))
+def _keyed(data: PyTree, key: Any, start: Any, size: int, n: int) -> PyTree:
     words = jax.random.bits(key, (2,), jnp.uint32)
-    return _take(data, permute(jnp.arange(size, dtype=jnp.uint32), n, words[0], words[1]), unique=True)
-
-
-def _step(data, index, epoch, seed, size, n, shuffle):
-    batch = _records_at(data, index, size, n, shuffle, seed, epoch)
-    index, epoch = _advance(index, epoch, size, n)
-    return index, epoch, batch
+    pos = jnp.asarray(start).astype(jnp.uint32) + jnp.arange(size, dtype=jnp.uint32)
+    return _take(data, permute(pos % jnp.uint32(n), n, words[0], words[1]), unique=size <= n)
 
 
 # Compiled once per (batch size, N, shuffle, data structure); `data` is an input and
-# never an output, so XLA cannot copy it (see _jit and issue [no-copy]).
-_step_jit = jax.jit(_step, static_argnums=(4, 5, 6))
-_records_at_jit = jax.jit(_records_at, static_argnames=("size", "n", "shuffle"))
-_keyed_jit = jax.jit(_keyed, static_argnames=("size", "n"))
-
-
-def _is_traced(state: EagerSource) -> bool:
-    return isinstance(state.index, jax.core.Tracer)
-
-
-_replace = _core.replace
+# never an output, so XLA cannot copy it (see _jit).
+@functools.partial(_core.jit_unless_traced, static_argnames=("size", "n", "shuffle"))
+def _step(data, index, epoch, seed, size, n, shuffle):
+    batch = _records_at(data, index, size=size, n=n, shuffle=shuffle, seed=seed, epoch=epoch)
+    index, epoch = _advance(index, epoch, size=size, n=n)
+    return index, epoch, batch
 
 
 def _check_key_size(size: int, n: int) -> None:
@@ -271,30 +312,24 @@ def _check_key_size(size: int, n: int) -> None:
 def _(state: EagerSource, size: int, key: Any = None):
     size = _core.check_size(size)
     n = state.num_records
-    traced = _is_traced(state)
     if key is not None:
         _check_key_size(size, n)
-        fn = _keyed if traced else _keyed_jit
-        return state, fn(state.data, key, size=size, n=n)
-    if traced:
+        return state, _keyed(state.data, key, 0, size=size, n=n)
+    if _core.is_traced(state.index):
         _jit.warn_if_copied(state.data)
-        index, epoch, batch = _step(state.data, state.index, state.epoch, state.seed, size, n, state.shuffle)
-    else:
-        index, epoch, batch = _step_jit(state.data, state.index, state.epoch, state.seed, size, n, state.shuffle)
-    return _replace(state, index=index, epoch=epoch), batch
+    index, epoch, batch = _step(state.data, state.index, state.epoch, state.seed, size=size, n=n, shuffle=state.shuffle)
+    return _core.replace(state, index=index, epoch=epoch), batch
 
 
 @_core.get_batch_at.register
 def _(state: EagerSource, start: Any, size: int, key: Any = None):
     size = _core.check_size(size, "get_batch_at")
+    start = _core.check_start(start)
     n = state.num_records
     if key is not None:
         _check_key_size(size, n)
-        words = jax.random.bits(key, (2,), jnp.uint32)
-        pos = jnp.asarray(start).astype(jnp.uint32) + jnp.arange(size, dtype=jnp.uint32)
-        return _take(state.data, permute(pos % jnp.uint32(n), n, words[0], words[1]))
-    fn = _records_at if _is_traced(state) else _records_at_jit
-    return fn(state.data, start, size=size, n=n, shuffle=state.shuffle, seed=state.seed, epoch=state.epoch)
+        return _keyed(state.data, key, start, size=size, n=n)
+    return _records_at(state.data, start, size=size, n=n, shuffle=state.shuffle, seed=state.seed, epoch=state.epoch)
 
 
 @_core.element_spec.register
@@ -320,61 +355,31 @@ def _(state: EagerSource):
 # ----------------------------------------------------------------------------- cursor
 
 
-def fingerprint(state: EagerSource) -> str:
-    """Returns a hex digest of N, every leaf's path, shape and dtype, and the data bytes.
+def data_fingerprint(state: EagerSource) -> str:
+    """Returns the fingerprint of the state's data (computed when it was built)."""
+    # Only a state built by calling EagerSource(...) directly lacks one.
+    return state.fingerprint or hash_arrays(state.data)
 
-    Costs one pass over the data on the host (about 1 GB/s with blake2b).
-    """
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"N={state.num_records};".encode())
-    for path, leaf in _leaf_paths(state.data):
-        arr = np.ascontiguousarray(jax.device_get(leaf))
-        h.update(f"{path}:{arr.shape}:{arr.dtype};".encode())
-        h.update(memoryview(arr).cast("B"))
-    return h.hexdigest()
+
+def _stream_key(state: EagerSource) -> dict[str, Any]:
+    return {"fingerprint": data_fingerprint(state), "num_records": state.num_records,
+            "shuffle": state.shuffle, "seed": int(state.seed)}
 
 
 @_core.cursor.register
 def _(state: EagerSource):
-    return {
-        "kind": "eager",
-        "index": int(state.index),
-        "epoch": int(state.epoch),
-        "seed": int(state.seed),
-        "num_records": state.num_records,
-        "shuffle": state.shuffle,
-        "fingerprint": fingerprint(state),
-    }
+    key = _stream_key(state)
+    return _core.make_cursor("eager", state.index, state.epoch, key.pop("seed"), **key)
 
 
 @_core.restore_cursor.register
 def _(state: EagerSource, cursor: dict[str, Any]):
-    missing = {"index", "epoch", "seed", "fingerprint"} - set(cursor)
-    if missing:
-        raise ValueError(f"restore_cursor: cursor lacks {sorted(missing)}; pass a dict from dfn.cursor(state).")
-    if cursor.get("kind", "eager") != "eager":
-        raise ValueError(f"restore_cursor: a {cursor['kind']!r} cursor cannot restore an EagerSource.")
-    fp = fingerprint(state)
-    if cursor["fingerprint"] != fp:
-        raise ValueError(
-            "restore_cursor: the cursor was saved on different data (fingerprint "
-            f"{cursor['fingerprint']} with N={cursor.get('num_records')}; this source has {fp} with "
-            f"N={state.num_records}). Rebuild the source from the same dataset, split and keys."
-        )
-    if "shuffle" in cursor and bool(cursor["shuffle"]) != state.shuffle:
-        raise ValueError(
-            f"restore_cursor: the cursor was saved with shuffle={cursor['shuffle']}, this source has "
-            f"shuffle={state.shuffle}; build the source with the same shuffle setting."
-        )
-    index, epoch = int(cursor["index"]), int(cursor["epoch"])
-    if not (0 <= index < state.num_records and 0 <= epoch <= _INT32_MAX):
-        raise ValueError(f"restore_cursor: index={index}, epoch={epoch} out of range for N={state.num_records}.")
-    return _replace(
+    index, epoch = _core.check_cursor(cursor, "eager", _stream_key(state), state.num_records)
+    return _core.replace(
         state,
-        index=jnp.asarray(index, jnp.int32),
-        epoch=jnp.asarray(epoch, jnp.int32),
-        seed=jnp.asarray(int(cursor["seed"]), jnp.uint32),
+        index=jax.device_put(np.asarray(index, np.int32)),
+        epoch=jax.device_put(np.asarray(epoch, np.int32)),
     )
 
 
-__all__ = ["EagerSource", "from_arrays", "fingerprint", "Static"]
+__all__ = ["EagerSource", "from_arrays", "advance", "hash_arrays", "data_fingerprint", "Static"]

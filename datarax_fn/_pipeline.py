@@ -8,11 +8,13 @@ do not depend on how many steps ran in this process.
 
 The pipeline is a valid ``jit`` argument and ``lax.scan`` / ``lax.fori_loop`` carry;
 ``scan`` and ``scan_epoch`` keep the dataset out of the scan carry, so it is never
-copied (issue [no-copy]).
+copied.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -20,21 +22,25 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import xxhash
 from jaxtyping import Array, UInt32
 
 from . import _core
+from ._eager import EagerSource, hash_arrays
 from ._jit import DatasetCopyWarning
-from ._stages import Chain, as_stage, bind_stats, chain
-from ._stats import Statistics
+from ._stages import Chain, Statistics, as_stage, bind_stats, chain
 
 PyTree = Any
 _REMAINDERS = ("drop", "pad", "partial")
 
 
-class Pipeline(eqx.Module):
+class Pipeline(_core.Source):
     """A source state plus stages and a batch size; immutable, a PyTree, checkpointable.
 
-    Args:
+    Its cursor is the source's ``index`` and ``epoch`` (read through properties) and
+    its own ``seed``, the seed of the stage keys.
+
+    Arguments:
         source: a source state (``dfn.from_arrays``, ``dfn.from_hf``, ``dfn.from_tfds``).
         stages: stages ``(batch, key) -> batch`` applied in order (see ``dfn.chain``).
         batch_size: records per batch (a static Python int).
@@ -59,8 +65,12 @@ class Pipeline(eqx.Module):
     batch_size: int = eqx.field(static=True)
 
     def __init__(self, source: Any, stages: Any = (), batch_size: int = 32, *, seed: Any = None, stats: Any = None):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size < 2**31:
-            raise ValueError(f"Pipeline: batch_size must be a Python int in [1, 2**31 - 1]; got {batch_size!r}.")
+        if not isinstance(source, _core.Source):
+            raise TypeError(
+                f"Pipeline: source must be a datarax_fn source state (dfn.from_arrays, dfn.from_hf, "
+                f"dfn.from_tfds or a dfn.Source subclass); got {type(source).__name__}."
+            )
+        batch_size = _core.check_size(batch_size, "Pipeline: batch_size")
         if isinstance(stats, Mapping):
             stats = Statistics(**stats)
         if stats is not None and not isinstance(stats, Statistics):
@@ -75,7 +85,9 @@ class Pipeline(eqx.Module):
         else:
             chained = chain(as_stage(stages))
         if seed is None:
-            seed = getattr(source, "seed", 0)
+            seed = source.seed
+        elif not isinstance(seed, jax.Array):
+            seed = _core.check_seed(seed, "Pipeline")
         # Own copies of the small arrays: a donating jit (dfn.jit_step) would otherwise
         # delete the caller's statistics, and two leaves sharing a buffer cannot be donated.
         self.source = source
@@ -83,6 +95,16 @@ class Pipeline(eqx.Module):
         self.seed = jnp.array(seed, jnp.uint32, copy=True)
         self.stats = _copy_arrays(stats)
         self.batch_size = batch_size
+
+    @property
+    def index(self) -> Any:
+        """The source's ``index``: records consumed in the current epoch."""
+        return self.source.index
+
+    @property
+    def epoch(self) -> Any:
+        """The source's ``epoch``."""
+        return self.source.epoch
 
     def __iter__(self) -> Iterator[PyTree]:
         """Yields the batches of one epoch from the current position (remainder dropped)."""
@@ -98,16 +120,8 @@ _replace = _core.replace  # skips __init__ (and its re-binding of stages) on the
 
 
 def _position(source: Any) -> tuple[Any, Any]:
-    """Returns the source's ``(epoch, position within the epoch)`` leaves."""
-    pos = getattr(source, "index", None)
-    if pos is None:
-        pos = getattr(source, "position", None)
-    if pos is None or not hasattr(source, "epoch"):
-        raise TypeError(
-            f"Pipeline: the source {type(source).__name__} has no epoch/index cursor; use a "
-            "datarax_fn source state (dfn.from_arrays, dfn.from_hf, dfn.from_tfds)."
-        )
-    return source.epoch, pos
+    """Returns the source's ``(epoch, index)`` leaves."""
+    return source.epoch, source.index
 
 
 def stage_key(seed: Any, epoch: Any, position: Any) -> jax.Array:
@@ -117,24 +131,15 @@ def stage_key(seed: Any, epoch: Any, position: Any) -> jax.Array:
     return jax.random.fold_in(key, jnp.asarray(position).astype(jnp.uint32))
 
 
+@_core.jit_unless_traced
 def _apply(stages: Chain, batch: PyTree, seed: Any, epoch: Any, position: Any) -> PyTree:
-    if not stages.stages:
-        return batch
     return stages(batch, stage_key(seed, epoch, position))
-
-
-_apply_jit = jax.jit(_apply)
-
-
-def _is_traced(*trees: Any) -> bool:
-    return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(trees))
 
 
 def _run_stages(pipe: Pipeline, batch: PyTree, epoch: Any, position: Any) -> PyTree:
     if not pipe.stages.stages:
         return batch
-    fn = _apply if _is_traced(batch, pipe.seed, epoch) else _apply_jit
-    return fn(pipe.stages, batch, pipe.seed, epoch, position)
+    return _apply(pipe.stages, batch, pipe.seed, epoch, position)
 
 
 def step(pipeline: Pipeline) -> tuple[Pipeline, PyTree]:
@@ -155,7 +160,10 @@ def steps_per_epoch(pipeline: Pipeline) -> int:
     """Returns ``max(1, num_records // batch_size)``: the steps ``scan_epoch`` runs."""
     n = _core.num_records(pipeline.source)
     if n is None:
-        raise ValueError("steps_per_epoch: the source has unknown length; use dfn.scan with an explicit length.")
+        raise ValueError(
+            "steps_per_epoch: the source has unknown length (num_records is None); use "
+            "dfn.scan(pipeline, step_fn, carry, length=...) with an explicit length."
+        )
     return max(1, n // pipeline.batch_size)
 
 
@@ -164,8 +172,6 @@ def steps_per_epoch(pipeline: Pipeline) -> int:
 
 def _split_data(pipe: Pipeline) -> tuple[Pipeline, Any]:
     """Takes an eager source's dataset out of the pipeline, so it is never a carry."""
-    from ._eager import EagerSource
-
     if isinstance(pipe.source, EagerSource):
         return _replace(pipe, source=_core.replace(pipe.source, data=None)), pipe.source.data
     return pipe, None
@@ -177,6 +183,7 @@ def _join_data(pipe: Pipeline, data: Any) -> Pipeline:
     return _replace(pipe, source=_core.replace(pipe.source, data=data))
 
 
+@functools.partial(_core.jit_unless_traced, static_argnames=("step_fn", "length"))
 def _scan(light: Pipeline, data: Any, step_fn: Callable, carry: Any, length: int):
     def body(c, _):
         light, carry = c
@@ -186,9 +193,6 @@ def _scan(light: Pipeline, data: Any, step_fn: Callable, carry: Any, length: int
 
     (light, carry), outs = jax.lax.scan(body, (light, carry), None, length=length)
     return light, carry, outs
-
-
-_scan_jit = jax.jit(_scan, static_argnames=("step_fn", "length"))
 
 
 def scan(pipeline: Pipeline, step_fn: Callable, carry: Any, length: int) -> tuple[Pipeline, Any, Any]:
@@ -215,13 +219,11 @@ def scan(pipeline: Pipeline, step_fn: Callable, carry: Any, length: int) -> tupl
     if isinstance(length, bool) or not isinstance(length, int) or length < 0:
         raise ValueError(f"scan: length must be a static Python int >= 0; got {length!r}.")
     light, data = _split_data(pipeline)
-    if _is_traced(pipeline, carry):
-        light, carry, outs = _scan(light, data, step_fn, carry, length)
-    else:
-        with warnings.catch_warnings():
-            # This jit never returns the dataset, so the copy warning does not apply.
+    with warnings.catch_warnings():
+        if not _core.is_traced(pipeline, carry):
+            # Our own jit never returns the dataset, so the copy warning does not apply.
             warnings.simplefilter("ignore", DatasetCopyWarning)
-            light, carry, outs = _scan_jit(light, data, step_fn, carry, length)
+        light, carry, outs = _scan(light, data, step_fn=step_fn, carry=carry, length=length)
     return _join_data(light, data), carry, outs
 
 
@@ -281,8 +283,7 @@ def iterate(
         )
     if remainder not in _REMAINDERS:
         raise ValueError(f"iterate: remainder must be one of {_REMAINDERS}; got {remainder!r}.")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"iterate: epochs must be a Python int >= 1; got epochs={epochs!r}.")
+    epochs = _core.check_epochs(epochs)
     n = _core.num_records(pipeline.source)
     if n is None:
         raise ValueError(
@@ -339,20 +340,30 @@ def _(state: Pipeline):
     return _core.dataset_info(state.source)
 
 
+def stages_key(stages: Chain) -> str:
+    """Returns a digest of the stages: their types, static options and parameter values."""
+    # Function reprs carry a per-process address; the name identifies the function.
+    structure = re.sub(r" at 0x[0-9a-f]+", "", str(jax.tree.structure(stages)))
+    return f"{xxhash.xxh3_64_hexdigest(structure.encode())}:{hash_arrays(jax.tree.leaves(stages))}"
+
+
+def _stream_key(state: Pipeline) -> dict[str, Any]:
+    return {"batch_size": state.batch_size, "stages": stages_key(state.stages), "seed": int(state.seed)}
+
+
 @_core.cursor.register
 def _(state: Pipeline):
-    return {"kind": "pipeline", "seed": int(state.seed), "source": _core.cursor(state.source)}
+    key = _stream_key(state)
+    source = _core.cursor(state.source)
+    return _core.make_cursor("pipeline", source["index"], source["epoch"], key.pop("seed"), **key, source=source)
 
 
 @_core.restore_cursor.register
 def _(state: Pipeline, cursor: dict[str, Any]):
-    if cursor.get("kind") != "pipeline" or "source" not in cursor:
-        raise ValueError(
-            "restore_cursor: a Pipeline needs the cursor from dfn.cursor(pipeline) (kind 'pipeline'); "
-            f"got kind={cursor.get('kind')!r}. For a source cursor, restore pipeline.source instead."
-        )
-    source = _core.restore_cursor(state.source, cursor["source"])
-    return _replace(state, source=source, seed=jnp.asarray(int(cursor["seed"]), jnp.uint32))
+    if isinstance(cursor, dict) and cursor.get("kind") == "pipeline" and not isinstance(cursor.get("source"), dict):
+        raise ValueError("restore_cursor: the pipeline cursor lacks its 'source' cursor; pass dfn.cursor(pipeline).")
+    _core.check_cursor(cursor, "pipeline", _stream_key(state), _core.num_records(state.source))
+    return _replace(state, source=_core.restore_cursor(state.source, cursor["source"]))
 
 
-__all__ = ["Pipeline", "step", "scan", "scan_epoch", "iterate", "steps_per_epoch", "stage_key"]
+__all__ = ["Pipeline", "step", "scan", "scan_epoch", "iterate", "steps_per_epoch", "stage_key", "stages_key"]

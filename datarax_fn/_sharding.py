@@ -14,7 +14,7 @@ from typing import Any
 import jax
 
 from . import _core
-from ._eager import EagerSource, _advance, _replace
+from ._eager import EagerSource, advance
 
 
 def _process_rows(sharding: jax.sharding.Sharding, global_size: int) -> tuple[int, int]:
@@ -53,7 +53,7 @@ def get_global_batch(state: EagerSource, global_size: int, sharding: jax.shardin
     _core.check_size(global_size, "get_global_batch")
     if not isinstance(state, EagerSource):
         raise TypeError(f"get_global_batch: expected an EagerSource; got {type(state).__name__}.")
-    if isinstance(state.index, jax.core.Tracer):
+    if _core.is_traced(state.index):
         raise TypeError(
             "get_global_batch runs on the host; inside jit use dfn.get_batch and "
             "jax.lax.with_sharding_constraint(batch, sharding)."
@@ -63,11 +63,7 @@ def get_global_batch(state: EagerSource, global_size: int, sharding: jax.shardin
     batch = jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, x, (global_size, *x.shape[1:])), local
     )
-    index, epoch = _advance_jit(state.index, state.epoch, global_size, state.num_records)
-    return _replace(state, index=index, epoch=epoch), batch
-
-
-_advance_jit = jax.jit(_advance, static_argnums=(2, 3))
+    return advance(state, global_size), batch
 
 
 def data_sharding(axis_name: str = "data") -> jax.sharding.NamedSharding:

@@ -82,6 +82,39 @@ def chain(*stages: Any) -> Chain:
     return Chain(tuple(as_stage(s) for s in stages))
 
 
+class Statistics(eqx.Module):
+    """Per-key ``mean``, ``std`` (population, ``ddof=0``), ``min`` and ``max`` of a dataset.
+
+    Each field is a dict ``{key: array}``; arrays have shape ``(C,)`` for per-channel
+    statistics (reduced over every axis but the last) or ``()``. ``count`` is the
+    number of records they were computed over. Build one yourself
+    to skip the computation (the configs' ``precomputed_stats``):
+
+    ```python
+    import datarax_fn as dfn
+    stats = dfn.Statistics(mean={"image": [0.5]}, std={"image": [0.25]})
+    assert stats.mean["image"].shape == (1,)
+    ```
+    """
+
+    mean: dict
+    std: dict
+    min: dict | None
+    max: dict | None
+    count: jax.Array
+
+    def __init__(self, mean: Mapping, std: Mapping, min: Mapping | None = None, max: Mapping | None = None, count: int = 0):
+        if set(mean) != set(std):
+            raise ValueError(f"Statistics: mean and std must cover the same keys; got {sorted(mean)} and {sorted(std)}.")
+        self.mean = {k: jnp.asarray(v, jnp.float32) for k, v in mean.items()}
+        self.std = {k: jnp.asarray(v, jnp.float32) for k, v in std.items()}
+        self.min = None if min is None else {k: jnp.asarray(v) for k, v in min.items()}
+        self.max = None if max is None else {k: jnp.asarray(v) for k, v in max.items()}
+        # A leaf, not static: statistics of another dataset size keep the tree structure.
+        self.count = jnp.asarray(count, jnp.int32)
+
+
+
 # ----------------------------------------------------------------------------- helpers
 
 

@@ -22,39 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _core
+from ._eager import EagerSource
+from ._pipeline import Pipeline
+from ._stages import Statistics
 
 PyTree = Any
 _REDUCTIONS = ("mean", "sum", "min", "max")
-
-
-class Statistics(eqx.Module):
-    """Per-key ``mean``, ``std`` (population, ``ddof=0``), ``min`` and ``max`` of a dataset.
-
-    Each field is a dict ``{key: array}``; arrays have shape ``(C,)`` for per-channel
-    statistics (reduced over every axis but the last) or ``()``. Build one yourself
-    to skip the computation (the configs' ``precomputed_stats``):
-
-    ```python
-    import datarax_fn as dfn
-    stats = dfn.Statistics(mean={"image": [0.5]}, std={"image": [0.25]})
-    assert stats.mean["image"].shape == (1,)
-    ```
-    """
-
-    mean: dict
-    std: dict
-    min: dict | None
-    max: dict | None
-    count: int = eqx.field(static=True)
-
-    def __init__(self, mean: Mapping, std: Mapping, min: Mapping | None = None, max: Mapping | None = None, count: int = 0):
-        if set(mean) != set(std):
-            raise ValueError(f"Statistics: mean and std must cover the same keys; got {sorted(mean)} and {sorted(std)}.")
-        self.mean = {k: jnp.asarray(v, jnp.float32) for k, v in mean.items()}
-        self.std = {k: jnp.asarray(v, jnp.float32) for k, v in std.items()}
-        self.min = None if min is None else {k: jnp.asarray(v) for k, v in min.items()}
-        self.max = None if max is None else {k: jnp.asarray(v) for k, v in max.items()}
-        self.count = int(count)
 
 
 def _select(data: PyTree, keys: Sequence[str] | None) -> dict:
@@ -197,9 +170,6 @@ def compute_statistics(
     assert np.allclose(stats.mean["x"], x.mean(0)) and np.allclose(stats.std["x"], x.std(0))
     ```
     """
-    from ._pipeline import Pipeline
-    from ._eager import EagerSource
-
     if isinstance(source, Pipeline):
         source = source.source
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

@@ -1,31 +1,28 @@
 """The streaming source: a three-integer cursor over a backend that reads records on the host.
 
-``StreamingSource`` is an ``equinox.Module`` whose leaves are ``epoch``, ``position``
-(records consumed in this epoch) and ``seed``; the backend handle is static. The same
-stream semantics as the eager source hold: epoch ``e`` visits every record once in an
-order fixed by ``(seed, e)``, batches straddle epochs, and there is no short last batch.
+``StreamingSource`` is an ``equinox.Module`` whose leaves are ``index`` (records consumed
+in this epoch), ``epoch`` and ``seed``; the backend handle is static. The same stream
+semantics as the eager source hold: epoch ``e`` visits every record once in an order
+fixed by ``(seed, e)``, batches straddle epochs, and there is no short last batch.
 
 ``get_batch`` runs on the host (never under ``jit``). A bounded background thread reads
 and converts the next chunks while the caller trains. Batches are NumPy arrays in host
 memory, the form a jitted step takes directly (and what ``tf.data``/grain hand out):
 a per-batch ``device_put`` here would cost as much as the rest of ``get_batch`` together.
-Wrap the batches in ``dfn.prefetch_to_device`` to overlap the copy with compute. The reader lives in the static
-handle and only caches work: it is reused when the state asked for is the position it
-has reached, and reopened (``backend.open(epoch, seed, position)``) otherwise, so the
-output depends on the state alone and an old state replays exactly.
+Wrap the batches in ``dfn.prefetch_to_device`` to overlap the copy with compute. The
+reader lives in the static handle and only caches work: it is reused when the state
+asked for is the position it has reached, and reopened (``backend.open(epoch, seed,
+index)``) otherwise, so the output depends on the state alone and an old state replays
+exactly.
 
 End of stream: with ``num_epochs=None`` the stream never ends. With ``num_epochs=k``,
-``get_batch`` raises :class:`EndOfStream` (a ``StopIteration``) when fewer than ``size``
-records remain before epoch ``k``; the partial records are dropped and ``dfn.iterate``
-simply stops.
+``get_batch`` raises :class:`EndOfStream` when fewer than ``size`` records remain before
+epoch ``k``; the partial records are dropped and ``dfn.iterate`` simply stops.
 """
 
 from __future__ import annotations
 
-import atexit
-import queue
 import threading
-import weakref
 from collections.abc import Iterator
 from typing import Any, Protocol, runtime_checkable
 
@@ -35,22 +32,50 @@ import numpy as np
 from jaxtyping import Int, UInt32
 
 from . import _core
+from ._prefetch import Prefetcher
 
 PyTree = Any
 
 
-class EndOfStream(StopIteration):
-    """Raised by ``get_batch`` on a ``StreamingSource`` whose ``num_epochs`` are used up."""
+class EndOfStream(Exception):
+    """Raised by ``get_batch`` on a ``StreamingSource`` whose ``num_epochs`` are used up.
+
+    A plain ``Exception``, not a ``StopIteration``: raised inside a generator, a
+    ``StopIteration`` would become a ``RuntimeError`` (PEP 479).
+    """
 
 
 @runtime_checkable
 class StreamingBackend(Protocol):
-    """What a streaming backend (HF, TFDS) provides to ``StreamingSource``."""
+    """What a streaming backend provides to a ``StreamingSource`` (HF and TFDS implement it).
 
-    info: Any
+    Write one for any record reader and wrap it with ``dfn.from_backend``. ``info``
+    (any metadata, returned by ``dfn.dataset_info``) is optional.
+
+    ```python
+    import jax, numpy as np, datarax_fn as dfn
+
+    class Squares:
+        def open(self, epoch, seed, start):
+            for lo in range(start, 10, 4):
+                x = np.arange(lo, min(lo + 4, 10), dtype=np.int32)
+                yield {"x": x, "y": x * x}
+        def num_records(self):
+            return 10
+        def element_spec(self):
+            return {"x": jax.ShapeDtypeStruct((), np.int32), "y": jax.ShapeDtypeStruct((), np.int32)}
+        def fingerprint(self):
+            return "squares-v1"
+
+    state = dfn.from_backend(Squares())
+    state, batch = dfn.get_batch(state, 3)
+    assert batch["y"].tolist() == [0, 1, 4] and isinstance(Squares(), dfn.StreamingBackend)
+    state.close()
+    ```
+    """
 
     def open(self, epoch: int, seed: int, start: int) -> Iterator[dict[str, np.ndarray]]:
-        """Yields converted record chunks of epoch ``epoch`` from record ``start`` on."""
+        """Returns an iterator of record chunks (dicts of arrays) of ``epoch`` from record ``start`` on."""
         ...
 
     def num_records(self) -> int | None:
@@ -61,86 +86,35 @@ class StreamingBackend(Protocol):
         """Returns a ``jax.ShapeDtypeStruct`` per leaf for one record, without consuming."""
         ...
 
-
-# ----------------------------------------------------------------------------- prefetch
-
-
-_LIVE: weakref.WeakSet = weakref.WeakSet()
-_END, _CHUNK, _ERROR = "end", "chunk", "error"
+    def fingerprint(self) -> str:
+        """Returns a string that identifies the records and their order (data and options)."""
+        ...
 
 
-def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=0.05)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
-def _produce(it: Iterator, q: queue.Queue, stop: threading.Event) -> None:
-    # Holds only the iterator, the queue and the event: never the reader, so the
-    # reader (and its state) can be garbage collected while this thread runs.
-    try:
-        for chunk in it:
-            if not _put(q, (_CHUNK, chunk), stop):
-                return
-        _put(q, (_END, None), stop)
-    except BaseException as err:  # handed to the consumer, re-raised there
-        _put(q, (_ERROR, err), stop)
-    finally:
-        close = getattr(it, "close", None)
-        if close is not None:
-            try:
-                close()
-            except Exception:
-                pass
-
-
-def _shutdown(stop: threading.Event, q: queue.Queue, thread: threading.Thread, timeout: float = 2) -> None:
-    """Stops a bounded-queue producer thread: set ``stop``, drain ``q``, join ``thread``."""
-    stop.set()
-    try:
-        while True:
-            q.get_nowait()
-    except queue.Empty:
-        pass
-    if thread is not threading.current_thread() and thread.is_alive():
-        # The producer notices `stop` within 50 ms; a backend stuck in its own cleanup
-        # cannot hang the caller (the thread is a daemon and ends with the backend).
-        thread.join(timeout=timeout)
+# ----------------------------------------------------------------------------- reader
 
 
 class _Reader:
-    """A prefetching cursor into one epoch; ``at`` is the next unread ``(epoch, seed, position)``."""
+    """A prefetching cursor into one epoch; ``at`` is the next unread ``(epoch, seed, index)``."""
 
     def __init__(self, backend: Any, epoch: int, seed: int, start: int, prefetch: int):
         self.at = (epoch, seed, start)
-        self.q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
-        self.stop = threading.Event()
         self.chunk: dict | None = None
         self.offset = 0
         self.ended = False
-        self.thread = threading.Thread(
-            target=_produce, args=(backend.open(epoch, seed, start), self.q, self.stop),
-            name="datarax_fn-prefetch", daemon=True,
-        )
-        self.thread.start()
-        self._finalizer = weakref.finalize(self, _shutdown, self.stop, self.q, self.thread)
-        _LIVE.add(self)
+        self.prefetcher = Prefetcher(backend.open(epoch, seed, start), prefetch, "datarax_fn-prefetch",
+                                     join_timeout=2.0)
 
     def close(self) -> None:
-        self._finalizer()
+        self.prefetcher.close()
 
     def _next(self) -> None:
-        kind, item = self.q.get()
-        if kind == _ERROR:
+        try:
+            item, self.ended = self.prefetcher.get()
+        except BaseException:
             self.ended = True
-            raise item
-        if kind == _END:
-            self.ended = True
-        else:
+            raise
+        if not self.ended:
             self.chunk, self.offset = item, 0
 
     def at_epoch_end(self) -> bool:
@@ -174,23 +148,33 @@ def _rows(chunk: PyTree) -> int:
     return len(jax.tree.leaves(chunk)[0])
 
 
-@atexit.register
-def _close_all() -> None:
-    for reader in list(_LIVE):
-        reader.close()
-
-
 class _Handle:
-    """The static part of a StreamingSource: the backend and its reader (hashed by identity)."""
+    """The static part of a StreamingSource: the backend and its reader.
 
-    __slots__ = ("backend", "reader", "lock", "prefetch", "_spec", "__weakref__")
+    Compares by the backend's type and fingerprint, so two sources over the same
+    stream have equal tree structures.
+    """
+
+    __slots__ = ("backend", "key", "reader", "lock", "prefetch", "_spec", "__weakref__")
 
     def __init__(self, backend: Any, prefetch: int = 2):
         self.backend = backend
+        fingerprint = backend.fingerprint()
+        if not isinstance(fingerprint, str):
+            raise TypeError(
+                f"{type(backend).__name__}.fingerprint() must return a str; got {type(fingerprint).__name__}."
+            )
+        self.key = (type(backend).__module__, type(backend).__qualname__, fingerprint)
         self.reader: _Reader | None = None
         self.lock = threading.Lock()
         self.prefetch = prefetch
         self._spec = None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Handle) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
 
     def spec(self) -> PyTree:
         if self._spec is None:
@@ -210,24 +194,21 @@ class _Handle:
 # ----------------------------------------------------------------------------- state
 
 
-class StreamingSource(eqx.Module):
-    """A host-side stream: the ``epoch`` / ``position`` / ``seed`` cursor over a static backend.
+class StreamingSource(_core.Source):
+    """A host-side stream: the ``index`` / ``epoch`` / ``seed`` cursor over a static backend.
 
     Immutable; ``dfn.get_batch(state, size)`` returns a new state. Build one with
-    ``dfn.from_hf(..., streaming=True)``, ``dfn.HFStreamingSource`` or ``dfn.from_tfds``.
+    ``dfn.from_hf(..., streaming=True)``, ``dfn.from_tfds`` or ``dfn.from_backend``.
     """
 
     # Host-side 0-d NumPy scalars: the stream is read on the host, so the cursor stays there.
+    index: Int[np.ndarray, ""]
     epoch: Int[np.ndarray, ""]
-    position: Int[np.ndarray, ""]
     seed: UInt32[np.ndarray, ""]
     backend: _Handle = eqx.field(static=True)
     shuffle: bool = eqx.field(static=True, default=False)
     name: str = eqx.field(static=True, default="stream")
     num_epochs: int | None = eqx.field(static=True, default=None)
-
-    def __len__(self) -> int:
-        return _num_records(self)
 
     def close(self) -> None:
         """Stops the prefetch thread now (it also stops when the state is garbage collected)."""
@@ -243,33 +224,51 @@ def make_streaming(
     num_epochs: int | None = None,
     prefetch: int = 2,
 ) -> StreamingSource:
-    """Returns a ``StreamingSource`` at epoch 0, position 0 over ``backend``."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
-        raise ValueError(f"seed must be an int in [0, 2**32); got seed={seed!r}.")
-    if num_epochs is not None and (not isinstance(num_epochs, int) or num_epochs < 1):
-        raise ValueError(f"num_epochs must be None (forever) or an int >= 1; got num_epochs={num_epochs!r}.")
-    if not isinstance(prefetch, int) or prefetch < 1:
+    """Returns a ``StreamingSource`` at epoch 0, index 0 over ``backend``.
+
+    Arguments:
+        backend: a ``dfn.StreamingBackend``; ``open(epoch, seed, start)`` must yield
+            the records of that epoch in the order ``shuffle`` and ``seed`` fix.
+        shuffle: recorded in the cursor (the backend does the shuffling).
+        seed: an int in ``[0, 2**32)``, handed to ``backend.open``.
+        name: a label for error messages.
+        num_epochs: ``None`` streams forever; ``k`` raises ``dfn.EndOfStream`` after ``k`` epochs.
+        prefetch: chunks read ahead on a background thread.
+
+    Returns:
+        the state; its fingerprint (``backend.fingerprint()``) is read once, here.
+    """
+    missing = [m for m in ("open", "num_records", "element_spec", "fingerprint") if not callable(getattr(backend, m, None))]
+    if missing:
+        raise TypeError(
+            f"{name}: the backend {type(backend).__name__} lacks {missing}; a dfn.StreamingBackend needs "
+            "open(epoch, seed, start), num_records(), element_spec() and fingerprint()."
+        )
+    seed = _core.check_seed(seed, name)
+    if num_epochs is not None:
+        num_epochs = _core.check_epochs(num_epochs, f"{name}: num_epochs")
+    if isinstance(prefetch, bool) or not isinstance(prefetch, (int, np.integer)) or prefetch < 1:
         raise ValueError(f"prefetch must be an int >= 1 (chunks read ahead); got prefetch={prefetch!r}.")
     return StreamingSource(
+        index=np.zeros((), np.int32),
         epoch=np.zeros((), np.int32),
-        position=np.zeros((), np.int32),
         seed=np.asarray(seed, np.uint32),
-        backend=_Handle(backend, prefetch),
+        backend=_Handle(backend, int(prefetch)),
         shuffle=bool(shuffle),
         name=str(name),
         num_epochs=num_epochs,
     )
 
 
-def _with(state: StreamingSource, epoch: int, position: int) -> StreamingSource:
+def _with(state: StreamingSource, epoch: int, index: int) -> StreamingSource:
     # Per-batch hot path on the host thread that competes with the prefetch thread for the
     # GIL. The cursor of a host-side source stays in host memory (0-d NumPy int32): a
     # device_put per scalar costs ~0.1 ms in JAX's dispatch, and nothing reads it on device.
-    return _core.replace(state, epoch=np.asarray(epoch, np.int32), position=np.asarray(position, np.int32))
+    return _core.replace(state, epoch=np.asarray(epoch, np.int32), index=np.asarray(index, np.int32))
 
 
 def _check_host(state: StreamingSource, fn: str) -> None:
-    if any(isinstance(x, jax.core.Tracer) for x in (state.epoch, state.position, state.seed)):
+    if _core.is_traced(state.epoch, state.index, state.seed):
         raise TypeError(
             f"{fn}: a StreamingSource reads on the host and cannot run under jax.jit / scan / vmap. "
             "Call dfn.get_batch(state, size) outside jit and pass the batch into your jitted step; "
@@ -304,14 +303,14 @@ def _get_batch(state: StreamingSource, size: int, key: Any = None):
             "Use shuffle=True when building it, or load eagerly for keyed access."
         )
     h = state.backend
-    epoch, pos, seed = int(state.epoch), int(state.position), int(state.seed)
+    epoch, index, seed = int(state.epoch), int(state.index), int(state.seed)
     spec = h.spec()
     with h.lock:
         reader = h.reader
-        if reader is None or reader.at != (epoch, seed, pos):
+        if reader is None or reader.at != (epoch, seed, index):
             if reader is not None:
                 reader.close()
-            reader = h.reader = _Reader(h.backend, epoch, seed, pos, h.prefetch)
+            reader = h.reader = _Reader(h.backend, epoch, seed, index, h.prefetch)
         parts: list[PyTree] = []
         need = size
         try:
@@ -320,11 +319,11 @@ def _get_batch(state: StreamingSource, size: int, key: Any = None):
                 _check_shapes(got, spec, state.name)
                 parts += got
                 need -= sum(_rows(p) for p in got)
-                pos = reader.at[2]
+                index = reader.at[2]
                 if need and reader.ended:
-                    if pos == 0:
+                    if index == 0:
                         raise ValueError(f"{state.name}: epoch {epoch} has no records; the dataset split is empty.")
-                    epoch, pos = epoch + 1, 0
+                    epoch, index = epoch + 1, 0
                     if state.num_epochs is not None and epoch >= state.num_epochs:
                         raise EndOfStream(
                             f"{state.name}: the stream ended after num_epochs={state.num_epochs}; "
@@ -335,16 +334,16 @@ def _get_batch(state: StreamingSource, size: int, key: Any = None):
             last = state.num_epochs is not None and epoch + 1 >= state.num_epochs
             if not last and reader.at_epoch_end():
                 # Normalise "end of epoch e" to "start of epoch e+1": a saved cursor never replays e.
-                epoch, pos = epoch + 1, 0
+                epoch, index = epoch + 1, 0
                 reader.close()
                 reader = h.reader = _Reader(h.backend, epoch, seed, 0, h.prefetch)
         except BaseException:
             reader.close()
             h.reader = None
             raise
-    if epoch > 2**31 - 1 or pos > 2**31 - 1:
-        raise OverflowError(f"{state.name}: epoch/position passed 2**31 - 1; start a new state with a new seed.")
-    return _with(state, epoch, pos), _concat(parts)
+    if epoch > _core.INT32_MAX or index > _core.INT32_MAX:
+        raise ValueError(f"{state.name}: epoch/index passed 2**31 - 1; start a new state with a new seed.")
+    return _with(state, epoch, index), _concat(parts)
 
 
 @_core.get_batch_at.register
@@ -360,76 +359,49 @@ def _(state: StreamingSource):
     return state.backend.spec()
 
 
-def _num_records(state: StreamingSource) -> int:
-    n = state.backend.backend.num_records()
-    if n is None:
-        raise TypeError(
-            f"{state.name}: the backend does not know how many records the stream has (e.g. a streamed "
-            "hub dataset without split metadata). Count them once, or load eagerly."
-        )
-    return n
-
-
 @_core.num_records.register
 def _(state: StreamingSource):
-    return _num_records(state)
+    n = state.backend.backend.num_records()
+    return None if n is None else int(n)
 
 
 @_core.iterate.register
 def _(state: StreamingSource, size: int, *, epochs: int = 1):
     _check_host(state, "iterate")
-    if state.backend.backend.num_records() is not None and state.num_epochs is None:
+    if _core.num_records(state) is not None and state.num_epochs is None:
         return _core.iterate_batches(state, size, epochs)
-    return _iterate_unknown(state, size, epochs)
-
-
-def _iterate_unknown(state: StreamingSource, size: int, epochs: int):
     _core.check_size(size, "iterate")
-    stop = int(state.epoch) + epochs
-    target = int(state.position)
+    return _iterate_until(state, size, _core.check_epochs(epochs))
+
+
+def _iterate_until(state: StreamingSource, size: int, epochs: int) -> Iterator[tuple[StreamingSource, PyTree]]:
+    # The length is unknown (or the stream ends): walk until `epochs` more epochs have
+    # started at the starting index, or until EndOfStream.
+    stop = (int(state.epoch) + epochs, int(state.index))
     while True:
         try:
             state, batch = _core.get_batch(state, size)
         except EndOfStream:
             return
         yield state, batch
-        if int(state.epoch) > stop or (int(state.epoch) == stop and int(state.position) >= target):
+        if (int(state.epoch), int(state.index)) >= stop:
             return
 
 
-def _fingerprint(state: StreamingSource) -> str | None:
-    fp = getattr(state.backend.backend, "fingerprint", None)
-    return fp() if callable(fp) else None
+def _stream_key(state: StreamingSource) -> dict[str, Any]:
+    return {"fingerprint": state.backend.key[2], "shuffle": state.shuffle, "seed": int(state.seed)}
 
 
 @_core.cursor.register
 def _(state: StreamingSource):
-    return {
-        "kind": "streaming",
-        "epoch": int(state.epoch),
-        "position": int(state.position),
-        "seed": int(state.seed),
-        "shuffle": state.shuffle,
-        "name": state.name,
-        "fingerprint": _fingerprint(state),
-    }
+    key = _stream_key(state)
+    return _core.make_cursor("streaming", state.index, state.epoch, key.pop("seed"), **key)
 
 
 @_core.restore_cursor.register
 def _(state: StreamingSource, cursor: dict[str, Any]):
-    if cursor.get("kind") != "streaming":
-        raise ValueError(f"restore_cursor: a {cursor.get('kind')!r} cursor cannot restore a StreamingSource.")
-    fp = _fingerprint(state)
-    if cursor.get("fingerprint") != fp:
-        raise ValueError(
-            f"restore_cursor: the cursor was saved on a different stream (fingerprint {cursor.get('fingerprint')}, "
-            f"this one {fp}). Rebuild the source with the same dataset, split, keys and options."
-        )
-    if bool(cursor.get("shuffle")) != state.shuffle:
-        raise ValueError(f"restore_cursor: cursor has shuffle={cursor.get('shuffle')}, source has shuffle={state.shuffle}.")
-    return _core.replace(
-        _with(state, int(cursor["epoch"]), int(cursor["position"])), seed=np.asarray(int(cursor["seed"]), np.uint32)
-    )
+    index, epoch = _core.check_cursor(cursor, "streaming", _stream_key(state), _core.num_records(state))
+    return _with(state, epoch, index)
 
 
 @_core.dataset_info.register

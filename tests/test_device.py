@@ -33,8 +33,6 @@ def test_collect_eager_returns_the_data_without_copy():
 
 def test_collect_streaming_reads_one_epoch_in_stream_order():
     hd = pytest.importorskip("datasets")
-    if not hasattr(dfn, "from_hf"):
-        pytest.fail("the HF backend (dfn.from_hf) is missing")
     ds = hd.Dataset.from_dict({"x": list(range(11))}, features=hd.Features({"x": hd.Value("int32")}))
     stream = dfn.from_hf(ds, streaming=True)
     arrays = dfn.collect_to_array(stream, chunk_size=4)

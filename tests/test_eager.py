@@ -1,5 +1,7 @@
 """EagerSource and its pure functions: the stream's semantics, exact values, errors."""
 
+import chex
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -204,10 +206,16 @@ def test_nonpositive_size(size):
         dfn.get_batch(make(5), size)
 
 
-@pytest.mark.parametrize("size", [2.0, np.int64(2), True, jnp.int32(2), "2"])
+@pytest.mark.parametrize("size", [2.0, True, jnp.int32(2), "2"])
 def test_size_must_be_python_int(size):
     with pytest.raises(TypeError, match="static Python int"):
         dfn.get_batch(make(5), size)
+
+
+def test_numpy_int_size_works_like_an_int():
+    _, a = dfn.get_batch(make(5), np.int64(2))
+    _, b = dfn.get_batch(make(5), 2)
+    chex.assert_trees_all_equal(a, b)
 
 
 def test_unequal_leading_axes():
@@ -248,7 +256,7 @@ def test_not_a_state():
 def test_epoch_overflow_raises():
     state = make(4)
     state = dfn.restore_cursor(state, {**dfn.cursor(state), "epoch": 2**31 - 1, "index": 3})
-    with pytest.raises(Exception, match="epoch counter overflowed"):
+    with pytest.raises(eqx.EquinoxRuntimeError, match="epoch counter overflowed"):
         jax.block_until_ready(dfn.get_batch(state, 2))
 
 

@@ -1,4 +1,4 @@
-"""[no-copy]: carrying the state through a step must keep the very same data buffers."""
+"""jit_step and the copy warning: carrying the state through a step must keep the very same data buffers."""
 
 import warnings
 

@@ -107,5 +107,11 @@ def test_bad_n(n):
         permute(np.arange(1), n, 0, 0)
 
 
-def test_public_alias():
-    assert dfn.permute is permute
+def test_grain_index_shuffle_loses_an_index_at_65537_where_permute_does_not():
+    # Backs docs/shuffling.md: grain's index_shuffle is not a bijection at N = 65,537.
+    grain = pytest.importorskip("grain")
+    n = 65_537
+    grain_out = {grain.experimental.index_shuffle(i, max_index=n - 1, seed=0, rounds=4) for i in range(n)}
+    assert len(grain_out) < n
+    ours = np.asarray(permute(np.arange(n), n, 0, 0))
+    np.testing.assert_array_equal(np.sort(ours), np.arange(n))

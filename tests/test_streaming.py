@@ -2,13 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-import subprocess
-import sys
-import textwrap
-import threading
-import time
-
 import chex
 import jax
 import numpy as np
@@ -17,48 +10,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import datarax_fn as dfn
-from datarax_fn._shuffle import permute
-from datarax_fn._streaming import EndOfStream, StreamingBackend, make_streaming
+from hf_fixtures import hf_dataset, parquet_folder  # noqa: F401
+from conftest import RangeBackend, live_threads, run_fresh, run_fresh_many, wait_threads_gone
+from datarax_fn import EndOfStream, StreamingBackend, permute
+from datarax_fn import from_backend as make_streaming
 
 
-class ArrayBackend:
-    """Records 0..n-1; epoch e visits them in permute(., n, seed, e) order, in chunks."""
-
-    info = {"kind": "test"}
-
-    def __init__(self, n: int = 10, chunk: int = 3, known_length: bool = True, shuffle: bool = True):
-        self.n, self.chunk, self.known, self.shuffle = n, chunk, known_length, shuffle
-        self.opened: list[tuple[int, int, int]] = []
-
-    def open(self, epoch, seed, start):
-        self.opened.append((epoch, seed, start))
-        order = permute(np.arange(self.n), self.n, seed, epoch) if self.shuffle else np.arange(self.n)
-        for lo in range(start, self.n, self.chunk):
-            ids = order[lo : lo + self.chunk]
-            yield {"x": ids.astype(np.int32), "y": {"z": (ids * 2).astype(np.float32)}}
-
-    def num_records(self):
-        return self.n if self.known else None
-
-    def element_spec(self):
-        return {"x": jax.ShapeDtypeStruct((), np.int32), "y": {"z": jax.ShapeDtypeStruct((), np.float32)}}
+ArrayBackend = RangeBackend
 
 
 def expected(n, seed, epochs, shuffle=True):
     return np.concatenate([permute(np.arange(n), n, seed, e) if shuffle else np.arange(n) for e in range(epochs)])
-
-
-def prefetch_threads(exclude=()):
-    return [t for t in threading.enumerate()
-            if t.name == "datarax_fn-prefetch" and t.is_alive() and t not in exclude]
-
-
-def wait_no_threads(exclude=(), timeout=5.0):
-    end = time.time() + timeout
-    while prefetch_threads(exclude) and time.time() < end:
-        gc.collect()
-        time.sleep(0.01)
-    return prefetch_threads(exclude)
 
 
 def test_backend_satisfies_protocol():
@@ -69,6 +31,7 @@ def test_leaves_are_the_cursor_and_backend_is_static():
     state = make_streaming(ArrayBackend(), seed=7)
     leaves = jax.tree.leaves(state)
     assert [x.dtype for x in leaves] == [np.int32, np.int32, np.uint32]
+    assert (int(state.index), int(state.epoch), int(state.seed)) == (0, 0, 7)
     assert isinstance(state, dfn.StreamingSource)
 
 
@@ -92,7 +55,7 @@ def test_state_counters_and_old_state_replays():
     s0 = make_streaming(ArrayBackend(10, 4), shuffle=True, seed=3)
     s1, b1 = dfn.get_batch(s0, 7)
     s2, b2 = dfn.get_batch(s1, 7)
-    assert (int(s2.epoch), int(s2.position)) == (1, 4)
+    assert (int(s2.epoch), int(s2.index)) == (1, 4)
     _, again = dfn.get_batch(s1, 7)  # an older state gives the same batch again
     chex.assert_trees_all_equal(jax.device_get(again), jax.device_get(b2))
     _, first = dfn.get_batch(s0, 7)
@@ -114,10 +77,17 @@ def test_num_epochs_raises_end_of_stream_and_iterate_stops():
     s, _ = dfn.get_batch(s, 8)
     with pytest.raises(EndOfStream, match="num_epochs=2"):
         dfn.get_batch(s, 8)
-    with pytest.raises(StopIteration):
-        dfn.get_batch(s, 8)
+    assert not issubclass(EndOfStream, StopIteration)
+
+    def batches(state):  # PEP 479 turns a StopIteration escaping a generator into RuntimeError
+        while True:
+            state, batch = dfn.get_batch(state, 8)
+            yield batch
+
+    with pytest.raises(EndOfStream):
+        list(batches(s))
     s2, _ = dfn.get_batch(s, 4)  # exactly the 4 records left are still served
-    assert (int(s2.epoch), int(s2.position)) == (1, 10)
+    assert (int(s2.epoch), int(s2.index)) == (1, 10)
     batches = list(dfn.iterate(make_streaming(ArrayBackend(10, 3, shuffle=False), num_epochs=1), 4))
     assert [np.asarray(b["x"]).tolist() for _, b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7]]
 
@@ -126,7 +96,7 @@ def test_iterate_with_unknown_length_walks_epochs():
     s = make_streaming(ArrayBackend(10, 3, known_length=False, shuffle=False))
     pairs = list(dfn.iterate(s, 4, epochs=2))
     out = [np.asarray(b["x"]) for _, b in pairs]
-    assert (int(pairs[-1][0].epoch), int(pairs[-1][0].position)) == (2, 0)
+    assert (int(pairs[-1][0].epoch), int(pairs[-1][0].index)) == (2, 0)
     assert len(out) == 5 and np.concatenate(out).tolist() == (list(range(10)) * 2)
     s.close()
 
@@ -139,8 +109,10 @@ def test_element_spec_peeks_without_consuming_and_len():
     assert len(s) == 10 and dfn.num_records(s) == 10
     _, b = dfn.get_batch(s, 2)
     assert np.asarray(b["x"]).tolist() == [0, 1]
-    with pytest.raises(TypeError, match="does not know how many records"):
-        len(make_streaming(ArrayBackend(known_length=False)))
+    unknown = make_streaming(ArrayBackend(known_length=False))
+    assert dfn.num_records(unknown) is None and bool(unknown)
+    with pytest.raises(TypeError, match="length is unknown"):
+        len(unknown)
     s.close()
 
 
@@ -161,32 +133,36 @@ def test_cursor_round_trip_and_mismatch():
     s = make_streaming(ArrayBackend(10, 3), shuffle=True, seed=5)
     s, _ = dfn.get_batch(s, 6)
     c = dfn.cursor(s)
-    assert c == {"kind": "streaming", "epoch": 0, "position": 6, "seed": 5, "shuffle": True,
-                 "name": "stream", "fingerprint": None}
-    fresh = make_streaming(ArrayBackend(10, 3), shuffle=True, seed=0)
+    assert c == {"version": 1, "kind": "streaming", "index": 6, "epoch": 0, "seed": 5, "shuffle": True,
+                 "fingerprint": "range:10:True:"}
+    fresh = make_streaming(ArrayBackend(10, 3), shuffle=True, seed=5)
     r = dfn.restore_cursor(fresh, c)
     _, a = dfn.get_batch(r, 5)
     _, b = dfn.get_batch(s, 5)
     chex.assert_trees_all_equal(jax.device_get(a), jax.device_get(b))
-    with pytest.raises(ValueError, match="shuffle"):
-        dfn.restore_cursor(make_streaming(ArrayBackend(10, 3)), c)
+    with pytest.raises(ValueError, match=r"shuffle \(cursor True, this state False\)"):
+        dfn.restore_cursor(make_streaming(ArrayBackend(10, 3), seed=5), c)
+    with pytest.raises(ValueError, match=r"seed \(cursor 5, this state 0\)"):
+        dfn.restore_cursor(make_streaming(ArrayBackend(10, 3), shuffle=True), c)
+    with pytest.raises(ValueError, match="fingerprint"):
+        dfn.restore_cursor(make_streaming(ArrayBackend(11, 3), shuffle=True, seed=5), c)
     assert dfn.dataset_info(s) == {"kind": "test"}
     s.close()
     r.close()
 
 
 def test_threads_stop_on_close_and_on_gc():
-    before = set(prefetch_threads())
+    before = set(live_threads("datarax_fn-prefetch", ))
     s = make_streaming(ArrayBackend(1000, 1), prefetch=2)
     s, _ = dfn.get_batch(s, 3)
-    assert prefetch_threads(before)
+    assert live_threads("datarax_fn-prefetch", before)
     s.close()
-    assert wait_no_threads(before) == []
+    assert wait_threads_gone("datarax_fn-prefetch", before) == []
     s = make_streaming(ArrayBackend(1000, 1), prefetch=2)
     s, _ = dfn.get_batch(s, 3)
-    assert prefetch_threads(before)
+    assert live_threads("datarax_fn-prefetch", before)
     del s, _
-    assert wait_no_threads(before) == []
+    assert wait_threads_gone("datarax_fn-prefetch", before) == []
 
 
 def test_backend_errors_reach_the_caller():
@@ -195,33 +171,48 @@ def test_backend_errors_reach_the_caller():
             yield {"x": np.zeros(2, np.int32), "y": {"z": np.zeros(2, np.float32)}}
             raise RuntimeError("disk on fire")
 
-    before = set(prefetch_threads())
+    before = set(live_threads("datarax_fn-prefetch", ))
     s = make_streaming(Broken())
     with pytest.raises(RuntimeError, match="disk on fire"):
         dfn.get_batch(s, 5)
-    assert wait_no_threads(before) == []
+    assert wait_threads_gone("datarax_fn-prefetch", before) == []
 
 
 def test_interpreter_exit_does_not_hang():
-    code = textwrap.dedent(
+    out = run_fresh(
         """
         import numpy as np, jax, datarax_fn as dfn
-        from datarax_fn._streaming import make_streaming
         class Endless:
-            info = None
             def open(self, epoch, seed, start):
                 while True:
                     yield {"x": np.zeros(4, np.int32)}
             def num_records(self): return None
             def element_spec(self): return {"x": jax.ShapeDtypeStruct((), np.int32)}
-        keep = make_streaming(Endless(), prefetch=1)   # producer blocks on a full queue
+            def fingerprint(self): return "endless"
+        keep = dfn.from_backend(Endless(), prefetch=1)   # producer blocks on a full queue
         keep, b = dfn.get_batch(keep, 3)
         print("ok", b["x"].shape)
-        """
+        """,
+        timeout=60,
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
     assert "ok (3,)" in out.stdout
+
+
+def test_processes_that_streamed_parquet_exit_cleanly(parquet_folder, tmp_path):
+    # The prefetch thread used to be inside pyarrow while pyarrow's exit handlers ran:
+    # some runs aborted with "terminate called without an active exception".
+    code = f"""
+        import datarax_fn as dfn
+        s = dfn.from_hf({str(parquet_folder)!r}, split="train", streaming=True, max_length=8,
+                        exclude_keys=("text",), shuffle=True, chunk_size=4)
+        for _ in range(3):
+            s, b = dfn.get_batch(s, 16)
+        print("streamed", b["label"].shape)
+        """
+    runs = run_fresh_many(code, 20, parallel=2, env={"HF_HOME": str(tmp_path / "hf")}, timeout=120)
+    failed = [(r.returncode, r.stderr[-500:]) for r in runs if r.returncode or "streamed (16,)" not in r.stdout]
+    assert failed == []
+    assert not any("terminate called" in r.stderr for r in runs)
 
 
 def test_batches_and_cursor_stay_on_the_host():
@@ -231,7 +222,7 @@ def test_batches_and_cursor_stay_on_the_host():
     state, batch = dfn.get_batch(state, 4)
     assert isinstance(batch["x"], np.ndarray) and batch["x"].dtype == np.int32
     assert isinstance(batch["y"]["z"], np.ndarray) and batch["y"]["z"].dtype == np.float32
-    for leaf, dtype in ((state.epoch, np.int32), (state.position, np.int32), (state.seed, np.uint32)):
+    for leaf, dtype in ((state.epoch, np.int32), (state.index, np.int32), (state.seed, np.uint32)):
         assert isinstance(leaf, np.ndarray) and leaf.shape == () and leaf.dtype == dtype
     np.testing.assert_array_equal(batch["x"], expected(10, 1, 1)[:4])
     moved = list(dfn.prefetch_to_device(iter([batch])))
