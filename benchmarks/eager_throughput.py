@@ -235,7 +235,7 @@ def main() -> None:
         return rate[a] / rate[b]
 
     take = ("baseline", "jnp.take + precomputed permutation, in scan")
-    print("\nRatios (targets from [foundation] and [no-copy]):")
+    print("\nRatios against the targets:")
     checks = [
         ("shuffled in-scan / precomputed-permutation take", ratio(("shuffled", "(b) get_batch in jit(lax.scan), 400 steps"), take), ">= 1.0"),
         ("shuffled in-scan / our sequential in-scan (figure)", ratio(("shuffled", "(b) get_batch in jit(lax.scan), 400 steps"), ("sequential", "(b) get_batch in jit(lax.scan), 400 steps")), "report"),
@@ -271,7 +271,7 @@ def main() -> None:
                 f"eager {a[0][3] / a[1][3]:.2f}x   target <= 1.2"
             )
     print(
-        "\nReference figures quoted in [foundation] (not measured here): datarax 0.1.17 shuffled "
+        "\nReference figures (not measured here): datarax 0.1.17 shuffled "
         "get_batch 240 batches/s, its Pipeline.step loop 787 batches/s."
     )
 

@@ -13,11 +13,13 @@ from typing import Any
 import jax
 import numpy as np
 
+import datarax_fn as dfn
+
+from ._demo import run as run_demo
+
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ._demo import run
-
-    result = run(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+    result = run_demo(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                  checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress)
     return 0 if result["resume_ok"] else 1
 
@@ -44,8 +46,6 @@ def _summary(batch: Any) -> list[str]:
 
 
 def _open(args: argparse.Namespace) -> Any:
-    import datarax_fn as dfn
-
     kwargs: dict[str, Any] = {"split": args.split}
     if args.data_dir is not None:
         kwargs["data_dir"] = args.data_dir
@@ -67,8 +67,6 @@ def _open(args: argparse.Namespace) -> Any:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    import datarax_fn as dfn
-
     logger = logging.getLogger("datarax_fn")
     capture = _Capture()
     logger.addHandler(capture)

@@ -209,11 +209,14 @@ def check_cursor(cursor: Any, kind: str, expected: dict[str, Any], num_records: 
             f"{CURSOR_VERSION} only (cursors saved before versioning have none). Save a new cursor with "
             "dfn.cursor(state), or restore the checkpointed PyTree instead."
         )
-    missing = sorted({"kind", "index", "epoch", "seed", *expected} - set(cursor))
+    if cursor.get("kind") != kind:
+        raise ValueError(
+            f"restore_cursor: this cursor has kind={cursor.get('kind')!r} and cannot restore a {kind!r} state; restore "
+            "each state from its own dfn.cursor (a pipeline's cursor holds its source's under 'source')."
+        )
+    missing = sorted({"index", "epoch", "seed", *expected} - set(cursor))
     if missing:
         raise ValueError(f"restore_cursor: the cursor lacks {missing}; pass the dict from dfn.cursor(state).")
-    if cursor["kind"] != kind:
-        raise ValueError(f"restore_cursor: a {cursor['kind']!r} cursor cannot restore a {kind!r} state.")
     for name in ("index", "epoch", "seed"):
         value = cursor[name]
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -319,7 +322,7 @@ def num_records(state: Any) -> int | None:
 
     ```python
     import numpy as np, datarax_fn as dfn
-    assert dfn.num_records(dfn.from_arrays({"x": np.zeros(7)})) == 7
+    assert dfn.num_records(dfn.from_arrays({"x": np.zeros(7, np.float32)})) == 7
     ```
     """
     raise _unsupported("num_records", state)
@@ -365,9 +368,10 @@ def cursor(state: Any) -> dict[str, Any]:
 
     ```python
     import json, numpy as np, datarax_fn as dfn
-    state, _ = dfn.get_batch(dfn.from_arrays({"x": np.arange(10)}, seed=3), 4)
+    x = np.arange(10, dtype=np.int32)
+    state, _ = dfn.get_batch(dfn.from_arrays({"x": x}, seed=3), 4)
     saved = json.dumps(dfn.cursor(state))
-    state = dfn.restore_cursor(dfn.from_arrays({"x": np.arange(10)}, seed=3), json.loads(saved))
+    state = dfn.restore_cursor(dfn.from_arrays({"x": x}, seed=3), json.loads(saved))
     assert int(state.index) == 4
     ```
     """

@@ -21,6 +21,12 @@ def load_digits(split: str = "all") -> dict[str, np.ndarray]:
     every writer on both sides. Reads the compressed copy inside the package: offline,
     no scikit-learn needed.
 
+    Arguments:
+        split: ``"all"``, ``"train"`` or ``"test"``.
+
+    Returns:
+        a dict of NumPy arrays, ready for ``dfn.from_arrays``.
+
     ```python
     import datarax_fn as dfn
     digits = dfn.load_digits("train")

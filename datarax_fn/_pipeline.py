@@ -148,6 +148,12 @@ def step(pipeline: Pipeline) -> tuple[Pipeline, PyTree]:
     Pure: the same pipeline always gives the same batch. Works eagerly (the stages run
     in one cached ``jit``) and inside ``jit`` / ``lax.scan`` / ``lax.fori_loop`` for
     in-memory sources; a streaming source's pipeline steps on the host.
+
+    Arguments:
+        pipeline: a ``dfn.Pipeline``.
+
+    Returns:
+        ``(new_pipeline, batch)``; the batch is what the stages return.
     """
     if not isinstance(pipeline, Pipeline):
         raise TypeError(f"step: expected a dfn.Pipeline; got {type(pipeline).__name__}.")
@@ -157,7 +163,14 @@ def step(pipeline: Pipeline) -> tuple[Pipeline, PyTree]:
 
 
 def steps_per_epoch(pipeline: Pipeline) -> int:
-    """Returns ``max(1, num_records // batch_size)``: the steps ``scan_epoch`` runs."""
+    """Returns ``max(1, num_records // batch_size)``: the steps ``scan_epoch`` runs.
+
+    Arguments:
+        pipeline: a ``dfn.Pipeline`` over a source of known length.
+
+    Returns:
+        the number of full batches in one epoch (at least 1).
+    """
     n = _core.num_records(pipeline.source)
     if n is None:
         raise ValueError(
@@ -205,6 +218,15 @@ def scan(pipeline: Pipeline, step_fn: Callable, carry: Any, length: int) -> tupl
     ``(step_fn, length)`` and shapes. ``step_fn`` must be hashable (a function, not a
     fresh lambda per call) for that cache to hit.
 
+    Arguments:
+        pipeline: a ``dfn.Pipeline`` over an eager source.
+        step_fn: ``step_fn(carry, batch) -> (carry, out)``, hashable.
+        carry: the initial carry.
+        length: the number of steps, a static Python int.
+
+    Returns:
+        ``(pipeline, carry, outs)``.
+
     ```python
     import jax.numpy as jnp, numpy as np, datarax_fn as dfn
     pipe = dfn.Pipeline(dfn.from_arrays({"x": np.arange(8, dtype=np.int32)}), batch_size=2)
@@ -234,6 +256,14 @@ def scan_epoch(pipeline: Pipeline, step_fn: Callable, carry: Any) -> tuple[Pipel
     the source's stream, the records left over start the next call's first batch, so
     every record is still seen once per epoch on average and no batch is short. See
     ``dfn.scan`` for ``step_fn``.
+
+    Arguments:
+        pipeline: a ``dfn.Pipeline`` over an eager source.
+        step_fn: as in ``dfn.scan``.
+        carry: the initial carry.
+
+    Returns:
+        ``(pipeline, carry, outs)``.
     """
     return scan(pipeline, step_fn, carry, steps_per_epoch(pipeline))
 
@@ -275,6 +305,15 @@ def iterate(
 
     Each yielded pipeline is the state after its batch, ready to checkpoint. Also
     available as ``dfn.iterate(pipeline, ...)``.
+
+    Arguments:
+        pipeline: a ``dfn.Pipeline`` over a source of known length.
+        size: must be None or the pipeline's ``batch_size``.
+        epochs: how many epochs to walk.
+        remainder: ``"drop"``, ``"pad"`` or ``"partial"``.
+
+    Returns:
+        an iterator of ``(pipeline_after_batch, batch)``.
     """
     if size is not None and size != pipeline.batch_size:
         raise ValueError(

@@ -41,6 +41,14 @@ def get_global_batch(state: EagerSource, global_size: int, sharding: jax.shardin
     ``get_batch(state, global_size)``. Call it on the host, outside ``jit``; inside a
     jitted step on one host, use ``get_batch`` and ``jax.lax.with_sharding_constraint``.
 
+    Arguments:
+        state: an ``EagerSource`` (the same state in every process).
+        global_size: records in the global batch, a multiple of the devices sharing it.
+        sharding: how the batch's leading axis is laid out, e.g. ``dfn.data_sharding()``.
+
+    Returns:
+        ``(new_state, batch)``; the state moved on by ``global_size`` records.
+
     ```python
     import numpy as np, jax, datarax_fn as dfn
     from jax.sharding import NamedSharding, PartitionSpec as P
@@ -71,6 +79,12 @@ def data_sharding(axis_name: str = "data") -> jax.sharding.NamedSharding:
 
     The mesh is ``jax.make_mesh((jax.device_count(),), (axis_name,))``, in which each
     process's devices hold one contiguous block of rows.
+
+    Arguments:
+        axis_name: the name of the mesh axis.
+
+    Returns:
+        ``NamedSharding(mesh, PartitionSpec(axis_name))``.
     """
     mesh = jax.make_mesh((jax.device_count(),), (axis_name,))
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis_name))

@@ -122,6 +122,15 @@ def permute(i: Any, n: int, seed: Any, epoch: Any = 0) -> Any:
     are unsigned 32-bit words (scalars, or arrays broadcasting against ``i``). ``n`` is a
     static Python int in ``[1, 2**31 - 1]``.
 
+    Arguments:
+        i: positions in ``[0, n)``: a NumPy array, a JAX array or a tracer.
+        n: the number of records, a static Python int in ``[1, 2**31 - 1]``.
+        seed: an unsigned 32-bit seed.
+        epoch: the epoch; each has its own order.
+
+    Returns:
+        the record ids at positions ``i``, the same type of array as ``i``.
+
     ```python
     import numpy as np, datarax_fn as dfn
     order = dfn.permute(np.arange(10), 10, seed=0, epoch=0)

@@ -70,6 +70,12 @@ def chain(*stages: Any) -> Chain:
     Each stage gets its own key, ``jax.random.fold_in(key, position)``, so adding a
     deterministic stage does not change the randomness of the others' positions.
 
+    Arguments:
+        *stages: stages ``(batch, key) -> batch`` (Modules or plain functions), or one list of them.
+
+    Returns:
+        a ``Chain`` stage.
+
     ```python
     import numpy as np, datarax_fn as dfn
     stage = dfn.chain(dfn.cast("x"), dfn.apply_to_keys(lambda x: x * 2, "x"))
@@ -224,6 +230,16 @@ def normalize(
     ``dfn.Pipeline(..., stats=...)``, which fills them in. ``keys=None`` means every
     key the statistics cover.
 
+    Arguments:
+        keys: the batch entries to normalise; None: every key the statistics cover.
+        mean: scalars, ``(C,)`` arrays, or a dict ``{key: value}``.
+        std: as ``mean``.
+        stats: a ``dfn.Statistics`` instead of ``mean``/``std``.
+        dtype: the output dtype.
+
+    Returns:
+        the stage.
+
     ```python
     import numpy as np, datarax_fn as dfn
     stage = dfn.normalize("x", mean=2.0, std=2.0)
@@ -268,6 +284,14 @@ class Cast(Stage):
 def cast(keys: str | Sequence[str] | None = None, *, dtype: Any = "float32", scale: float | None = None) -> Cast:
     """Returns a stage casting ``keys`` (None: all) to ``dtype``, then multiplying by ``scale``.
 
+    Arguments:
+        keys: the batch entries to cast; None: every entry.
+        dtype: the target dtype.
+        scale: a factor applied after the cast (e.g. ``1 / 255``); None: none.
+
+    Returns:
+        the stage.
+
     ```python
     import numpy as np, datarax_fn as dfn
     out = dfn.cast("image", scale=1 / 255)({"image": np.array([0, 255], np.uint8)})
@@ -294,6 +318,14 @@ class OneHot(Stage):
 
 def one_hot(keys: str | Sequence[str], num_classes: int, *, dtype: Any = "float32") -> OneHot:
     """Returns a stage replacing integer ``keys`` by one-hot arrays with ``num_classes`` columns.
+
+    Arguments:
+        keys: the integer batch entries to encode.
+        num_classes: the number of columns.
+        dtype: the output dtype.
+
+    Returns:
+        the stage.
 
     ```python
     import numpy as np, datarax_fn as dfn
@@ -336,6 +368,14 @@ def random_flip(keys: str | Sequence[str] | None = None, *, axis: int = -2, p: f
     ``axis`` counts within one record; the default ``-2`` is the width of an HWC image
     (a horizontal flip). All ``keys`` of a row share its decision, so an image and its
     segmentation mask stay aligned.
+
+    Arguments:
+        keys: the batch entries to flip (the same decision for every key of a row); None: all.
+        axis: the record axis to flip (default: the width of an HWC image).
+        p: the probability of flipping a row.
+
+    Returns:
+        the stage; it needs a key (a ``dfn.Pipeline`` hands it one).
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"random_flip: p must be a probability in [0, 1]; got p={p!r}.")
@@ -405,6 +445,16 @@ def random_crop(
     ``size=None`` keeps the original size, the classic "pad 4 and crop back" shift.
     The corner is uniform over all valid positions, drawn once per row and shared by
     every key of that row.
+
+    Arguments:
+        keys: the batch entries to crop (the same corner for every key of a row); None: all.
+        size: the ``(height, width)`` of the crop; None: the record's own size.
+        padding: pixels added on each side of both axes before cropping.
+        axes: the (height, width) axes of one record.
+        fill: the value of the padding.
+
+    Returns:
+        the stage; it needs a key (a ``dfn.Pipeline`` hands it one).
     """
     if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
         raise ValueError(f"random_crop: padding must be an int >= 0; got padding={padding!r}.")
@@ -440,6 +490,14 @@ def apply_to_keys(fn: Callable, keys: str | Sequence[str] | None = None, *, with
     ``fn(x) -> x`` sees the whole batch array of one key. With ``with_key=True`` it is
     called as ``fn(x, key)`` and every listed key gets the same key, so paired arrays
     can receive the same random transform.
+
+    Arguments:
+        fn: ``fn(x) -> x``, or ``fn(x, key) -> x`` with ``with_key=True``.
+        keys: the batch entries to transform; None: every entry.
+        with_key: pass the stage's key to ``fn`` (the same key for every listed entry).
+
+    Returns:
+        the stage, a ``(batch, key=None) -> batch`` Module.
 
     ```python
     import numpy as np, datarax_fn as dfn

@@ -163,6 +163,17 @@ def compute_statistics(
     averages such as ``x.mean(0)`` or ``(x**2).mean(0)``), ``"sum"`` adds (counts,
     histograms), ``"min"``/``"max"`` take the elementwise extreme.
 
+    Arguments:
+        source: a source state, or a ``dfn.Pipeline`` (its source is read, stages not applied).
+        batch_stats_fn: ``fn(chunk) -> PyTree`` to compute instead of the default statistics.
+        keys: the entries to cover; None: all.
+        batch_size: rows per chunk.
+        per_channel: reduce over every axis but the last (else over all).
+        reduction: how ``batch_stats_fn`` results combine: ``"mean"``, ``"sum"``, ``"min"``, ``"max"``.
+
+    Returns:
+        a ``dfn.Statistics``, or the combined ``batch_stats_fn`` PyTree.
+
     ```python
     import numpy as np, datarax_fn as dfn
     x = np.arange(12, dtype=np.float32).reshape(6, 2)

@@ -107,38 +107,51 @@ def test_cursor_is_small_and_json():
     state, _ = batches(build(), 2)
     cur = dfn.cursor(state)
     blob = json.dumps(cur)
-    assert len(blob) < 300
+    assert len(blob) < 300 and cur["version"] == 1 and cur["kind"] == "eager"
     assert cur["index"] == 20 and cur["epoch"] == 0 and cur["seed"] == 7 and cur["num_records"] == 37
     state2 = dfn.restore_cursor(build(), json.loads(blob))
     chex_equal = jax.tree.map(lambda a, b: np.array_equal(a, b), state, state2)
     assert all(jax.tree.leaves(chex_equal))
 
 
-def test_cursor_restores_the_seed():
+def test_cursor_refuses_another_seed_and_names_it():
     state, _ = batches(build(seed=7), 4)
-    other = dfn.restore_cursor(build(seed=7), dfn.cursor(state))
-    assert int(other.seed) == 7
+    assert int(dfn.restore_cursor(build(seed=7), dfn.cursor(state)).index) == 3
+    with pytest.raises(ValueError, match=r"differs in seed \(cursor 7, this state 8\)"):
+        dfn.restore_cursor(build(seed=8), dfn.cursor(state))
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_cursor_seed_out_of_range_is_a_value_error(seed):
+    with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*32\)"):
+        dfn.restore_cursor(build(), {**dfn.cursor(build()), "seed": seed})
+
+
+def test_cursor_without_version_is_refused():
+    old = {k: v for k, v in dfn.cursor(build()).items() if k != "version"}
+    with pytest.raises(ValueError, match="version=None.*version 1"):
+        dfn.restore_cursor(build(), old)
 
 
 def test_cursor_rejects_different_data():
     cur = dfn.cursor(build())
     changed = dfn.from_arrays({"x": np.arange(37, dtype=np.int32) + 1, "img": np.asarray(build().data["img"])}, shuffle=True)
-    with pytest.raises(ValueError, match="different data"):
+    with pytest.raises(ValueError, match="different stream; it differs in fingerprint"):
         dfn.restore_cursor(changed, cur)
     shorter = dfn.from_arrays({"x": np.arange(36, dtype=np.int32), "img": np.zeros((36, 4, 4, 1), np.uint8)}, shuffle=True)
-    with pytest.raises(ValueError, match="N=37.*N=36"):
+    with pytest.raises(ValueError, match=r"num_records \(cursor 37, this state 36\)"):
         dfn.restore_cursor(shorter, cur)
 
 
 def test_cursor_rejects_other_shuffle_setting():
     cur = dfn.cursor(build())
     plain = dfn.from_arrays(
-        {"x": np.asarray(build().data["x"]), "img": np.asarray(build().data["img"])}, shuffle=False
+        {"x": np.asarray(build().data["x"]), "img": np.asarray(build().data["img"])}, shuffle=False, seed=7
     )
-    with pytest.raises(ValueError, match="shuffle"):
+    with pytest.raises(ValueError, match=r"differs in shuffle \(cursor True, this state False\)"):
         dfn.restore_cursor(plain, cur)
 
 
 def test_cursor_missing_fields():
-    with pytest.raises(ValueError, match="lacks"):
-        dfn.restore_cursor(build(), {"index": 0})
+    with pytest.raises(ValueError, match=r"lacks \['epoch', 'fingerprint'"):
+        dfn.restore_cursor(build(), {"version": 1, "kind": "eager", "index": 0})

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-import datarax_fn as dfn
+from conftest import run_fresh
 from datarax_fn.__main__ import main
 from hf_fixtures import hf_dataset, parquet_folder  # noqa: F401
 
@@ -41,19 +41,26 @@ def test_entry_points(tmp_path):
     assert script.value == "datarax_fn.__main__:main"
 
 
-def test_inspect_hf_eager_and_streaming(parquet_folder, capsys):  # noqa: F811
-    assert hasattr(dfn, "from_hf"), "the HF backend (dfn.from_hf) is missing"
+def test_inspect_hf_eager(parquet_folder, capsys):  # noqa: F811
     assert main(["inspect", "hf", str(parquet_folder), "--split", "train", "--max-length", "32"]) == 0
     out = capsys.readouterr().out
     assert "EagerSource" in out and "mode: " in out and "eager, because" in out
     assert "len: 60" in out and "['image']: uint8[6, 5, 1]" in out
     assert "one batch of 32:" in out and "throughput:" in out
 
-    args = ["inspect", "hf", str(parquet_folder), "--split", "train", "--streaming", "--max-length", "8", "--exclude-keys", "text"]
-    assert main(args) == 0
-    out = capsys.readouterr().out
-    assert "StreamingSource" in out and "streaming, because" in out
-    assert "['text']" not in out and "['tokens']: int32[8]" in out
+
+def test_inspect_hf_streaming_on_a_never_prepared_folder(parquet_folder, tmp_path):  # noqa: F811
+    # A fresh process with its own empty HF cache: nothing was prepared, so the stream's
+    # length is unknown (num_records is None), which inspect reports instead of crashing.
+    args = ["inspect", "hf", str(parquet_folder), "--split", "train", "--streaming", "--max-length", "8",
+            "--exclude-keys", "text", "--batches", "3"]
+    res = run_fresh(f"import sys; from datarax_fn.__main__ import main; sys.exit(main({args!r}))",
+                    env={"HF_HOME": str(tmp_path / "hf")}, timeout=300)
+    assert "StreamingSource" in res.stdout and "streaming" in res.stdout
+    assert "len: unknown (stream)" in res.stdout
+    assert "['text']" not in res.stdout and "['tokens']: int32[8]" in res.stdout
+    assert "one batch of 32:" in res.stdout
+    assert not list((tmp_path / "hf").rglob("*.arrow"))  # streaming prepared nothing
 
 
 def test_inspect_reports_backend_errors_without_a_traceback(parquet_folder, capsys):  # noqa: F811
@@ -65,7 +72,6 @@ def test_inspect_reports_backend_errors_without_a_traceback(parquet_folder, caps
 @pytest.fixture(scope="module")
 def tfds_toy_dir(tmp_path_factory):
     pytest.importorskip("tensorflow_datasets")
-    assert hasattr(dfn, "from_tfds"), "the TFDS backend (dfn.from_tfds) is missing"
     import tfds_fixtures as fx
 
     return fx.prepare(fx.DfnToy, str(tmp_path_factory.mktemp("tfds_toy")), "array_record")

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import datarax_fn as dfn
-from datarax_fn import _jit
 
 
 def big_state(shuffle=True):
@@ -35,17 +34,18 @@ def test_eager_get_batch_compiles_once_per_size():
     from datarax_fn import _eager
 
     state, _ = dfn.get_batch(state, 77)
-    size_before = _eager._step_jit._cache_size()
+    size_before = _eager._step.jitted._cache_size()
     for _ in range(5):
         state, _ = dfn.get_batch(state, 77)
-    assert _eager._step_jit._cache_size() == size_before
+    assert _eager._step.jitted._cache_size() == size_before
 
 
-def test_jit_step_aliases_the_dataset():
+@pytest.mark.parametrize("by_keyword", [False, True])
+def test_jit_step_aliases_the_dataset_passed_by_position_or_keyword(by_keyword):
     @dfn.jit_step
-    def step(total, state):
+    def step(total, state, *, scale=1):
         state, batch = dfn.get_batch(state, 64)
-        return total + batch["y"].sum(), state
+        return total + batch["y"].sum() * scale, state
 
     state = big_state()
     before = ptrs(state)
@@ -53,9 +53,10 @@ def test_jit_step_aliases_the_dataset():
     with warnings.catch_warnings():
         warnings.simplefilter("error", dfn.DatasetCopyWarning)
         for _ in range(3):
-            total, state = step(total, state)
+            total, state = step(total, state=state, scale=2) if by_keyword else step(total, state, scale=2)
     assert ptrs(state) == before
-    assert int(total) == int(np.arange(4096)[np.asarray(dfn.permute(np.arange(192), 4096, 0, 0))].sum())
+    assert list(step.compiled) == [((), ("state",)) if by_keyword else ((1,), ())]
+    assert int(total) == 2 * int(np.arange(4096)[np.asarray(dfn.permute(np.arange(192), 4096, 0, 0))].sum())
 
 
 @pytest.mark.parametrize("loop", ["scan", "fori"])
@@ -122,8 +123,14 @@ def test_jit_step_passes_other_args_through_without_donation():
     assert float(out) == 2.0 and float(w) == 2.0  # w is still alive: not donated
 
 
-def test_threshold_constant_documented():
-    assert _jit.COPY_WARNING_BYTES == 8 * 2**20
+@pytest.mark.parametrize("mib, warned", [(7.9, False), (8.1, True)])
+def test_copy_warning_fires_above_8_mib_only(mib, warned):
+    rows = int(mib * 2**20 / 4 / 1024)
+    state = dfn.from_arrays({"x": np.zeros((rows, 1024), np.float32)})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        jax.jit(lambda s: dfn.get_batch(s, 2))(state)
+    assert [w.category for w in caught] == ([dfn.DatasetCopyWarning] if warned else [])
 
 
 def test_host_aliased_source_is_copied_at_most_once():

@@ -209,7 +209,7 @@ def test_generic_functions_and_cursor_roundtrip():
     assert c["kind"] == "pipeline" and c["source"]["index"] == 5
     restored = dfn.restore_cursor(make(), c)
     chex.assert_trees_all_equal(dfn.step(restored)[1], dfn.step(pipe)[1])
-    with pytest.raises(ValueError, match="kind 'pipeline'"):
+    with pytest.raises(ValueError, match="kind='eager' and cannot restore a 'pipeline' state"):
         dfn.restore_cursor(make(), c["source"])
 
 
