@@ -1,118 +1,99 @@
 """The ``datarax-fn demo``: train a small classifier on the embedded digits, checkpoint, resume.
 
-Every step is the library's public API: the digits go through a ``Pipeline`` whose
-``normalize`` stage reads ``compute_statistics``; training runs ``lax.fori_loop`` over
-epochs of ``scan_epoch`` inside one ``dfn.jit_step`` (the pipeline is donated, so the
-dataset is never copied); an Orbax ``CheckpointManager`` saves the model, the optimiser
-and the pipeline's cursor mid-run; a fresh pipeline restored from that checkpoint must
-continue bit for bit; eval walks the test split with ``remainder="pad"``.
+Every step is the library's public API plus the idiomatic JAX stack: the digits go
+through a ``Pipeline`` whose ``normalize`` stage reads ``compute_statistics``; the model
+is an ``equinox.nn.MLP`` and the optimiser ``optax.adam``; training runs
+``lax.fori_loop`` over epochs of ``scan_epoch`` inside one ``dfn.jit_step`` (the pipeline
+is donated, so the dataset is never copied); an Orbax ``CheckpointManager`` saves the
+model, the optimiser state and the pipeline's cursor mid-run; a fresh pipeline restored
+from that checkpoint must continue bit for bit; eval walks the test split with
+``remainder="pad"``.
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import datarax_fn as dfn
 
 PyTree = Any
 HIDDEN = 128
 NUM_CLASSES = 10
+OPTIMISER = optax.adam(2e-3)
 
 
-class AdamState(NamedTuple):
-    count: jax.Array
-    mu: PyTree
-    nu: PyTree
+def init_model(key: jax.Array) -> tuple[eqx.nn.MLP, eqx.nn.MLP]:
+    """Returns ``(params, static)``: the array leaves of a 64-128-10 ReLU MLP and the rest.
+
+    ``jax.jit`` takes arrays only, so the model travels through the jitted step as its
+    arrays (``params``, a leaf of the carry) and is rebuilt with ``eqx.combine`` inside.
+    """
+    model = eqx.nn.MLP(64, NUM_CLASSES, HIDDEN, depth=1, activation=jax.nn.relu, key=key)
+    return eqx.partition(model, eqx.is_array)
 
 
-def init_mlp(key: jax.Array, sizes: tuple[int, ...]) -> list[dict[str, jax.Array]]:
-    """Returns He-initialised dense layers ``[{"w": (m, n), "b": (n,)}, ...]``."""
-    layers = []
-    for k, (m, n) in zip(jax.random.split(key, len(sizes) - 1), zip(sizes[:-1], sizes[1:])):
-        layers.append({"w": jax.random.normal(k, (m, n), jnp.float32) * jnp.sqrt(2.0 / m), "b": jnp.zeros((n,), jnp.float32)})
-    return layers
+def logits_of(params: eqx.nn.MLP, static: eqx.nn.MLP, images: jax.Array) -> jax.Array:
+    """Returns the logits of a batch of images (the MLP itself takes one flat record)."""
+    model = eqx.combine(params, static)
+    return jax.vmap(model)(images.reshape(images.shape[0], -1))
 
 
-def mlp(params: list[dict[str, jax.Array]], x: jax.Array) -> jax.Array:
-    """Returns the logits of a ReLU MLP on flattened inputs."""
-    x = x.reshape(x.shape[0], -1)
-    for layer in params[:-1]:
-        x = jax.nn.relu(x @ layer["w"] + layer["b"])
-    return x @ params[-1]["w"] + params[-1]["b"]
+def loss_fn(params: eqx.nn.MLP, static: eqx.nn.MLP, batch: dict) -> jax.Array:
+    logits = logits_of(params, static, batch["image"])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
 
 
-def loss_fn(params: PyTree, batch: dict) -> jax.Array:
-    logp = jax.nn.log_softmax(mlp(params, batch["image"]))
-    return -jnp.mean(jnp.take_along_axis(logp, batch["label"][:, None], axis=1))
-
-
-def adam_init(params: PyTree) -> AdamState:
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    return AdamState(jnp.zeros((), jnp.int32), zeros, zeros)
-
-
-def adam_update(params: PyTree, grads: PyTree, state: AdamState, lr: float = 2e-3) -> tuple[PyTree, AdamState]:
-    """Returns ``(params, state)`` after one Adam step (b1=0.9, b2=0.999, eps=1e-8)."""
-    b1, b2, eps = 0.9, 0.999, 1e-8
-    count = state.count + 1
-    mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, grads)
-    nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, grads)
-    t = count.astype(jnp.float32)
-    c1, c2 = 1 - b1**t, 1 - b2**t
-    params = jax.tree.map(lambda p, m, v: p - lr * (m / c1) / (jnp.sqrt(v / c2) + eps), params, mu, nu)
-    return params, AdamState(count, mu, nu)
-
-
-def train_step(carry: tuple[PyTree, AdamState], batch: dict) -> tuple[tuple[PyTree, AdamState], jax.Array]:
-    params, opt = carry
-    loss, grads = jax.value_and_grad(loss_fn)(params, batch)
-    params, opt = adam_update(params, grads, opt)
-    return (params, opt), loss
-
-
-@dfn.jit_step(static_argnames="epochs")
-def train_epochs(params: PyTree, opt: AdamState, pipe: dfn.Pipeline, epochs: int):
+@dfn.jit_step(static_argnames=("static", "epochs"))
+def train_epochs(params: eqx.nn.MLP, opt_state: optax.OptState, pipe: dfn.Pipeline, *, static: eqx.nn.MLP, epochs: int):
     """Runs ``epochs`` epochs with ``lax.fori_loop``; the pipeline (and its dataset) is donated."""
 
+    def train_step(carry, batch):
+        params, opt_state = carry
+        loss, grads = jax.value_and_grad(loss_fn)(params, static, batch)
+        updates, opt_state = OPTIMISER.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
     def one_epoch(_, carry):
-        params, opt, pipe, _ = carry
-        pipe, (params, opt), losses = dfn.scan_epoch(pipe, train_step, (params, opt))
-        return params, opt, pipe, losses.mean()
+        params, opt_state, pipe, _ = carry
+        pipe, (params, opt_state), losses = dfn.scan_epoch(pipe, train_step, (params, opt_state))
+        return params, opt_state, pipe, losses.mean()
 
-    return jax.lax.fori_loop(0, epochs, one_epoch, (params, opt, pipe, jnp.float32(0)))
+    return jax.lax.fori_loop(0, epochs, one_epoch, (params, opt_state, pipe, jnp.float32(0)))
 
 
-@jax.jit
-def count_correct(params: PyTree, batch: dict) -> jax.Array:
-    hits = jnp.argmax(mlp(params, batch["image"]), axis=-1) == batch["label"]
+@eqx.filter_jit
+def count_correct(params: eqx.nn.MLP, static: eqx.nn.MLP, batch: dict) -> jax.Array:
+    hits = jnp.argmax(logits_of(params, static, batch["image"]), axis=-1) == batch["label"]
     return jnp.sum(hits & batch["mask"])
 
 
 def make_pipeline(split: dict, stats: dfn.Statistics, *, train: bool, batch_size: int, seed: int) -> dfn.Pipeline:
     source = dfn.from_arrays(split, shuffle=train, seed=seed, name="digits")
     stages = [dfn.cast("image"), dfn.normalize("image")]
-    if train:  # a one-pixel random shift; its keys come from (seed, epoch, position)
+    if train:  # a one-pixel random shift; its keys come from (seed, epoch, index)
         stages.append(dfn.random_crop("image", padding=1))
     return dfn.Pipeline(source, stages, batch_size, stats=stats)
 
 
-def _train(params, opt, pipe, epochs: int, per_call: int, bar) -> tuple:
+def _train(params, opt_state, pipe, static, epochs: int, per_call: int, bar) -> tuple:
     loss = jnp.float32(0)
     done = 0
     while done < epochs:
         k = min(per_call, epochs - done)
-        params, opt, pipe, loss = train_epochs(params, opt, pipe, epochs=k)
+        params, opt_state, pipe, loss = train_epochs(params, opt_state, pipe, static=static, epochs=k)
         done += k
         if bar is not None:
             bar.set_postfix(loss=f"{float(loss):.4f}")
             bar.update(k)
-    return params, opt, pipe, loss
+    return params, opt_state, pipe, loss
 
 
 def _trees_equal(a: PyTree, b: PyTree) -> tuple[bool, float]:
@@ -143,8 +124,8 @@ def run(
     say(f"statistics (compute_statistics, in jit): image mean {float(stats.mean['image'][0]):.4f}, "
         f"std {float(stats.std['image'][0]):.4f}, min {int(stats.min['image'][0])}, max {int(stats.max['image'][0])}")
 
-    params = init_mlp(jax.random.key(seed), (64, HIDDEN, NUM_CLASSES))
-    opt = adam_init(params)
+    params, static = init_model(jax.random.key(seed))
+    opt_state = OPTIMISER.init(params)
     half = epochs // 2
     per_call = max(1, min(5, half))
     pointer = pipe.source.data["image"].unsafe_buffer_pointer()
@@ -152,7 +133,7 @@ def run(
     # 2. first half, then the checkpoint: model, optimiser and the cursor (no data)
     bar = tqdm(total=epochs, unit="epoch", desc="train", disable=not progress, leave=False)
     t0 = time.perf_counter()
-    params, opt, pipe, loss = _train(params, opt, pipe, half, per_call, bar)
+    params, opt_state, pipe, loss = _train(params, opt_state, pipe, static, half, per_call, bar)
     jax.block_until_ready(params)
     t_first = time.perf_counter() - t0
     no_copy = pipe.source.data["image"].unsafe_buffer_pointer() == pointer
@@ -163,7 +144,7 @@ def run(
     manager.save(
         half,
         args=ocp.args.Composite(
-            train=ocp.args.StandardSave({"params": params, "opt": opt, "stats": {"mean": pipe.stats.mean, "std": pipe.stats.std}}),
+            train=ocp.args.StandardSave({"params": params, "opt": opt_state, "stats": {"mean": pipe.stats.mean, "std": pipe.stats.std}}),
             cursor=ocp.args.JsonSave(cursor),
         ),
     )
@@ -175,7 +156,7 @@ def run(
 
     # 3. second half in this process: the reference continuation, timed
     t0 = time.perf_counter()
-    params_a, opt_a, pipe_a, loss_a = _train(params, opt, pipe, epochs - half, per_call, bar)
+    params_a, opt_a, pipe_a, loss_a = _train(params, opt_state, pipe, static, epochs - half, per_call, bar)
     jax.block_until_ready(params_a)
     t_second = time.perf_counter() - t0
     bar.close()
@@ -194,8 +175,11 @@ def run(
     fresh = make_pipeline(train, dfn.Statistics(**saved["stats"], min=stats.min, max=stats.max, count=stats.count),
                           train=True, batch_size=batch_size, seed=seed)
     fresh = dfn.restore_cursor(fresh, restored["cursor"])
-    opt_restored = AdamState(*saved["opt"]) if not isinstance(saved["opt"], AdamState) else saved["opt"]
-    params_b, opt_b, pipe_b, _ = _train(saved["params"], opt_restored, fresh, epochs - half, per_call, None)
+    # Orbax hands back plain containers for optax's NamedTuples and equinox's Modules: put
+    # the restored leaves back into the structures the jitted step was traced with.
+    params_b = jax.tree.unflatten(jax.tree.structure(params), jax.tree.leaves(saved["params"]))
+    opt_b = jax.tree.unflatten(jax.tree.structure(opt_state), jax.tree.leaves(saved["opt"]))
+    params_b, opt_b, pipe_b, _ = _train(params_b, opt_b, fresh, static, epochs - half, per_call, None)
     same_params, max_diff = _trees_equal(params_a, params_b)
     same_opt, _ = _trees_equal(opt_a, opt_b)
     same_cursor = dfn.cursor(pipe_a) == dfn.cursor(pipe_b)
@@ -212,7 +196,7 @@ def run(
     eval_pipe = make_pipeline(test, pipe_a.stats, train=False, batch_size=batch_size, seed=seed)
     correct, batches = 0, 0
     for _, batch in dfn.iterate(eval_pipe, remainder="pad"):
-        correct += int(count_correct(params_a, batch))
+        correct += int(count_correct(params_a, static, batch))
         batches += 1
     accuracy = correct / n_test
     say(f'eval (remainder="pad"): {batches} batches of {batch_size}, {n_test} records, '
