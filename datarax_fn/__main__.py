@@ -53,6 +53,8 @@ def _open(args: argparse.Namespace) -> Any:
         kwargs["max_length"] = args.max_length
     if args.truncate:
         kwargs["truncate"] = True
+    if args.image_mode is not None:
+        kwargs["image_mode"] = args.image_mode
     if args.include_keys:
         kwargs["include_keys"] = tuple(args.include_keys.split(","))
     if args.exclude_keys:
@@ -164,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--streaming", action="store_true", help="force streaming (default: eager if it fits memory)")
     inspect.add_argument("--max-length", type=int, default=None, help="pad ragged fields and text to this length")
     inspect.add_argument("--truncate", action="store_true", help="cut rows longer than --max-length")
+    inspect.add_argument("--image-mode", default=None, choices=("L", "LA", "RGB", "RGBA", "I;16", "I", "F"),
+                         help="channels of images whose feature declares none (needed to stream them)")
     inspect.add_argument("--include-keys", default=None, help="comma-separated fields to keep")
     inspect.add_argument("--exclude-keys", default=None, help="comma-separated fields to drop")
     inspect.add_argument("--batch-size", type=int, default=32)

@@ -106,8 +106,8 @@ def run(
     epochs: int = 60, batch_size: int = 64, seed: int = 0, checkpoint_dir: str | None = None, progress: bool = True
 ) -> dict[str, Any]:
     """Runs the demo, prints its report and returns the numbers (accuracy, resume check, ...)."""
-    import orbax.checkpoint as ocp
-    from tqdm.auto import tqdm
+    import orbax.checkpoint as ocp  # lazy: orbax only for the demo's checkpoint
+    from tqdm.auto import tqdm  # lazy: only when a progress bar is shown
 
     if epochs < 2:
         raise ValueError(f"demo: epochs must be >= 2 (it checkpoints half way); got {epochs}.")

@@ -52,7 +52,7 @@ def test_inspect_hf_eager(parquet_folder, capsys):  # noqa: F811
 def test_inspect_hf_streaming_on_a_never_prepared_folder(parquet_folder, tmp_path):  # noqa: F811
     # A fresh process with its own empty HF cache: nothing was prepared, so the stream's
     # length is unknown (num_records is None), which inspect reports instead of crashing.
-    args = ["inspect", "hf", str(parquet_folder), "--split", "train", "--streaming", "--max-length", "8",
+    args = ["inspect", "hf", str(parquet_folder), "--split", "train", "--streaming", "--max-length", "8", "--image-mode", "L",
             "--exclude-keys", "text", "--batches", "3"]
     res = run_fresh(f"import sys; from datarax_fn.__main__ import main; sys.exit(main({args!r}))",
                     env={"HF_HOME": str(tmp_path / "hf")}, timeout=300)

@@ -199,7 +199,7 @@ def test_processes_that_streamed_parquet_exit_cleanly(parquet_folder, tmp_path):
     # some runs aborted with "terminate called without an active exception".
     code = f"""
         import datarax_fn as dfn
-        s = dfn.from_hf({str(parquet_folder)!r}, split="train", streaming=True, max_length=8,
+        s = dfn.from_hf({str(parquet_folder)!r}, split="train", streaming=True, max_length=8, image_mode="L",
                         exclude_keys=("text",), shuffle=True, chunk_size=4)
         for _ in range(3):
             s, b = dfn.get_batch(s, 16)

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
 import numpy as np
 
 from . import transform as tf
@@ -27,7 +28,7 @@ class _Context:
     static: bool
 
 
-def _get(tree: Mapping[str, Any], keys: tuple[str, ...], row0: int, path: str) -> Any:
+def column_at(tree: Mapping[str, Any], keys: tuple[str, ...], row0: int, path: str) -> Any:
     col = tree[keys[0]]
     for i, k in enumerate(keys[1:], 1):
         col = child(col, k, ".".join(keys[:i]), row0)
@@ -123,14 +124,14 @@ class Converter:
                         f"field {leaf.path!r}: the feature declares no image size; streaming needs probe= "
                         "(a first chunk) to fix it, or a transform that resizes to one size."
                     )
-                col = _get(probe, leaf.keys, 0, leaf.path)
+                col = column_at(probe, leaf.keys, 0, leaf.path)
                 first = RULES["image"](leaf, slice_rows(col, 0, 1), 0, False, self._ctx)[0]
                 self._ctx.image_shape[leaf.path] = first.shape[1:]
 
     def _user(self, columns: Mapping[str, Any], row0: int) -> dict:
         view: dict = {}
         for leaf in self.leaves:
-            _put(view, leaf.keys, tf.user_column(leaf, _get(columns, leaf.keys, row0, leaf.path), row0, self._ctx))
+            _put(view, leaf.keys, tf.user_column(leaf, column_at(columns, leaf.keys, row0, leaf.path), row0, self._ctx))
         return view
 
     def _apply(self, columns: Mapping[str, Any], row0: int) -> dict:
@@ -164,7 +165,7 @@ class Converter:
             return self._call_transform(columns, row0)
         out: dict = {}
         for leaf in self.leaves:
-            col = _get(columns, leaf.keys, row0, leaf.path)
+            col = column_at(columns, leaf.keys, row0, leaf.path)
             arrays = RULES[leaf.kind](leaf, col, row0, self.options.truncate, self._ctx)
             _put(out, leaf.keys, arrays[0])
             for name, lengths in zip(leaf.length_keys(), arrays[1:]):
@@ -191,8 +192,6 @@ class Converter:
         """
         if self._out is not None:
             return self._out.element_spec
-        import jax  # a hard dependency; only the spec needs it
-
         spec: dict = {}
         for leaf in self.leaves:
             shape = self._ctx.image_shape.get(leaf.path, leaf.sizes) if leaf.kind == "image" else leaf.sizes

@@ -97,7 +97,7 @@ def decode_pil(obj: Any) -> np.ndarray:
     """Returns an image (bytes, path or PIL image) decoded by PIL, as HF's reader does, with
     modes PIL cannot hold as plain channels converted: 1 -> L, P -> RGB(A), CMYK & co -> RGB."""
     from PIL import Image as PILImage  # heavy; only images need it
-    from PIL import ImageOps
+    from PIL import ImageOps  # lazy: PIL is optional (the hf/tfds extras)
 
     img = obj if isinstance(obj, PILImage.Image) else PILImage.open(
         obj if isinstance(obj, (str, os.PathLike)) else io.BytesIO(obj)

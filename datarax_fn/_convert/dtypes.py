@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax
 import numpy as np
 
 X64_FIX = "call jax.config.update('jax_enable_x64', True) before building the source"
@@ -11,8 +12,6 @@ X64_FIX = "call jax.config.update('jax_enable_x64', True) before building the so
 
 def x64() -> bool:
     """Returns whether JAX keeps 64-bit types (``jax_enable_x64``)."""
-    import jax  # jax is a hard dependency, imported late so `import datarax_fn._convert` stays light
-
     return bool(jax.config.jax_enable_x64)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import ragged
 from .columns import nested, rows_of, slice_rows
-from .converter import Converter, _get, converter_for
+from .converter import Converter, column_at, converter_for
 from .images import encoded
 from .time import to_counts
 
@@ -70,7 +70,7 @@ def estimate_nbytes(fields_or_conv: Any, columns: Any) -> int:
         probe = conv({key: slice_rows(v, 0, k) for key, v in columns.items()})
         size = sum(a.nbytes for a in _leaves(probe))
         return int(size * n / max(k, 1))
-    return sum(_leaf_bytes(conv, leaf, _get(columns, leaf.keys, 0, leaf.path)) for leaf in conv.leaves)
+    return sum(_leaf_bytes(conv, leaf, column_at(columns, leaf.keys, 0, leaf.path)) for leaf in conv.leaves)
 
 
 def _leaves(tree: dict) -> list[np.ndarray]:

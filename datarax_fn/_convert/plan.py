@@ -141,7 +141,8 @@ def _no_lists(path: str, f: Any, outer: tuple) -> None:
 
 def _plan_image(path, keys, f, outer, opts):
     _no_lists(path, f, outer)
-    if lookup(opts.max_length, path) is not None:
+    # A global int pads the ragged leaves; only an entry that names the image itself is an error.
+    if isinstance(opts.max_length, Mapping) and path in opts.max_length:
         raise ValueError(
             f"max_length does not apply to images ({path!r}): images are not padded. Images of "
             "different sizes need a transform that resizes them to one size."

@@ -69,8 +69,8 @@ def _offline(enabled: bool):
     if not enabled:
         yield
         return
-    import datasets.config as dc
-    import huggingface_hub.constants as hc
+    import datasets.config as dc  # lazy: datasets is optional and slow to import
+    import huggingface_hub.constants as hc  # lazy: optional HF backend, imported on use
 
     with _OFFLINE_LOCK:
         saved = (dc.HF_HUB_OFFLINE, hc.HF_HUB_OFFLINE, getattr(dc, "HF_DATASETS_OFFLINE", None))
@@ -93,7 +93,7 @@ def _is_saved_folder(path: str) -> bool:
 
 def _bounds(split: str, n: int | None, own: str | None, where: str) -> tuple[str, int, int | None]:
     """Returns ``(split name, first row, end row or None)`` of a split expression such as ``train[5:20]``."""
-    import datasets as hd
+    import datasets as hd  # lazy: datasets is optional and slow to import
 
     try:
         parts = hd.ReadInstruction.from_spec(split)._relative_instructions  # noqa: SLF001 (no public parser)
@@ -146,7 +146,7 @@ def _pick(dd: Any, split: str, where: str) -> Any:
 
 def _load(cfg: HFEagerConfig, streaming: bool) -> Any:
     """Returns the HF ``Dataset`` (or ``IterableDataset`` when streaming files) the config names."""
-    import datasets as hd
+    import datasets as hd  # lazy: datasets is optional and slow to import
 
     if _is_saved_folder(cfg.name):
         where = f"the save_to_disk folder {cfg.name!r}"
@@ -209,7 +209,7 @@ def _columns(table: Any) -> bk.Columns:
 
 def _info(info: Any, meta: Mapping[str, Any]) -> Any:
     """Returns a copy of the DatasetInfo whose Audio features carry the decoded sampling rate."""
-    import datasets as hd
+    import datasets as hd  # lazy: datasets is optional and slow to import
 
     info = copy.deepcopy(info)
     for key, m in meta.items():
@@ -286,7 +286,7 @@ def _replay_backend(ds: Any, fields: dict, opts: dict, cfg: HFStreamingConfig) -
 
 
 def _streaming(ds: Any, cfg: HFStreamingConfig) -> Any:
-    import datasets as hd
+    import datasets as hd  # lazy: datasets is optional and slow to import
 
     kind: Callable = _map_backend if isinstance(ds, hd.Dataset) else _replay_backend
     return bk.streaming_source(kind(ds, *_fields(ds, cfg), cfg), cfg, _label(cfg))
@@ -348,7 +348,7 @@ def from_hf(name: Any, split: str | None = None, *, streaming: bool | None = Non
     assert dfn.decode_text(state.data, "text") == ["a", "bc"]
     ```
     """
-    import datasets as hd
+    import datasets as hd  # lazy: datasets is optional and slow to import
 
     streaming, memory_budget = check_mode("from_hf", streaming, memory_budget)
     obj = None

@@ -93,7 +93,7 @@ class _Plan:
 @contextlib.contextmanager
 def _no_download_retries() -> Iterator[None]:
     """Makes a user-requested download fail fast instead of retrying for minutes."""
-    from tensorflow_datasets.core.download import downloader
+    from tensorflow_datasets.core.download import downloader  # lazy: TFDS is optional and slow to import
 
     old = downloader.MAX_RETRIES
     downloader.MAX_RETRIES = 0
