@@ -116,11 +116,12 @@ b = tfds.builder("dfn_mnist_like", data_dir=os.path.join(data_dir, "tfrecord"))
 ds = b.as_dataset(split="train", shuffle_files=False, read_config=tfds.ReadConfig(try_autocache=False, skip_prefetch=True))
 ds = ds.shuffle(10_000, seed=1, reshuffle_each_iteration=False).batch(128).prefetch(2)
 fields = {"image": cv.Tensor((28, 28, 1), "uint8"), "label": cv.Label(tuple(str(i) for i in range(10)))}
+conv = cv.Converter(fields, static=True)
 it = iter(ds)
 def step():
     x = next(it)
     # Host NumPy batches, as dfn.get_batch on a streaming source returns them.
-    return cv.convert({"image": np.from_dlpack(x["image"]), "label": np.from_dlpack(x["label"])}, fields)
+    return conv({"image": np.from_dlpack(x["image"]), "label": np.from_dlpack(x["label"])})
 for _ in range(5): jax.block_until_ready(step())
 t0 = time.perf_counter()
 for _ in range(STEPS): out = step()
