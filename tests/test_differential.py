@@ -1,0 +1,791 @@
+"""Differential fuzz: every leaf ``from_hf`` / ``from_tfds`` give equals the backend's own reader.
+
+Hypothesis draws a schema (numbers of every dtype, ClassLabel, string, binary, fixed and ragged
+lists nested two levels, structs, lists of structs, fixed-shape arrays, PNG/JPEG images of every
+mode and dtype, int16 WAV audio, None) and 1-40 rows, builds real datasets on disk
+(``tests/dataset_factory.py``: HF parquet + ``save_to_disk``, a TFDS builder in ``tfrecord`` and
+``array_record``), loads the whole split eager and streaming, and compares every leaf with:
+
+* HF: the python rows of ``datasets.load_dataset("parquet", ...)`` (images as PIL, audio bytes
+  through ``wave``, since HF's audio decoder needs torchcodec);
+* TFDS: ``tfds.as_numpy(tfds.load(...))`` (tfrecord) and ``tfds.data_source(...)``
+  (array_record); JPEG through PIL on the stored bytes (rule 7);
+* the generated values themselves, for the same data built as HF and as TFDS (identical arrays).
+
+Padding is removed per docs/conversion.md (``<leaf>_length`` leaves, rule 5) and the padding
+itself must be zeros. A load may instead raise ValueError/TypeError naming the field, when the
+rules demand an error (None, int64 overflow without x64, ragged without ``max_length``, streamed
+image without ``image_mode``); the test then applies the fix the message names (``exclude_keys``,
+``jax_enable_x64``, ``max_length``, ``image_mode``) and compares again.
+
+Run the long fuzz with ``pytest -m fuzz tests/test_differential.py`` (``DFN_FUZZ_EXAMPLES`` sets
+the examples per test, default 2000). ``DFN_FUZZ_REPORT=file`` appends every failing case to
+``file`` instead of stopping at the first one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import os
+import re
+import tempfile
+from typing import Any
+
+import chex
+import jax
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+import datarax_fn as dfn
+from dataset_factory import (
+    MODE_CHANNELS, NUM_DTYPES, Array, Aud, Bin, Img, Label, Num, Picture, Seq, Str, Struct,
+    build_hf, build_tfds, decode_image, decode_wav, encode_image,
+)
+
+LONG = int(os.environ.get("DFN_FUZZ_EXAMPLES", "2000"))
+REPORT = os.environ.get("DFN_FUZZ_REPORT")
+
+
+def _settings(ci: int, long: bool) -> settings:
+    phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if not REPORT else [])
+    return settings(max_examples=LONG if long else ci, deadline=None, derandomize=not long, phases=phases,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+# ----------------------------------------------------------------------------- strategies
+
+def _num_values(dtype: str):
+    t = np.dtype(dtype).type
+    if dtype == "bool":
+        return st.booleans().map(t)
+    if dtype.startswith("float"):
+        return st.floats(width=int(dtype[5:])).map(t)
+    info = np.iinfo(dtype)
+    return st.one_of(st.integers(max(info.min, -3), 3), st.integers(int(info.min), int(info.max))).map(t)
+
+
+def _values(spec: Any, hf: bool):
+    """Returns a strategy for one canonical value of ``spec``."""
+    if isinstance(spec, Num):
+        return _num_values(spec.dtype)
+    if isinstance(spec, Label):
+        return st.integers(-1 if hf else 0, len(spec.names) - 1)
+    if isinstance(spec, Str):
+        return st.text(max_size=6)
+    if isinstance(spec, Bin):
+        return st.binary(max_size=6)
+    if isinstance(spec, Seq):
+        size = {"min_size": spec.length, "max_size": spec.length} if spec.length else {"max_size": 3}
+        return st.lists(_values(spec.inner, hf), **size)
+    if isinstance(spec, Struct):
+        return st.fixed_dictionaries({k: _values(s, hf) for k, s in spec.fields})
+    if isinstance(spec, Array):
+        return st.integers(0, 2**32 - 1).map(lambda s: _random_array(s, spec.shape, spec.dtype))
+    if isinstance(spec, Img):
+        return st.tuples(st.sampled_from(spec.modes), st.integers(0, 2**32 - 1)).map(lambda a: _picture(spec, *a))
+    return st.integers(0, 2**32 - 1).map(_clip)
+
+
+def _random_array(seed: int, shape: tuple, dtype: str) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if dtype == "bool":
+        return rng.integers(0, 2, shape).astype(bool)
+    if dtype.startswith("float"):
+        return (rng.standard_normal(shape) * 100).astype(dtype)
+    info = np.iinfo(dtype)
+    return rng.integers(max(info.min, -1000), min(info.max, 1000), shape, endpoint=True).astype(dtype)
+
+
+def _picture(spec: Img, mode: str, seed: int) -> Picture:
+    rng = np.random.default_rng(seed)
+    shape = (*spec.hw, MODE_CHANNELS[mode])
+    if spec.dtype == "float32":
+        return Picture(rng.standard_normal(shape).astype(np.float32), b"", mode)
+    pixels = rng.integers(0, np.iinfo(spec.dtype).max, shape, endpoint=True).astype(spec.dtype)
+    if spec.dtype != "uint8":
+        return Picture(pixels, b"", mode)
+    encoded = encode_image(pixels[..., 0] if mode == "L" else pixels, spec.fmt)
+    return Picture(decode_image(encoded), encoded, mode)
+
+
+def _clip(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(-32768, 32767, int(rng.integers(0, 12)), endpoint=True).astype(np.int16)
+
+
+_leaf_specs = st.one_of(
+    st.sampled_from(NUM_DTYPES).map(Num),
+    st.integers(1, 4).map(lambda k: Label(tuple(f"c{i}" for i in range(k)))),
+    st.just(Str()),
+    st.just(Bin()),
+    st.tuples(st.tuples(st.integers(1, 3), st.integers(1, 3)), st.sampled_from(NUM_DTYPES)).map(lambda a: Array(*a)),
+)
+_lengths = st.one_of(st.none(), st.integers(1, 3))
+
+
+def _struct(children):
+    return st.lists(children, min_size=1, max_size=3).map(lambda cs: Struct(tuple((f"c{i}", c) for i, c in enumerate(cs))))
+
+
+def _nested_specs(backend: str):
+    """Returns a strategy for nested fields. TFDS reads back lists of lists only when both are ragged."""
+    inner = st.builds(Seq, _leaf_specs, _lengths)
+    ragged = _lengths if backend == "hf" else st.none()
+    two_levels = st.builds(Seq, st.builds(Seq, _leaf_specs, ragged), ragged)
+    return st.one_of(_leaf_specs, inner, two_levels, _struct(st.one_of(_leaf_specs, inner)),
+                     st.builds(Seq, _struct(_leaf_specs), _lengths))
+
+
+_modes = st.sampled_from(tuple(MODE_CHANNELS))
+
+
+@st.composite
+def _image_specs(draw, backend: str, jpeg: bool = False):
+    hw = (draw(st.integers(1, 8)), draw(st.integers(1, 8)))
+    if jpeg:
+        mode = draw(st.sampled_from(["L", "RGB"]))
+        return Img(mode, (mode,), hw, "uint8", "jpeg")
+    if backend == "hf":  # HF images are 8-bit; no declared mode lets rows differ (rule 7 promotion)
+        mode = draw(st.one_of(st.none(), _modes))
+        return Img(mode, (mode,) if mode else tuple(draw(st.sets(_modes, min_size=1))), hw)
+    dtype = draw(st.sampled_from(["uint8", "uint16", "float32"])) if backend == "tfds" else "uint8"
+    mode = "L" if dtype == "float32" else draw(_modes)  # TFDS float images are single-channel
+    return Img(mode, (mode,), hw, dtype)
+
+
+@st.composite
+def datasets(draw, backend: str):
+    """Returns ``(schema, rows)``; ``backend`` is "hf" (None values), "tfds", or "both" (no None)."""
+    nested = _nested_specs(backend)
+    kinds = st.one_of(nested, _image_specs(backend), _image_specs(backend, jpeg=True),
+                      st.sampled_from([8000, 16000]).map(Aud))
+    specs = draw(st.lists(st.one_of(nested, nested, kinds), min_size=1, max_size=4))
+    schema = {f"f{i}_{type(s).__name__.lower()}": s for i, s in enumerate(specs)}
+    n = draw(st.one_of(st.integers(1, 6), st.integers(1, 40)))
+    columns = {}
+    for i, (k, s) in enumerate(schema.items()):
+        values = _values(s, backend == "hf")
+        if backend == "hf" and i > 0 and draw(st.integers(0, 9)) == 0:  # a nullable column (rule 10)
+            values = st.one_of(values, st.none())
+        columns[k] = draw(st.lists(values, min_size=n, max_size=n))
+    return schema, [{k: columns[k][r] for k in schema} for r in range(n)]
+
+
+# ----------------------------------------------------------------------------- the schema's leaves
+
+
+@dataclasses.dataclass(frozen=True)
+class Leaf:
+    path: tuple[str, ...]
+    levels: tuple  # per axis after the batch axis: "R" ragged, a fixed size, or "C" image channels
+    base: Any
+
+    @property
+    def dotted(self) -> str:
+        return ".".join(self.path)
+
+    @property
+    def textual(self) -> bool:  # text and lists of strings pad to the longest row (rule 5/6)
+        return isinstance(self.base, (Str, Bin))
+
+
+def leaves(spec: Any, path: tuple = (), levels: tuple = ()) -> list[Leaf]:
+    """Returns the output leaves of a schema; levels are "R" (ragged), a fixed size, or "C" (channels)."""
+    if isinstance(spec, dict):
+        return [lf for k, s in spec.items() for lf in leaves(s, (k,), ())]
+    if isinstance(spec, Struct):
+        return [lf for k, s in spec.fields for lf in leaves(s, path + (k,), levels)]
+    if isinstance(spec, Seq):
+        return leaves(spec.inner, path, levels + ("R" if spec.length is None else spec.length,))
+    own = {Str: ("R",), Bin: ("R",), Aud: ("R",)}.get(type(spec), ())
+    if isinstance(spec, Array):
+        own = spec.shape
+    if isinstance(spec, Img):
+        own = (*spec.hw, "C")
+    return [Leaf(path, levels + tuple(own), spec)]
+
+
+def pluck(spec: Any, value: Any, path: tuple) -> Any:
+    """Returns the nested per-list values of the leaf at ``path`` inside ``value``."""
+    if value is None:
+        return None
+    if isinstance(spec, Struct):
+        return pluck(dict(spec.fields)[path[0]], value[path[0]], path[1:])
+    if isinstance(spec, Seq):
+        if isinstance(value, dict):  # TFDS gives a list of structs as a struct of lists
+            n = len(next(iter(value.values())))
+            value = [{k: v[i] for k, v in value.items()} for i in range(n)]
+        return [pluck(spec.inner, x, path) for x in value]
+    return value
+
+
+def _seq_depth(leaf: Leaf) -> int:
+    """Returns how many leading levels of ``leaf`` are lists (the rest belong to its base value)."""
+    own = {Str: 1, Bin: 1, Aud: 1, Img: 3}.get(type(leaf.base), len(getattr(leaf.base, "shape", ())))
+    return len(leaf.levels) - own
+
+
+class Rows:
+    """The reference rows of one split and, per leaf, what the rules make of them."""
+
+    def __init__(self, schema: dict, rows: list[dict]):
+        self.schema, self.rows, self.n = schema, rows, len(rows)
+        self.leaves = leaves(schema)
+        self.values = {lf.dotted: [pluck(schema[lf.path[0]], r[lf.path[0]], lf.path[1:]) for r in rows] for lf in self.leaves}
+        self.none_rows = {lf.dotted: [i for i, v in enumerate(self.values[lf.dotted]) if v is None] for lf in self.leaves}
+
+    def base_values(self, leaf: Leaf) -> list:
+        """Returns every base value of ``leaf`` in the split, flattened across its list levels."""
+        out, depth = [], _seq_depth(leaf)
+
+        def walk(v, d):
+            if v is None:
+                return
+            if d == 0:
+                out.append(v)
+            else:
+                for x in v:
+                    walk(x, d - 1)
+
+        for v in self.values[leaf.dotted]:
+            walk(v, depth)
+        return out
+
+    def needed(self, leaf: Leaf, image_mode: str | None = None) -> list[int]:
+        """Returns the longest length of each ragged level of ``leaf`` (0 for an empty level)."""
+        longest = [0] * len(leaf.levels)
+
+        def walk(v, k):
+            if k == len(leaf.levels) or v is None:
+                return
+            if k == _seq_depth(leaf):
+                v = base_array(leaf, v, image_mode or "L", False)
+                for j, d in enumerate(v.shape):
+                    longest[k + j] = max(longest[k + j], d)
+                return
+            longest[k] = max(longest[k], len(v))
+            for x in v:
+                walk(x, k + 1)
+
+        for v in self.values[leaf.dotted]:
+            walk(v, 0)
+        return [d for d, lv in zip(longest, leaf.levels) if lv == "R"]
+
+    def equal_lengths(self, leaf: Leaf) -> bool:
+        seen: dict[int, set] = {}
+
+        def walk(v, k):
+            if v is None or k == len(leaf.levels):
+                return
+            if k == _seq_depth(leaf):
+                shape = base_array(leaf, v, "L", False).shape
+                for j, d in enumerate(shape):
+                    seen.setdefault(k + j, set()).add(d)
+                return
+            seen.setdefault(k, set()).add(len(v))
+            for x in v:
+                walk(x, k + 1)
+
+        for v in self.values[leaf.dotted]:
+            walk(v, 0)
+        return all(len(s) <= 1 for s in seen.values())
+
+    def modes(self, leaf: Leaf) -> str:
+        """Returns the smallest mode holding every image of ``leaf`` (rule 7's promotion)."""
+        found = {_image_mode(v) for v in self.base_values(leaf)}
+        colour = bool(found & {"RGB", "RGBA"})
+        alpha = bool(found & {"LA", "RGBA"})
+        return ("RGB" if colour else "L") + ("A" if alpha else "")
+
+
+def _image_mode(v: Any) -> str:
+    if isinstance(v, Picture):
+        return v.mode
+    if hasattr(v, "mode"):
+        return v.mode
+    return {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[np.asarray(v).shape[-1]]
+
+
+def out_dtype(base: Any, x64: bool) -> np.dtype:
+    """Rule 3/4/6/7/8: the output dtype of a base value."""
+    if isinstance(base, Label):
+        return np.dtype(np.int32)
+    if isinstance(base, (Str, Bin)):
+        return np.dtype(np.uint8)
+    if isinstance(base, Aud):
+        return np.dtype(np.float32)
+    dt = np.dtype(base.dtype)
+    if not x64:
+        dt = {np.dtype(np.int64): np.int32, np.dtype(np.uint64): np.uint32, np.dtype(np.float64): np.float32}.get(dt, dt)
+    return np.dtype(dt)
+
+
+def base_array(leaf: Leaf, v: Any, image_mode: str, x64: bool) -> np.ndarray:
+    """Returns one base value as the rules convert it (before the output dtype cast)."""
+    b = leaf.base
+    if isinstance(b, (Str, Bin)):
+        data = v.encode() if isinstance(v, str) else bytes(v)
+        return np.frombuffer(data, np.uint8)
+    if isinstance(b, Aud):
+        if isinstance(v, dict):
+            v = decode_wav(v["bytes"])
+        return np.asarray(v, np.int16).astype(np.float32) / np.float32(32768)
+    if isinstance(b, Img):
+        mode = b.mode or image_mode
+        if isinstance(v, Picture):
+            v = v.pixels if b.dtype != "uint8" else decode_image(v.encoded, mode)
+        elif isinstance(v, (bytes, np.bytes_)):
+            v = decode_image(bytes(v), mode)
+        elif hasattr(v, "convert"):  # a PIL image from HF's reader
+            v = np.asarray(v.convert(mode) if v.mode != mode else v)
+        v = np.asarray(v)
+        return v[..., None] if v.ndim == 2 else v
+    if isinstance(b, Label):
+        return np.asarray(v, np.int64)
+    return np.asarray(v, np.dtype(b.dtype))
+
+
+def overflow_rows(rows: Rows, leaf: Leaf) -> list[int]:
+    """Rule 4: rows holding a value that does not fit the no-x64 dtype."""
+    if not isinstance(leaf.base, (Num, Array)) or leaf.base.dtype not in ("int64", "uint64", "float64"):
+        return []
+    bad = []
+    for i, v in enumerate(rows.values[leaf.dotted]):
+        flat = []
+        _flatten(v, flat)
+        a = np.asarray(flat, np.dtype(leaf.base.dtype)) if flat else np.zeros(0)
+        if leaf.base.dtype == "float64":
+            a = a[np.isfinite(a)]
+            hit = (np.abs(a) > np.finfo(np.float32).max).any()
+        else:
+            info = np.iinfo(np.int32 if leaf.base.dtype == "int64" else np.uint32)
+            hit = ((a < info.min) | (a > info.max)).any() if a.size else False
+        if hit:
+            bad.append(i)
+    return bad
+
+
+def _flatten(v: Any, out: list) -> None:
+    if v is None:
+        return
+    if isinstance(v, (list, tuple)) or (isinstance(v, np.ndarray) and v.ndim > 0):
+        for x in v:
+            _flatten(x, out)
+    else:
+        out.append(v)
+
+
+# ----------------------------------------------------------------------------- options and rules
+
+
+@dataclasses.dataclass
+class Options:
+    """The options a case loads with; the fixes that errors name are added here."""
+
+    max_length: dict = dataclasses.field(default_factory=dict)
+    image_mode: dict = dataclasses.field(default_factory=dict)
+    exclude_keys: list = dataclasses.field(default_factory=list)
+    x64: bool = False
+
+    def kwargs(self) -> dict:
+        kw = {"max_length": dict(self.max_length), "image_mode": dict(self.image_mode), "exclude_keys": list(self.exclude_keys)}
+        return {k: v for k, v in kw.items() if v}
+
+    def excluded(self, leaf: Leaf) -> bool:
+        return any(leaf.dotted == p or leaf.dotted.startswith(p + ".") for p in self.exclude_keys)
+
+
+@dataclasses.dataclass(frozen=True)
+class Issue:
+    """A reason the rules demand an error for a leaf, and the fix its message must name."""
+
+    rule: str
+    fix: str  # the option the message names: exclude_keys, jax_enable_x64, max_length, image_mode
+    rows: tuple[int, ...] = ()  # the global rows the message may name (rules 4 and 10)
+
+
+def issues(rows: Rows, leaf: Leaf, streaming: bool, opts: Options) -> list[Issue]:
+    """Returns why loading ``leaf`` with ``opts`` must raise (empty: it must load)."""
+    if opts.excluded(leaf):
+        return []
+    found = []
+    if rows.none_rows[leaf.dotted]:
+        found.append(Issue("rule 10 (None values raise)", "exclude_keys", tuple(rows.none_rows[leaf.dotted])))
+    bad = overflow_rows(rows, leaf)
+    if bad and not opts.x64:
+        found.append(Issue("rule 4 (64-bit value out of the 32-bit range)", "jax_enable_x64", tuple(bad)))
+    if "R" in leaf.levels and leaf.dotted not in opts.max_length:
+        if streaming:
+            found.append(Issue("rule 5 (streaming: every ragged leaf needs max_length)", "max_length"))
+        elif not leaf.textual and not rows.equal_lengths(leaf):
+            found.append(Issue("rule 5 (eager: ragged non-text rows of unequal length need max_length)", "max_length"))
+    if isinstance(leaf.base, Img) and leaf.base.mode is None and streaming and leaf.dotted not in opts.image_mode:
+        found.append(Issue("rule 7 (streaming: an image without a declared mode needs image_mode)", "image_mode"))
+    return found
+
+
+def fix_max_length(rows: Rows, leaf: Leaf) -> int | tuple[int, ...]:
+    need = tuple(max(1, d) for d in rows.needed(leaf, "RGBA"))
+    return need[0] if len(need) == 1 else need
+
+
+def _length_name(name: str, k: int) -> str:
+    return f"{name}_length" if k == 0 else f"{name}_length_{k}"
+
+
+def expected_leaves(rows: Rows, opts: Options, got: dict) -> dict[tuple, np.ndarray]:
+    """Returns ``{output path: array}`` the rules give for the split, length leaves included.
+
+    A level that is empty in every row may pad to 0 or 1 (``got`` says which was chosen).
+    """
+    out = {}
+    for leaf in rows.leaves:
+        if opts.excluded(leaf):
+            continue
+        mode = leaf.base.mode or opts.image_mode.get(leaf.dotted) or rows.modes(leaf) if isinstance(leaf.base, Img) else None
+        ml = opts.max_length.get(leaf.dotted)
+        ragged = list((ml,) if isinstance(ml, int) else ml) if ml is not None else rows.needed(leaf, mode)
+        dims, r = [], 0
+        shape = getattr(got.get(leaf.path), "shape", ())
+        for i, lv in enumerate(leaf.levels):
+            if lv == "R":
+                dims.append(ragged[r] or (1 if shape[i + 1:i + 2] == (1,) else 0))
+                r += 1
+            else:
+                dims.append(MODE_CHANNELS[mode] if lv == "C" else lv)
+        dt = out_dtype(leaf.base, opts.x64)
+        arr = np.zeros((rows.n, *dims), dt)
+        rpos = [i for i, lv in enumerate(leaf.levels) if lv == "R"]
+        lens = [np.zeros((rows.n, *dims[:p]), np.int32) for p in rpos]
+        depth = _seq_depth(leaf)
+
+        def fill(v, k, idx):
+            if k == depth:
+                a = base_array(leaf, v, mode, opts.x64).astype(dt)
+                for j, d in enumerate(a.shape):
+                    if leaf.levels[k + j] == "R":
+                        lens[rpos.index(k + j)][idx] = d
+                    if d > dims[k + j]:
+                        raise AssertionError(f"{leaf.dotted}: a value of shape {a.shape} does not fit the padded shape {dims[k:]}")
+                arr[idx + tuple(slice(0, d) for d in a.shape)] = a
+                return
+            if leaf.levels[k] == "R":
+                lens[rpos.index(k)][idx] = len(v)
+            for j, x in enumerate(v):
+                fill(x, k + 1, idx + (j,))
+
+        for i, v in enumerate(rows.values[leaf.dotted]):
+            fill(v, 0, (i,))
+        out[leaf.path] = arr
+        if ml is not None or leaf.textual or not rows.equal_lengths(leaf):
+            for k, a in enumerate(lens):
+                out[leaf.path[:-1] + (_length_name(leaf.path[-1], k),)] = a
+    return out
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _flat(tree: Any, prefix: tuple = ()) -> dict[tuple, Any]:
+    if isinstance(tree, dict):
+        return {p: v for k, sub in tree.items() for p, v in _flat(sub, prefix + (k,)).items()}
+    return {prefix: tree}
+
+
+@contextlib.contextmanager
+def _x64(on: bool):
+    old = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", on)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", old)
+
+
+def _chunk_option(config: type) -> str:
+    names = {f.name for f in dataclasses.fields(config)}
+    return next(n for n in ("chunk_size", "read_chunk_size") if n in names)
+
+
+CHUNK = 7  # several chunks per split, so nothing can be decided from the first one (rule 1)
+
+
+def from_tfds(name: str, data_dir: str, streaming: bool, **options: Any) -> Any:
+    """Returns ``dfn.from_tfds`` in the asked mode, through ``streaming=`` or the older ``eager=``."""
+    if "streaming" in inspect.signature(dfn.from_tfds).parameters:
+        return dfn.from_tfds(name, "train", data_dir=data_dir, streaming=streaming, **options)
+    return dfn.from_tfds(name, "train", data_dir=data_dir, eager=not streaming, **options)
+
+
+@dataclasses.dataclass(frozen=True)
+class Built:
+    """One generated split on disk in every form, with its reference rows per form."""
+
+    hf: dict | None
+    tfds: tuple[str, dict] | None
+    cache: str
+
+    def load(self, form: str, streaming: bool, opts: Options, **extra: Any) -> Any:
+        kw = {**opts.kwargs(), **extra}
+        if form in ("parquet", "disk"):
+            if streaming:
+                kw[_chunk_option(dfn.HFStreamingConfig)] = CHUNK
+            if form == "parquet":
+                return dfn.from_hf("parquet", "train", data_files=self.hf["parquet"], cache_dir=self.cache, streaming=streaming, **kw)
+            return dfn.from_hf(self.hf["disk"], "train", streaming=streaming, **kw)
+        if streaming:
+            kw[_chunk_option(dfn.TFDSStreamingConfig)] = CHUNK
+        return from_tfds(self.tfds[0], self.tfds[1][form], streaming, **kw)
+
+
+def read_split(state: Any, n: int, streaming: bool, shuffled: bool = False) -> dict[tuple, np.ndarray]:
+    """Returns the whole epoch as ``{path: array}`` and checks it against ``element_spec`` (rule 1)."""
+    try:
+        if streaming or shuffled:
+            _, batch = dfn.get_batch(state, n)
+        else:
+            batch = state.data
+        got = {p: np.asarray(v) for p, v in _flat(batch).items()}
+        spec = _flat(dfn.element_spec(state))
+    finally:
+        if hasattr(state, "close"):
+            state.close()
+    for p, a in got.items():
+        s = spec.get(p)
+        if s is None or tuple(s.shape) != a.shape[1:] or np.dtype(s.dtype) != a.dtype:
+            raise AssertionError(f"rule 1: leaf {'.'.join(p)} is {a.dtype}{a.shape[1:]} per record but element_spec says {s}")
+    return got
+
+
+def compare(got: dict, want: dict, where: str) -> None:
+    """Raises naming the first leaf whose shape, dtype or values differ."""
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    if missing or extra:
+        raise AssertionError(f"{where}: leaves missing {['.'.join(p) for p in missing]}, unexpected {['.'.join(p) for p in extra]} "
+                             f"(rules 5/6: <leaf>_length only for padded levels)")
+    for p, w in want.items():
+        g, name = got[p], ".".join(p)
+        if g.dtype != w.dtype or g.shape != w.shape:
+            raise AssertionError(f"{where}: leaf {name} is {g.dtype}{g.shape}, expected {w.dtype}{w.shape}")
+        if not np.array_equal(g, w, equal_nan=w.dtype.kind == "f"):
+            bad = np.argwhere(~((g == w) | ((g != g) & (w != w)) if w.dtype.kind == "f" else g == w))[0]
+            raise AssertionError(f"{where}: leaf {name} differs at {tuple(bad)}: got {g[tuple(bad)]!r}, expected {w[tuple(bad)]!r}")
+
+
+def _paths(rows: Rows) -> list[str]:
+    out = set()
+    for leaf in rows.leaves:
+        out.update(".".join(leaf.path[:i]) for i in range(1, len(leaf.path) + 1))
+    return sorted(out, key=len, reverse=True)
+
+
+def load_and_check(built: Built, rows: Rows, form: str, streaming: bool, opts: Options) -> tuple[Options, dict]:
+    """Returns the final options and leaves of one load that matched the rules, applying named fixes."""
+    where = f"{form} {'streaming' if streaming else 'eager'}"
+    opts = dataclasses.replace(opts, max_length=dict(opts.max_length), image_mode=dict(opts.image_mode),
+                               exclude_keys=list(opts.exclude_keys))
+    for _ in range(len(rows.leaves) + 4):
+        try:
+            with _x64(opts.x64):
+                got = read_split(built.load(form, streaming, opts), rows.n, streaming)
+        except (ValueError, TypeError) as err:
+            opts = _apply_fix(rows, streaming, opts, err, where)
+            continue
+        except AssertionError:
+            raise
+        except Exception as err:  # noqa: BLE001 (any other error is itself the finding)
+            raise AssertionError(f"{where}: {type(err).__name__} (not ValueError/TypeError): {err}") from err
+        for leaf in rows.leaves:
+            for issue in issues(rows, leaf, streaming, opts):
+                raise AssertionError(f"{where}: {issue.rule}: leaf {leaf.dotted} loaded without the error the rule demands")
+        compare(got, expected_leaves(rows, opts, got), f"{where} {opts.kwargs()} x64={opts.x64}")
+        return opts, got
+    raise AssertionError(f"{where}: still failing after applying every named fix; options {opts}")
+
+
+def _apply_fix(rows: Rows, streaming: bool, opts: Options, err: Exception, where: str) -> Options:
+    msg = str(err)
+    named = next((p for p in _paths(rows) if re.search(rf"(?<![\w.]){re.escape(p)}(?![\w])", msg)), None)
+    if named is None:
+        raise AssertionError(f"{where}: {type(err).__name__} names no field: {msg}") from err
+    under = [lf for lf in rows.leaves if lf.dotted == named or lf.dotted.startswith(named + ".")]
+    pending = [(lf, i) for lf in under for i in issues(rows, lf, streaming, opts)]
+    if not pending:
+        raise AssertionError(f"{where}: no rule demands an error for {named!r} with {opts.kwargs()}, got: {msg}") from err
+    usable = [(lf, i) for lf, i in pending if i.fix in msg]
+    if not usable:
+        raise AssertionError(f"{where}: {pending[0][1].rule} for {named!r}: the error names no fix "
+                             f"({sorted({i.fix for _, i in pending})}): {msg}") from err
+    leaf, issue = usable[0]
+    if issue.rows and not any(int(r) in issue.rows for r in re.findall(r"\brows?\D{0,4}(\d+)", msg)):
+        raise AssertionError(f"{where}: {issue.rule} for {named!r}: the error names none of the global rows {issue.rows}: {msg}") from err
+    if issue.fix == "jax_enable_x64":
+        opts.x64 = True
+    elif issue.fix == "exclude_keys":
+        opts.exclude_keys.append(leaf.path[0])  # the None is the whole top-level value
+    elif issue.fix == "image_mode":
+        opts.image_mode[leaf.dotted] = rows.modes(leaf)
+    else:
+        for lf, i in usable:
+            if i.fix == "max_length":
+                opts.max_length[lf.dotted] = fix_max_length(rows, lf)
+    return opts
+
+
+def check_permutation(built: Built, rows: Rows, form: str, streaming: bool, opts: Options, ordered: dict, seed: int) -> None:
+    """A shuffled epoch holds exactly the ordered epoch's records."""
+    with _x64(opts.x64):
+        got = read_split(built.load(form, streaming, opts, shuffle=True, seed=seed), rows.n, streaming, shuffled=True)
+
+    def records(tree):
+        keys = sorted(tree)
+        return sorted(b"|".join(tree[k][i].tobytes() for k in keys) for i in range(rows.n))
+
+    if sorted(got) != sorted(ordered) or records(got) != records(ordered):
+        raise AssertionError(f"{form} {'streaming' if streaming else 'eager'} shuffle=True seed={seed}: not a permutation of the ordered epoch")
+
+
+# ----------------------------------------------------------------------------- the backends' own readers
+
+
+def _plain(x: Any) -> Any:
+    """Returns a reader's value with ragged tensors as lists and nested dicts kept."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if hasattr(x, "to_list"):
+        return x.to_list()
+    return x
+
+
+def hf_reference(built: Built, schema: dict) -> list[dict]:
+    """Returns HF's python rows of the parquet file (images as PIL, audio left encoded)."""
+    import datasets as hd  # heavy backend
+
+    ds = hd.load_dataset("parquet", data_files=built.hf["parquet"], split="train", cache_dir=built.cache)
+    for k, s in schema.items():
+        if isinstance(s, Aud):  # HF's audio decoder needs torchcodec: read the WAV bytes with `wave`
+            ds = ds.cast_column(k, hd.Audio(sampling_rate=s.sampling_rate, decode=False))
+    return list(ds)
+
+
+def tfds_reference(built: Built, schema: dict, form: str) -> list[dict]:
+    """Returns ``tfds.as_numpy(tfds.load(...))`` (tfrecord) or ``tfds.data_source`` rows (array_record).
+
+    JPEG images stay encoded and PIL decodes them (rule 7: one JPEG decoder for every backend).
+    ``tfds.data_source`` decodes images with PIL, which cannot hold 16-bit colour, so its PNG
+    images are decoded by the feature's own TensorFlow decoder, as ``tfds.load`` does.
+    """
+    import tensorflow_datasets as tfds  # heavy backend
+
+    name, dirs = built.tfds
+    images = {k: s for k, s in schema.items() if isinstance(s, Img)}
+    skip = {k: tfds.decode.SkipDecoding() for k, s in images.items() if s.fmt == "jpeg" or form == "array_record"}
+    if form == "tfrecord":
+        return [_plain(r) for r in tfds.as_numpy(tfds.load(name, split="train", data_dir=dirs[form], decoders=skip or None))]
+    src = tfds.data_source(name, split="train", data_dir=dirs[form], decoders=skip or None)
+    features = tfds.builder(name, data_dir=dirs[form]).info.features
+    rows = [_plain(src[i]) for i in range(len(src))]
+    for r in rows:
+        for k, s in images.items():
+            if s.fmt == "png":
+                r[k] = features[k].decode_example(r[k]).numpy()
+    return rows
+
+
+# ----------------------------------------------------------------------------- the properties
+
+HF_FORMS = [("parquet", False), ("parquet", True), ("disk", False), ("disk", True)]
+TFDS_FORMS = [("tfrecord", False), ("tfrecord", True), ("array_record", False), ("array_record", True)]
+
+
+class Findings:
+    """Collects failing cases: raised at the end, or appended to ``DFN_FUZZ_REPORT``."""
+
+    def __init__(self, schema: dict, n: int):
+        self.head = f"schema {schema} rows {n}"
+        self.failures: list[str] = []
+
+    @contextlib.contextmanager
+    def case(self):
+        try:
+            yield
+        except AssertionError as err:
+            self.failures.append(str(err).splitlines()[0][:600])
+
+    def done(self) -> None:
+        if not self.failures:
+            return
+        text = "\n".join([self.head, *(f"  {f}" for f in self.failures)])
+        if REPORT:
+            with open(REPORT, "a") as f:
+                f.write(text + "\n")
+        else:
+            raise AssertionError(text)
+
+
+def _own_reader_case(backend: str, case: tuple) -> None:
+    (schema, rows), shuffled_form, seed = case
+    forms = HF_FORMS if backend == "hf" else TFDS_FORMS
+    findings = Findings(schema, len(rows))
+    with tempfile.TemporaryDirectory() as root:
+        if backend == "hf":
+            built = Built(build_hf(root, schema, rows), None, os.path.join(root, "cache"))
+            refs = dict.fromkeys(("parquet", "disk"), Rows(schema, hf_reference(built, schema)))
+        else:
+            built = Built(None, build_tfds(root, schema, rows), root)
+            refs = {form: Rows(schema, tfds_reference(built, schema, form)) for form in ("tfrecord", "array_record")}
+        for i, (form, streaming) in enumerate(forms):
+            with findings.case():
+                opts, got = load_and_check(built, refs[form], form, streaming, Options())
+                if i == shuffled_form:
+                    check_permutation(built, refs[form], form, streaming, opts, got, seed)
+    findings.done()
+
+
+def _same_data_case(case: tuple) -> None:
+    schema, rows = case
+    findings = Findings(schema, len(rows))
+    canonical = Rows(schema, rows)
+    # Options every form needs (rules 4, 5): the arrays must then be identical across backends.
+    opts = Options(max_length={lf.dotted: fix_max_length(canonical, lf) for lf in canonical.leaves if "R" in lf.levels},
+                   x64=any(overflow_rows(canonical, lf) for lf in canonical.leaves))
+    with tempfile.TemporaryDirectory() as root:
+        built = Built(build_hf(root, schema, rows), build_tfds(root, schema, rows), os.path.join(root, "cache"))
+        outputs = {}
+        for form, streaming in HF_FORMS + TFDS_FORMS:
+            with findings.case():
+                _, outputs[(form, streaming)] = load_and_check(built, canonical, form, streaming, opts)
+        first = next(iter(outputs), None)
+        for other in outputs:
+            with findings.case():
+                try:
+                    chex.assert_trees_all_equal(outputs[first], outputs[other])
+                except AssertionError as err:
+                    raise AssertionError(f"same data: {first} and {other} give different arrays: {str(err)[:300]}") from err
+    findings.done()
+
+
+def _run(request: Any, strategy: Any, body: Any, ci_examples: int) -> None:
+    long = "fuzz" in (request.config.getoption("markexpr") or "")
+    settings(_settings(ci_examples, long))(given(strategy)(body))()
+
+
+@pytest.mark.fuzz
+def test_hf_loads_equal_hf_rows(request):
+    _run(request, st.tuples(datasets("hf"), st.integers(0, 3), st.integers(0, 2**31 - 1)),
+         lambda case: _own_reader_case("hf", case), 110)
+
+
+@pytest.mark.fuzz
+def test_tfds_loads_equal_tfds_readers(request):
+    _run(request, st.tuples(datasets("tfds"), st.integers(0, 3), st.integers(0, 2**31 - 1)),
+         lambda case: _own_reader_case("tfds", case), 60)
+
+
+@pytest.mark.fuzz
+def test_same_data_gives_same_arrays_in_hf_and_tfds(request):
+    _run(request, datasets("both"), _same_data_case, 40)
