@@ -258,7 +258,7 @@ def build_tfds(root: str, schema: dict[str, Any], rows: list[dict], file_formats
     features = {k: tfds_feature(s) for k, s in schema.items()}
 
     def _info(self):
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features), disable_shuffling=True)
 
     def _split_generators(self, dl_manager):
         return {"train": self._generate_examples()}
@@ -270,7 +270,7 @@ def build_tfds(root: str, schema: dict[str, Any], rows: list[dict], file_formats
     cls = type(
         f"DfnFuzz{next(_names)}x{os.getpid()}",
         (tfds.core.GeneratorBasedBuilder,),
-        {"VERSION": tfds.core.Version("1.0.0"), "__module__": __name__, "_info": _info, "disable_shuffling": True,
+        {"VERSION": tfds.core.Version("1.0.0"), "__module__": __name__, "_info": _info,
          "_split_generators": _split_generators, "_generate_examples": _generate_examples},
     )
     dirs = {}
