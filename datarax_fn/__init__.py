@@ -26,7 +26,7 @@ from ._sharding import data_sharding as data_sharding, get_global_batch as get_g
 # --- conversion + hf (hf engineer) ---
 from ._convert import decode_text as decode_text
 from ._streaming import EndOfStream as EndOfStream, StreamingSource as StreamingSource
-from ._hf import (
+from ._loaders.hf import (
     HFEagerConfig as HFEagerConfig,
     HFEagerSource as HFEagerSource,
     HFStreamingConfig as HFStreamingConfig,
@@ -35,7 +35,7 @@ from ._hf import (
 )
 
 # --- tfds (tfds engineer) ---
-from ._tfds import (
+from ._loaders.tfds import (
     TFDSEagerConfig as TFDSEagerConfig,
     TFDSEagerSource as TFDSEagerSource,
     TFDSStreamingConfig as TFDSStreamingConfig,

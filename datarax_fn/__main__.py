@@ -63,7 +63,7 @@ def _open(args: argparse.Namespace) -> Any:
         return dfn.from_hf(args.name, streaming=True if args.streaming else None, **kwargs)
     if not hasattr(dfn, "from_tfds"):
         raise SystemExit("inspect tfds: this install has no TFDS backend (dfn.from_tfds); install datarax_fn[tfds].")
-    return dfn.from_tfds(args.name, eager=False if args.streaming else None, **kwargs)
+    return dfn.from_tfds(args.name, streaming=True if args.streaming else None, **kwargs)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:

@@ -1,0 +1,214 @@
+"""The Converter: every output dtype and shape decided at construction, then chunks converted."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from . import transform as tf
+from .columns import child, rows_of, slice_rows
+from .fields import all_paths, select
+from .plan import Leaf, Options, check_image_mode, check_leaves, check_max_length, plan
+from .rules import RULES
+
+_CHUNK = 4096  # rows per transform call when a whole split is converted at once
+
+
+@dataclasses.dataclass
+class _Context:
+    """What a rule may read beyond its column: threads, probed image shapes, the metadata."""
+
+    num_threads: int | None
+    image_shape: dict[str, tuple]
+    meta: dict[str, Any]
+
+
+def _get(tree: Mapping[str, Any], keys: tuple[str, ...], row0: int, path: str) -> Any:
+    col = tree[keys[0]]
+    for i, k in enumerate(keys[1:], 1):
+        col = child(col, k, ".".join(keys[:i]), row0)
+    return col
+
+
+def _put(tree: dict, keys: tuple[str, ...], value: Any) -> None:
+    for k in keys[:-1]:
+        tree = tree.setdefault(k, {})
+    tree[keys[-1]] = value
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False; got {value!r}.")
+    return bool(value)
+
+
+class Converter:
+    """Returns NumPy batches from backend columns, with every leaf's dtype and shape fixed now.
+
+    Arguments:
+      fields: the selected schema (``select(fields_from_hf(...), ...)``).
+      max_length: pad size of ragged levels: an int, or ``{dotted path: int or tuple of ints,
+        one per ragged level}``. Longer rows raise unless ``truncate``.
+      truncate: cut rows longer than ``max_length`` (text at a UTF-8 character boundary).
+      image_mode: 'L', 'LA', 'RGB', 'RGBA' (or 'I;16', 'I', 'F') for images whose feature
+        declares no channels; one for all or ``{path: mode}``.
+      transform: ``dict -> dict`` applied to each chunk in the user view, before the rules.
+      probe: a first chunk of columns; with ``transform`` its output fixes the output spec,
+        and in static mode it fixes image sizes the schema leaves open.
+      static: streaming: every shape must be known now (ragged leaves need ``max_length``).
+      num_threads: image decoding threads (None: up to 8).
+
+    Without ``static``, each call converts a whole split: text pads to its longest row and
+    undeclared image channels are promoted over all of its images.
+    """
+
+    def __init__(self, fields: Mapping[str, Any], *, max_length: Any = None, truncate: bool = False,
+                 image_mode: Any = None, transform: Callable[[dict], dict] | None = None, probe: Any = None,
+                 static: bool = False, num_threads: int | None = None):
+        if not isinstance(fields, Mapping) or not fields:
+            raise ValueError(f"Converter: fields must be a non-empty dict of fields; got {fields!r}.")
+        if transform is not None and not callable(transform):
+            raise TypeError(f"transform must be a function dict -> dict; got {type(transform).__name__}.")
+        if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or num_threads < 1):
+            raise ValueError(f"num_threads must be None or an int >= 1; got {num_threads!r}.")
+        self.fields = dict(fields)
+        self.transform = transform
+        self.static = _check_bool("static", static)
+        paths = all_paths(self.fields)
+        self.options = Options(
+            None if transform is not None else check_max_length(max_length, paths),  # else: the output's
+            _check_bool("truncate", truncate), check_image_mode(image_mode),
+            self.static and transform is None,  # a transform's input may stay ragged
+        )
+        self.num_threads = None if num_threads is None else int(num_threads)
+        self.leaves: list[Leaf] = plan(self.fields, self.options)
+        self.meta: dict[str, Any] = {
+            leaf.path: {"sampling_rate": leaf.field.sampling_rate} for leaf in self.leaves if leaf.kind == "audio"
+        }
+        self._ctx = _Context(self.num_threads, {}, self.meta)
+        self._out: Converter | None = None
+        if transform is not None:
+            self._build_output(probe, max_length, truncate)
+            return
+        check_leaves(self.leaves)
+        if self.static:
+            self._probe_images(probe)
+
+    def _build_output(self, probe: Any, max_length: Any, truncate: bool) -> None:
+        if probe is None:
+            raise ValueError("Converter: a transform needs probe= (a first chunk of columns) to fix the output spec.")
+        rows = rows_of(probe[next(iter(self.fields))])
+        out = self._apply(probe, 0)
+        if self.static and tf.out_rows(out) != rows:
+            raise ValueError(
+                f"transform changed the row count ({rows} rows in, {tf.out_rows(out)} out). Streaming "
+                "resumes by input row, so it needs one output row per input row; filter or expand "
+                "in an eager source, or after the batch."
+            )
+        self.out_fields = {k: tf.infer(v, k) for k, v in out.items()}
+        self._out = Converter(self.out_fields, max_length=max_length, truncate=truncate, probe=out if self.static else None,
+                              static=self.static, num_threads=self.num_threads)
+
+    def _probe_images(self, probe: Any) -> None:
+        for leaf in self.leaves:
+            if leaf.kind == "image" and None in leaf.dims[:2]:
+                if probe is None:
+                    raise ValueError(
+                        f"field {leaf.path!r}: the feature declares no image size; streaming needs probe= "
+                        "(a first chunk) to fix it, or a transform that resizes to one size."
+                    )
+                col = _get(probe, leaf.keys, 0, leaf.path)
+                first = RULES["image"](leaf, slice_rows(col, 0, 1), 0, False, self._ctx)[0]
+                self._ctx.image_shape[leaf.path] = first.shape[1:]
+
+    def _user(self, columns: Mapping[str, Any], row0: int) -> dict:
+        view: dict = {}
+        for leaf in self.leaves:
+            _put(view, leaf.keys, tf.user_column(leaf, _get(columns, leaf.keys, row0, leaf.path), row0, self._ctx))
+        return view
+
+    def _apply(self, columns: Mapping[str, Any], row0: int) -> dict:
+        out = self.transform(self._user(columns, row0))
+        if not isinstance(out, Mapping) or not out:
+            raise TypeError(f"transform must return a non-empty dict of columns; got {type(out).__name__}.")
+        return dict(out)
+
+    def _check_output(self, out: dict, row0: int, rows: int) -> None:
+        got = {k: tf.infer(v, k) for k, v in out.items()}
+        if got != self.out_fields:
+            diff = sorted(k for k in set(got) | set(self.out_fields) if got.get(k) != self.out_fields.get(k))
+            raise ValueError(
+                f"transform output field(s) {diff} at rows {row0}..{row0 + rows - 1} differ from the probe's "
+                f"({[self.out_fields.get(k) for k in diff]} vs {[got.get(k) for k in diff]}). The output spec is "
+                "fixed by the first chunk: return the same keys, dtypes and shapes every time (a list of arrays "
+                "for ragged rows, with max_length)."
+            )
+        if self.static and tf.out_rows(out) != rows:
+            raise ValueError(f"transform changed the row count at rows {row0}..{row0 + rows - 1}; streaming needs one output row per input row.")
+
+    def __call__(self, columns: Mapping[str, Any], row0: int = 0) -> dict[str, Any]:
+        """Returns the converted chunk: a dict (nested for structs) of NumPy arrays, batch axis first.
+
+        ``row0`` is the global row of the chunk's first row; errors name ``row0 + i``.
+        """
+        missing = [k for k in {leaf.keys[0] for leaf in self.leaves} if k not in columns]
+        if missing:
+            raise KeyError(f"Converter: fields {missing} have no column; columns are {sorted(columns)}.")
+        if self._out is not None:
+            return self._call_transform(columns, row0)
+        out: dict = {}
+        for leaf in self.leaves:
+            col = _get(columns, leaf.keys, row0, leaf.path)
+            arrays = RULES[leaf.kind](leaf, col, row0, self.options.truncate, self._ctx)
+            _put(out, leaf.keys, arrays[0])
+            for name, lengths in zip(leaf.length_keys(), arrays[1:]):
+                _put(out, (*leaf.keys[:-1], name), lengths)
+        return out
+
+    def _call_transform(self, columns: Mapping[str, Any], row0: int) -> dict[str, Any]:
+        n = rows_of(columns[self.leaves[0].keys[0]])
+        step = n if self.static else _CHUNK
+        parts = []
+        for lo in range(0, max(n, 1), max(step, 1)):
+            hi = min(lo + step, n)
+            chunk = {k: slice_rows(v, lo, hi) for k, v in columns.items()} if (lo, hi) != (0, n) else columns
+            out = self._apply(chunk, row0 + lo)
+            self._check_output(out, row0 + lo, hi - lo)
+            parts.append(out)
+        return self._out(tf.concat(parts), row0)
+
+    @property
+    def element_spec(self) -> dict[str, Any]:
+        """Returns one ``jax.ShapeDtypeStruct`` per output leaf, for ONE record.
+
+        Raises when a shape depends on the data (eager without ``max_length`` or a declared image size).
+        """
+        if self._out is not None:
+            return self._out.element_spec
+        import jax  # a hard dependency; only the spec needs it
+
+        spec: dict = {}
+        for leaf in self.leaves:
+            shape = self._ctx.image_shape.get(leaf.path, leaf.sizes) if leaf.kind == "image" else leaf.sizes
+            inner: tuple = ()
+            if leaf.kind == "audio":
+                ch = leaf.field.channels
+                inner = (ch,) if ch and ch > 1 else ()
+            if None in shape:
+                raise ValueError(
+                    f"field {leaf.path!r}: its shape {shape} depends on the data; pass max_length (or, for images, "
+                    "static=True with a probe), or read the spec from the converted arrays."
+                )
+            _put(spec, leaf.keys, jax.ShapeDtypeStruct((*shape, *inner), leaf.dtype))
+            for d, name in enumerate(leaf.length_keys()):
+                level = [i for i, r in enumerate(leaf.ragged) if r][d]
+                _put(spec, (*leaf.keys[:-1], name), jax.ShapeDtypeStruct(tuple(shape[:level]), np.int32))
+        return spec
+
+
+def converter_for(fields_or_conv: Any) -> Converter:
+    """Returns ``fields_or_conv`` as a Converter (a dict of fields gets the default options)."""
+    return fields_or_conv if isinstance(fields_or_conv, Converter) else Converter(select(fields_or_conv))

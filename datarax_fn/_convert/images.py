@@ -1,0 +1,199 @@
+"""Images: encoded bytes -> pixel arrays with the declared dtype and channel count.
+
+Decoding is in :mod:`.decoders`; here: reading encoded columns, channel modes, stacking.
+"""
+
+from __future__ import annotations
+
+import bisect
+import concurrent.futures as cf
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from . import decoders
+from .columns import arrow_bytes, is_arrow, null_error, plain_arrow
+from .memory import aligned_empty
+
+MODES = {"L": (1, "uint8"), "LA": (2, "uint8"), "RGB": (3, "uint8"), "RGBA": (4, "uint8"),
+         "I;16": (1, "uint16"), "I": (1, "int32"), "F": (1, "float32")}
+_CHANNEL_MODE = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+
+
+def _arrow_getter(arr: Any, name: str, base: int) -> Callable[[int], Any]:
+    import pyarrow as pa  # a dependency of datasets; only Arrow columns reach here
+
+    if isinstance(arr, pa.ExtensionArray):
+        arr = arr.storage
+    if arr.null_count:
+        raise null_error(name, base + int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0]))
+    if pa.types.is_struct(arr.type):
+        kids = dict(zip([f.name for f in arr.type], arr.flatten()))
+        raw, paths = kids.get("bytes"), kids.get("path")
+        has = ~raw.is_null().to_numpy(zero_copy_only=False) if raw is not None else np.zeros(len(arr), bool)
+        if raw is not None:
+            raw = arrow_bytes(raw.fill_null(b"") if raw.null_count else raw, name, [], base)
+        path_list = paths.to_pylist() if paths is not None and not has.all() else None
+    else:  # a plain binary column (TFDS encoded images)
+        raw, has, path_list = arrow_bytes(arr, name, [], base), np.ones(len(arr), bool), None
+    off = raw[0].tolist() if raw is not None else None
+    data = memoryview(raw[1]) if raw is not None else None
+
+    def get(i: int) -> Any:
+        if has[i]:
+            return data[off[i] : off[i + 1]]
+        if path_list is None or path_list[i] is None:
+            raise null_error(name, base + i)
+        return path_list[i]
+
+    return get
+
+
+def encoded(col: Any, name: str, row0: int) -> tuple[int, Callable[[int], Any]]:
+    """Returns ``(n, get(i))``; ``get`` gives encoded bytes, a path, a PIL image or an array."""
+    if is_arrow(col):
+        import pyarrow as pa  # a dependency of datasets; only Arrow columns reach here
+
+        if not isinstance(col, pa.ChunkedArray) or col.num_chunks <= 1:
+            return len(col), _arrow_getter(plain_arrow(col), name, row0)
+        # HF's cache files hold many small record batches: read them in place rather than
+        # combine_chunks(), which would copy every encoded image once more.
+        chunks = [c for c in col.chunks if len(c)]
+        starts = np.cumsum([0] + [len(c) for c in chunks]).tolist()
+        gets = [_arrow_getter(c, name, row0 + lo) for c, lo in zip(chunks, starts)]
+
+        def get_chunked(i: int) -> Any:
+            k = bisect.bisect_right(starts, i) - 1
+            return gets[k](i - starts[k])
+
+        return len(col), get_chunked
+
+    def get_py(i: int) -> Any:
+        v = col[i]
+        if isinstance(v, Mapping):
+            v = v.get("bytes") if v.get("bytes") is not None else v.get("path")
+        if v is None:
+            raise null_error(name, row0 + i)
+        return v
+
+    return len(col), get_py
+
+
+def decode(obj: Any, name: str, row: int) -> np.ndarray:
+    """Returns one image as an ``(H, W, C)`` array in its stored dtype and channels."""
+    if isinstance(obj, np.ndarray) or type(obj).__module__.startswith("jax"):
+        a = np.asarray(obj)
+        return a[:, :, None] if a.ndim == 2 else a
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        obj = bytes(obj)
+        a = decoders.decode_fast(obj)
+        if a is not None:
+            return a[:, :, None] if a.ndim == 2 else a
+    try:
+        a = decoders.decode_pil(obj)
+    except (OSError, ValueError, SyntaxError) as err:
+        raise ValueError(
+            f"field {name!r}: row {row} is not a readable image ({err}). Fix the file, or leave the "
+            f"field out with exclude_keys=[{name!r}]."
+        ) from err
+    return a[:, :, None] if a.ndim == 2 else a
+
+
+def decode_all(col: Any, name: str, row0: int, threads: int | None) -> list[np.ndarray]:
+    """Returns every image of a column decoded (in threads: PIL and zlib release the GIL)."""
+    n, get = encoded(col, name, row0)
+    workers = threads or min(8, os.cpu_count() or 1)
+    out: list[Any] = [None] * n
+
+    def work(lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            out[i] = decode(get(i), name, row0 + i)
+
+    block = max(64, n // (workers * 4) + 1)
+    spans = [(lo, min(lo + block, n)) for lo in range(0, n, block)]
+    if workers <= 1 or len(spans) <= 1:
+        for lo, hi in spans:
+            work(lo, hi)
+    else:
+        with cf.ThreadPoolExecutor(workers, thread_name_prefix="datarax_fn-decode") as pool:
+            for fut in [pool.submit(work, lo, hi) for lo, hi in spans]:
+                fut.result()
+    return out
+
+
+def promoted_mode(images: list[np.ndarray]) -> str:
+    """Returns the smallest mode holding every image losslessly: colour if any has colour,
+    alpha if any has alpha (so the result does not depend on the order of rows)."""
+    counts = {a.shape[2] for a in images}
+    colour = bool(counts & {3, 4})
+    alpha = bool(counts & {2, 4})
+    return {(False, False): "L", (False, True): "LA", (True, False): "RGB", (True, True): "RGBA"}[(colour, alpha)]
+
+
+def to_mode(a: np.ndarray, mode: str, name: str, row: int) -> np.ndarray:
+    """Returns image ``a`` in PIL mode ``mode``, exactly as ``PIL.Image.convert`` gives it."""
+    c, dtype = MODES[mode]
+    if a.shape[2] == c and a.dtype == np.dtype(dtype):
+        return a
+    if a.dtype != np.uint8 or dtype != "uint8":
+        raise ValueError(
+            f"field {name!r}: row {row} is a {a.dtype} image with {a.shape[2]} channels, the feature "
+            f"needs mode {mode!r} ({dtype}, {c} channels). Pass image_mode={{{name!r}: <its mode>}} "
+            f"(e.g. 'I;16' for 16-bit grey), or a transform that converts it."
+        )
+    have = a.shape[2]
+    if c > have and (have, c) != (2, 3):  # promotions: replicate grey, add an opaque alpha
+        grey, alpha = (a[:, :, :1], a[:, :, 1:2]) if have == 2 else (a, None)
+        colour = a[:, :, :3] if have >= 3 else np.repeat(grey, 3 if c >= 3 else 1, axis=2)
+        if c in (2, 4):
+            alpha = alpha if alpha is not None else np.full(a.shape[:2] + (1,), 255, np.uint8)
+            return np.concatenate([colour, alpha], axis=2)
+        return np.ascontiguousarray(colour)
+    from PIL import Image as PILImage  # heavy; reductions (e.g. RGB -> L) use PIL's own weights
+
+    src = a[:, :, 0] if have == 1 else a
+    out = np.asarray(PILImage.fromarray(src, _CHANNEL_MODE[have]).convert(mode))
+    return out[:, :, None] if out.ndim == 2 else out
+
+
+def stack(images: list[np.ndarray], mode: str | None, dtype: str, shape: tuple, name: str, row0: int) -> np.ndarray:
+    """Returns the images as one ``(N, H, W, C)`` array; ``mode`` None keeps each as decoded.
+
+    Images of different sizes raise (field, row, the two shapes, a resizing transform).
+    """
+    if mode is not None:
+        images = [to_mode(a, mode, name, row0 + i) for i, a in enumerate(images)]
+    want = np.dtype(dtype)
+    first = images[0].shape if images else tuple(d or 0 for d in shape)
+    for i, a in enumerate(images):
+        if a.dtype != want:
+            fix = f"pass image_mode={{{name!r}: 'I;16'}}" if a.shape[2] == 1 and a.dtype == np.uint16 else (
+                "pass a transform that converts it (it receives the decoded arrays)")
+            raise ValueError(
+                f"field {name!r}: row {row0 + i} is a {a.dtype} image with {a.shape[2]} channel(s), the feature "
+                f"declares {want}. To keep its values, {fix}; or leave it out with exclude_keys=[{name!r}]."
+            )
+        if a.shape != first or any(d is not None and d != s for d, s in zip(shape, a.shape)):
+            other = first if a.shape != first else tuple(shape)
+            raise ValueError(
+                f"field {name!r}: row {row0 + i} has shape {a.shape}, other images have {other}. Batches "
+                "need one shape; pass a transform that resizes, e.g. transform=lambda b: {**b, "
+                f"{name.split('.')[-1]!r}: np.stack([np.asarray(PIL.Image.fromarray(x.squeeze()).resize((W, H)))"
+                f".reshape(H, W, -1) for x in b[{name.split('.')[-1]!r}]])}}."
+            )
+    out = aligned_empty((len(images), *first), want)
+    for i, a in enumerate(images):
+        out[i] = a
+    return out
+
+
+def float_from_png(a: np.ndarray, name: str, row: int) -> np.ndarray:
+    """Returns the float32 ``(H, W, 1)`` image TFDS stored bit-cast as 4 uint8 channels."""
+    if a.dtype == np.float32:
+        return a
+    if a.dtype != np.uint8 or a.shape[2] != 4:
+        raise ValueError(f"field {name!r}: row {row} is a {a.dtype} image with {a.shape[2]} channels, not a float32 image "
+                         "stored as 4 uint8 channels (TFDS Image(dtype=float32)).")
+    return np.ascontiguousarray(a).view("<f4").astype(np.float32)

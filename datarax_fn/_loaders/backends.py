@@ -1,0 +1,298 @@
+"""The two streaming backend kinds that HF and TFDS parameterise, and the shared eager tail.
+
+* :class:`RandomAccessBackend` reads records by index (an Arrow map-style ``Dataset``, a
+  TFDS array_record data source). Epoch ``e`` visits ``permute(i, N, seed, e)``: the eager
+  source's order, and resume is O(1) at any position.
+* :class:`ReplayBackend` reads records in file order from a start row (an HF
+  ``IterableDataset``, TFDS tfrecord through ``tf.data``). Shuffling is a keyed bijection
+  within consecutive windows of ``shuffle_buffer_size`` records, computed here with NumPy, so
+  the order depends on ``(seed, epoch)`` alone, never on a backend's or TensorFlow's global
+  random state. Resume replays from the start of the position's window.
+
+A backend only supplies raw column chunks; conversion, the element spec and the fingerprint
+are shared here. Columns are dicts keyed by field name whose values are pyarrow arrays,
+NumPy arrays, Python lists, or dicts of those.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from .._eager import EagerSource, from_arrays
+from .._shuffle import epoch_seed, permute
+from .._streaming import StreamingSource, make_streaming
+from .. import _convert as cv
+from .config import conversion_options
+
+Columns = dict[str, Any]
+
+
+# ----------------------------------------------------------------------------- columns
+
+
+def _is_arrow(col: Any) -> bool:
+    return hasattr(col, "take") and hasattr(col, "slice") and not isinstance(col, np.ndarray)
+
+
+def num_rows(columns: Mapping[str, Any]) -> int:
+    """Returns the number of rows of a columns dict (its first leaf's length)."""
+    for v in columns.values():
+        return num_rows(v) if isinstance(v, Mapping) else len(v)
+    return 0
+
+
+def slice_rows(columns: Mapping[str, Any], lo: int, hi: int) -> Columns:
+    """Returns rows ``[lo, hi)`` of every column (Arrow slices and NumPy views: no copy)."""
+    out: Columns = {}
+    for k, v in columns.items():
+        if isinstance(v, Mapping):
+            out[k] = slice_rows(v, lo, hi)
+        elif _is_arrow(v):
+            out[k] = v.slice(lo, hi - lo)
+        else:
+            out[k] = v[lo:hi]
+    return out
+
+
+def take_rows(columns: Mapping[str, Any], idx: np.ndarray) -> Columns:
+    """Returns the rows ``idx`` of every column, in that order."""
+    out: Columns = {}
+    for k, v in columns.items():
+        if isinstance(v, Mapping):
+            out[k] = take_rows(v, idx)
+        elif _is_arrow(v):
+            out[k] = v.take(idx)
+        elif isinstance(v, np.ndarray):
+            out[k] = v[idx]
+        else:
+            out[k] = [v[i] for i in idx.tolist()]
+    return out
+
+
+def concat_rows(parts: list[Mapping[str, Any]]) -> Columns:
+    """Returns the row-wise concatenation of column dicts of the same structure."""
+    if len(parts) == 1:
+        return dict(parts[0])
+    out: Columns = {}
+    for k, v in parts[0].items():
+        vals = [p[k] for p in parts]
+        if isinstance(v, Mapping):
+            out[k] = concat_rows(vals)
+        elif _is_arrow(v):
+            import pyarrow as pa  # a dependency of both backends; only Arrow columns get here
+
+            out[k] = pa.chunked_array([c for x in vals for c in (x.chunks if hasattr(x, "chunks") else [x])])
+        elif isinstance(v, np.ndarray):
+            out[k] = np.concatenate(vals)
+        else:
+            out[k] = [x for part in vals for x in part]
+    return out
+
+
+def _windows(chunks: Iterable[Columns], size: int) -> Iterator[Columns]:
+    """Yields consecutive windows of exactly ``size`` rows (the last one may be shorter)."""
+    pending: list[Columns] = []
+    have = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        have += num_rows(chunk)
+        while have >= size:
+            joined = concat_rows(pending)
+            yield slice_rows(joined, 0, size)
+            have -= size
+            pending = [slice_rows(joined, size, size + have)] if have else []
+    if have:
+        yield concat_rows(pending)
+
+
+# ----------------------------------------------------------------------------- fingerprints
+
+
+def digest(value: Any) -> str:
+    """Returns a short stable hash of ``repr(value)``."""
+    return hashlib.blake2b(repr(value).encode(), digest_size=6).hexdigest()
+
+
+def file_stats(paths: Iterable[str]) -> list[tuple]:
+    """Returns ``(path, size, mtime_ns)`` of each local file (remote paths stay as they are)."""
+    out = []
+    for p in sorted(set(map(str, paths))):
+        try:
+            st = os.stat(p)
+            out.append((p, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((p,))
+    return out
+
+
+def _spec_summary(spec: Any) -> Any:
+    if isinstance(spec, Mapping):
+        return sorted((k, _spec_summary(v)) for k, v in spec.items())
+    return (tuple(spec.shape), str(spec.dtype))
+
+
+# ----------------------------------------------------------------------------- backend kinds
+
+
+class Backend:
+    """What both kinds share: converting raw chunks, the element spec, the fingerprint, ``info``.
+
+    ``fingerprint()`` is ``"data=...,order=...,schema=...,split=..."``: one short hash per
+    named part, so a mismatch shows which part differs; ``fingerprint_parts()`` gives the dict.
+    """
+
+    def __init__(self, conv: Any, n: int | None, data: Any, split: Any, info: Any, cfg: Any, order: Any):
+        self.conv, self.n, self.info, self.cfg = conv, n, info, cfg
+        self.chunk_size = cfg.chunk_size
+        self.shuffle = cfg.shuffle
+        self._parts = {
+            "data": digest(data),
+            "split": digest(str(split)),
+            "schema": digest((_spec_summary(conv.element_spec), cfg.max_length, cfg.truncate, cfg.image_mode)),
+            "order": digest(order),
+        }
+
+    def num_records(self) -> int | None:
+        return self.n
+
+    def element_spec(self) -> Any:
+        return self.conv.element_spec
+
+    def fingerprint_parts(self) -> dict[str, str]:
+        return dict(self._parts)
+
+    def fingerprint(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in sorted(self._parts.items()))
+
+    def convert(self, columns: Columns, row0: int) -> dict[str, np.ndarray]:
+        """Returns the converted chunk (a static Converter refuses a transform that changes the row count)."""
+        return self.conv(columns, row0)
+
+
+class RandomAccessBackend(Backend):
+    """Streams by random access: ``read(indices) -> columns`` over ``n`` records."""
+
+    def __init__(self, read: Callable[[np.ndarray], Columns], n: int, conv: Any, *, data: Any, split: Any,
+                 info: Any, cfg: Any):
+        super().__init__(conv, n, data, split, info, cfg, order=("random-access", cfg.shuffle))
+        self.read = read
+
+    def open(self, epoch: int, seed: int, start: int) -> Iterator[dict[str, np.ndarray]]:
+        n, step = self.n, self.chunk_size
+        for lo in range(start, n, step):
+            pos = np.arange(lo, min(lo + step, n))
+            yield self.convert(self.read(permute(pos, n, seed, epoch) if self.shuffle else pos), lo)
+
+
+class ReplayBackend(Backend):
+    """Streams in file order: ``read_from(start) -> iterator of column chunks`` from row ``start``.
+
+    Shuffled epochs permute each window of ``shuffle_buffer_size`` records with the keyed
+    bijection of ``(epoch_seed(seed, window), epoch)``; resume re-reads at most one window.
+    """
+
+    def __init__(self, read_from: Callable[[int], Iterator[Columns]], n: int | None, conv: Any, *, data: Any,
+                 split: Any, info: Any, cfg: Any):
+        window = cfg.shuffle_buffer_size if cfg.shuffle else None
+        super().__init__(conv, n, data, split, info, cfg, order=("window", window))
+        self.read_from, self.window = read_from, window
+
+    def open(self, epoch: int, seed: int, start: int) -> Iterator[dict[str, np.ndarray]]:
+        if not self.shuffle:
+            row = start
+            for cols in self.read_from(start):
+                for lo in range(0, num_rows(cols), self.chunk_size):
+                    part = slice_rows(cols, lo, lo + self.chunk_size)
+                    yield self.convert(part, row)
+                    row += num_rows(part)
+            return
+        w0 = start // self.window
+        for k, win in enumerate(_windows(self.read_from(w0 * self.window), self.window), w0):
+            w = num_rows(win)
+            order = permute(np.arange(w), w, epoch_seed(seed, k), epoch)
+            first = start - k * self.window if k == w0 else 0
+            for lo in range(first, w, self.chunk_size):
+                yield self.convert(take_rows(win, order[lo : lo + self.chunk_size]), k * self.window + lo)
+
+
+# ----------------------------------------------------------------------------- building states
+
+
+def select(fields: Mapping[str, Any], cfg: Any, schema: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Returns ``(selected fields, conversion options)``; per-field options of dropped features left out.
+
+    ``max_length`` / ``image_mode`` dicts may name features of ``schema`` (default ``fields``)
+    that the selection drops (one options dict for several selections); names of no feature at
+    all still reach the Converter, which rejects them.
+    """
+    selected = cv.select(fields, cfg.include_keys, cfg.exclude_keys)
+    every, kept = cv.read_paths(schema or fields), cv.read_paths(selected)
+
+    def names(paths: list[str], key: str) -> bool:
+        return any(p == key or p.startswith(key + ".") for p in paths)
+
+    opts = conversion_options(cfg)
+    for opt in ("max_length", "image_mode"):
+        value = opts[opt]
+        if isinstance(value, Mapping):
+            opts[opt] = {k: v for k, v in value.items() if names(kept, k) or not names(every, k)} or None
+    return selected, opts
+
+
+def converter(fields: Mapping[str, Any], opts: Mapping[str, Any], probe: Columns | None, static: bool) -> Any:
+    """Returns the conversion layer's ``Converter`` for the selected ``fields`` and options from :func:`select`."""
+    return cv.Converter(fields, probe=probe, static=static, **opts)
+
+
+def probe_of(columns: Columns, rows: int = 256) -> Columns:
+    """Returns the first rows of ``columns``: the probe that fixes a transform's output spec."""
+    return slice_rows(columns, 0, min(rows, num_rows(columns)))
+
+
+def empty_split_error(what: str, split: Any) -> ValueError:
+    return ValueError(f"{what}: split={str(split)!r} has no records; pick a split or slice that selects at least one.")
+
+
+def eager_source(columns: Columns, fields: Mapping[str, Any], opts: Mapping[str, Any], cfg: Any, *, name: str,
+                 info: Callable[[Mapping[str, Any]], Any]) -> EagerSource:
+    """Returns an ``EagerSource`` of the converted ``columns`` (the whole split); ``info(conv.meta)`` is its info."""
+    if not num_rows(columns):
+        raise empty_split_error(name, cfg.split)
+    n = num_rows(columns)
+    conv = converter(fields, opts, probe_of(columns), static=False)
+    bar = None
+    if cfg.progress or (cfg.progress is None and n >= 20_000 and any(isinstance(f, cv.Image) for f in fields.values())):
+        from tqdm.auto import tqdm  # optional display dependency, only when a bar is shown
+
+        bar = tqdm(total=n, desc=name, unit="rec", leave=False)
+    try:
+        arrays = conv(columns, 0)
+    finally:
+        if bar is not None:
+            bar.update(n)
+            bar.close()
+    # Without a transform every leaf is freshly converted (or copied off a foreign buffer by
+    # owned_arrays) and held nowhere else, so device_put may alias it instead of copying.
+    fresh = cfg.transform is None
+    if fresh:
+        arrays = cv.owned_arrays(arrays)
+    elif not num_rows(arrays):
+        raise ValueError(f"{name}: the transform returned no rows; an eager source needs at least one record.")
+    return from_arrays(arrays, shuffle=cfg.shuffle, seed=cfg.seed, name=name, info=info(conv.meta), copy=not fresh)
+
+
+def streaming_source(backend: Backend, cfg: Any, name: str) -> StreamingSource:
+    """Returns a ``StreamingSource`` at the start of ``backend``'s stream."""
+    return make_streaming(backend, shuffle=cfg.shuffle, seed=cfg.seed, name=name, num_epochs=cfg.num_epochs,
+                          prefetch=cfg.prefetch)
+
+
+__all__ = [
+    "Backend", "RandomAccessBackend", "ReplayBackend", "concat_rows", "converter", "digest", "eager_source", "probe_of",
+    "empty_split_error", "file_stats", "num_rows", "select", "slice_rows", "streaming_source", "take_rows",
+]

@@ -1,0 +1,383 @@
+"""Hugging Face ``datasets``: the HF configs and how an HF split parameterises the shared loader layer.
+
+A map-style ``Dataset`` (memory-mapped Arrow: ``save_to_disk`` folders, prepared data files,
+``Dataset`` objects) is a random-access backend; an ``IterableDataset`` (``streaming=True``
+on hub names and data files) is a replay backend. ``datasets`` is imported inside the
+functions that need it, so ``import datarax_fn`` stays light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import os
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from .. import _convert as cv
+from . import backends as bk
+from .config import (
+    LoaderConfig, StreamingOptions, check_mode, configs_from_options, data_files, decide, flag, mapping, option, text,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class HFEagerConfig(LoaderConfig):
+    """Returns a validated description of an HF split to load whole into device memory.
+
+    ``name`` is a hub name, a local folder of data files, a ``save_to_disk`` folder, or a
+    builder (``"parquet"``, ``"csv"``, ``"json"``) used with ``data_files``. The shared
+    options are those of every loader config (docs/hf.md lists them).
+
+    ```python
+    import datarax_fn as dfn
+    cfg = dfn.HFEagerConfig(name="parquet", split="train", data_files={"train": "x.parquet"})
+    ```
+    """
+
+    config_name: str | None = option(None, text, optional=True)
+    data_files: Any = option(None, data_files, optional=True)
+    revision: str | None = option(None, text, optional=True)
+    cache_dir: str | None = option(None, text, optional=True)
+    trust_remote_code: bool = option(False, flag)
+    download_kwargs: Mapping[str, Any] | None = option(None, mapping, optional=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class HFStreamingConfig(StreamingOptions, HFEagerConfig):
+    """Returns a validated description of an HF split to stream from the host.
+
+    Adds ``streaming=True`` (``False`` is an error: use ``HFEagerConfig``),
+    ``shuffle_buffer_size`` (the shuffle window for data files), ``prefetch``, ``chunk_size``
+    and ``num_epochs``. Ragged fields need ``max_length`` so that batch shapes are static.
+    """
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+_OFFLINE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _offline(enabled: bool):
+    """Makes ``datasets`` / ``huggingface_hub`` skip every network call inside the block."""
+    if not enabled:
+        yield
+        return
+    import datasets.config as dc
+    import huggingface_hub.constants as hc
+
+    with _OFFLINE_LOCK:
+        saved = (dc.HF_HUB_OFFLINE, hc.HF_HUB_OFFLINE, getattr(dc, "HF_DATASETS_OFFLINE", None))
+        dc.HF_HUB_OFFLINE = hc.HF_HUB_OFFLINE = True
+        if hasattr(dc, "HF_DATASETS_OFFLINE"):
+            dc.HF_DATASETS_OFFLINE = True
+        try:
+            yield
+        finally:
+            dc.HF_HUB_OFFLINE, hc.HF_HUB_OFFLINE = saved[0], saved[1]
+            if saved[2] is not None:
+                dc.HF_DATASETS_OFFLINE = saved[2]
+
+
+def _is_saved_folder(path: str) -> bool:
+    return os.path.isdir(path) and (
+        os.path.exists(os.path.join(path, "dataset_dict.json")) or os.path.exists(os.path.join(path, "state.json"))
+    )
+
+
+def _bounds(split: str, n: int | None, own: str | None, where: str) -> tuple[str, int, int | None]:
+    """Returns ``(split name, first row, end row or None)`` of a split expression such as ``train[5:20]``."""
+    import datasets as hd
+
+    try:
+        parts = hd.ReadInstruction.from_spec(split)._relative_instructions  # noqa: SLF001 (no public parser)
+    except (AssertionError, ValueError) as err:
+        raise ValueError(f"{where}: split={split!r} is not a split expression like 'train' or 'train[:10%]' ({err}).") from None
+    if len(parts) != 1:
+        raise ValueError(f"{where}: split={split!r} joins splits; {where} holds one split ({own!r}). Load each and concatenate.")
+    p = parts[0]
+    if own is not None and p.splitname != own:
+        raise ValueError(f"{where}: split={split!r} names {p.splitname!r}, but {where} holds split {own!r}.")
+    if p.from_ is None and p.to is None:
+        return p.splitname, 0, n
+    if n is None and (p.unit == "%" or (p.from_ or 0) < 0 or (p.to or 0) < 0):
+        raise ValueError(f"{where}: split={split!r} needs the split's size, which is unknown when streaming data "
+                         "files; use absolute bounds like 'train[:1000]', or streaming=False.")
+    if n is not None:
+        (a,) = hd.ReadInstruction.from_spec(split).to_absolute({p.splitname: n})
+        lo, hi = a.from_, a.to
+    else:
+        lo, hi = p.from_ or 0, p.to
+    if hi is not None and hi <= lo:
+        raise ValueError(f"{where}: split={split!r} selects no records (rows {lo} to {hi}); pick a non-empty slice.")
+    return p.splitname, lo, hi
+
+
+def _sliced(ds: Any, split: str, where: str) -> Any:
+    """Returns the rows of a map-style ``Dataset`` that ``split`` selects (its name must be the dataset's)."""
+    own = str(ds.split) if ds.split is not None else None
+    _, lo, hi = _bounds(split, len(ds), own, where)
+    if (lo, hi) != (0, len(ds)):
+        ds = ds.select(range(lo, hi))  # a contiguous range: HF slices the Arrow table, no index mapping
+    if not len(ds):
+        raise bk.empty_split_error(where, split)
+    return ds
+
+
+def _split_name(split: str) -> str:
+    """Returns the split name of a split expression (``"train"`` for ``"train[:10%]"``)."""
+    return split.split("[", 1)[0].strip()
+
+
+def _pick(dd: Any, split: str, where: str) -> Any:
+    """Returns the rows of ``split`` (slices too) from a ``DatasetDict``."""
+    base = _split_name(split)
+    if base not in dd:
+        raise ValueError(f"{where}: split={split!r} is not there; available splits are {list(dd)}.")
+    ds = dd[base]
+    return _sliced(ds, split, where) if ds.split is not None or "[" in split else ds
+
+
+def _load(cfg: HFEagerConfig, streaming: bool) -> Any:
+    """Returns the HF ``Dataset`` (or ``IterableDataset`` when streaming files) the config names."""
+    import datasets as hd
+
+    if _is_saved_folder(cfg.name):
+        where = f"the save_to_disk folder {cfg.name!r}"
+        ds = hd.load_from_disk(cfg.name)
+        return _pick(ds, cfg.split, where) if isinstance(ds, hd.DatasetDict) else _sliced(ds, cfg.split, where)
+    if cfg.trust_remote_code:
+        raise ValueError(
+            f"trust_remote_code=True: datasets {hd.__version__} no longer runs dataset scripts, so remote "
+            f"code cannot be trusted or run for {cfg.name!r}. Use a dataset with data files (parquet, csv, "
+            "json) or its parquet conversion (revision='refs/convert/parquet')."
+        )
+    base = cfg.split
+    if streaming:  # HF streams whole splits only: the slice is applied while reading
+        base = _split_name(cfg.split)
+    kwargs: dict[str, Any] = dict(name=cfg.config_name, split=base, data_dir=cfg.data_dir, data_files=cfg.data_files,
+                                  revision=cfg.revision, cache_dir=cfg.cache_dir, streaming=streaming)
+    if cfg.local_files_only:
+        kwargs["download_config"] = hd.DownloadConfig(local_files_only=True, cache_dir=cfg.cache_dir)
+    kwargs.update(cfg.download_kwargs or {})
+    with _offline(cfg.local_files_only):
+        ds = hd.load_dataset(cfg.name, **kwargs)
+    if isinstance(ds, (hd.DatasetDict, hd.IterableDatasetDict)):
+        if base not in ds:
+            raise ValueError(f"{cfg.name!r}: split={cfg.split!r} is not there; available splits are {list(ds)}.")
+        ds = ds[base]
+    if isinstance(ds, hd.Dataset) and not len(ds):
+        raise bk.empty_split_error(repr(cfg.name), cfg.split)
+    return ds
+
+
+# ----------------------------------------------------------------------------- schema and columns
+
+
+def _fields(ds: Any, cfg: HFEagerConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Returns ``(selected fields, conversion options)``; the input's ``with_format(columns=...)`` narrows them."""
+    features = ds.features
+    if features is None:  # some streamed json/csv sets resolve their schema lazily
+        features = ds._resolve_features().features  # noqa: SLF001
+    fmt = getattr(ds, "format", None) or {}
+    if fmt.get("type") == "custom":
+        raise ValueError(
+            "from_hf: the Dataset has a with_transform/set_transform formatting, which works on Python rows "
+            "and cannot run on Arrow chunks. Pass the function as transform= instead (it gets each chunk as "
+            "columns: images as arrays, text as str), or call ds.reset_format() first."
+        )
+    fields = cv.fields_from_hf(features)
+    shown = fmt.get("columns")
+    if shown is not None and not fmt.get("output_all_columns"):
+        fields = {k: f for k, f in fields.items() if k in shown}
+    return bk.select(fields, cfg)
+
+
+def _top(fields: Mapping[str, Any]) -> list[str]:
+    return list(dict.fromkeys(p.split(".")[0] for p in cv.read_paths(fields)))
+
+
+def _columns(table: Any) -> bk.Columns:
+    return {k: table.column(k) for k in table.column_names}
+
+
+def _info(info: Any, meta: Mapping[str, Any]) -> Any:
+    """Returns a copy of the DatasetInfo whose Audio features carry the decoded sampling rate."""
+    import datasets as hd
+
+    info = copy.deepcopy(info)
+    for key, m in meta.items():
+        f = info.features.get(key) if info.features is not None else None
+        if isinstance(f, hd.Audio) and f.sampling_rate is None and "sampling_rate" in m:
+            info.features[key] = hd.Audio(sampling_rate=m["sampling_rate"], decode=f.decode)
+    return info
+
+
+def _label(cfg: HFEagerConfig) -> str:
+    return f"hf:{cfg.name}/{cfg.split}"
+
+
+def _eager(ds: Any, cfg: HFEagerConfig) -> Any:
+    fields, opts = _fields(ds, cfg)
+    columns = _columns(ds.select_columns(_top(fields)).with_format("arrow")[:])
+    return bk.eager_source(columns, fields, opts, cfg, name=_label(cfg), info=lambda meta: _info(ds.info, meta))
+
+
+def _map_backend(ds: Any, fields: dict, opts: dict, cfg: HFStreamingConfig) -> bk.Backend:
+    arrow = ds.select_columns(_top(fields)).with_format("arrow")
+
+    def read(idx: np.ndarray) -> bk.Columns:
+        lo = int(idx[0])
+        contiguous = idx[-1] - lo == len(idx) - 1 and (len(idx) < 2 or bool((np.diff(idx) == 1).all()))
+        return _columns(arrow[lo : lo + len(idx)] if contiguous else arrow[idx.tolist()])
+
+    conv = bk.converter(fields, opts, read(np.arange(min(cfg.chunk_size, len(ds)))), static=True)
+    data = (ds._fingerprint, bk.file_stats(f["filename"] for f in ds.cache_files))  # noqa: SLF001
+    return bk.RandomAccessBackend(read, len(ds), conv, data=data, split=cfg.split, info=_info(ds.info, conv.meta), cfg=cfg)
+
+
+def _data_files(ds: Any) -> list[str]:
+    """Returns the files an ``IterableDataset`` reads (from its innermost examples iterable)."""
+    it, seen = getattr(ds, "_ex_iterable", None), 0
+    while it is not None and seen < 32:
+        files = (getattr(it, "kwargs", None) or {}).get("files")
+        if files is not None:
+            return [str(f) for f in files]
+        it, seen = getattr(it, "ex_iterable", None), seen + 1
+    return []
+
+
+def _replay_backend(ds: Any, fields: dict, opts: dict, cfg: HFStreamingConfig) -> bk.Backend:
+    where = repr(cfg.name)
+    splits = getattr(ds.info, "splits", None) or {}
+    known = splits.get(_split_name(cfg.split)) if splits else None
+    total = int(known.num_examples) if known is not None and known.num_examples else None
+    _, lo, hi = _bounds(cfg.split, total, None, where)
+    stream = ds.select_columns(_top(fields)).with_format("arrow")
+
+    def read_from(start: int, limit: int | None = None) -> Any:
+        skip, left = lo + start, (None if hi is None else hi - lo - start)
+        for table in stream.iter(batch_size=cfg.chunk_size):
+            if skip >= len(table):
+                skip -= len(table)
+                continue
+            if skip:
+                table, skip = table.slice(skip), 0
+            if left is not None:
+                table, left = table.slice(0, left), left - min(left, len(table))
+            if len(table):
+                yield _columns(table)
+            if left == 0:
+                return
+
+    probe = next(read_from(0), None)
+    if probe is None:
+        raise bk.empty_split_error(where, cfg.split)
+    conv = bk.converter(fields, opts, probe, static=True)
+    data = (cfg.name, cfg.config_name, cfg.revision, cfg.data_files, bk.file_stats(_data_files(ds)))
+    n = hi - lo if hi is not None else (None if total is None else total - lo)
+    return bk.ReplayBackend(read_from, n, conv, data=data, split=cfg.split, info=_info(ds.info, conv.meta), cfg=cfg)
+
+
+def _streaming(ds: Any, cfg: HFStreamingConfig) -> Any:
+    import datasets as hd
+
+    kind: Callable = _map_backend if isinstance(ds, hd.Dataset) else _replay_backend
+    return bk.streaming_source(kind(ds, *_fields(ds, cfg), cfg), cfg, _label(cfg))
+
+
+def HFEagerSource(config: HFEagerConfig) -> Any:  # noqa: N802 (the users' seed API name)
+    """Returns an ``EagerSource`` holding the whole HF split as device arrays.
+
+    ```python
+    import datasets, datarax_fn as dfn
+    ds = datasets.Dataset.from_dict({"x": [1.0, 2.0, 3.0], "y": [0, 1, 0]})
+    state = dfn.from_hf(ds)
+    state, batch = dfn.get_batch(state, 2)
+    assert batch["x"].tolist() == [1.0, 2.0]
+    ```
+    """
+    if not isinstance(config, HFEagerConfig) or config.streaming:
+        raise TypeError(f"HFEagerSource: expected an HFEagerConfig; got {type(config).__name__}.")
+    return _eager(_load(config, streaming=False), config)
+
+
+def HFStreamingSource(config: HFStreamingConfig) -> Any:  # noqa: N802 (the users' seed API name)
+    """Returns a ``StreamingSource`` that reads the HF split on the host, chunk by chunk.
+
+    Hub names and data files stream through ``load_dataset(..., streaming=True)`` (replay);
+    ``save_to_disk`` folders stream from their memory-mapped Arrow by random access (O(1) resume).
+    """
+    if not isinstance(config, HFStreamingConfig):
+        raise TypeError(f"HFStreamingSource: expected an HFStreamingConfig; got {type(config).__name__}.")
+    return _streaming(_load(config, streaming=True), config)
+
+
+def _estimate(ds: Any, cfg: HFEagerConfig) -> int:
+    fields, opts = _fields(ds, cfg)
+    columns = _columns(ds.select_columns(_top(fields)).with_format("arrow")[:])
+    return cv.estimate_nbytes(bk.converter(fields, opts, bk.probe_of(columns), static=False), columns)
+
+
+def from_hf(name: Any, split: str | None = None, *, streaming: bool | None = None, memory_budget: int | None = None,
+            **options: Any) -> Any:
+    """Returns an ``EagerSource`` or a ``StreamingSource`` for an HF split.
+
+    Arguments:
+      name: a hub name, a folder, a builder name with ``data_files=``, or a ``datasets.Dataset``
+        / ``DatasetDict`` / ``IterableDataset`` object.
+      split: a split expression (``"test"``, ``"train[:10%]"``, ``"train[5:20]"``); for a
+        ``Dataset`` object its own split (default: all of it).
+      streaming: ``True`` streams, ``False`` loads eagerly, ``None`` loads eagerly when the
+        decoded split fits ``memory_budget`` bytes (default: half the available memory).
+      **options: the ``HFStreamingConfig`` options.
+
+    Returns:
+      The state; the mode and why are logged on the ``"datarax_fn"`` logger.
+
+    ```python
+    import datasets, datarax_fn as dfn
+    ds = datasets.Dataset.from_dict({"text": ["a", "bc"], "label": [0, 1]})
+    state = dfn.from_hf(ds, streaming=False)
+    assert dfn.decode_text(state.data, "text") == ["a", "bc"]
+    ```
+    """
+    import datasets as hd
+
+    streaming, memory_budget = check_mode("from_hf", streaming, memory_budget)
+    obj = None
+    if not isinstance(name, (str, os.PathLike)):
+        obj, picked = name, isinstance(name, hd.DatasetDict)
+        if isinstance(obj, (hd.DatasetDict, hd.IterableDatasetDict)):
+            if split is None:
+                raise ValueError(f"from_hf: a DatasetDict needs split=; available splits are {list(obj)}.")
+            obj = _pick(obj, split, "the DatasetDict") if isinstance(obj, hd.DatasetDict) else obj[_split_name(split)]
+        if not isinstance(obj, (hd.Dataset, hd.IterableDataset)):
+            raise TypeError(f"from_hf: name must be a string or an HF Dataset; got {type(name).__name__}.")
+        name = obj.info.dataset_name if obj.info and obj.info.dataset_name else "dataset"
+        split = split or (str(obj.split) if obj.split else "train")
+        if isinstance(obj, hd.Dataset) and not picked:
+            obj = _sliced(obj, split, "the Dataset")
+    ecfg, scfg = configs_from_options(HFEagerConfig, HFStreamingConfig, "from_hf", name=name,
+                                      split="train" if split is None else split, **options)
+    if isinstance(obj, hd.IterableDataset):
+        if streaming is False:
+            raise ValueError("from_hf: an IterableDataset cannot load eagerly; pass a Dataset, or streaming=True.")
+        streaming = True
+    label = f"{ecfg.name}, {ecfg.split}"
+    if streaming:
+        decide("from_hf", label, True, memory_budget, lambda: None)
+        return _streaming(obj, scfg) if obj is not None else HFStreamingSource(scfg)
+    ds = obj if obj is not None else _load(ecfg, streaming=False)
+    if decide("from_hf", label, streaming, memory_budget, lambda: _estimate(ds, ecfg)):
+        return _streaming(ds, scfg)
+    return _eager(ds, ecfg)
+
+
+__all__ = ["HFEagerConfig", "HFStreamingConfig", "HFEagerSource", "HFStreamingSource", "from_hf"]

@@ -1,0 +1,490 @@
+"""TensorFlow Datasets: the TFDS configs and how a prepared TFDS split parameterises the shared loader layer.
+
+array_record splits are random-access backends (``tfds.data_source``; TensorFlow is never
+imported); tfrecord splits are replay backends (``tf.data``, read in file order and shuffled
+by the shared windowed bijection, so TensorFlow's global seed plays no part). Images and
+audio arrive encoded (``tfds.decode.SkipDecoding``), so the conversion layer decodes them the
+same way for every backend and file format; dropped features are skipped by the decoders.
+
+TensorFlow is imported lazily, only on the tf.data paths, and kept off GPUs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from .. import _convert as cv
+from . import backends as bk
+from .config import (
+    LoaderConfig, StreamingOptions, check_mode, configs_from_options, decide, flag, logger, mapping, option, positive,
+    text, validate,
+)
+
+_SHAPE = "__shape__"  # tf.data side leaf holding the true shape of a padded ragged feature
+
+
+def _tf() -> Any:
+    """Returns ``tensorflow``, imported on first use with GPUs hidden from it so JAX keeps them."""
+    first = "tensorflow" not in sys.modules
+    import tensorflow as tf  # heavy: only the tfrecord paths need it
+
+    if first or tf.config.get_visible_devices("GPU"):
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:  # TF was initialised by someone else: leave it, but say so
+            if tf.config.get_visible_devices("GPU"):
+                logger.warning("datarax_fn: TensorFlow was initialised with GPUs visible; it may reserve GPU "
+                               "memory. Call tf.config.set_visible_devices([], 'GPU') before using TensorFlow.")
+    return tf
+
+
+def _tfds() -> Any:
+    """Returns ``tensorflow_datasets`` (which does not import TensorFlow by itself)."""
+    if "tensorflow" in sys.modules:  # tfds may touch TF devices; make sure GPUs stay hidden
+        _tf()
+    import tensorflow_datasets as tfds  # heavy optional backend
+
+    return tfds
+
+
+def _split(v: Any) -> Any:
+    if isinstance(v, str):
+        return text(v)
+    if type(v).__name__ == "ReadInstruction":  # tfds.core.ReadInstruction, without importing tfds
+        return v
+    return text(v)  # raises the TypeError
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+@dataclasses.dataclass(frozen=True)
+class TFDSEagerConfig(LoaderConfig):
+    """Returns a validated config for :func:`TFDSEagerSource` (frozen; errors name the field).
+
+    Adds to the shared options: ``split`` may be a ``tfds.core.ReadInstruction``;
+    ``as_supervised`` keeps only the dataset's ``supervised_keys`` under their own names;
+    ``try_gcs`` / ``download`` allow the network (both off); ``download_and_prepare_kwargs``
+    and ``beam_num_workers`` tune preparing.
+    """
+
+    split: Any = option("train", _split)
+    as_supervised: bool = option(False, flag)
+    try_gcs: bool = option(False, flag)
+    download: bool = option(False, flag)
+    download_and_prepare_kwargs: Mapping[str, Any] | None = option(None, mapping, optional=True)
+    beam_num_workers: int = option(1, positive)
+
+    def __post_init__(self) -> None:
+        validate(self)
+        cls = type(self).__name__
+        if self.try_gcs and self.data_dir is not None:
+            raise ValueError(
+                f"{cls}: try_gcs and data_dir are exclusive (try_gcs reads gs://tfds-data/datasets); got "
+                f"try_gcs=True, data_dir={self.data_dir!r}. Drop one of them."
+            )
+        if self.local_files_only and (self.download or self.try_gcs):
+            raise ValueError(
+                f"{cls}: local_files_only=True forbids network access, but got download={self.download!r}, "
+                f"try_gcs={self.try_gcs!r}. Set those to False, or local_files_only=False."
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class TFDSStreamingConfig(StreamingOptions, TFDSEagerConfig):
+    """Returns a validated config for :func:`TFDSStreamingSource`: the shared streaming options added."""
+
+
+# ----------------------------------------------------------------------------- builder and plan
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What a config resolves to: the builder, the selected fields and how to read them."""
+
+    builder: Any
+    fields: dict[str, Any]  # selected conversion fields
+    opts: dict[str, Any]  # conversion options for them
+    keep: frozenset[str]  # their dotted leaf paths
+    array_record: bool  # random access through tfds.data_source (no TensorFlow)
+    n: int  # records of the split (slices applied)
+
+
+@contextlib.contextmanager
+def _no_download_retries() -> Iterator[None]:
+    """Makes a user-requested download fail fast instead of retrying for minutes."""
+    from tensorflow_datasets.core.download import downloader
+
+    old = downloader.MAX_RETRIES
+    downloader.MAX_RETRIES = 0
+    try:
+        yield
+    finally:
+        downloader.MAX_RETRIES = old
+
+
+def _open_builder(cfg: TFDSEagerConfig) -> Any:
+    tfds = _tfds()
+    try:
+        builder = tfds.builder(cfg.name, data_dir=cfg.data_dir, try_gcs=bool(cfg.try_gcs))
+    except tfds.core.registered.DatasetNotFoundError as err:
+        raise ValueError(
+            f"name={cfg.name!r}: TFDS has no such dataset in its catalog or in data_dir={cfg.data_dir!r}. "
+            "Check the spelling (tfds.list_builders(with_community_datasets=False) lists the catalog "
+            "offline), or point data_dir at a folder holding a prepared copy."
+        ) from err
+    if cfg.download:
+        kwargs = dict(cfg.download_and_prepare_kwargs or {})
+        if "download_config" not in kwargs:
+            kwargs["download_config"] = tfds.download.DownloadConfig(
+                try_download_gcs=bool(cfg.try_gcs), beam_options=_beam_options(cfg.beam_num_workers))
+        with _no_download_retries():
+            builder.download_and_prepare(**kwargs)
+    return builder
+
+
+def _beam_options(workers: int) -> Any:
+    if workers == 1:
+        return None
+    try:
+        from apache_beam.options.pipeline_options import PipelineOptions  # only to prepare Beam datasets
+    except ImportError as err:
+        raise ImportError(f"beam_num_workers={workers} needs apache_beam to prepare the dataset; install "
+                          "apache-beam or set beam_num_workers=1.") from err
+    return PipelineOptions(flags=[f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"])
+
+
+def _not_prepared(cfg: TFDSEagerConfig, builder: Any, err: Exception) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"TFDS dataset name={cfg.name!r} is not prepared under data_dir={str(builder.data_dir)!r}, and "
+        f"download={cfg.download!r}. Prepare it once (builder.download_and_prepare() or `tfds build`), "
+        "point data_dir at a prepared copy, or pass download=True (network)."
+        f" TFDS said: {str(err).splitlines()[0]}"
+    )
+
+
+def _split_size(info: Any, cfg: TFDSEagerConfig) -> int | None:
+    """Returns the records the split expression selects; raises for an empty or reversed slice."""
+    if not info.splits:  # not prepared (the reader says so), or catalog metadata under mock_data
+        return None
+    try:
+        n = int(info.splits[cfg.split].num_examples)
+    except KeyError as err:
+        raise ValueError(f"{cfg.name!r}: split={str(cfg.split)!r} is not there; available splits are "
+                         f"{list(info.splits)}.") from err
+    except Exception:  # e.g. catalog metadata under mock_data: the reader counts the records
+        return None
+    if n <= 0 and info.splits.total_num_examples:
+        raise bk.empty_split_error(repr(cfg.name), cfg.split)
+    return n or None
+
+
+def _plan(cfg: TFDSEagerConfig) -> _Plan:
+    builder = _open_builder(cfg)
+    info = builder.info
+    features = info.features
+    fields = schema = cv.fields_from_tfds(features)
+    if cfg.as_supervised:
+        sk = info.supervised_keys
+        if not sk or not all(isinstance(k, str) for k in sk):
+            raise ValueError(
+                f"as_supervised=True but TFDS dataset {cfg.name!r} declares {'nested ' if sk else 'no '}supervised_keys "
+                f"{sk!r}; set as_supervised=False and pick features with include_keys (available: {list(fields)})."
+            )
+        fields = {k: fields[k] for k in sk if k in fields}
+    fields, opts = bk.select(fields, cfg, schema)
+    fmt = getattr(info.file_format, "value", info.file_format)
+    return _Plan(builder, fields, opts, frozenset(cv.read_paths(fields)), fmt in ("array_record", "parquet"),
+                 _split_size(info, cfg) or 0)
+
+
+def _walk_features(features: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """Yields ``(dotted path, parent dict path tuple, feature)`` for every leaf feature."""
+    F = _tfds().features
+    for k, f in features.items():
+        path = f"{prefix}{k}"
+        inner = f.feature if isinstance(f, F.Sequence) else f
+        if isinstance(inner, F.FeaturesDict):
+            yield from _walk_features(inner, f"{path}.")
+        else:
+            yield path, f, inner
+
+
+def _decoders(plan: _Plan, partial: bool) -> Any:
+    """Returns TFDS decoders: images and audio stay encoded; dropped features are skipped.
+
+    ``partial`` (tf.data) reads only the kept features (``PartialDecoding``); the data source
+    has no partial parse, so it skips decoding the dropped ones instead.
+    """
+    tfds = _tfds()
+    F = tfds.features
+    keep_tree: dict = {}
+    skip_tree: dict = {}
+    for path, feature, inner in _walk_features(plan.builder.info.features):
+        kept = path in plan.keep or any(path.startswith(p + ".") or p.startswith(path + ".") for p in plan.keep)
+        encoded = isinstance(inner, (F.Image, F.Audio))
+        node_k, node_s, parts = keep_tree, skip_tree, path.split(".")
+        for part in parts[:-1]:
+            node_k, node_s = node_k.setdefault(part, {}), node_s.setdefault(part, {})
+        if kept:
+            node_k[parts[-1]] = True
+        if encoded and (kept or not partial):  # the data source skips only these; other dropped ones decode cheaply
+            node_s[parts[-1]] = tfds.decode.SkipDecoding()
+    skip_tree = _prune(skip_tree)
+    if partial:
+        return tfds.decode.PartialDecoding(keep_tree, decoders=skip_tree or None)
+    return skip_tree or None
+
+
+def _prune(tree: dict) -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            v = _prune(v)
+            if not v:
+                continue
+        out[k] = v
+    return out
+
+
+def _data_fingerprint(plan: _Plan) -> Any:
+    info = plan.builder.info
+    splits = {str(k): (list(s.shard_lengths), int(s.num_bytes)) for k, s in info.splits.items()}
+    files = [os.path.join(str(plan.builder.data_dir), f) for f in _listdir(str(plan.builder.data_dir))]
+    return (info.full_name, str(info.file_format), splits, getattr(info, "download_checksums", None), bk.file_stats(files))
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
+
+
+# ----------------------------------------------------------------------------- reading columns
+
+
+def _data_source(plan: _Plan, cfg: TFDSEagerConfig) -> Any:
+    """Returns the random-access ``tfds.data_source`` of the split (no TensorFlow)."""
+    try:
+        return plan.builder.as_data_source(split=cfg.split, decoders=_decoders(plan, partial=False))
+    except AssertionError as err:
+        raise _not_prepared(cfg, plan.builder, err) from err
+
+
+def _column(values: list) -> Any:
+    """Returns one column from per-record values: stacked when they share a shape, else a list."""
+    first = values[0]
+    if isinstance(first, Mapping):
+        return {k: _column([v[k] for v in values]) for k in first}
+    if isinstance(first, (bytes, str)):
+        return np.array(values, dtype=object)
+    arrays = [np.asarray(v) for v in values]
+    if arrays[0].dtype.kind not in "OSU" and all(a.shape == arrays[0].shape for a in arrays):
+        return np.stack(arrays)
+    # Ragged rows: an empty row carries no dtype of its own (NumPy makes it float64).
+    dtype = next((a.dtype for a in arrays if a.size), arrays[0].dtype)
+    return [a if a.size else a.astype(dtype) for a in arrays]
+
+
+def _rows_to_columns(rows: list[dict], plan: _Plan) -> bk.Columns:
+    return _only(_column(rows), plan.fields)
+
+
+def _only(columns: Mapping[str, Any], fields: Mapping[str, Any]) -> bk.Columns:
+    """Returns the columns of the selected fields (dropped, skipped features are left out)."""
+    out = {}
+    for k, f in fields.items():
+        sub = getattr(f, "fields", None)
+        out[k] = _only(columns[k], sub) if isinstance(sub, Mapping) and isinstance(columns[k], Mapping) else columns[k]
+    return out
+
+
+def _tf_dataset(plan: _Plan, cfg: TFDSEagerConfig, one_shot: bool = False) -> Any:
+    """Returns the split as an unbatched ``tf.data.Dataset`` of the kept features, in file order."""
+    _tf()
+    tfds = _tfds()
+    read_config = tfds.ReadConfig(try_autocache=False, skip_prefetch=not one_shot)
+    try:
+        return plan.builder.as_dataset(split=cfg.split, shuffle_files=False, decoders=_decoders(plan, partial=True),
+                                       read_config=read_config)
+    except AssertionError as err:
+        raise _not_prepared(cfg, plan.builder, err) from err
+
+
+def _flatten(tree: Mapping[str, Any], prefix: tuple = ()) -> list[tuple[tuple, Any]]:
+    out = []
+    for k, v in tree.items():
+        out += _flatten(v, (*prefix, k)) if isinstance(v, Mapping) else [((*prefix, k), v)]
+    return out
+
+
+def _batched(ds: Any, size: int) -> Any:
+    """Returns ``ds`` batched; leaves of unknown shape are padded and their true shapes ride along."""
+    tf = _tf()
+    ragged = [p for p, s in _flatten(ds.element_spec) if isinstance(s, tf.TensorSpec) and not s.shape.is_fully_defined()]
+    if not ragged:
+        return ds.batch(size)
+
+    def with_shapes(ex):
+        shapes = {"/".join(p): tf.shape(_get(ex, p)) for p in ragged}
+        return {**ex, _SHAPE: shapes}
+
+    return ds.map(with_shapes).padded_batch(size)
+
+
+def _get(tree: Any, path: tuple) -> Any:
+    for k in path:
+        tree = tree[k]
+    return tree
+
+
+def _to_numpy(x: Any) -> Any:
+    """Returns a host NumPy value of a CPU tensor (DLPack where it applies); ragged ones as row lists."""
+    if hasattr(x, "to_list") and hasattr(x, "row_splits"):  # a tf.RaggedTensor (a nested Sequence)
+        return [np.asarray(r) if not isinstance(r, list) else r for r in x.to_list()]
+    if x.dtype.is_numeric or x.dtype.is_bool:
+        try:
+            return np.from_dlpack(x)
+        except (TypeError, BufferError, RuntimeError):
+            pass
+    return x.numpy()
+
+
+def _tf_columns(batch: Mapping[str, Any], plan: _Plan) -> bk.Columns:
+    """Returns host columns of a tf batch; padded leaves become lists of their true rows."""
+    shapes = batch.get(_SHAPE, {})
+    out: dict[str, Any] = {}
+    for path, t in _flatten({k: v for k, v in batch.items() if k != _SHAPE}):
+        node = out
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        value = _to_numpy(t)
+        sizes = shapes.get("/".join(path))
+        if sizes is not None:
+            sizes = _to_numpy(sizes)
+            value = [value[i][tuple(slice(0, int(d)) for d in sizes[i])] for i in range(len(sizes))]
+        node[path[-1]] = value
+    return _only(out, plan.fields)
+
+
+def _read_all(plan: _Plan, cfg: TFDSEagerConfig) -> bk.Columns:
+    """Returns the whole split as host columns (images and audio still encoded)."""
+    if plan.array_record:
+        source = _data_source(plan, cfg)
+        rows = [r for lo in range(0, len(source), 16_384)
+                for r in source.__getitems__(list(range(lo, min(lo + 16_384, len(source)))))]
+        return _rows_to_columns(rows, plan) if rows else {}
+    ds = _tf_dataset(plan, cfg, one_shot=True)
+    n = int(ds.cardinality())
+    chunks = [_tf_columns(b, plan) for b in _batched(ds, n if n > 0 else 8192)]
+    return bk.concat_rows(chunks) if chunks else {}
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def _label(cfg: TFDSEagerConfig) -> str:
+    return f"tfds:{cfg.name}:{cfg.split}"
+
+
+def TFDSEagerSource(config: TFDSEagerConfig) -> Any:  # noqa: N802 (the users' seed API name)
+    """Returns an ``EagerSource`` holding the whole split, converted and moved to the device once.
+
+    tfrecord splits are read as one whole-split batch through ``tf.data``; array_record splits
+    through batched ``tfds.data_source`` access (TensorFlow is not imported).
+    ``dataset_info(state)`` gives the TFDS ``DatasetInfo``.
+    """
+    if not isinstance(config, TFDSEagerConfig) or config.streaming:
+        raise TypeError(f"TFDSEagerSource needs a TFDSEagerConfig; got {type(config).__name__}.")
+    return _eager(_plan(config), config)
+
+
+def _eager(plan: _Plan, cfg: TFDSEagerConfig, columns: bk.Columns | None = None) -> Any:
+    columns = _read_all(plan, cfg) if columns is None else columns
+    return bk.eager_source(columns, plan.fields, plan.opts, cfg, name=_label(cfg), info=lambda meta: plan.builder.info)
+
+
+def _backend(plan: _Plan, cfg: TFDSStreamingConfig) -> bk.Backend:
+    data, info = _data_fingerprint(plan), plan.builder.info
+    if plan.array_record:
+        source = _data_source(plan, cfg)
+        n = len(source)
+        if not n:
+            raise bk.empty_split_error(repr(cfg.name), cfg.split)
+
+        def read(idx: np.ndarray) -> bk.Columns:
+            return _rows_to_columns(source.__getitems__(idx.tolist()), plan)
+
+        conv = bk.converter(plan.fields, plan.opts, read(np.arange(min(n, cfg.chunk_size))), static=True)
+        return bk.RandomAccessBackend(read, n, conv, data=data, split=cfg.split, info=info, cfg=cfg)
+
+    base = _tf_dataset(plan, cfg)
+    card = int(base.cardinality())
+
+    def read_from(start: int) -> Iterator[bk.Columns]:
+        for batch in _batched(base.skip(start) if start else base, cfg.chunk_size):
+            yield _tf_columns(batch, plan)
+
+    probe = next(read_from(0), None)
+    if probe is None:
+        raise bk.empty_split_error(repr(cfg.name), cfg.split)
+    conv = bk.converter(plan.fields, plan.opts, probe, static=True)
+    n = card if card > 0 else (plan.n or None)
+    return bk.ReplayBackend(read_from, n, conv, data=data, split=cfg.split, info=info, cfg=cfg)
+
+
+def TFDSStreamingSource(config: TFDSStreamingConfig) -> Any:  # noqa: N802 (the users' seed API name)
+    """Returns a ``StreamingSource`` reading the split chunk by chunk on the host.
+
+    array_record splits read by random access in the eager source's keyed order (O(1)
+    resume); tfrecord splits read through ``tf.data`` in file order, shuffled within windows
+    of ``shuffle_buffer_size`` records (resume re-reads at most one window after a ``skip``).
+    """
+    if not isinstance(config, TFDSStreamingConfig):
+        raise TypeError(f"TFDSStreamingSource needs a TFDSStreamingConfig; got {type(config).__name__}.")
+    return bk.streaming_source(_backend(_plan(config), config), config, _label(config))
+
+
+def from_tfds(name: str, split: Any = "train", *, streaming: bool | None = None, memory_budget: int | None = None,
+              **options: Any) -> Any:
+    """Returns an ``EagerSource`` when the split fits the memory budget, else a ``StreamingSource``.
+
+    Arguments:
+      name: the TFDS dataset, e.g. ``"mnist"``.
+      split: a split expression (``"train[:10%]"``, ``"train+test"``) or a ``tfds.core.ReadInstruction``.
+      streaming: ``True`` streams, ``False`` loads eagerly, ``None`` decides from the split's
+        decoded size (read from the data) against ``memory_budget`` bytes (default: half the
+        available memory), as ``from_hf`` does.
+      **options: the ``TFDSStreamingConfig`` options.
+
+    Returns:
+      The state; the mode and why are logged on the ``"datarax_fn"`` logger.
+    """
+    streaming, memory_budget = check_mode("from_tfds", streaming, memory_budget)
+    ecfg, scfg = configs_from_options(TFDSEagerConfig, TFDSStreamingConfig, "from_tfds", name=name, split=split,
+                                      **options)
+    if streaming:
+        decide("from_tfds", f"{name}, {split}", True, memory_budget, lambda: None)
+        return TFDSStreamingSource(scfg)
+    plan = _plan(ecfg)
+    read: list = []
+
+    def estimate() -> int:
+        read.append(_read_all(plan, ecfg))
+        return cv.estimate_nbytes(bk.converter(plan.fields, plan.opts, bk.probe_of(read[0]), static=False), read[0])
+
+    if decide("from_tfds", f"{name}, {split}", streaming, memory_budget, estimate):
+        read.clear()
+        return bk.streaming_source(_backend(plan, scfg), scfg, _label(scfg))
+    return _eager(plan, ecfg, read[0] if read else None)
+
+
+__all__ = ["TFDSEagerConfig", "TFDSEagerSource", "TFDSStreamingConfig", "TFDSStreamingSource", "from_tfds"]

@@ -1,0 +1,251 @@
+"""Images: declared dtype and channels, order-independent promotion, one decoder for every backend."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import datasets as hd
+import numpy as np
+import PIL.Image
+import pytest
+from convert_helpers import arrow_columns, convert, hf_convert, hf_dataset
+from hf_fixtures import png
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from datarax_fn import _convert as cv
+from datarax_fn._convert import decoders, images
+
+RNG = np.random.default_rng(0)
+GREY = RNG.integers(0, 256, (6, 5), dtype=np.uint8)
+RGB = RNG.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+RGBA = RNG.integers(0, 256, (6, 5, 4), dtype=np.uint8)
+LA = RNG.integers(0, 256, (6, 5, 2), dtype=np.uint8)
+
+
+def raw_png(a: np.ndarray) -> bytes:
+    """Returns a PNG of a uint8/uint16 (H, W, C) array, written by hand (PIL cannot write RGB16)."""
+    h, w, c = a.shape
+    depth = a.dtype.itemsize * 8
+    rows = a.astype(a.dtype.newbyteorder(">")).reshape(h, -1).view(np.uint8)
+    data = b"".join(b"\x00" + r.tobytes() for r in rows)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, {1: 0, 2: 4, 3: 2, 4: 6}[c], 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(data)) + chunk(b"IEND", b"")
+
+
+def pil_pixels(data: bytes, mode: str | None = None) -> np.ndarray:
+    img = PIL.Image.open(io.BytesIO(data))
+    a = np.asarray(img.convert(mode) if mode else img)
+    return a[:, :, None] if a.ndim == 2 else a
+
+
+def test_modes_keep_their_channels_and_equal_hf_numpy_format():
+    rows = {"g": [png(GREY)], "c": [png(RGB)], "a": [png(RGBA)], "la": [png(LA)]}
+    feats = {k: hd.Image() for k in rows}
+    out = hf_convert(rows, feats)
+    ref = hf_dataset(rows, feats).with_format("numpy")[:]
+    for k in rows:
+        want = ref[k][0] if ref[k][0].ndim == 3 else ref[k][0][:, :, None]
+        assert out[k].dtype == np.uint8 and np.array_equal(out[k][0], want)
+    assert out["g"].shape == (1, 6, 5, 1) and out["la"].shape == (1, 6, 5, 2)
+
+
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_undeclared_channels_are_promoted_whatever_the_row_order(order):
+    col = [[png(GREY), png(RGB)][i] for i in order]
+    out = hf_convert({"im": col}, {"im": hd.Image()})["im"]
+    grey_row, rgb_row = order.index(0), order.index(1)
+    assert out.shape == (2, 6, 5, 3)
+    assert np.array_equal(out[rgb_row], RGB) and np.array_equal(out[grey_row], pil_pixels(png(GREY), "RGB"))
+
+
+def test_promotion_keeps_alpha_and_colour_losslessly():
+    out = convert({"im": [png(LA), png(RGB), png(GREY)]}, {"im": cv.Image()})["im"]
+    assert out.shape == (3, 6, 5, 4)
+    assert np.array_equal(out[0], pil_pixels(png(LA), "RGBA")) and np.array_equal(out[1], pil_pixels(png(RGB), "RGBA"))
+    assert np.array_equal(out[2], pil_pixels(png(GREY), "RGBA"))
+
+
+def test_declared_mode_converts_like_hf_decode():
+    rows = {"im": [png(RGB), png(RGBA)]}
+    for mode in ("L", "RGB", "LA"):
+        feats = {"im": hd.Image(mode=mode)}
+        out = hf_convert(rows, feats)["im"]
+        ref = np.stack(hf_dataset(rows, feats).with_format("numpy")["im"])
+        assert np.array_equal(out, ref if ref.ndim == 4 else ref[..., None]), mode
+
+
+def test_image_mode_option_and_streaming_needs_it():
+    fields = {"im": cv.Image()}
+    with pytest.raises(ValueError, match=r"'im': the feature declares no channel count.*image_mode=\{'im': 'RGB'\}"):
+        cv.Converter(fields, static=True)
+    with pytest.raises(ValueError, match="image_mode must be one of"):
+        cv.Converter(fields, image_mode="RGBX")
+    cols = {"im": [png(GREY), png(GREY)]}
+    conv = cv.Converter(fields, static=True, image_mode={"im": "RGB"}, probe=cols)
+    assert conv.element_spec["im"].shape == (6, 5, 3)
+    assert np.array_equal(conv(cols)["im"][0], pil_pixels(png(GREY), "RGB"))
+    assert convert(cols, fields, image_mode="L")["im"].shape == (2, 6, 5, 1)
+
+
+def test_tfds_uint16_images_keep_their_dtype():
+    deep = RNG.integers(0, 65536, (6, 5, 3), dtype=np.uint16)
+    grey = RNG.integers(0, 65536, (6, 5, 1), dtype=np.uint16)
+    out = convert({"d": [raw_png(deep)], "g": [raw_png(grey)]},
+                  {"d": cv.Image((None, None, 3), "uint16"), "g": cv.Image((6, 5, 1), "uint16")})
+    assert out["d"].dtype == np.uint16 and np.array_equal(out["d"][0], deep)
+    assert out["g"].dtype == np.uint16 and np.array_equal(out["g"][0], grey)
+    spec = cv.Converter({"g": cv.Image((6, 5, 1), "uint16")}, static=True).element_spec
+    assert spec["g"].dtype == np.uint16 and spec["g"].shape == (6, 5, 1)
+
+
+def test_hf_16_bit_grey_needs_a_declared_mode_and_the_fix_works():
+    grey = RNG.integers(0, 65536, (6, 5), dtype=np.uint16)
+    rows = {"im": [raw_png(grey[:, :, None])]}
+    with pytest.raises(ValueError, match=r"'im': row 0 is a uint16 image.*image_mode=\{'im': 'I;16'\}"):
+        hf_convert(rows, {"im": hd.Image()})
+    out = hf_convert(rows, {"im": hd.Image()}, image_mode={"im": "I;16"})
+    assert out["im"].dtype == np.uint16 and np.array_equal(out["im"][0, :, :, 0], grey)
+
+
+def test_tfds_float32_images_are_bitcast_back():
+    x = RNG.standard_normal((4, 3)).astype(np.float32)
+    data = png(x[:, :, None].view(np.uint8).reshape(4, 3, 4))
+    out = convert({"f": [data]}, {"f": cv.Image((4, 3, 1), "float32")})
+    assert out["f"].dtype == np.float32 and np.array_equal(out["f"][0, :, :, 0], x)
+
+
+def test_images_of_different_sizes_raise_naming_rows_and_the_resizing_fix_works():
+    col = [png(np.zeros((4, 4), np.uint8)), png(np.ones((5, 3), np.uint8))]
+    with pytest.raises(ValueError, match=r"'im': row 8 has shape \(5, 3, 1\), other images have \(4, 4, 1\).*resize"):
+        cv.Converter({"im": cv.Image()})({"im": col}, row0=7)
+    with pytest.raises(ValueError, match="max_length does not apply to images"):
+        cv.Converter({"im": cv.Image()}, max_length={"im": 4})
+
+    def resize(batch):
+        ims = [np.asarray(PIL.Image.fromarray(x[..., 0]).resize((4, 4))) for x in batch["im"]]
+        return {"im": np.stack(ims)[..., None]}
+
+    out = cv.Converter({"im": cv.Image()}, transform=resize, probe={"im": col})({"im": col})
+    assert out["im"].shape == (2, 4, 4, 1) and out["im"].dtype == np.uint8
+    assert out["im"][0].max() == 0 and out["im"][1].min() == 1
+
+
+def test_palette_paths_pil_images_and_dicts(tmp_path):
+    path = tmp_path / "a.png"
+    path.write_bytes(png(GREY))
+    pal = PIL.Image.fromarray(RGB).convert("P")
+    col = [GREY, PIL.Image.fromarray(GREY), {"bytes": png(GREY), "path": None}, {"bytes": None, "path": str(path)}]
+    out = convert({"im": col}, {"im": cv.Image()}, num_threads=2)["im"]
+    assert out.shape == (4, 6, 5, 1) and all(np.array_equal(o[..., 0], GREY) for o in out)
+    out = convert({"p": [pal]}, {"p": cv.Image()})["p"]
+    assert np.array_equal(out[0], np.asarray(pal.convert("RGB")))
+
+
+@pytest.mark.parametrize("subsampling", [0, 1, 2])
+@pytest.mark.parametrize("kind", ["rgb", "grey", "progressive"])
+def test_jpeg_pixels_equal_pil_decoding_of_the_same_bytes(subsampling, kind):
+    h, w = (17, 23) if subsampling else (64, 48)
+    smooth = np.linspace(0, 255, h * w * 3).reshape(h, w, 3).astype(np.uint8)
+    arr = smooth[:, :, 0] if kind == "grey" else smooth
+    buf = io.BytesIO()
+    PIL.Image.fromarray(arr).save(buf, "JPEG", quality=85, subsampling=subsampling, progressive=kind == "progressive")
+    data = buf.getvalue()
+    out = hf_convert({"im": [data, data]}, {"im": hd.Image()})["im"]
+    assert np.array_equal(out[1], pil_pixels(data))
+
+
+def jpeg(a: np.ndarray, **options) -> bytes:
+    buf = io.BytesIO()
+    PIL.Image.fromarray(a).save(buf, "JPEG", **options)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 5), (17, 23), (64, 48), (255, 129)])
+def test_jpeg_library_decoder_is_bit_exact_with_pil_on_a_varied_set(size):
+    rng = np.random.default_rng(size[0])
+    h, w = size
+    arrays = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8), rng.integers(0, 256, (h, w), dtype=np.uint8),
+              np.linspace(0, 255, h * w * 3).reshape(h, w, 3).astype(np.uint8)]
+    checked = 0
+    for a in arrays:
+        for subsampling in (0, 1, 2):
+            for quality in (30, 90, 100):
+                for progressive in (False, True):
+                    try:
+                        data = jpeg(a, quality=quality, subsampling=subsampling, progressive=progressive)
+                    except OSError:  # libjpeg cannot write some tiny progressive files
+                        continue
+                    fast = decoders.decode_fast(data)
+                    assert fast is not None and np.array_equal(fast, decoders.decode_pil(data))
+                    checked += 1
+    assert checked >= 36
+
+
+def test_jpeg_with_exif_orientation_or_cmyk_is_decoded_like_hf():
+    a = np.zeros((4, 6, 3), np.uint8)
+    a[0, 0] = 255
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    buf = io.BytesIO()
+    PIL.Image.fromarray(a).save(buf, "JPEG", quality=100, exif=exif)
+    rows = {"im": [buf.getvalue()]}
+    out = hf_convert(rows, {"im": hd.Image()})["im"]
+    ref = hf_dataset(rows, {"im": hd.Image()}).with_format("numpy")["im"][0]
+    assert out.shape == (1, 6, 4, 3) and np.array_equal(out[0], ref)
+    cmyk = io.BytesIO()
+    PIL.Image.fromarray(RGBA, "CMYK").save(cmyk, "JPEG")
+    assert decoders.decode_fast(cmyk.getvalue()) is None
+    out = convert({"im": [cmyk.getvalue()]}, {"im": cv.Image()})["im"]
+    assert np.array_equal(out[0], np.asarray(PIL.Image.open(io.BytesIO(cmyk.getvalue())).convert("RGB")))
+
+
+def test_plain_png_and_jpeg_take_the_library_decoders():
+    assert decoders.decode_fast(png(RGB)) is not None and decoders.decode_fast(jpeg(RGB)) is not None
+    assert decoders.decode_fast(png(LA)) is None  # libspng has no 8-bit grey+alpha output
+
+
+def test_threads_and_the_pil_fallback_give_the_same_pixels(monkeypatch):
+    imgs = RNG.integers(0, 256, (300, 9, 8, 3), dtype=np.uint8)
+    col = [png(x) for x in imgs]
+    a = convert({"im": col}, {"im": cv.Image()}, num_threads=4)["im"]
+    b = convert({"im": col}, {"im": cv.Image()}, num_threads=1)["im"]
+    monkeypatch.setattr(decoders, "decode_fast", lambda data: None)
+    c = convert({"im": col}, {"im": cv.Image()}, num_threads=1)["im"]
+    assert np.array_equal(a, imgs) and np.array_equal(b, imgs) and np.array_equal(c, imgs)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 40), st.sampled_from([1, 2, 3, 4]), st.sampled_from(["u8", "u16"]),
+       st.integers(0, 2**31))
+def test_png_decoder_is_bit_exact_with_pil_and_with_the_pixels(h, w, c, depth, seed):
+    rng = np.random.default_rng(seed)
+    dtype = np.uint8 if depth == "u8" else np.uint16
+    if (c, depth) == (2, "u16"):  # libspng has no 16-bit grey+alpha output: PIL reads 8 bits (documented)
+        c = 1
+    a = rng.integers(0, np.iinfo(dtype).max + 1, (h, w, c), dtype=dtype)
+    data = raw_png(a)
+    got = images.decode(data, "im", 0)
+    assert got.dtype == dtype and np.array_equal(got, a)
+    if dtype == np.uint8:
+        assert np.array_equal(got, pil_pixels(data))
+    elif c == 1:
+        assert np.array_equal(got, pil_pixels(data).astype(np.uint16))
+
+
+def test_tfds_encoded_bytes_in_a_numpy_object_column():
+    col = np.array([png(RGB), png(RGB)], object)
+    out = convert({"im": col}, {"im": cv.Image((6, 5, 3))})
+    assert np.array_equal(out["im"], np.stack([RGB, RGB]))
+
+
+def test_null_image_names_the_global_row():
+    ds = hf_dataset({"im": [png(GREY), None]}, {"im": hd.Image()})
+    with pytest.raises(ValueError, match=r"'im': missing value \(None\) at row 41\b"):
+        cv.Converter(cv.fields_from_hf(ds.features))(arrow_columns(ds), row0=40)
