@@ -95,12 +95,12 @@ extra = {"n": len(s)}
 """,
 }
 
-# Our streaming case; CHUNK is the read chunk size (256 is the default).
+# Our streaming case; CHUNK is the read chunk size (512 is the default).
 _OURS_STREAM = """
 STEPS = int(sys.argv[2]) // 128
 state = dfn.TFDSStreamingSource(dfn.TFDSStreamingConfig(
     name="dfn_mnist_like", data_dir=os.path.join(data_dir, "tfrecord"), shuffle=True, seed=1, shuffle_buffer_size=10_000,
-    read_chunk_size=CHUNK))
+    chunk_size=CHUNK))
 for _ in range(5): state, out = dfn.get_batch(state, 128)
 jax.block_until_ready(out)
 t0 = time.perf_counter()

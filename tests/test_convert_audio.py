@@ -94,3 +94,14 @@ def test_flac_decodes_through_soundfile_exactly():
     sf.write(buf, CLIP, 8000, format="FLAC", subtype="PCM_16")
     out = convert({"au": [buf.getvalue()]}, {"au": cv.Audio(8000)})["au"]
     assert out.tolist() == [SCALED]
+
+
+def test_streaming_refuses_clips_with_undeclared_channels():
+    stereo = np.stack([CLIP, CLIP], axis=1)
+    conv = cv.Converter({"au": cv.Audio(8000)}, static=True, max_length=8)
+    assert conv.element_spec["au"].shape == (8,)
+    assert conv({"au": [pcm_wav(CLIP)]})["au"].shape == (1, 8)
+    with pytest.raises(ValueError, match=r"'au': clips at rows 20.. have 2 channels, the feature declares 1"):
+        conv({"au": [pcm_wav(stereo)]}, row0=20)
+    conv = cv.Converter({"au": cv.Audio(8000, None, 2)}, static=True, max_length=8)
+    assert conv.element_spec["au"].shape == (8, 2) and conv({"au": [pcm_wav(stereo)]})["au"].shape == (1, 8, 2)

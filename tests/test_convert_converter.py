@@ -53,7 +53,14 @@ def test_options_are_type_checked():
         cv.Converter({"s": cv.Text()}, max_length=True)
     with pytest.raises(ValueError, match=r"max_length: unknown keys \['t'\]; available keys are \['s'\]"):
         cv.Converter({"s": cv.Text()}, max_length={"t": 3})
+    with pytest.raises(TypeError, match="num_threads must be None or an int"):
+        cv.Converter({"s": cv.Text()}, num_threads=True)
+    with pytest.raises(ValueError, match="num_threads must be >= 1"):
+        cv.Converter({"s": cv.Text()}, num_threads=0)
+    with pytest.raises(TypeError, match="image_mode must be a mode string"):
+        cv.Converter({"s": cv.Text()}, image_mode=3)
     assert cv.Converter({"s": cv.Text()}, max_length=np.int64(3), static=True).element_spec["s"].shape == (3,)
+    assert cv.Converter({"s": cv.Text()}, num_threads=np.int32(2)).num_threads == 2
 
 
 def test_lists_of_images_and_length_clashes_are_refused_at_construction():

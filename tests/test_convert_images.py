@@ -249,3 +249,10 @@ def test_null_image_names_the_global_row():
     ds = hf_dataset({"im": [png(GREY), None]}, {"im": hd.Image()})
     with pytest.raises(ValueError, match=r"'im': missing value \(None\) at row 41\b"):
         cv.Converter(cv.fields_from_hf(ds.features))(arrow_columns(ds), row0=40)
+
+
+def test_memory_estimate_reads_image_headers_exactly():
+    col = [png(GREY), png(RGB), png(GREY)]
+    conv = cv.Converter({"im": cv.Image()})
+    assert cv.estimate_nbytes(conv, {"im": col}) == conv({"im": col})["im"].nbytes == 3 * 6 * 5 * 3
+    assert cv.estimate_nbytes({"im": cv.Image((6, 5, 1))}, {"im": col}) == 3 * 6 * 5

@@ -234,3 +234,13 @@ def test_padded_arrays_equal_hf_python_rows_after_removing_padding(rows):
                "l": out["l"][r, : out["l_length"][r]].tolist(), "ll": out["ll"][r, : out["ll_length"][r]].tolist(),
                "st": {"u": int(out["st"]["u"][r])}}
         assert got == row
+
+
+def test_empty_tfds_rows_take_the_declared_dtype():
+    # TFDS gives an empty Sequence as a float32 array whatever the feature's dtype.
+    fields = {"s": cv.Sequence(cv.Tensor((), "bool")), "i": cv.Sequence(cv.Tensor((), "int64"))}
+    cols = {"s": [np.zeros(0, np.float32)] * 2, "i": [np.zeros(0, np.float32), np.array([3])]}
+    out = convert(cols, fields, max_length=2)
+    assert out["s"].dtype == np.bool_ and out["s"].tolist() == [[False, False]] * 2
+    assert out["i"].dtype == np.int32 and out["i"].tolist() == [[0, 0], [3, 0]] and out["i_length"].tolist() == [0, 1]
+    assert convert({"s": [np.zeros(0, np.float32)]}, {"s": cv.Sequence(cv.Tensor((), "bool"))})["s"].shape == (1, 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import logging
 import os
 import subprocess
@@ -322,3 +323,114 @@ def test_import_stays_free_of_heavy_backends():
     code = "import sys, datarax_fn; print(sorted(m for m in ('datasets', 'PIL', 'pyarrow', 'tensorflow') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+# ----------------------------------------------------------------------------- inputs honoured
+
+
+@pytest.mark.parametrize("split, want", [("train[:10%]", list(range(6))), ("train[5:20]", list(range(5, 20))),
+                                          ("train[-3:]", [57, 58, 59]), ("train", list(range(60)))])
+def test_split_slices_apply_to_dataset_objects_and_saved_folders(hf_dataset, saved_folder, split, want):
+    ds, _ = hf_dataset
+    assert ids(dfn.from_hf(ds, split, include_keys=["id"], streaming=False).data) == want
+    saved = dfn.from_hf(str(saved_folder / "single"), split, include_keys=["id"], streaming=False)
+    assert ids(saved.data) == want
+    stream = dfn.from_hf(ds, split, include_keys=["id"], streaming=True)
+    assert len(stream) == len(want) and ids(dfn.get_batch(stream, len(want))[1]) == want
+    stream.close()
+
+
+def test_split_of_another_name_and_empty_slices_are_clear_errors(hf_dataset, saved_folder):
+    ds, _ = hf_dataset
+    named = ds.select(range(10))
+    named._split = hd.NamedSplit("train")  # what load_dataset(split="train") returns
+    with pytest.raises(ValueError, match=r"split='test'.*holds split 'train'"):
+        dfn.from_hf(named, "test", streaming=False)
+    for bad in ("train[5:5]", "train[20:5]"):
+        with pytest.raises(ValueError, match=rf"split={re.escape(repr(bad))}.*no records"):
+            dfn.from_hf(ds, bad, streaming=False)
+        with pytest.raises(ValueError, match=rf"split={re.escape(repr(bad))}"):
+            dfn.from_hf(str(saved_folder / "dd"), bad, streaming=False)
+    with pytest.raises(ValueError, match=r"split='train'.*no records"):
+        dfn.from_hf(ds.select([]), "train", streaming=False)
+
+
+def test_input_formatting_is_honoured_or_refused(hf_dataset):
+    ds, _ = hf_dataset
+    state = dfn.from_hf(ds.with_format("numpy", columns=["id", "label"]), streaming=False)
+    assert sorted(state.data) == ["id", "label"]
+    with pytest.raises(ValueError, match="with_transform.*transform="):
+        dfn.from_hf(ds.with_transform(lambda b: b), streaming=False)
+
+
+# ----------------------------------------------------------------------------- selection first
+
+
+def test_excluding_an_unsupported_feature_makes_the_load_work():
+    import decimal
+
+    import pyarrow as pa
+
+    table = pa.table({"x": [1, 2, 3], "when": pa.array([decimal.Decimal("1.5")] * 3, pa.decimal128(5, 2)),
+                      "empty": pa.array([None, None, None], pa.null())})
+    ds = hd.Dataset(table)
+    with pytest.raises(ValueError, match="exclude_keys"):
+        dfn.from_hf(ds, streaming=False)
+    for kw in (dict(exclude_keys=["when", "empty"]), dict(include_keys=["x"])):
+        state = dfn.from_hf(ds, streaming=False, **kw)
+        assert sorted(state.data) == ["x"] and np.asarray(state.data["x"]).tolist() == [1, 2, 3]
+
+
+def test_exclude_a_nested_path():
+    ds = hd.Dataset.from_dict({"id": [0, 1], "answers": [{"text": ["a", "bc"], "answer_start": [3, 7]},
+                                                         {"text": ["d"], "answer_start": [1]}]})
+    state = dfn.from_hf(ds, exclude_keys=["answers.text"], max_length={"answers.answer_start": 2}, streaming=False)
+    assert sorted(state.data["answers"]) == ["answer_start", "answer_start_length"]
+    assert np.asarray(state.data["answers"]["answer_start"]).tolist() == [[3, 7], [1, 0]]
+
+
+# ----------------------------------------------------------------------------- transform and streaming
+
+
+def test_streamed_transform_that_changes_the_row_count_is_refused(hf_dataset):
+    ds, _ = hf_dataset
+    drop_odd = lambda b: {"id": b["id"][b["id"] % 2 == 0]}  # noqa: E731
+    with pytest.raises(ValueError, match="row count"):
+        dfn.from_hf(ds, include_keys=["id"], transform=drop_odd, streaming=True)
+    eager = dfn.from_hf(ds, include_keys=["id"], transform=drop_odd, streaming=False)
+    assert len(eager) == 30 and ids(eager.data) == list(range(0, 60, 2))
+
+
+def test_stale_streaming_cursor_on_rewritten_parquet_is_refused(tmp_path):
+    folder = tmp_path / "pq"
+    folder.mkdir()
+    hd.Dataset.from_dict({"id": list(range(20))}).to_parquet(str(folder / "train.parquet"))
+    make = lambda: dfn.from_hf(str(folder), "train", streaming=True, shuffle=True, cache_dir=str(tmp_path / "c"))  # noqa: E731
+    state, _ = dfn.get_batch(make(), 5)
+    cursor = dfn.cursor(state)
+    state.close()
+    assert "data=" in cursor["fingerprint"] and "schema=" in cursor["fingerprint"]
+    dfn.restore_cursor(make(), cursor).close()  # unchanged files: accepted
+    hd.Dataset.from_dict({"id": list(range(100, 120))}).to_parquet(str(folder / "train.parquet"))
+    with pytest.raises(ValueError, match="fingerprint"):
+        dfn.restore_cursor(make(), cursor)
+
+
+def test_chunk_size_and_prefetch_stay_out_of_the_fingerprint(hf_dataset):
+    ds, _ = hf_dataset
+    a = dfn.from_hf(ds, include_keys=["id"], streaming=True, chunk_size=7, prefetch=1)
+    b = dfn.from_hf(ds, include_keys=["id"], streaming=True, chunk_size=16, prefetch=3)
+    c = dfn.from_hf(ds, include_keys=["id", "label"], streaming=True)
+    assert dfn.cursor(a)["fingerprint"] == dfn.cursor(b)["fingerprint"] != dfn.cursor(c)["fingerprint"]
+    for s in (a, b, c):
+        s.close()
+
+
+def test_memory_estimate_counts_the_longest_row(caplog):
+    n, long = 2000, 20_000
+    ds = hd.Dataset.from_dict({"text": ["short"] * n + ["x" * long]})
+    with caplog.at_level(logging.INFO, logger="datarax_fn"):
+        state = dfn.from_hf(ds, memory_budget=2**30)
+    real = sum(x.nbytes for x in jax.tree.leaves(state.data))
+    logged = float(re.search(r"needs about ([\d,.]+) MiB", caplog.text).group(1).replace(",", "")) * 2**20
+    assert real >= (n + 1) * long and real / 2 <= logged <= real * 2

@@ -113,3 +113,52 @@ def prepare(builder_cls: type, data_dir: str, file_format: str = "tfrecord") -> 
 def prepared_digits(file_format: str = "array_record") -> str:
     """Returns a temporary data_dir holding ``dfn_digits`` (for docs and quick experiments)."""
     return prepare(DfnDigits, os.path.join(tempfile.mkdtemp(prefix="dfn_digits_"), file_format), file_format)
+
+
+PARITY_N = 12
+PARITY_LABELS = ("a", "b", "c")
+
+
+def parity_jpeg(i: int) -> bytes:
+    """Returns record ``i``'s JPEG bytes: the same bytes go into the HF and the TFDS copy."""
+    import io
+
+    import PIL.Image
+
+    rng = np.random.default_rng(i)
+    buf = io.BytesIO()
+    PIL.Image.fromarray(rng.integers(0, 256, (8, 6, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=80)
+    return buf.getvalue()
+
+
+def parity_record(i: int) -> dict:
+    """Returns record ``i`` of ``dfn_parity`` (an image, a label and a text) with the image as JPEG bytes."""
+    return {"idx": i, "image": parity_jpeg(i), "label": i % 3, "text": "ünï " * (i % 4) + str(i)}
+
+
+class DfnParity(tfds.core.GeneratorBasedBuilder):
+    """JPEG images, labels and text: built as HF and as TFDS to check both give the same arrays."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict({
+                "idx": tfds.features.Scalar(np.int64),
+                "image": tfds.features.Image(shape=(8, 6, 3), encoding_format="jpeg"),
+                "label": tfds.features.ClassLabel(names=list(PARITY_LABELS)),
+                "text": tfds.features.Text(),
+            }),
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        import io
+
+        for i in range(PARITY_N):
+            rec = parity_record(i)
+            yield i, {**rec, "image": io.BytesIO(rec["image"])}  # stored as given: no re-encoding

@@ -87,7 +87,7 @@ def clips(col: Any, field: Any, name: str, row0: int) -> tuple[list[np.ndarray],
             x, sr = read(v, name, row0 + i)
         else:
             x = scale(np.asarray(v if field.dtype is None else np.asarray(v, field.dtype)))
-        if x.ndim == 2 and x.shape[1] == 1 and not field.channels:
+        if x.ndim == 2 and x.shape[1] == 1 and field.channels in (None, 1):
             x = x[:, 0]
         if field.sampling_rate is not None and sr is not None and sr != field.sampling_rate:
             raise ValueError(

@@ -117,7 +117,8 @@ def _flatten_level(items: Any, rows: np.ndarray, name: str, row0: int) -> tuple[
             lengths = np.fromiter((len(v) for v in items), np.int64, len(items))
             off = np.zeros(len(items) + 1, np.int64)
             np.cumsum(lengths, out=off[1:])
-            return off, np.concatenate(items), np.repeat(rows, lengths)
+            # Empty rows carry no dtype of their own (TFDS gives float32): leave them out of the join.
+            return off, np.concatenate([v for v in items if v.size] or items[:1]), np.repeat(rows, lengths)
     lengths = np.zeros(len(items), np.int64)
     for i, v in enumerate(items):
         if v is None:
@@ -162,6 +163,8 @@ def python_nested(col: Any, levels: int, name: str, row0: int, text: bool, dtype
         np.cumsum([len(p) for p in parts], out=off[1:])
         return Nested([*offsets, off], np.frombuffer(b"".join(parts), np.uint8), text=True)
     if isinstance(items, np.ndarray) and items.dtype != object:
+        if dtype is not None and not items.size:  # empty lists carry no dtype of their own (TFDS: float32)
+            items = items.astype(dtype)
         return Nested(offsets, items)
     for i, v in enumerate(items):
         if v is None:

@@ -24,6 +24,7 @@ class _Context:
     num_threads: int | None
     image_shape: dict[str, tuple]
     meta: dict[str, Any]
+    static: bool
 
 
 def _get(tree: Mapping[str, Any], keys: tuple[str, ...], row0: int, path: str) -> Any:
@@ -72,8 +73,10 @@ class Converter:
             raise ValueError(f"Converter: fields must be a non-empty dict of fields; got {fields!r}.")
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be a function dict -> dict; got {type(transform).__name__}.")
-        if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or num_threads < 1):
-            raise ValueError(f"num_threads must be None or an int >= 1; got {num_threads!r}.")
+        if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer))):
+            raise TypeError(f"num_threads must be None or an int; got {num_threads!r}.")
+        if num_threads is not None and num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1; got {num_threads!r}.")
         self.fields = dict(fields)
         self.transform = transform
         self.static = _check_bool("static", static)
@@ -88,7 +91,7 @@ class Converter:
         self.meta: dict[str, Any] = {
             leaf.path: {"sampling_rate": leaf.field.sampling_rate} for leaf in self.leaves if leaf.kind == "audio"
         }
-        self._ctx = _Context(self.num_threads, {}, self.meta)
+        self._ctx = _Context(self.num_threads, {}, self.meta, self.static)
         self._out: Converter | None = None
         if transform is not None:
             self._build_output(probe, max_length, truncate)

@@ -83,7 +83,9 @@ def check_image_mode(image_mode: Any) -> Any:
     """Returns ``image_mode`` checked: a PIL mode string for every image, or ``{path: mode}``."""
     vals = image_mode.values() if isinstance(image_mode, Mapping) else [image_mode]
     for v in vals:
-        if v is not None and (not isinstance(v, str) or v not in MODES):
+        if v is not None and not isinstance(v, str):
+            raise TypeError(f"image_mode must be a mode string or a {{key: mode}} dict; got {v!r}.")
+        if v is not None and v not in MODES:
             raise ValueError(f"image_mode must be one of {sorted(MODES)} (or a {{key: mode}} dict); got {v!r}.")
     return dict(image_mode) if isinstance(image_mode, Mapping) else image_mode
 

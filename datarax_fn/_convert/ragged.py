@@ -78,8 +78,8 @@ def pad(nested: Nested, sizes: tuple[int, ...], ragged: tuple[bool, ...], trunca
             lens[tuple(c[alive] for c in coords)] = keep[alive]
             lengths.append(lens)
         if d == 0 and len(sizes) == 1 and not over.size:  # the common case: one level, nothing cut
-            mask = np.arange(size)[None, :] < counts[:, None]
-            out[mask] = nested.values
+            width = int(np.prod(inner, dtype=np.int64))
+            _fill(out.reshape(n, size, width), nested.values.reshape(len(nested.values), width), off, counts)
             return out, lengths
         parent = np.repeat(np.arange(len(counts)), counts)
         pos = np.arange(len(parent)) - off[parent]
@@ -87,3 +87,16 @@ def pad(nested: Nested, sizes: tuple[int, ...], ragged: tuple[bool, ...], trunca
         coords = [c[parent] for c in coords] + [pos]
     out[tuple(c[alive] for c in coords)] = nested.values[alive]
     return out, lengths
+
+
+def _fill(out: np.ndarray, values: np.ndarray, off: np.ndarray, counts: np.ndarray) -> None:
+    """Writes row i's ``values[off[i]:off[i+1]]`` to ``out[i, :count]``, with the cheaper of a
+    (rows x size) mask and a scatter by index (one int64 per value: better for sparse rows,
+    e.g. 20,000 short texts padded to one long document)."""
+    n, size = out.shape[:2]
+    if 8 * len(values) < n * size:
+        rows = np.repeat(np.arange(n), counts)
+        cols = np.arange(len(values)) - off[rows]
+        out[rows, cols] = values
+    else:
+        out[np.arange(size)[None, :] < counts[:, None]] = values

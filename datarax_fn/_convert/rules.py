@@ -119,7 +119,15 @@ def audio_nested(leaf: Leaf, col: Any, row0: int, ctx: Any) -> Nested:
 
 
 def _audio(leaf: Leaf, col: Any, row0: int, truncate: bool, ctx: Any) -> list[np.ndarray]:
-    values, lengths = _padded(leaf, audio_nested(leaf, col, row0, ctx), row0, truncate)
+    nest = audio_nested(leaf, col, row0, ctx)
+    channels = leaf.field.channels or 1
+    if ctx.static and nest.values.shape[1:] != ((channels,) if channels > 1 else ()):
+        got = nest.values.shape[1] if nest.values.ndim > 1 else 1
+        raise ValueError(
+            f"field {leaf.path!r}: clips at rows {row0}.. have {got} channels, the feature declares "
+            f"{channels}; streaming needs the declared shape. Pass a transform that mixes them to {channels}."
+        )
+    values, lengths = _padded(leaf, nest, row0, truncate)
     return [values, *lengths]
 
 
