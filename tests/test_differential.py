@@ -63,14 +63,21 @@ def _settings(ci: int, long: bool) -> settings:
 # ----------------------------------------------------------------------------- strategies
 
 def _num_values(dtype: str, hf: bool):
+    """Returns a strategy for one value; 64-bit values often leave the 32-bit range (rule 4)."""
     t = np.dtype(dtype).type
     if dtype == "bool":
         return st.booleans().map(t)
     if dtype.startswith("float"):  # TFDS stores float64 as float32, so it only holds float32 values
-        return st.floats(width=int(dtype[5:]) if hf else min(32, int(dtype[5:]))).map(t)
+        wide = st.floats(width=int(dtype[5:]) if hf else min(32, int(dtype[5:])))
+        if dtype == "float64" and hf:
+            wide = st.one_of(wide, st.floats(3.5e38, 1e308), st.floats(-1e308, -3.5e38))
+        return wide.map(t)
     info = np.iinfo(dtype)
     top = int(info.max) if dtype != "uint64" else 2**63 - 1  # HF's from_dict fails on larger nested uint64
-    return st.one_of(st.integers(max(info.min, -3), 3), st.integers(int(info.min), top)).map(t)
+    values = st.one_of(st.integers(max(info.min, -3), 3), st.integers(int(info.min), top))
+    if dtype in ("int64", "uint64"):
+        values = st.one_of(values, st.integers(2**32, top), st.integers(int(info.min), -(2**31) - 1) if info.min else st.nothing())
+    return values.map(t)
 
 
 def _values(spec: Any, hf: bool):
