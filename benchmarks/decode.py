@@ -17,7 +17,6 @@ PIL is the reference, HF's own reader; PNG: PIL and the pixels written). Rows:
 from __future__ import annotations
 
 import argparse
-import importlib
 import io
 import subprocess
 import sys
@@ -123,7 +122,7 @@ def main() -> None:
         png = name.startswith("PNG")
         rows = {"datarax_fn": lambda d=data: cv.Converter({"im": cv.Image()}, num_threads=1)({"im": d})["im"]}
         if old is not None:
-            rows["before (8788acf)"] = lambda d=data: old.convert({"im": d}, {"im": old.Image()}, num_threads=1)["im"]
+            rows["before (8788acf)"] = lambda d=data: old.convert({"im": d}, {"im": old.Image()}, num_threads=1, progress=False)["im"]
         for lib, fn in libs.items():
             if ("PNG only" in lib and not png) or ("JPEG only" in lib and png):
                 continue

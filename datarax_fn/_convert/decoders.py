@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-_PNG_SIG = b"\x89PNG\r\n\x1a\n"
+PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -40,12 +40,15 @@ def _cv2() -> Any:
 
 def _png_plain(d: bytes) -> bool:
     """Returns whether libspng decodes this PNG exactly as PIL does."""
-    if len(d) < 33 or d[:8] != _PNG_SIG:
+    if len(d) < 33 or d[:8] != PNG_SIG:
         return False
     depth, ctype = d[24], d[25]
     if (depth, ctype) == (8, 4):  # libspng has no 8-bit grey+alpha output
         return False
-    return depth in (8, 16) and ctype in (0, 2, 4, 6) and d.find(b"tRNS") < 0 and d.find(b"eXIf") < 0
+    if depth not in (8, 16) or ctype not in (0, 2, 4, 6):
+        return False
+    head = d.find(b"IDAT")  # tRNS precedes the image data; eXIf may follow it
+    return d.find(b"tRNS", 0, head) < 0 and d.find(b"eXIf") < 0
 
 
 def _jpeg_plain(d: bytes) -> bool:
@@ -70,7 +73,7 @@ def _jpeg_plain(d: bytes) -> bool:
 
 def decode_fast(d: bytes) -> np.ndarray | None:
     """Returns the image decoded by a library that matches PIL, or None where PIL must decode."""
-    if d[:8] == _PNG_SIG:
+    if d[:8] == PNG_SIG:
         spng = _spng()
         if spng is None or not _png_plain(d):
             return None

@@ -104,12 +104,20 @@ def decode(obj: Any, name: str, row: int) -> np.ndarray:
 def decode_all(col: Any, name: str, row0: int, threads: int | None) -> list[np.ndarray]:
     """Returns every image of a column decoded (in threads: PIL and zlib release the GIL)."""
     n, get = encoded(col, name, row0)
-    workers = threads or min(8, os.cpu_count() or 1)
+    first = get(0) if n else None
+    png = isinstance(first, (bytes, memoryview)) and bytes(first[:8]) == decoders.PNG_SIG
+    # libspng holds the GIL: threads only pay off for PIL and OpenCV, which release it.
+    workers = threads or (1 if png else min(8, os.cpu_count() or 1))
     out: list[Any] = [None] * n
+    fast = decoders.decode_fast
 
     def work(lo: int, hi: int) -> None:
         for i in range(lo, hi):
-            out[i] = decode(get(i), name, row0 + i)
+            obj = get(i)
+            a = fast(bytes(obj)) if isinstance(obj, (bytes, memoryview)) else None  # the common case, inlined
+            if a is None:
+                a = decode(obj, name, row0 + i)
+            out[i] = a if a.ndim == 3 else a[:, :, None]
 
     block = max(64, n // (workers * 4) + 1)
     spans = [(lo, min(lo + block, n)) for lo in range(0, n, block)]
@@ -184,8 +192,8 @@ def stack(images: list[np.ndarray], mode: str | None, dtype: str, shape: tuple, 
                 f".reshape(H, W, -1) for x in b[{name.split('.')[-1]!r}]])}}."
             )
     out = aligned_empty((len(images), *first), want)
-    for i, a in enumerate(images):
-        out[i] = a
+    if images:
+        np.stack(images, out=out)
     return out
 
 
