@@ -122,7 +122,7 @@ class Rows:
 
     def needed(self, leaf: Leaf) -> list[int]:
         """Returns the longest length of each ragged level of ``leaf`` (0 for an always-empty level)."""
-        return [max(s, default=0) for s, lv in zip(self.level_sizes(leaf), leaf.levels) if lv == "R"]
+        return [max(s, default=0) for s, lv in zip(self.level_sizes(leaf), leaf.levels, strict=True) if lv == "R"]
 
     def equal_lengths(self, leaf: Leaf) -> bool:
         return all(len(s) <= 1 for s in self.level_sizes(leaf))
@@ -160,24 +160,24 @@ def out_dtype(base: Any, x64: bool) -> np.dtype:
 def base_array(leaf: Leaf, v: Any, image_mode: str, x64: bool) -> np.ndarray:
     """Returns one base value as the rules convert it (before the output dtype cast)."""
     b = leaf.base
-    if isinstance(b, (Str, Bin)):
+    if isinstance(b, (Str, Bin)):  # rule 6: the UTF-8 bytes (binary: the bytes), a ragged level
         data = v.encode() if isinstance(v, str) else bytes(v)
         return np.frombuffer(data, np.uint8)
-    if isinstance(b, Aud):
+    if isinstance(b, Aud):  # rule 8: int16 PCM / 32768, the same for HF WAV bytes and TFDS samples
         if isinstance(v, dict):
             v = decode_wav(v["bytes"])
         return np.asarray(v, np.int16).astype(np.float32) / np.float32(32768)
-    if isinstance(b, Img):
+    if isinstance(b, Img):  # rule 7: the declared mode, else image_mode, else the split's promotion
         mode = b.mode or image_mode
         if isinstance(v, Picture):
             v = v.pixels if b.dtype != "uint8" else decode_image(v.encoded, mode)
-        elif isinstance(v, (bytes, np.bytes_)):
+        elif isinstance(v, (bytes, np.bytes_)):  # JPEG left encoded by TFDS: PIL's pixels (rule 7)
             v = decode_image(bytes(v), mode)
         elif hasattr(v, "convert"):  # a PIL image from HF's reader
             v = np.asarray(v.convert(mode) if v.mode != mode else v)
         v = np.asarray(v)
         return v[..., None] if v.ndim == 2 else v
-    if isinstance(b, Label):
+    if isinstance(b, Label):  # rule 3 (HF's -1 included)
         return np.asarray(v, np.int64)
     return np.asarray(v, np.dtype(b.dtype))
 
@@ -279,42 +279,48 @@ def expected_leaves(rows: Rows, opts: Options, got: dict) -> dict[tuple, np.ndar
     for leaf in rows.leaves:
         if opts.excluded(leaf):
             continue
-        mode = leaf.base.mode or opts.image_mode.get(leaf.dotted) or rows.modes(leaf) if isinstance(leaf.base, Img) else None
         ml = opts.max_length.get(leaf.dotted)
-        ragged = list((ml,) if isinstance(ml, int) else ml) if ml is not None else rows.needed(leaf)
-        dims, r = [], 0
-        shape = getattr(got.get(leaf.path), "shape", ())
-        for i, lv in enumerate(leaf.levels):
-            if lv == "R":
-                dims.append(ragged[r] or (1 if shape[i + 1:i + 2] == (1,) else 0))
-                r += 1
-            else:
-                dims.append(MODE_CHANNELS[mode] if lv == "C" else lv)
-        dt = out_dtype(leaf.base, opts.x64)
-        arr = np.zeros((rows.n, *dims), dt)
-        rpos = [i for i, lv in enumerate(leaf.levels) if lv == "R"]
-        lens = [np.zeros((rows.n, *dims[:p]), np.int32) for p in rpos]
-        depth = _seq_depth(leaf)
-
-        def fill(v, k, idx):
-            if k == depth:
-                a = base_array(leaf, v, mode, opts.x64).astype(dt)
-                for j, d in enumerate(a.shape):
-                    if leaf.levels[k + j] == "R":
-                        lens[rpos.index(k + j)][idx] = d
-                    if d > dims[k + j]:
-                        raise AssertionError(f"{leaf.dotted}: a value of shape {a.shape} does not fit the padded shape {dims[k:]}")
-                arr[idx + tuple(slice(0, d) for d in a.shape)] = a
-                return
-            if leaf.levels[k] == "R":
-                lens[rpos.index(k)][idx] = len(v)
-            for j, x in enumerate(v):
-                fill(x, k + 1, idx + (j,))
-
-        for i, v in enumerate(rows.values[leaf.dotted]):
-            fill(v, 0, (i,))
+        arr, lens = _padded(rows, leaf, opts, getattr(got.get(leaf.path), "shape", ()))
         out[leaf.path] = arr
-        if ml is not None or leaf.textual or not rows.equal_lengths(leaf):
+        if ml is not None or leaf.textual or not rows.equal_lengths(leaf):  # rule 5: no length leaf when stacked
             for k, a in enumerate(lens):
                 out[leaf.path[:-1] + (_length_name(leaf.path[-1], k),)] = a
     return out
+
+
+def _padded(rows: Rows, leaf: Leaf, opts: Options, shape: tuple) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Returns the zero-padded array of ``leaf`` and one length array per ragged level (rule 5)."""
+    mode = leaf.base.mode or opts.image_mode.get(leaf.dotted) or rows.modes(leaf) if isinstance(leaf.base, Img) else None
+    ml = opts.max_length.get(leaf.dotted)
+    ragged = list((ml,) if isinstance(ml, int) else ml) if ml is not None else rows.needed(leaf)
+    dims, r = [], 0
+    for i, lv in enumerate(leaf.levels):
+        if lv == "R":
+            dims.append(ragged[r] or (1 if shape[i + 1:i + 2] == (1,) else 0))
+            r += 1
+        else:
+            dims.append(MODE_CHANNELS[mode] if lv == "C" else lv)
+    dt = out_dtype(leaf.base, opts.x64)
+    arr = np.zeros((rows.n, *dims), dt)
+    rpos = [i for i, lv in enumerate(leaf.levels) if lv == "R"]
+    lens = [np.zeros((rows.n, *dims[:p]), np.int32) for p in rpos]
+    depth = _seq_depth(leaf)
+
+    def fill(v, k, idx):
+        if k == depth:
+            a = base_array(leaf, v, mode, opts.x64).astype(dt)
+            for j, d in enumerate(a.shape):
+                if leaf.levels[k + j] == "R":
+                    lens[rpos.index(k + j)][idx] = d
+                if d > dims[k + j]:
+                    raise AssertionError(f"{leaf.dotted}: a value of shape {a.shape} does not fit the padded shape {dims[k:]}")
+            arr[idx + tuple(slice(0, d) for d in a.shape)] = a
+            return
+        if leaf.levels[k] == "R":
+            lens[rpos.index(k)][idx] = len(v)
+        for j, x in enumerate(v):
+            fill(x, k + 1, idx + (j,))
+
+    for i, v in enumerate(rows.values[leaf.dotted]):
+        fill(v, 0, (i,))
+    return arr, lens
