@@ -164,7 +164,8 @@ def _image_specs(draw, backend: str, jpeg: bool = False):
     if backend == "hf":  # 8-bit rows of any modes: converted to the declared mode, else promoted (rule 7)
         return Img(draw(st.one_of(st.none(), _modes)), tuple(sorted(draw(st.sets(_modes, min_size=1)))), hw)
     dtype = draw(st.sampled_from(["uint8", "uint16", "float32"])) if backend == "tfds" else "uint8"
-    mode = "L" if dtype == "float32" else draw(_modes)  # TFDS float images are single-channel
+    # TFDS float images are single-channel; neither tf.image nor PIL decodes 16-bit grey+alpha.
+    mode = "L" if dtype == "float32" else draw(st.sampled_from(["L", "RGB", "RGBA"]) if dtype == "uint16" else _modes)
     return Img(mode, (mode,), hw, dtype)
 
 
@@ -376,24 +377,25 @@ def hf_reference(built: Built, schema: dict) -> list[dict]:
 def tfds_reference(built: Built, schema: dict, form: str) -> list[dict]:
     """Returns ``tfds.as_numpy(tfds.load(...))`` (tfrecord) or ``tfds.data_source`` rows (array_record).
 
-    JPEG images stay encoded and PIL decodes them (rule 7: one JPEG decoder for every backend).
-    ``tfds.data_source`` decodes images with PIL, which cannot hold 16-bit colour, so its PNG
-    images are decoded by the feature's own TensorFlow decoder, as ``tfds.load`` does.
+    JPEG images stay encoded and PIL decodes them (rule 7: one JPEG decoder for every backend),
+    and so do grey+alpha PNGs, which tf.image cannot decode. ``tfds.data_source`` decodes images
+    with PIL, which cannot hold 16-bit colour, so its other PNGs are decoded by the feature's own
+    TensorFlow decoder, as ``tfds.load`` does.
     """
     import tensorflow_datasets as tfds  # heavy backend
 
     name, dirs = built.tfds
     images = {k: s for k, s in schema.items() if isinstance(s, Img)}
-    skip = {k: tfds.decode.SkipDecoding() for k, s in images.items() if s.fmt == "jpeg" or form == "array_record"}
+    by_pil = {k for k, s in images.items() if s.fmt == "jpeg" or s.mode == "LA"}
+    skip = {k: tfds.decode.SkipDecoding() for k in images if k in by_pil or form == "array_record"}
     if form == "tfrecord":
         return [_plain(r) for r in tfds.as_numpy(tfds.load(name, split="train", data_dir=dirs[form], decoders=skip or None))]
     src = tfds.data_source(name, split="train", data_dir=dirs[form], decoders=skip or None)
     features = tfds.builder(name, data_dir=dirs[form]).info.features
     rows = [_plain(src[i]) for i in range(len(src))]
     for r in rows:
-        for k, s in images.items():
-            if s.fmt == "png":
-                r[k] = features[k].decode_example(r[k]).numpy()
+        for k in images.keys() - by_pil:
+            r[k] = features[k].decode_example(r[k]).numpy()
     return rows
 
 
