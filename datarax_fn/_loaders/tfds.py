@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -23,36 +22,10 @@ import numpy as np
 from .. import _convert as cv
 from . import backends as bk
 from .config import (
-    LoaderConfig, StreamingOptions, check_mode, configs_from_options, decide, flag, logger, mapping, option, positive,
+    LoaderConfig, StreamingOptions, check_mode, configs_from_options, decide, flag, mapping, option, positive,
     text, validate,
 )
-
-_SHAPE = "__shape__"  # tf.data side leaf holding the true shape of a padded ragged feature
-
-
-def _tf() -> Any:
-    """Returns ``tensorflow``, imported on first use with GPUs hidden from it so JAX keeps them."""
-    first = "tensorflow" not in sys.modules
-    import tensorflow as tf  # heavy: only the tfrecord paths need it
-
-    if first or tf.config.get_visible_devices("GPU"):
-        try:
-            tf.config.set_visible_devices([], "GPU")
-        except RuntimeError:  # TF was initialised by someone else: leave it, but say so
-            if tf.config.get_visible_devices("GPU"):
-                logger.warning("datarax_fn: TensorFlow was initialised with GPUs visible; it may reserve GPU "
-                               "memory. Call tf.config.set_visible_devices([], 'GPU') before using TensorFlow.")
-    return tf
-
-
-def _tfds() -> Any:
-    """Returns ``tensorflow_datasets`` (which does not import TensorFlow by itself)."""
-    if "tensorflow" in sys.modules:  # tfds may touch TF devices; make sure GPUs stay hidden
-        _tf()
-    import tensorflow_datasets as tfds  # heavy optional backend
-
-    return tfds
-
+from .tfds_columns import batched, rows_to_columns, tf_columns, tf_module, tfds_module
 
 def _split(v: Any) -> Any:
     if isinstance(v, str):
@@ -131,7 +104,7 @@ def _no_download_retries() -> Iterator[None]:
 
 
 def _open_builder(cfg: TFDSEagerConfig) -> Any:
-    tfds = _tfds()
+    tfds = tfds_module()
     try:
         builder = tfds.builder(cfg.name, data_dir=cfg.data_dir, try_gcs=bool(cfg.try_gcs))
     except tfds.core.registered.DatasetNotFoundError as err:
@@ -207,7 +180,7 @@ def _plan(cfg: TFDSEagerConfig) -> _Plan:
 
 def _walk_features(features: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
     """Yields ``(dotted path, parent dict path tuple, feature)`` for every leaf feature."""
-    F = _tfds().features
+    F = tfds_module().features
     for k, f in features.items():
         path = f"{prefix}{k}"
         inner = f.feature if isinstance(f, F.Sequence) else f
@@ -223,7 +196,7 @@ def _decoders(plan: _Plan, partial: bool) -> Any:
     ``partial`` (tf.data) reads only the kept features (``PartialDecoding``); the data source
     has no partial parse, so it skips decoding the dropped ones instead.
     """
-    tfds = _tfds()
+    tfds = tfds_module()
     F = tfds.features
     keep_tree: dict = {}
     skip_tree: dict = {}
@@ -279,38 +252,10 @@ def _data_source(plan: _Plan, cfg: TFDSEagerConfig) -> Any:
         raise _not_prepared(cfg, plan.builder, err) from err
 
 
-def _column(values: list) -> Any:
-    """Returns one column from per-record values: stacked when they share a shape, else a list."""
-    first = values[0]
-    if isinstance(first, Mapping):
-        return {k: _column([v[k] for v in values]) for k in first}
-    if isinstance(first, (bytes, str)):
-        return np.array(values, dtype=object)
-    arrays = [np.asarray(v) for v in values]
-    if arrays[0].dtype.kind not in "OSU" and all(a.shape == arrays[0].shape for a in arrays):
-        return np.stack(arrays)
-    # Ragged rows: an empty row carries no dtype of its own (NumPy makes it float64).
-    dtype = next((a.dtype for a in arrays if a.size), arrays[0].dtype)
-    return [a if a.size else a.astype(dtype) for a in arrays]
-
-
-def _rows_to_columns(rows: list[dict], plan: _Plan) -> bk.Columns:
-    return _only(_column(rows), plan.fields)
-
-
-def _only(columns: Mapping[str, Any], fields: Mapping[str, Any]) -> bk.Columns:
-    """Returns the columns of the selected fields (dropped, skipped features are left out)."""
-    out = {}
-    for k, f in fields.items():
-        sub = getattr(f, "fields", None)
-        out[k] = _only(columns[k], sub) if isinstance(sub, Mapping) and isinstance(columns[k], Mapping) else columns[k]
-    return out
-
-
 def _tf_dataset(plan: _Plan, cfg: TFDSEagerConfig, one_shot: bool = False) -> Any:
     """Returns the split as an unbatched ``tf.data.Dataset`` of the kept features, in file order."""
-    _tf()
-    tfds = _tfds()
+    tf_module()
+    tfds = tfds_module()
     read_config = tfds.ReadConfig(try_autocache=False, skip_prefetch=not one_shot)
     try:
         return plan.builder.as_dataset(split=cfg.split, shuffle_files=False, decoders=_decoders(plan, partial=True),
@@ -319,72 +264,16 @@ def _tf_dataset(plan: _Plan, cfg: TFDSEagerConfig, one_shot: bool = False) -> An
         raise _not_prepared(cfg, plan.builder, err) from err
 
 
-def _flatten(tree: Mapping[str, Any], prefix: tuple = ()) -> list[tuple[tuple, Any]]:
-    out = []
-    for k, v in tree.items():
-        out += _flatten(v, (*prefix, k)) if isinstance(v, Mapping) else [((*prefix, k), v)]
-    return out
-
-
-def _batched(ds: Any, size: int) -> Any:
-    """Returns ``ds`` batched; leaves of unknown shape are padded and their true shapes ride along."""
-    tf = _tf()
-    ragged = [p for p, s in _flatten(ds.element_spec) if isinstance(s, tf.TensorSpec) and not s.shape.is_fully_defined()]
-    if not ragged:
-        return ds.batch(size)
-
-    def with_shapes(ex):
-        shapes = {"/".join(p): tf.shape(_get(ex, p)) for p in ragged}
-        return {**ex, _SHAPE: shapes}
-
-    return ds.map(with_shapes).padded_batch(size)
-
-
-def _get(tree: Any, path: tuple) -> Any:
-    for k in path:
-        tree = tree[k]
-    return tree
-
-
-def _to_numpy(x: Any) -> Any:
-    """Returns a host NumPy value of a CPU tensor (DLPack where it applies); ragged ones as row lists."""
-    if hasattr(x, "to_list") and hasattr(x, "row_splits"):  # a tf.RaggedTensor (a nested Sequence)
-        return [np.asarray(r) if not isinstance(r, list) else r for r in x.to_list()]
-    if x.dtype.is_numeric or x.dtype.is_bool:
-        try:
-            return np.from_dlpack(x)
-        except (TypeError, BufferError, RuntimeError):
-            pass
-    return x.numpy()
-
-
-def _tf_columns(batch: Mapping[str, Any], plan: _Plan) -> bk.Columns:
-    """Returns host columns of a tf batch; padded leaves become lists of their true rows."""
-    shapes = batch.get(_SHAPE, {})
-    out: dict[str, Any] = {}
-    for path, t in _flatten({k: v for k, v in batch.items() if k != _SHAPE}):
-        node = out
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        value = _to_numpy(t)
-        sizes = shapes.get("/".join(path))
-        if sizes is not None:
-            sizes = _to_numpy(sizes)
-            value = [value[i][tuple(slice(0, int(d)) for d in sizes[i])] for i in range(len(sizes))]
-        node[path[-1]] = value
-    return _only(out, plan.fields)
-
-
 def _read_all(plan: _Plan, cfg: TFDSEagerConfig) -> bk.Columns:
     """Returns the whole split as host columns (images and audio still encoded)."""
     if plan.array_record:
         source = _data_source(plan, cfg)
         rows = [r for lo in range(0, len(source), 16_384)
                 for r in source.__getitems__(list(range(lo, min(lo + 16_384, len(source)))))]
-        return _rows_to_columns(rows, plan) if rows else {}
+        return rows_to_columns(rows, plan.fields) if rows else {}
     ds = _tf_dataset(plan, cfg, one_shot=True)
     n = int(ds.cardinality())
-    chunks = [_tf_columns(b, plan) for b in _batched(ds, n if n > 0 else 8192)]
+    chunks = [tf_columns(b, plan.fields) for b in batched(ds, n if n > 0 else 8192)]
     return bk.concat_rows(chunks) if chunks else {}
 
 
@@ -421,7 +310,7 @@ def _backend(plan: _Plan, cfg: TFDSStreamingConfig) -> bk.Backend:
             raise bk.empty_split_error(repr(cfg.name), cfg.split)
 
         def read(idx: np.ndarray) -> bk.Columns:
-            return _rows_to_columns(source.__getitems__(idx.tolist()), plan)
+            return rows_to_columns(source.__getitems__(idx.tolist()), plan.fields)
 
         conv = bk.converter(plan.fields, plan.opts, read(np.arange(min(n, cfg.chunk_size))), static=True)
         return bk.RandomAccessBackend(read, n, conv, data=data, split=cfg.split, info=info, cfg=cfg)
@@ -430,8 +319,8 @@ def _backend(plan: _Plan, cfg: TFDSStreamingConfig) -> bk.Backend:
     card = int(base.cardinality())
 
     def read_from(start: int) -> Iterator[bk.Columns]:
-        for batch in _batched(base.skip(start) if start else base, cfg.chunk_size):
-            yield _tf_columns(batch, plan)
+        for batch in batched(base.skip(start) if start else base, cfg.chunk_size):
+            yield tf_columns(batch, plan.fields)
 
     probe = next(read_from(0), None)
     if probe is None:

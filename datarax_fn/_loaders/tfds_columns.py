@@ -1,0 +1,130 @@
+"""TFDS records as columns for the conversion layer: data-source rows and tf.data batches.
+
+Also the lazy imports of TensorFlow and TFDS shared by the TFDS loader.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .config import logger
+
+_SHAPE = "__shape__"  # tf.data side leaf holding the true shape of a padded ragged feature
+
+
+def tf_module() -> Any:
+    """Returns ``tensorflow``, imported on first use with GPUs hidden from it so JAX keeps them."""
+    first = "tensorflow" not in sys.modules
+    import tensorflow as tf  # heavy: only the tfrecord paths need it
+
+    if first or tf.config.get_visible_devices("GPU"):
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:  # TF was initialised by someone else: leave it, but say so
+            if tf.config.get_visible_devices("GPU"):
+                logger.warning("datarax_fn: TensorFlow was initialised with GPUs visible; it may reserve GPU "
+                               "memory. Call tf.config.set_visible_devices([], 'GPU') before using TensorFlow.")
+    return tf
+
+
+def tfds_module() -> Any:
+    """Returns ``tensorflow_datasets`` (which does not import TensorFlow by itself)."""
+    if "tensorflow" in sys.modules:  # tfds may touch TF devices; make sure GPUs stay hidden
+        tf_module()
+    import tensorflow_datasets as tfds  # heavy optional backend
+
+    return tfds
+
+
+def _column(values: list) -> Any:
+    """Returns one column from per-record values: stacked when they share a shape, else a list."""
+    first = values[0]
+    if isinstance(first, Mapping):
+        return {k: _column([v[k] for v in values]) for k in first}
+    if isinstance(first, (bytes, str)):
+        return np.array(values, dtype=object)
+    arrays = [np.asarray(v) for v in values]
+    if arrays[0].dtype.kind not in "OSU" and all(a.shape == arrays[0].shape for a in arrays):
+        return np.stack(arrays)
+    # Ragged rows: an empty row carries no dtype of its own (NumPy makes it float64).
+    dtype = next((a.dtype for a in arrays if a.size), arrays[0].dtype)
+    return [a if a.size else a.astype(dtype) for a in arrays]
+
+
+def rows_to_columns(rows: list[dict], fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Returns the selected columns of data-source rows (dicts of NumPy values)."""
+    return _only(_column(rows), fields)
+
+
+def _only(columns: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Returns the columns of the selected fields (dropped, skipped features are left out)."""
+    out = {}
+    for k, f in fields.items():
+        sub = getattr(f, "fields", None)
+        out[k] = _only(columns[k], sub) if isinstance(sub, Mapping) and isinstance(columns[k], Mapping) else columns[k]
+    return out
+
+
+def _flatten(tree: Mapping[str, Any], prefix: tuple = ()) -> list[tuple[tuple, Any]]:
+    out = []
+    for k, v in tree.items():
+        out += _flatten(v, (*prefix, k)) if isinstance(v, Mapping) else [((*prefix, k), v)]
+    return out
+
+
+def batched(ds: Any, size: int) -> Any:
+    """Returns ``ds`` batched; leaves of unknown shape are padded and their true shapes ride along."""
+    tf = tf_module()
+    ragged = [p for p, s in _flatten(ds.element_spec) if isinstance(s, tf.TensorSpec) and not s.shape.is_fully_defined()]
+    if not ragged:
+        return ds.batch(size)
+
+    def with_shapes(ex):
+        shapes = {"/".join(p): tf.shape(_get(ex, p)) for p in ragged}
+        return {**ex, _SHAPE: shapes}
+
+    return ds.map(with_shapes).padded_batch(size)
+
+
+def _get(tree: Any, path: tuple) -> Any:
+    for k in path:
+        tree = tree[k]
+    return tree
+
+
+def _to_numpy(x: Any) -> Any:
+    """Returns a host NumPy value of a CPU tensor (DLPack where it applies); ragged ones as row lists."""
+    if hasattr(x, "to_list") and hasattr(x, "row_splits"):  # a tf.RaggedTensor (a nested Sequence)
+        return [np.asarray(r) if not isinstance(r, list) else r for r in x.to_list()]
+    if x.dtype.is_numeric or x.dtype.is_bool:
+        try:
+            return np.from_dlpack(x)
+        except (TypeError, BufferError, RuntimeError):
+            pass
+    return x.numpy()
+
+
+def tf_columns(batch: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Returns host columns of a tf batch; padded leaves become lists of their true rows."""
+    shapes = batch.get(_SHAPE, {})
+    out: dict[str, Any] = {}
+    for path, t in _flatten({k: v for k, v in batch.items() if k != _SHAPE}):
+        node = out
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        value = _to_numpy(t)
+        sizes = shapes.get("/".join(path))
+        if sizes is not None:
+            sizes = _to_numpy(sizes)
+            value = [value[i][tuple(slice(0, int(d)) for d in sizes[i])] for i in range(len(sizes))]
+        node[path[-1]] = value
+    return _only(out, fields)
+
+
+
+
+__all__ = ["batched", "rows_to_columns", "tf_columns", "tf_module", "tfds_module"]
