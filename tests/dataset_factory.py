@@ -6,7 +6,7 @@ A schema is a ``{name: Spec}`` dict of the small frozen dataclasses below; a row
 
 * ``hf_features`` / ``build_hf``: a parquet file (read back with ``load_dataset("parquet")``) and a
   ``save_to_disk`` folder;
-* ``tfds_features`` / ``build_tfds``: a ``GeneratorBasedBuilder`` prepared in ``tfrecord`` or
+* ``tfds_feature`` / ``build_tfds``: a ``GeneratorBasedBuilder`` prepared in ``tfrecord`` or
   ``array_record`` under a data_dir, with TFDS's prepare-time shuffle disabled so that records
   keep the generated order in every backend.
 """
