@@ -1,0 +1,499 @@
+"""Differential fuzz: every leaf ``from_hf`` / ``from_tfds`` give equals the backend's own reader.
+
+Hypothesis draws a schema (numbers of every dtype, ClassLabel, string, binary, fixed and ragged
+lists nested two levels, structs, lists of structs, fixed-shape arrays, PNG/JPEG images of every
+mode and dtype, int16 WAV audio, None) and 1-40 rows, builds real datasets on disk
+(``tests/dataset_factory.py``: HF parquet + ``save_to_disk``, a TFDS builder in ``tfrecord`` and
+``array_record``), loads the whole split eager and streaming, and compares every leaf with:
+
+* HF: the python rows of ``datasets.load_dataset("parquet", ...)`` (images as PIL, audio bytes
+  through ``wave``, since HF's audio decoder needs torchcodec);
+* TFDS: ``tfds.as_numpy(tfds.load(...))`` (tfrecord) and ``tfds.data_source(...)``
+  (array_record); JPEG through PIL on the stored bytes (rule 7);
+* the generated values themselves, for the same data built as HF and as TFDS (identical arrays).
+
+``tests/rules_oracle.py`` turns the reference rows into what docs/conversion.md promises: the
+zero-padded arrays, their ``<leaf>_length`` leaves (rule 5), the dtypes (rules 3-8); every output
+leaf, padding included, must equal it exactly, and match ``element_spec`` (rule 1). A load may instead raise ValueError/TypeError naming the field, when the
+rules demand an error (None, int64 overflow without x64, ragged without ``max_length``, streamed
+image without ``image_mode``); the test then applies the fix the message names (``exclude_keys``,
+``jax_enable_x64``, ``max_length``, ``image_mode``) and compares again.
+
+CI runs 200 fixed (derandomized) examples: 140 HF, 35 TFDS, 25 HF-vs-TFDS. Run the long,
+random fuzz with ``pytest -m fuzz tests/test_differential.py`` (``DFN_FUZZ_EXAMPLES`` examples
+per test, default 300, with shrinking). ``DFN_FUZZ_REPORT=file`` appends every failing case to
+``file`` and goes on, instead of stopping at the first one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import os
+import re
+import tempfile
+from typing import Any
+
+import chex
+import jax
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+import datarax_fn as dfn
+from dataset_factory import (
+    MODE_CHANNELS, NUM_DTYPES, Array, Aud, Img, Label, Num, Picture, Seq, Str, Bin, Struct,
+    build_hf, build_tfds, decode_image, encode_image,
+)
+from rules_oracle import Options, Rows, expected_leaves, fix_max_length, issues, overflow_rows
+
+LONG = int(os.environ.get("DFN_FUZZ_EXAMPLES", "300"))
+REPORT = os.environ.get("DFN_FUZZ_REPORT")
+
+
+def _settings(ci: int, long: bool) -> settings:
+    """CI: a fixed, derandomized set of examples and no shrinking (each step rebuilds datasets)."""
+    phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if long and not REPORT else [])
+    return settings(max_examples=LONG if long else ci, deadline=None, derandomize=not long, phases=phases,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+# ----------------------------------------------------------------------------- strategies
+
+def _num_values(dtype: str, hf: bool):
+    """Returns a strategy for one value; 64-bit values often leave the 32-bit range (rule 4)."""
+    t = np.dtype(dtype).type
+    if dtype == "bool":
+        return st.booleans().map(t)
+    if dtype.startswith("float"):  # TFDS stores float64 as float32, so it only holds float32 values
+        wide = st.floats(width=int(dtype[5:]) if hf else min(32, int(dtype[5:])))
+        if dtype == "float64" and hf:
+            wide = st.one_of(wide, st.floats(3.5e38, 1e308), st.floats(-1e308, -3.5e38))
+        return wide.map(t)
+    info = np.iinfo(dtype)
+    top = int(info.max) if dtype != "uint64" else 2**63 - 1  # HF's from_dict fails on larger nested uint64
+    values = st.one_of(st.integers(max(info.min, -3), 3), st.integers(int(info.min), top))
+    if dtype in ("int64", "uint64"):
+        values = st.one_of(values, st.integers(2**32, top), st.integers(int(info.min), -(2**31) - 1) if info.min else st.nothing())
+    return values.map(t)
+
+
+def _values(spec: Any, hf: bool):
+    """Returns a strategy for one canonical value of ``spec``."""
+    if isinstance(spec, Num):
+        return _num_values(spec.dtype, hf)
+    if isinstance(spec, Label):
+        return st.integers(-1 if hf else 0, len(spec.names) - 1)
+    if isinstance(spec, Str):
+        return st.text(max_size=6)
+    if isinstance(spec, Bin):
+        return st.binary(max_size=6)
+    if isinstance(spec, Seq):
+        size = {"min_size": spec.length, "max_size": spec.length} if spec.length else {"max_size": 3}
+        return st.lists(_values(spec.inner, hf), **size)
+    if isinstance(spec, Struct):
+        return st.fixed_dictionaries({k: _values(s, hf) for k, s in spec.fields})
+    if isinstance(spec, Array):
+        return st.integers(0, 2**32 - 1).map(lambda s: _random_array(s, spec.shape, spec.dtype))
+    if isinstance(spec, Img):
+        return st.tuples(st.sampled_from(spec.modes), st.integers(0, 2**32 - 1)).map(lambda a: _picture(spec, *a))
+    return st.integers(0, 2**32 - 1).map(_clip)
+
+
+def _random_array(seed: int, shape: tuple, dtype: str) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if dtype == "bool":
+        return rng.integers(0, 2, shape).astype(bool)
+    if dtype.startswith("float"):
+        return (rng.standard_normal(shape) * 100).astype(dtype)
+    info = np.iinfo(dtype)
+    return rng.integers(max(info.min, -1000), min(info.max, 1000), shape, endpoint=True).astype(dtype)
+
+
+def _picture(spec: Img, mode: str, seed: int) -> Picture:
+    rng = np.random.default_rng(seed)
+    shape = (*spec.hw, MODE_CHANNELS[mode])
+    if spec.dtype == "float32":
+        return Picture(rng.standard_normal(shape).astype(np.float32), b"", mode)
+    pixels = rng.integers(0, np.iinfo(spec.dtype).max, shape, endpoint=True).astype(spec.dtype)
+    if spec.dtype != "uint8":
+        return Picture(pixels, b"", mode)
+    encoded = encode_image(pixels[..., 0] if mode == "L" else pixels, spec.fmt)
+    return Picture(decode_image(encoded), encoded, mode)
+
+
+def _clip(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(-32768, 32767, int(rng.integers(0, 12)), endpoint=True).astype(np.int16)
+
+
+_leaf_specs = st.one_of(
+    st.sampled_from(NUM_DTYPES).map(Num),
+    st.integers(1, 4).map(lambda k: Label(tuple(f"c{i}" for i in range(k)))),
+    st.just(Str()),
+    st.just(Bin()),
+    st.tuples(st.tuples(st.integers(1, 3), st.integers(1, 3)), st.sampled_from(NUM_DTYPES)).map(lambda a: Array(*a)),
+)
+_lengths = st.one_of(st.none(), st.integers(1, 3))
+
+
+def _struct(children):
+    return st.lists(children, min_size=1, max_size=3).map(lambda cs: Struct(tuple((f"c{i}", c) for i, c in enumerate(cs))))
+
+
+def _nested_specs(backend: str):
+    """Returns a strategy for nested fields. TFDS reads back lists of lists only when both are ragged."""
+    inner = st.builds(Seq, _leaf_specs, _lengths)
+    ragged = _lengths if backend == "hf" else st.none()
+    two_levels = st.builds(Seq, st.builds(Seq, _leaf_specs, ragged), ragged)
+    return st.one_of(_leaf_specs, inner, two_levels, _struct(st.one_of(_leaf_specs, inner)),
+                     st.builds(Seq, _struct(_leaf_specs), _lengths))
+
+
+_modes = st.sampled_from(tuple(MODE_CHANNELS))
+
+
+@st.composite
+def _image_specs(draw, backend: str, jpeg: bool = False):
+    hw = (draw(st.integers(1, 8)), draw(st.integers(1, 8)))
+    if jpeg:
+        mode = draw(st.sampled_from(["L", "RGB"]))
+        return Img(mode, (mode,), hw, "uint8", "jpeg")
+    if backend == "hf":  # 8-bit rows of any modes: converted to the declared mode, else promoted (rule 7)
+        return Img(draw(st.one_of(st.none(), _modes)), tuple(sorted(draw(st.sets(_modes, min_size=1)))), hw)
+    dtype = draw(st.sampled_from(["uint8", "uint16", "float32"])) if backend == "tfds" else "uint8"
+    # TFDS float images are single-channel; neither tf.image nor PIL decodes 16-bit grey+alpha.
+    mode = "L" if dtype == "float32" else draw(st.sampled_from(["L", "RGB", "RGBA"]) if dtype == "uint16" else _modes)
+    return Img(mode, (mode,), hw, dtype)
+
+
+@st.composite
+def datasets(draw, backend: str):
+    """Returns ``(schema, rows)``; ``backend`` is "hf" (None values), "tfds", or "both" (no None)."""
+    nested = _nested_specs(backend)
+    kinds = st.one_of(nested, _image_specs(backend), _image_specs(backend, jpeg=True),
+                      st.sampled_from([8000, 16000]).map(Aud))
+    specs = draw(st.lists(st.one_of(nested, nested, kinds), min_size=1, max_size=4))
+    schema = {f"f{i}_{type(s).__name__.lower()}": s for i, s in enumerate(specs)}
+    n = draw(st.one_of(st.integers(1, 6), st.integers(1, 40)))
+    columns = {}
+    for i, (k, s) in enumerate(schema.items()):
+        values = _values(s, backend == "hf")
+        if backend == "hf" and i > 0 and draw(st.integers(0, 9)) == 0:  # a nullable column (rule 10)
+            values = st.one_of(values, st.none())
+        columns[k] = draw(st.lists(values, min_size=n, max_size=n))
+    return schema, [{k: columns[k][r] for k in schema} for r in range(n)]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _flat(tree: Any, prefix: tuple = ()) -> dict[tuple, Any]:
+    if isinstance(tree, dict):
+        return {p: v for k, sub in tree.items() for p, v in _flat(sub, prefix + (k,)).items()}
+    return {prefix: tree}
+
+
+@contextlib.contextmanager
+def _x64(on: bool):
+    old = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", on)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", old)
+
+
+def _chunk_option(config: type) -> str:
+    names = {f.name for f in dataclasses.fields(config)}
+    return next(n for n in ("chunk_size", "read_chunk_size") if n in names)
+
+
+CHUNK = 7  # several chunks per split, so nothing can be decided from the first one (rule 1)
+
+
+def from_tfds(name: str, data_dir: str, streaming: bool, **options: Any) -> Any:
+    """Returns ``dfn.from_tfds`` in the asked mode, through ``streaming=`` or the older ``eager=``."""
+    if "streaming" in inspect.signature(dfn.from_tfds).parameters:
+        return dfn.from_tfds(name, "train", data_dir=data_dir, streaming=streaming, **options)
+    return dfn.from_tfds(name, "train", data_dir=data_dir, eager=not streaming, **options)
+
+
+@dataclasses.dataclass(frozen=True)
+class Built:
+    """One generated split on disk in every form, with its reference rows per form."""
+
+    hf: dict | None
+    tfds: tuple[str, dict] | None
+    cache: str
+
+    def load(self, form: str, streaming: bool, opts: Options, **extra: Any) -> Any:
+        kw = {**opts.kwargs(), **extra}
+        if form in ("parquet", "disk"):
+            if streaming:
+                kw[_chunk_option(dfn.HFStreamingConfig)] = CHUNK
+            if form == "parquet":
+                return dfn.from_hf("parquet", "train", data_files=self.hf["parquet"], cache_dir=self.cache, streaming=streaming, **kw)
+            return dfn.from_hf(self.hf["disk"], "train", streaming=streaming, **kw)
+        if streaming:
+            kw[_chunk_option(dfn.TFDSStreamingConfig)] = CHUNK
+        return from_tfds(self.tfds[0], self.tfds[1][form], streaming, **kw)
+
+
+def read_split(state: Any, n: int, streaming: bool, shuffled: bool = False) -> dict[tuple, np.ndarray]:
+    """Returns the whole epoch as ``{path: array}`` and checks it against ``element_spec`` (rule 1)."""
+    try:
+        if streaming or shuffled:
+            _, batch = dfn.get_batch(state, n)
+        else:
+            batch = state.data
+        got = {p: np.asarray(v) for p, v in _flat(batch).items()}
+        spec = _flat(dfn.element_spec(state))
+    finally:
+        if hasattr(state, "close"):
+            state.close()
+    for p, a in got.items():
+        s = spec.get(p)
+        if s is None or tuple(s.shape) != a.shape[1:] or np.dtype(s.dtype) != a.dtype:
+            raise AssertionError(f"rule 1: leaf {'.'.join(p)} is {a.dtype}{a.shape[1:]} per record but element_spec says {s}")
+    return got
+
+
+def compare(got: dict, want: dict, where: str) -> None:
+    """Raises naming the first leaf whose shape, dtype or values differ."""
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    if missing or extra:
+        raise AssertionError(f"{where}: leaves missing {['.'.join(p) for p in missing]}, unexpected {['.'.join(p) for p in extra]} "
+                             f"(rules 5/6: <leaf>_length only for padded levels)")
+    for p, w in want.items():
+        g, name = got[p], ".".join(p)
+        if g.dtype != w.dtype or g.shape != w.shape:
+            raise AssertionError(f"{where}: leaf {name} is {g.dtype}{g.shape}, expected {w.dtype}{w.shape}")
+        if not np.array_equal(g, w, equal_nan=w.dtype.kind == "f"):
+            bad = np.argwhere(~((g == w) | ((g != g) & (w != w)) if w.dtype.kind == "f" else g == w))[0]
+            raise AssertionError(f"{where}: leaf {name} differs at {tuple(bad)}: got {g[tuple(bad)]!r}, expected {w[tuple(bad)]!r}")
+
+
+def _paths(rows: Rows) -> list[str]:
+    out = set()
+    for leaf in rows.leaves:
+        out.update(".".join(leaf.path[:i]) for i in range(1, len(leaf.path) + 1))
+    return sorted(out, key=len, reverse=True)
+
+
+def load_and_check(built: Built, rows: Rows, form: str, streaming: bool, opts: Options) -> tuple[Options, dict]:
+    """Returns the final options and leaves of one load that matched the rules, applying named fixes."""
+    where = f"{form} {'streaming' if streaming else 'eager'}"
+    opts = dataclasses.replace(opts, max_length=dict(opts.max_length), image_mode=dict(opts.image_mode),
+                               exclude_keys=list(opts.exclude_keys))
+    for _ in range(len(rows.leaves) + 4):
+        try:
+            with _x64(opts.x64):
+                got = read_split(built.load(form, streaming, opts), rows.n, streaming)
+        except (ValueError, TypeError) as err:
+            opts = _apply_fix(rows, streaming, opts, err, where)
+            continue
+        except AssertionError:
+            raise
+        except Exception as err:  # noqa: BLE001 (any other error is itself the finding)
+            raise AssertionError(f"{where}: {type(err).__name__} (not ValueError/TypeError): {err}") from err
+        for leaf in rows.leaves:
+            for issue in issues(rows, leaf, streaming, opts):
+                raise AssertionError(f"{where}: {issue.rule}: leaf {leaf.dotted} loaded without the error the rule demands")
+        compare(got, expected_leaves(rows, opts, got), f"{where} {opts.kwargs()} x64={opts.x64}")
+        return opts, got
+    raise AssertionError(f"{where}: still failing after applying every named fix; options {opts}")
+
+
+def _apply_fix(rows: Rows, streaming: bool, opts: Options, err: Exception, where: str) -> Options:
+    msg = str(err)
+    named = next((p for p in _paths(rows) if re.search(rf"(?<![\w.]){re.escape(p)}(?![\w])", msg)), None)
+    if named is None:
+        raise AssertionError(f"{where}: {type(err).__name__} names no field: {msg}") from err
+    under = [lf for lf in rows.leaves if lf.dotted == named or lf.dotted.startswith(named + ".")]
+    pending = [(lf, i) for lf in under for i in issues(rows, lf, streaming, opts)]
+    if not pending:
+        raise AssertionError(f"{where}: no rule demands an error for {named!r} with {opts.kwargs()}, got: {msg}") from err
+    # Construction-time fixes first: their messages may offer exclude_keys as an alternative.
+    order = ("max_length", "image_mode", "jax_enable_x64", "exclude_keys")
+    usable = sorted([(lf, i) for lf, i in pending if i.fix in msg], key=lambda p: order.index(p[1].fix))
+    if not usable:
+        raise AssertionError(f"{where}: {pending[0][1].rule} for {named!r}: the error names no fix "
+                             f"({sorted({i.fix for _, i in pending})}): {msg}") from err
+    leaf, issue = usable[0]
+    if issue.rows and not any(int(r) in issue.rows for r in re.findall(r"\brows?\D{0,4}(\d+)", msg)):
+        raise AssertionError(f"{where}: {issue.rule} for {named!r}: the error names none of the global rows {issue.rows}: {msg}") from err
+    if issue.fix == "jax_enable_x64":
+        opts.x64 = True
+    elif issue.fix == "exclude_keys":
+        opts.exclude_keys.append(leaf.path[0])  # the None is the whole top-level value
+    elif issue.fix == "image_mode":
+        opts.image_mode[leaf.dotted] = rows.modes(leaf)
+    else:
+        for lf, i in usable:
+            if i.fix == "max_length":
+                opts.max_length[lf.dotted] = fix_max_length(rows, lf)
+    return opts
+
+
+def check_permutation(built: Built, rows: Rows, form: str, streaming: bool, opts: Options, ordered: dict, seed: int) -> None:
+    """A shuffled epoch holds exactly the ordered epoch's records."""
+    with _x64(opts.x64):
+        got = read_split(built.load(form, streaming, opts, shuffle=True, seed=seed), rows.n, streaming, shuffled=True)
+
+    def records(tree):
+        keys = sorted(tree)
+        return sorted(b"|".join(tree[k][i].tobytes() for k in keys) for i in range(rows.n))
+
+    if sorted(got) != sorted(ordered) or records(got) != records(ordered):
+        raise AssertionError(f"{form} {'streaming' if streaming else 'eager'} shuffle=True seed={seed}: not a permutation of the ordered epoch")
+
+
+# ----------------------------------------------------------------------------- the backends' own readers
+
+
+def _plain(x: Any) -> Any:
+    """Returns a reader's value with ragged tensors as lists and nested dicts kept."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if hasattr(x, "to_list"):
+        return x.to_list()
+    return x
+
+
+def hf_reference(built: Built, schema: dict) -> list[dict]:
+    """Returns HF's python rows of the parquet file (images as PIL, audio left encoded)."""
+    import datasets as hd  # heavy backend
+
+    ds = hd.load_dataset("parquet", data_files=built.hf["parquet"], split="train", cache_dir=built.cache)
+    for k, s in schema.items():
+        if isinstance(s, Aud):  # HF's audio decoder needs torchcodec: read the WAV bytes with `wave`
+            ds = ds.cast_column(k, hd.Audio(sampling_rate=s.sampling_rate, decode=False))
+    return list(ds)
+
+
+def tfds_reference(built: Built, schema: dict, form: str) -> list[dict]:
+    """Returns ``tfds.as_numpy(tfds.load(...))`` (tfrecord) or ``tfds.data_source`` rows (array_record).
+
+    JPEG images stay encoded and PIL decodes them (rule 7: one JPEG decoder for every backend),
+    and so do grey+alpha PNGs, which tf.image cannot decode. ``tfds.data_source`` decodes images
+    with PIL, which cannot hold 16-bit colour, so its other PNGs are decoded by the feature's own
+    TensorFlow decoder, as ``tfds.load`` does.
+    """
+    import tensorflow_datasets as tfds  # heavy backend
+
+    name, dirs = built.tfds
+    images = {k: s for k, s in schema.items() if isinstance(s, Img)}
+    by_pil = {k for k, s in images.items() if s.fmt == "jpeg" or s.mode == "LA"}
+    skip = {k: tfds.decode.SkipDecoding() for k in images if k in by_pil or form == "array_record"}
+    if form == "tfrecord":
+        return [_plain(r) for r in tfds.as_numpy(tfds.load(name, split="train", data_dir=dirs[form], decoders=skip or None))]
+    src = tfds.data_source(name, split="train", data_dir=dirs[form], decoders=skip or None)
+    features = tfds.builder(name, data_dir=dirs[form]).info.features
+    rows = [_plain(src[i]) for i in range(len(src))]
+    for r in rows:
+        for k in images.keys() - by_pil:
+            r[k] = features[k].decode_example(r[k]).numpy()
+    return rows
+
+
+# ----------------------------------------------------------------------------- the properties
+
+HF_FORMS = [("parquet", False), ("parquet", True), ("disk", False), ("disk", True)]
+TFDS_FORMS = [("tfrecord", False), ("tfrecord", True), ("array_record", False), ("array_record", True)]
+
+
+class Findings:
+    """Collects failing cases: raised at the end, or appended to ``DFN_FUZZ_REPORT``."""
+
+    def __init__(self, schema: dict, n: int):
+        self.head = f"schema {schema} rows {n}"
+        self.failures: list[str] = []
+
+    @contextlib.contextmanager
+    def case(self):
+        try:
+            yield
+        except AssertionError as err:
+            self.failures.append(str(err).splitlines()[0][:600])
+
+    def done(self) -> None:
+        if not self.failures:
+            return
+        text = "\n".join([self.head, *(f"  {f}" for f in self.failures)])
+        if REPORT:
+            with open(REPORT, "a") as f:
+                f.write(text + "\n")
+        else:
+            raise AssertionError(text)
+
+
+def _own_reader_case(backend: str, case: tuple) -> None:
+    """Loads one split every way and compares it with the backend's reader; one form also shuffled."""
+    (schema, rows), shuffled_form, seed = case  # shuffled_form > 3: no shuffled run (it costs a compile)
+    forms = HF_FORMS if backend == "hf" else TFDS_FORMS
+    findings = Findings(schema, len(rows))
+    with tempfile.TemporaryDirectory() as root:
+        if backend == "hf":
+            built = Built(build_hf(root, schema, rows), None, os.path.join(root, "cache"))
+            refs = dict.fromkeys(("parquet", "disk"), Rows(schema, hf_reference(built, schema)))
+        else:
+            built = Built(None, build_tfds(root, schema, rows), root)
+            refs = {form: Rows(schema, tfds_reference(built, schema, form)) for form in ("tfrecord", "array_record")}
+        for i, (form, streaming) in enumerate(forms):
+            with findings.case():
+                opts, got = load_and_check(built, refs[form], form, streaming, Options())
+                if i == shuffled_form:
+                    check_permutation(built, refs[form], form, streaming, opts, got, seed)
+    findings.done()
+
+
+def _same_data_case(case: tuple) -> None:
+    """Builds one split as HF and as TFDS; all eight loads must equal the generated values and each other."""
+    schema, rows = case
+    findings = Findings(schema, len(rows))
+    canonical = Rows(schema, rows)
+    # Options every form needs (rules 4, 5): the arrays must then be identical across backends.
+    opts = Options(max_length={lf.dotted: fix_max_length(canonical, lf) for lf in canonical.leaves if "R" in lf.levels},
+                   x64=any(overflow_rows(canonical, lf) for lf in canonical.leaves))
+    with tempfile.TemporaryDirectory() as root:
+        built = Built(build_hf(root, schema, rows), build_tfds(root, schema, rows), os.path.join(root, "cache"))
+        outputs = {}
+        for form, streaming in HF_FORMS + TFDS_FORMS:
+            with findings.case():
+                _, outputs[(form, streaming)] = load_and_check(built, canonical, form, streaming, opts)
+        first = next(iter(outputs), None)
+        for other in outputs:
+            with findings.case():
+                try:
+                    chex.assert_trees_all_equal(outputs[first], outputs[other])
+                except AssertionError as err:
+                    raise AssertionError(f"same data: {first} and {other} give different arrays: {str(err)[:300]}") from err
+    findings.done()
+
+
+def _run(request: Any, strategy: Any, body: Any, ci_examples: int) -> None:
+    long = "fuzz" in (request.config.getoption("markexpr") or "")
+    settings(_settings(ci_examples, long))(given(strategy)(body))()
+
+
+@pytest.mark.fuzz
+def test_hf_loads_equal_hf_rows(request):
+    """Parquet and save_to_disk, eager and streaming, against HF's python rows (rules 1-8, 10)."""
+    _run(request, st.tuples(datasets("hf"), st.integers(0, 15), st.integers(0, 2**31 - 1)),
+         lambda case: _own_reader_case("hf", case), 140)
+
+
+@pytest.mark.fuzz
+def test_tfds_loads_equal_tfds_readers(request):
+    """tfrecord and array_record, eager and streaming, against tfds.as_numpy / tfds.data_source."""
+    _run(request, st.tuples(datasets("tfds"), st.integers(0, 15), st.integers(0, 2**31 - 1)),
+         lambda case: _own_reader_case("tfds", case), 35)
+
+
+@pytest.mark.fuzz
+def test_same_data_gives_same_arrays_in_hf_and_tfds(request):
+    """HF, TFDS tfrecord and TFDS array_record give identical arrays, JPEG and audio included."""
+    _run(request, datasets("both"), _same_data_case, 25)
