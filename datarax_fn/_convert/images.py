@@ -171,11 +171,18 @@ def stack(images: list[np.ndarray], mode: str | None, dtype: str, shape: tuple, 
 
     Images of different sizes raise (field, row, the two shapes, a resizing transform).
     """
-    if mode is not None:
-        images = [to_mode(a, mode, name, row0 + i) for i, a in enumerate(images)]
     want = np.dtype(dtype)
+    if mode is not None:
+        c, mode_dtype = MODES[mode]
+        keep = np.dtype(mode_dtype)
+        images = [a if a.shape[2] == c and a.dtype == keep else to_mode(a, mode, name, row0 + i)
+                  for i, a in enumerate(images)]
     first = images[0].shape if images else tuple(d or 0 for d in shape)
-    for i, a in enumerate(images):
+    # One pass over the shapes and dtypes in C-speed set building; the per-image loop below
+    # runs only to name the first image at fault.
+    uniform = len({a.shape for a in images}) <= 1 and {a.dtype for a in images} <= {want}
+    declared = all(d is None or d == s for d, s in zip(shape, first))
+    for i, a in enumerate(() if uniform and declared else images):
         if a.dtype != want:
             fix = f"pass image_mode={{{name!r}: 'I;16'}}" if a.shape[2] == 1 and a.dtype == np.uint16 else (
                 "pass a transform that converts it (it receives the decoded arrays)")
