@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
 import wave
 
 import numpy as np
@@ -81,24 +80,3 @@ def saved_folder(tmp_path_factory, hf_dataset):
     hd.DatasetDict({"train": ds, "test": ds.select(range(10))}).save_to_disk(str(root / "dd"))
     ds.save_to_disk(str(root / "single"))
     return root
-
-
-@pytest.fixture
-def socket_guard(monkeypatch):
-    """Fails the test on any network attempt (connect or DNS lookup)."""
-    attempts: list = []
-
-    def connect(self, addr, *a, **k):
-        attempts.append(addr)
-        raise AssertionError(f"network connect attempted: {addr}")
-
-    def getaddrinfo(host, *a, **k):
-        attempts.append(host)
-        raise AssertionError(f"DNS lookup attempted: {host}")
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(socket.socket, "connect_ex", connect)
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    monkeypatch.setattr(socket, "create_connection", lambda addr, *a, **k: connect(None, addr))
-    yield attempts
-    assert attempts == [], f"network attempts: {attempts}"

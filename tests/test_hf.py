@@ -17,7 +17,7 @@ import pytest
 
 import datarax_fn as dfn
 from datarax_fn._shuffle import epoch_seed
-from hf_fixtures import hf_dataset, make_dataset, parquet_folder, png, saved_folder, socket_guard, wav  # noqa: F401
+from hf_fixtures import hf_dataset, make_dataset, parquet_folder, png, saved_folder, wav  # noqa: F401
 
 ML = {"text": 16, "tokens": 5}
 
@@ -304,7 +304,7 @@ def test_exact_resume_with_shuffle_in_a_fresh_process(parquet_folder, saved_fold
 # ----------------------------------------------------------------------------- offline
 
 
-def test_local_files_only_makes_no_network_attempt(parquet_folder, saved_folder, tmp_path, socket_guard, monkeypatch):
+def test_local_files_only_makes_no_network_attempt(parquet_folder, saved_folder, tmp_path, no_network, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     s = dfn.from_hf(str(parquet_folder), "train", local_files_only=True, streaming=False, max_length=ML,
