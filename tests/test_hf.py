@@ -433,3 +433,26 @@ def test_memory_estimate_counts_the_longest_row(caplog):
     real = sum(x.nbytes for x in jax.tree.leaves(state.data))
     logged = float(re.search(r"needs about ([\d,.]+) MiB", caplog.text).group(1).replace(",", "")) * 2**20
     assert real >= (n + 1) * long and real / 2 <= logged <= real * 2
+
+
+def test_16_bit_images_load_through_from_hf_with_the_mode_the_error_names():
+    pixels = np.array([[0, 1], [40_000, 65_535]], np.uint16)
+    ds = hd.Dataset.from_dict({"im": [{"bytes": png(pixels), "path": None}]}, features=hd.Features({"im": hd.Image()}))
+    with pytest.raises(ValueError, match=r"image_mode=\{'im': 'I;16'\}"):
+        dfn.from_hf(ds, streaming=False)
+    state = dfn.from_hf(ds, streaming=False, image_mode={"im": "I;16"})  # the fix the error names
+    _, batch = dfn.get_batch(state, 1)
+    assert batch["im"].dtype == np.uint16
+    np.testing.assert_array_equal(np.asarray(batch["im"])[0, :, :, 0], pixels)
+
+
+def test_missing_value_inside_a_list_names_the_row_and_dropping_it_works():
+    ds = hd.Dataset.from_dict({"x": [[1, 2], [3, None], [4]]}, features=hd.Features({"x": hd.List(hd.Value("int32"))}))
+    with pytest.raises(ValueError, match=r"field 'x': missing value \(None\) at row 1") as err:
+        dfn.from_hf(ds, streaming=False, max_length=2)
+    assert "also inside lists" in str(err.value)
+    kept = ds.filter(lambda r: None not in r["x"])  # the fix: drop rows holding a None anywhere in 'x'
+    state = dfn.from_hf(kept, streaming=False, max_length=2)
+    _, batch = dfn.get_batch(state, 2)
+    np.testing.assert_array_equal(np.asarray(batch["x"]), [[1, 2], [4, 0]])
+    np.testing.assert_array_equal(np.asarray(batch["x_length"]), [2, 1])

@@ -34,8 +34,9 @@ def null_error(name: str, row: int) -> ValueError:
     """Returns the error for a missing value of field ``name`` at global row ``row``."""
     return ValueError(
         f"field {name!r}: missing value (None) at row {row}. JAX arrays cannot hold missing values; "
-        f"fill or drop those rows first (e.g. ds.filter(lambda r: r[{name.split('.')[0]!r}] is not None)), "
-        f"pass a transform that fills them, or leave the field out with exclude_keys=[{name!r}]."
+        f"fill or drop those rows first (ds.map / ds.filter with a function that finds every None in "
+        f"{name.split('.')[0]!r}, also inside lists and structs), pass a transform that fills them, or leave "
+        f"the field out with exclude_keys=[{name!r}]."
     )
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 logger = logging.getLogger("datarax_fn")
 
-IMAGE_MODES = ("L", "LA", "RGB", "RGBA")
+IMAGE_MODES = ("L", "LA", "RGB", "RGBA", "I;16", "I", "F")  # the conversion layer's modes
 
 
 # ----------------------------------------------------------------------------- option checks
