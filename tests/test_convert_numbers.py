@@ -85,6 +85,14 @@ def test_array2d_uint8_keeps_dtype_and_array3d_stacks():
     np.testing.assert_array_equal(out["a"], np.stack([x, x + 1]))
 
 
+def test_fixed_shape_array_inside_a_struct_is_read_as_arrow():
+    # HF's Array2D column is datasets' own ExtensionArray subclass: still an Arrow column.
+    rows = {"s": [{"c0": [[1], [-2], [3]]}, {"c0": [[4], [5], [-32768]]}]}
+    out = hf_convert(rows, {"s": {"c0": hd.Array2D((3, 1), "int16")}})
+    assert out["s"]["c0"].dtype == np.int16 and out["s"]["c0"].tolist() == [[[1], [-2], [3]], [[4], [5], [-32768]]]
+    assert list(out["s"]) == ["c0"]
+
+
 def test_class_label_is_int32_allows_minus_one_and_is_range_checked():
     out = hf_convert({"c": [0, 2, -1]}, {"c": hd.ClassLabel(names=["a", "b", "c"])})
     assert out["c"].dtype == np.int32 and out["c"].tolist() == [0, 2, -1]

@@ -47,7 +47,9 @@ def row_of(offsets: list[np.ndarray], depth: int, index: int) -> int:
 
 
 def is_arrow(col: Any) -> bool:
-    return type(col).__module__.startswith("pyarrow")
+    """Returns whether ``col`` is a pyarrow array, subclasses included (HF's fixed-shape arrays
+    are ``datasets``' own ``ExtensionArray`` subclass), without importing pyarrow."""
+    return any(c.__module__.startswith("pyarrow") for c in type(col).__mro__)
 
 
 def plain_arrow(col: Any) -> Any:
