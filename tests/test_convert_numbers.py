@@ -153,6 +153,13 @@ def test_two_ragged_levels_and_the_suggested_fix_works():
     assert out["m_length"].tolist() == [2, 1, 0] and out["m_length_1"].tolist() == [[2, 2], [3, 0], [0, 0]]
 
 
+def test_two_ragged_levels_of_only_empty_inner_lists_stacked_by_numpy():
+    # TFDS data-source rows [[]] stack to an (N, 1, 0) array: no size can be inferred from it.
+    out = convert({"m": np.zeros((3, 1, 0), np.int16)}, {"m": cv.Tensor((None, None), "int16")}, max_length=(2, 2))
+    assert out["m"].dtype == np.int16 and out["m"].tolist() == [[[0, 0], [0, 0]]] * 3
+    assert out["m_length"].tolist() == [1, 1, 1] and out["m_length_1"].tolist() == [[0, 0]] * 3
+
+
 def test_list_of_structs_pushes_the_list_into_each_member():
     rows = {"ls": [[{"p": 1.0, "q": 1}], [{"p": 2.0, "q": 2}, {"p": 3.0, "q": 3}]]}
     out = hf_convert(rows, {"ls": hd.List({"p": hd.Value("float32"), "q": hd.Value("int8")})}, max_length={"ls": 3})

@@ -47,12 +47,28 @@ def _column(values: list) -> Any:
         return {k: _column([v[k] for v in values]) for k in first}
     if isinstance(first, (bytes, str)):
         return np.array(values, dtype=object)
-    arrays = [np.asarray(v) for v in values]
-    if arrays[0].dtype.kind not in "OSU" and all(a.shape == arrays[0].shape for a in arrays):
+    return _stacked([_value(v) for v in values])
+
+
+def _value(v: Any) -> Any:
+    """Returns one data-source value in a form the conversion layer reads: a list of numbers as
+    an array, a list of lists (a nested ``Sequence``) as a list of its items' values."""
+    if not isinstance(v, list):
+        return np.asarray(v)
+    items = [_value(x) for x in v]
+    if all(isinstance(x, np.ndarray) and x.ndim == 0 for x in items):
+        return np.asarray(v)
+    return _stacked(items)
+
+
+def _stacked(arrays: list) -> Any:
+    """Returns ``arrays`` stacked when they share a shape and a plain dtype, else as a list."""
+    if arrays and all(isinstance(a, np.ndarray) and a.dtype.kind not in "OSU" and a.shape == arrays[0].shape
+                      for a in arrays):
         return np.stack(arrays)
     # Ragged rows: an empty row carries no dtype of its own (NumPy makes it float64).
-    dtype = next((a.dtype for a in arrays if a.size), arrays[0].dtype)
-    return [a if a.size else a.astype(dtype) for a in arrays]
+    dtype = next((a.dtype for a in arrays if isinstance(a, np.ndarray) and a.size), None)
+    return [a.astype(dtype) if isinstance(a, np.ndarray) and not a.size and dtype is not None else a for a in arrays]
 
 
 def rows_to_columns(rows: list[dict], fields: Mapping[str, Any]) -> dict[str, Any]:
