@@ -525,7 +525,7 @@ def load_nested(data_dir: str, streaming: bool, **kw) -> dict:
 
 
 @pytest.mark.parametrize("streaming", [False, True])
-@pytest.mark.parametrize("fmt", ["array_record"])
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_lists_of_lists_pad_per_level_in_both_formats(nested_dirs, fmt, streaming):
     got = load_nested(nested_dirs[fmt], streaming, include_keys=["x", "t", "b", "seq"])
     z2, z3 = [[0, 0], [0, 0]], [[0, 0, 0], [0, 0, 0]]
