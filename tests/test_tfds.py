@@ -541,3 +541,15 @@ def test_lists_of_lists_pad_per_level_in_both_formats(nested_dirs, fmt, streamin
         "seq": np.array([[5, 0], [0, 0], [6, 7]], np.int32), "seq_length": np.array([1, 0, 2], np.int32),
     }
     chex.assert_trees_all_equal(got, want)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_lists_of_bytes_keep_trailing_nul_bytes(nested_dirs, fmt, streaming):
+    got = load_nested(nested_dirs[fmt], streaming, include_keys=["lb"])
+    want = {  # records [b"a\x00", b"\x00"], [], [b"\x00\x00"]
+        "lb": np.array([[[97, 0], [0, 0], [0, 0]], [[0, 0]] * 3, [[0, 0]] * 3], np.uint8),
+        "lb_length": np.array([2, 0, 1], np.int32),
+        "lb_length_1": np.array([[2, 1, 0], [0, 0, 0], [2, 0, 0]], np.int32),
+    }
+    chex.assert_trees_all_equal(got, want)

@@ -53,10 +53,15 @@ def _column(values: list) -> Any:
 
 def _value(v: Any) -> Any:
     """Returns one data-source value in a form the conversion layer reads: a list of numbers as
-    an array, a list of lists (a nested ``Sequence``) as a list of its items' values."""
+    an array, a list of lists (a nested ``Sequence``) as a list of its items' values. Bytes stay
+    Python objects: NumPy's ``S`` dtype drops trailing NUL bytes (``b"a\\x00"`` would read ``b"a"``)."""
+    if isinstance(v, (bytes, str)):
+        return v
     if not isinstance(v, list):
         return np.asarray(v)
     items = [_value(x) for x in v]
+    if items and all(isinstance(x, (bytes, str)) for x in items):
+        return np.array(items, dtype=object)
     if all(isinstance(x, np.ndarray) and x.ndim == 0 for x in items):
         return np.asarray(v)
     return _stacked(items)
