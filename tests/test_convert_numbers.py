@@ -85,6 +85,14 @@ def test_array2d_uint8_keeps_dtype_and_array3d_stacks():
     np.testing.assert_array_equal(out["a"], np.stack([x, x + 1]))
 
 
+def test_fixed_shape_array_inside_a_struct_is_read_as_arrow():
+    # HF's Array2D column is datasets' own ExtensionArray subclass: still an Arrow column.
+    rows = {"s": [{"c0": [[1], [-2], [3]]}, {"c0": [[4], [5], [-32768]]}]}
+    out = hf_convert(rows, {"s": {"c0": hd.Array2D((3, 1), "int16")}})
+    assert out["s"]["c0"].dtype == np.int16 and out["s"]["c0"].tolist() == [[[1], [-2], [3]], [[4], [5], [-32768]]]
+    assert list(out["s"]) == ["c0"]
+
+
 def test_class_label_is_int32_allows_minus_one_and_is_range_checked():
     out = hf_convert({"c": [0, 2, -1]}, {"c": hd.ClassLabel(names=["a", "b", "c"])})
     assert out["c"].dtype == np.int32 and out["c"].tolist() == [0, 2, -1]
@@ -143,6 +151,13 @@ def test_two_ragged_levels_and_the_suggested_fix_works():
     out = convert({"m": col}, fields, max_length={"m": (2, 3)})
     assert out["m"].tolist() == [[[1, 2, 0], [3, 4, 0]], [[5, 6, 7], [0, 0, 0]], [[0] * 3] * 2]
     assert out["m_length"].tolist() == [2, 1, 0] and out["m_length_1"].tolist() == [[2, 2], [3, 0], [0, 0]]
+
+
+def test_two_ragged_levels_of_only_empty_inner_lists_stacked_by_numpy():
+    # TFDS data-source rows [[]] stack to an (N, 1, 0) array: no size can be inferred from it.
+    out = convert({"m": np.zeros((3, 1, 0), np.int16)}, {"m": cv.Tensor((None, None), "int16")}, max_length=(2, 2))
+    assert out["m"].dtype == np.int16 and out["m"].tolist() == [[[0, 0], [0, 0]]] * 3
+    assert out["m_length"].tolist() == [1, 1, 1] and out["m_length_1"].tolist() == [[0, 0]] * 3
 
 
 def test_list_of_structs_pushes_the_list_into_each_member():

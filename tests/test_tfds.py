@@ -503,3 +503,50 @@ def test_hf_and_both_tfds_formats_give_the_same_arrays_jpeg_included(parity_dirs
 
     pil = np.stack([np.asarray(PIL.Image.open(io.BytesIO(r["image"])).convert("RGB")) for r in rows])
     np.testing.assert_array_equal(arrays["hf"]["image"], pil)  # PIL's decode of the same bytes
+
+
+@pytest.fixture(scope="session")
+def nested_dirs(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("tfds_nested")
+    return {fmt: fx.prepare(fx.DfnNested, str(root / fmt), fmt) for fmt in FORMATS}
+
+
+NESTED_MAX = {"x": (2, 2), "t": (2, 2, 2), "b": (2, 2, 3), "lb": (3, 2), "seq": 2}
+
+
+def load_nested(data_dir: str, streaming: bool, **kw) -> dict:
+    """Returns all of ``dfn_nested`` as host arrays, read eagerly or in chunks of 2 records."""
+    kw = {"max_length": NESTED_MAX, **kw, **({"chunk_size": 2} if streaming else {})}
+    state = dfn.from_tfds("dfn_nested", data_dir=data_dir, streaming=streaming, **kw)
+    return host(dfn.get_batch(state, 3)[1] if streaming else state.data)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_lists_of_lists_pad_per_level_in_both_formats(nested_dirs, fmt, streaming):
+    got = load_nested(nested_dirs[fmt], streaming, include_keys=["x", "t", "b", "seq"])
+    z2, z3 = [[0, 0], [0, 0]], [[0, 0, 0], [0, 0, 0]]
+    want = {
+        "x": np.array([[[1, 2], [0, 0]], z2, [[3, 0], [0, 0]]], np.int16),
+        "x_length": np.array([2, 0, 1], np.int32), "x_length_1": np.array([[2, 0], [0, 0], [1, 0]], np.int32),
+        "t": np.array([[[[97, 98], [195, 169]], z2], [z2, z2], [z2, z2]], np.uint8),
+        "t_length": np.array([2, 0, 1], np.int32), "t_length_1": np.array([[2, 0], [0, 0], [1, 0]], np.int32),
+        "t_length_2": np.array([[[2, 2], [0, 0]], z2, z2], np.int32),
+        "b": np.array([[[[97, 0, 0], [0, 0, 0]], z3], [z3, z3], [[[0, 0, 0], [120, 121, 0]], z3]], np.uint8),
+        "b_length": np.array([2, 0, 1], np.int32), "b_length_1": np.array([[1, 0], [0, 0], [2, 0]], np.int32),
+        "b_length_2": np.array([[[2, 0], [0, 0]], z2, [[1, 2], [0, 0]]], np.int32),
+        "seq": np.array([[5, 0], [0, 0], [6, 7]], np.int32), "seq_length": np.array([1, 0, 2], np.int32),
+    }
+    chex.assert_trees_all_equal(got, want)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_lists_of_bytes_keep_trailing_nul_bytes(nested_dirs, fmt, streaming):
+    got = load_nested(nested_dirs[fmt], streaming, include_keys=["lb"])
+    want = {  # records [b"a\x00", b"\x00"], [], [b"\x00\x00"]
+        "lb": np.array([[[97, 0], [0, 0], [0, 0]], [[0, 0]] * 3, [[0, 0]] * 3], np.uint8),
+        "lb_length": np.array([2, 0, 1], np.int32),
+        "lb_length_1": np.array([[2, 1, 0], [0, 0, 0], [2, 0, 0]], np.int32),
+    }
+    chex.assert_trees_all_equal(got, want)

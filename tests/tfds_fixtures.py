@@ -164,3 +164,38 @@ class DfnParity(tfds.core.GeneratorBasedBuilder):
             rec = parity_record(i)
             # The image is stored as given (no re-encoding), so HF and TFDS hold the same bytes.
             yield i, {**rec, "image": io.BytesIO(rec["image"]), "tags": np.array([f"t{i}".encode(), b"x"], dtype=object)}
+
+
+NESTED_RECORDS = (
+    {"x": [[1, 2], []], "t": [["ab", "é"], []], "b": [[b"a\x00"], []], "lb": [b"a\x00", b"\x00"], "seq": [5]},
+    {"x": [], "t": [], "b": [], "lb": [], "seq": []},
+    {"x": [[3]], "t": [[""]], "b": [[b"\x00", b"xy"]], "lb": [b"\x00\x00"], "seq": [6, 7]},
+)
+
+
+class DfnNested(tfds.core.GeneratorBasedBuilder):
+    """Lists of lists of numbers, text and bytes (ragged ``tf.RaggedTensor``s in tf.data) beside
+    one-level lists (padded in tf.data); bytes end in NUL bytes. Records keep their order."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        F = tfds.features
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=F.FeaturesDict({
+                "x": F.Sequence(F.Sequence(np.int16)),
+                "t": F.Sequence(F.Sequence(F.Text())),
+                "b": F.Sequence(F.Sequence(F.Tensor(shape=(), dtype=np.object_))),
+                "lb": F.Sequence(F.Tensor(shape=(), dtype=np.object_)),
+                "seq": F.Sequence(np.int32),
+            }),
+            disable_shuffling=True,
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        yield from enumerate(NESTED_RECORDS)

@@ -48,7 +48,9 @@ def row_of(offsets: list[np.ndarray], depth: int, index: int) -> int:
 
 
 def is_arrow(col: Any) -> bool:
-    return type(col).__module__.startswith("pyarrow")
+    """Returns whether ``col`` is a pyarrow array, subclasses included (HF's fixed-shape arrays
+    are ``datasets``' own ``ExtensionArray`` subclass), without importing pyarrow."""
+    return any(c.__module__.startswith("pyarrow") for c in type(col).__mro__)
 
 
 def plain_arrow(col: Any) -> Any:
@@ -112,7 +114,8 @@ def _flatten_level(items: Any, rows: np.ndarray, name: str, row0: int) -> tuple[
     """Returns ``(offsets, children, rows of the children)`` of one Python/NumPy list level."""
     if isinstance(items, np.ndarray) and items.dtype != object and items.ndim >= 2:
         n, size = items.shape[:2]
-        return np.arange(n + 1, dtype=np.int64) * size, items.reshape((-1, *items.shape[2:])), np.repeat(rows, size)
+        # The count is explicit: reshape cannot infer -1 next to a zero-size axis ((N, 1, 0) of empty lists).
+        return np.arange(n + 1, dtype=np.int64) * size, items.reshape((n * size, *items.shape[2:])), np.repeat(rows, size)
     if len(items) and all(isinstance(v, np.ndarray) and v.dtype != object and v.ndim for v in items):
         if len({v.shape[1:] for v in items}) == 1:  # rows of arrays: one concatenate, no Python loop
             lengths = np.fromiter((len(v) for v in items), np.int64, len(items))
