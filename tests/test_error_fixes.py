@@ -264,3 +264,20 @@ def test_unreadable_audio_names_row_and_exclude_keys_works():
     out = load_all(dfn.from_hf(ds, streaming=False, shuffle=False, exclude_keys=["au"]), 2)
     assert list(out) == ["y"] and out["y"].tolist() == [0, 1]
 
+
+
+DEEP = np.array([[0, 300], [65535, 7]], np.uint16)
+
+
+def test_16bit_image_in_a_declared_8bit_feature_the_named_fixes_work():
+    ds = ds_of({"im": [png(DEEP)]}, {"im": hd.Image(mode="L")})
+    with pytest.raises(ValueError, match=r"field 'im': row 0 is a uint16 image with 1 channels.*image_mode=\{'im': <its mode>\}"):
+        dfn.from_hf(ds, streaming=False, shuffle=False)
+    out = load_all(dfn.from_hf(ds, streaming=False, shuffle=False, image_mode={"im": "I;16"}), 1)
+    assert out["im"].dtype == np.uint16 and out["im"][0, :, :, 0].tolist() == DEEP.tolist()
+
+    def to_8bit(b):
+        return {"im": np.stack([(x >> 8).astype(np.uint8) for x in b["im"]])}
+
+    out = load_all(dfn.from_hf(ds, streaming=False, shuffle=False, transform=to_8bit), 1)
+    assert out["im"][0, :, :, 0].tolist() == (DEEP >> 8).tolist()
