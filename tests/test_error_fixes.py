@@ -281,3 +281,68 @@ def test_16bit_image_in_a_declared_8bit_feature_the_named_fixes_work():
 
     out = load_all(dfn.from_hf(ds, streaming=False, shuffle=False, transform=to_8bit), 1)
     assert out["im"][0, :, :, 0].tolist() == (DEEP >> 8).tolist()
+
+
+def test_streaming_stereo_audio_in_a_mono_feature_a_mixing_transform_works():
+    stereo = np.stack([MONO, MONO // 2], 1)
+    ds = audio_ds([pcm(stereo, 8000), pcm(stereo, 8000)])
+    with pytest.raises(ValueError, match=r"field 'au': clips at rows 0\.\. have 2 channels, the feature declares 1.*transform that mixes them to 1"):
+        dfn.get_batch(dfn.from_hf(ds, streaming=True, shuffle=False, max_length=4), 2)
+
+    def mono(b):
+        return {"au": [c.mean(axis=1) for c in b["au"]]}
+
+    out = load_all(dfn.from_hf(ds, streaming=True, shuffle=False, max_length=4, transform=mono), 2)
+    want = ((MONO.astype(np.float32) + MONO // 2) / 2 / 32768).astype(np.float32)
+    np.testing.assert_array_equal(out["au"], [want, want])
+    assert out["au_length"].tolist() == [4, 4]
+
+
+def test_percent_split_of_streamed_files_both_fixes_work(tmp_path):
+    ds_of({"x": [0, 1, 2, 3]}, {"x": hd.Value("int32")}).to_parquet(str(tmp_path / "train.parquet"))
+    with pytest.raises(ValueError, match=r"split='train\[:50%\]' needs the split's size.*'train\[:1000\]', or streaming=False"):
+        dfn.from_hf(str(tmp_path), "train[:50%]", streaming=True, shuffle=False)
+    out = load_all(dfn.from_hf(str(tmp_path), "train[:2]", streaming=True, shuffle=False), 2)
+    assert out["x"].tolist() == [0, 1]
+    state = dfn.from_hf(str(tmp_path), "train[:50%]", streaming=False, shuffle=False)
+    assert len(state) == 2 and load_all(state, 2)["x"].tolist() == [0, 1]
+
+
+@pytest.fixture(scope="module")
+def no_keys_dir(tmp_path_factory) -> str:
+    """Returns a data_dir holding a prepared TFDS dataset that declares no supervised_keys."""
+    import tensorflow_datasets as tfds  # heavy; only the TFDS-only errors need it
+    from tfds_fixtures import prepare
+
+    class DfnNoKeys(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+                {"a": np.int32, "b": tfds.features.ClassLabel(names=["n", "y"])}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for i in range(4):
+                yield i, {"a": 10 * i, "b": i % 2}
+
+    return prepare(DfnNoKeys, str(tmp_path_factory.mktemp("dfn_no_keys")))
+
+
+def test_tfds_as_supervised_without_supervised_keys_the_named_fix_works(no_keys_dir):
+    with pytest.raises(ValueError, match=r"declares no supervised_keys None; set as_supervised=False and pick features with "
+                                         r"include_keys \(available: \['a', 'b'\]\)"):
+        dfn.from_tfds("dfn_no_keys", data_dir=no_keys_dir, streaming=False, as_supervised=True)
+    out = load_all(dfn.from_tfds("dfn_no_keys", data_dir=no_keys_dir, streaming=False, shuffle=False, as_supervised=False,
+                                 include_keys=["a", "b"]), 4)
+    assert sorted(zip(out["a"].tolist(), out["b"].tolist())) == [(0, 0), (10, 1), (20, 0), (30, 1)]
+
+
+def test_tfds_local_files_only_with_download_the_named_fix_works(no_keys_dir):
+    with pytest.raises(ValueError, match=r"local_files_only=True forbids network access.*Set those to False"):
+        dfn.from_tfds("dfn_no_keys", data_dir=no_keys_dir, streaming=False, local_files_only=True, download=True)
+    out = load_all(dfn.from_tfds("dfn_no_keys", data_dir=no_keys_dir, streaming=False, shuffle=False, local_files_only=True,
+                                 download=False), 4)
+    assert sorted(out["a"].tolist()) == [0, 10, 20, 30]
