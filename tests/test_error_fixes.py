@@ -346,3 +346,36 @@ def test_tfds_local_files_only_with_download_the_named_fix_works(no_keys_dir):
     out = load_all(dfn.from_tfds("dfn_no_keys", data_dir=no_keys_dir, streaming=False, shuffle=False, local_files_only=True,
                                  download=False), 4)
     assert sorted(out["a"].tolist()) == [0, 10, 20, 30]
+
+
+def test_transform_whose_shape_changes_by_chunk_the_named_fix_works():
+    ds = ds_of({"s": ["a", "bb", "ccc", "d"]}, {"s": hd.Value("string")})
+
+    def stacked(b):  # one array per chunk: its width is the chunk's longest string
+        ids = [np.frombuffer(s.encode(), np.uint8).astype(np.int32) for s in b["s"]]
+        return {"ids": np.stack([np.pad(x, (0, max(map(len, ids)) - len(x))) for x in ids])}
+
+    with pytest.raises(ValueError, match=r"transform output field\(s\) \['ids'\] at rows 2\.\.3 differ from the probe's.*"
+                                         r"a list of arrays for ragged rows, with max_length"):
+        dfn.get_batch(dfn.from_hf(ds, streaming=True, shuffle=False, chunk_size=2, transform=stacked), 4)
+
+    def listed(b):
+        return {"ids": [np.frombuffer(s.encode(), np.uint8).astype(np.int32) for s in b["s"]]}
+
+    out = load_all(dfn.from_hf(ds, streaming=True, shuffle=False, chunk_size=2, transform=listed, max_length=3), 4)
+    assert out["ids"].tolist() == [[97, 0, 0], [98, 98, 0], [99, 99, 99], [100, 0, 0]]
+    assert out["ids_length"].tolist() == [1, 2, 3, 1]
+
+
+def test_max_length_naming_an_image_dropping_the_entry_works():
+    ds = ds_of({"im": [png(np.full((2, 2), 3, np.uint8))], "l": [[1, 2]]}, {"im": hd.Image(mode="L"), "l": hd.List(hd.Value("int32"))})
+    with pytest.raises(ValueError, match=r"max_length does not apply to images \('im'\).*Drop 'im' from max_length"):
+        dfn.from_hf(ds, streaming=False, shuffle=False, max_length={"im": 4, "l": 3})
+    out = load_all(dfn.from_hf(ds, streaming=False, shuffle=False, max_length={"l": 3}), 1)
+    assert out["im"].tolist() == [[[[3], [3]], [[3], [3]]]] and out["l"].tolist() == [[1, 2, 0]]
+
+
+def test_config_contradicting_streaming_the_named_config_works():
+    with pytest.raises(ValueError, match=r"HFEagerConfig: streaming=True contradicts the config; use HFStreamingConfig instead"):
+        dfn.HFEagerConfig(name="x", streaming=True)
+    assert dfn.HFStreamingConfig(name="x", streaming=True).streaming is True

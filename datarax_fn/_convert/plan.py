@@ -144,8 +144,8 @@ def _plan_image(path, keys, f, outer, opts):
     # A global int pads the ragged leaves; only an entry that names the image itself is an error.
     if isinstance(opts.max_length, Mapping) and path in opts.max_length:
         raise ValueError(
-            f"max_length does not apply to images ({path!r}): images are not padded. Images of "
-            "different sizes need a transform that resizes them to one size."
+            f"max_length does not apply to images ({path!r}): images are not padded. Drop {path!r} from "
+            "max_length; images of different sizes need a transform that resizes them to one size."
         )
     h, w, c = f.shape
     mode = f.mode if f.mode in MODES else None
