@@ -92,7 +92,9 @@ def clips(col: Any, field: Any, name: str, row0: int) -> tuple[list[np.ndarray],
         if field.sampling_rate is not None and sr is not None and sr != field.sampling_rate:
             raise ValueError(
                 f"field {name!r}: row {row0 + i} has sampling rate {sr}, the feature declares "
-                f"{field.sampling_rate}. datarax_fn does not resample; pass a transform that resamples."
+                f"{field.sampling_rate}. datarax_fn does not resample (and a transform sees no rates): declare "
+                f"the files' rate (for an HF Dataset: ds.cast_column({name!r}, datasets.Audio(sampling_rate={sr}))), "
+                f"or leave the field out with exclude_keys=[{name!r}]."
             )
         out.append(x)
         rates.add(sr)

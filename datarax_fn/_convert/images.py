@@ -140,12 +140,18 @@ def promoted_mode(images: list[np.ndarray]) -> str:
     return {(False, False): "L", (False, True): "LA", (True, False): "RGB", (True, True): "RGBA"}[(colour, alpha)]
 
 
+def convertible(a: np.ndarray, mode: str) -> bool:
+    """Returns whether :func:`to_mode` can put image ``a`` in ``mode`` (8-bit to 8-bit, or already there)."""
+    c, dtype = MODES[mode]
+    return (a.shape[2] == c and a.dtype == np.dtype(dtype)) or (a.dtype == np.uint8 and dtype == "uint8")
+
+
 def to_mode(a: np.ndarray, mode: str, name: str, row: int) -> np.ndarray:
     """Returns image ``a`` in PIL mode ``mode``, exactly as ``PIL.Image.convert`` gives it."""
     c, dtype = MODES[mode]
     if a.shape[2] == c and a.dtype == np.dtype(dtype):
         return a
-    if a.dtype != np.uint8 or dtype != "uint8":
+    if not convertible(a, mode):
         raise ValueError(
             f"field {name!r}: row {row} is a {a.dtype} image with {a.shape[2]} channels, the feature "
             f"needs mode {mode!r} ({dtype}, {c} channels). Pass image_mode={{{name!r}: <its mode>}} "

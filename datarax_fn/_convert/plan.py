@@ -144,11 +144,16 @@ def _plan_image(path, keys, f, outer, opts):
     # A global int pads the ragged leaves; only an entry that names the image itself is an error.
     if isinstance(opts.max_length, Mapping) and path in opts.max_length:
         raise ValueError(
-            f"max_length does not apply to images ({path!r}): images are not padded. Images of "
-            "different sizes need a transform that resizes them to one size."
+            f"max_length does not apply to images ({path!r}): images are not padded. Drop {path!r} from "
+            "max_length; images of different sizes need a transform that resizes them to one size."
         )
     h, w, c = f.shape
     mode = f.mode if f.mode in MODES else None
+    if isinstance(opts.image_mode, Mapping) and opts.image_mode.get(path) is not None:
+        # A mode named for this very image wins over the declared one: it is how users read an
+        # image whose files do not fit the declared mode (e.g. 16-bit PNGs under Image(mode='L')).
+        mode = opts.image_mode[path]
+        c = None
     if mode is None and f.dtype == "uint8" and c in (1, 2, 3, 4):
         mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[c]
     if mode is None and c is None:

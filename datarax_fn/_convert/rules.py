@@ -102,13 +102,24 @@ def _images(leaf: Leaf, col: Any, row0: int, truncate: bool, ctx: Any) -> list[n
     return [images.stack(imgs, mode, leaf.dtype.name, shape, leaf.path, row0)]
 
 
-def audio_nested(leaf: Leaf, col: Any, row0: int, ctx: Any) -> Nested:
-    """Returns the clips of an audio column as one ragged level (time) over (T, C) samples."""
+def audio_clips(leaf: Leaf, col: Any, row0: int, ctx: Any) -> list[np.ndarray]:
+    """Returns the clips of an audio column, float32 ``(T,)`` or ``(T, C)``, all at one sampling rate."""
     clips, rates = audio.clips(col, leaf.field, leaf.path, row0)
     if len(rates) > 1:
-        raise ValueError(f"field {leaf.path!r}: clips have different sampling rates {sorted(rates)}; pass a transform that resamples.")
+        # A transform sees clips without their rates, so it cannot resample; the data must change.
+        raise ValueError(
+            f"field {leaf.path!r}: clips have different sampling rates {sorted(rates)}, and datarax_fn does not "
+            f"resample. Re-encode the clips at one rate first (e.g. ds.map), or leave the field out with "
+            f"exclude_keys=[{leaf.path!r}]."
+        )
     if rates:
         ctx.meta.setdefault(leaf.path, {})["sampling_rate"] = rates.pop()
+    return clips
+
+
+def audio_nested(leaf: Leaf, col: Any, row0: int, ctx: Any) -> Nested:
+    """Returns the clips of an audio column as one ragged level (time) over (T, C) samples."""
+    clips = audio_clips(leaf, col, row0, ctx)
     inner = {c.shape[1:] for c in clips}
     if len(inner) > 1:
         raise ValueError(f"field {leaf.path!r}: clips have different channel counts {sorted(inner)}; pass a transform that mixes them.")

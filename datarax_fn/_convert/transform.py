@@ -18,7 +18,7 @@ from . import images, text
 from .columns import is_arrow, nested, plain_arrow
 from .fields import Sequence, Struct, Tensor, Text
 from .plan import Leaf
-from .rules import audio_nested, decoded_images
+from .rules import audio_clips, decoded_images
 from .time import to_counts
 
 
@@ -36,12 +36,12 @@ def user_column(leaf: Leaf, col: Any, row0: int, ctx: Any) -> Any:
         return plain_arrow(col).to_pylist() if is_arrow(col) else list(col)
     if leaf.kind == "image":
         imgs, mode = decoded_images(leaf, col, row0, ctx)
-        if mode is not None:
-            imgs = [images.to_mode(a, mode, leaf.path, row0 + i) for i, a in enumerate(imgs)]
+        if mode is not None:  # an image the mode cannot hold reaches the transform as decoded, to convert
+            imgs = [images.to_mode(a, mode, leaf.path, row0 + i) if images.convertible(a, mode) else a
+                    for i, a in enumerate(imgs)]
         return np.stack(imgs) if imgs and len({(a.shape, a.dtype) for a in imgs}) == 1 else imgs
-    if leaf.kind == "audio":
-        nest = audio_nested(leaf, col, row0, ctx)
-        return _split(nest.values, nest.offsets)
+    if leaf.kind == "audio":  # clips as they are: mixing channels is the transform's job
+        return audio_clips(leaf, col, row0, ctx)
     if leaf.kind == "text":
         nest = nested(col, len(leaf.dims) - 1, leaf.path, row0, text=True)
         strs = text.strings(nest.values, nest.offsets[-1], leaf.field.binary)
