@@ -16,6 +16,7 @@ from ._core import (
     element_spec as element_spec,
     get_batch as get_batch,
     get_batch_at as get_batch_at,
+    get_global_batch as get_global_batch,
     iterate as iterate,
     num_records as num_records,
     restore_cursor as restore_cursor,
@@ -29,7 +30,7 @@ from ._streaming import (
     make_streaming as from_backend,
 )
 from ._jit import DatasetCopyWarning as DatasetCopyWarning, jit_step as jit_step
-from ._sharding import data_sharding as data_sharding, get_global_batch as get_global_batch
+from ._sharding import data_sharding as data_sharding
 from ._stages import (
     Statistics as Statistics,
     apply_to_keys as apply_to_keys,

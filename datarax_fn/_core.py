@@ -297,6 +297,51 @@ def get_batch_at(state: Any, start: Any, size: int, key: Any = None) -> PyTree:
 
 
 @functools.singledispatch
+def get_global_batch(state: Any, global_size: int, sharding: Any) -> tuple[Any, PyTree]:
+    """Returns ``(new_state, batch)``: the next ``global_size`` records as global ``jax.Array``s.
+
+    ``batch`` leaves are laid out by ``sharding`` over the leading axis (e.g.
+    ``dfn.data_sharding()``). With several processes (``jax.distributed``), each one
+    reads only the rows its devices own; the result equals the single-process
+    ``get_batch(state, global_size)``. Every process holds the same cursor. Call it on
+    the host, outside ``jit``.
+
+    Arguments:
+        state: a source state (the same cursor in every process).
+        global_size: records in the global batch.
+        sharding: how the batch's leading axis is laid out.
+
+    Returns:
+        ``(new_state, batch)``; the state moved on by ``global_size`` records.
+
+    ```python
+    import numpy as np, jax, datarax_fn as dfn
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    state = dfn.from_arrays({"x": np.arange(16, dtype=np.int32)})
+    state, batch = dfn.get_global_batch(state, 8, NamedSharding(mesh, P("data")))
+    assert batch["x"].tolist() == list(range(8))
+    ```
+    """
+    raise _unsupported("get_global_batch", state)
+
+
+def process_rows(sharding: Any, global_size: int, fn_name: str = "get_global_batch") -> tuple[int, int]:
+    """Returns the contiguous ``[start, stop)`` rows of a batch that this process's devices own."""
+    rows: set[int] = set()
+    for index in sharding.addressable_devices_indices_map((global_size,)).values():
+        rows.update(range(global_size)[index[0]] if index else range(global_size))
+    start, stop = min(rows), max(rows) + 1
+    if len(rows) != stop - start:
+        raise ValueError(
+            f"{fn_name}: this process owns rows {sorted(rows)} of the batch, which are not "
+            "contiguous. Order the mesh so each process's devices hold one contiguous block, e.g. "
+            "jax.make_mesh((jax.device_count(),), ('data',))."
+        )
+    return start, stop
+
+
+@functools.singledispatch
 def element_spec(state: Any) -> PyTree:
     """Returns a PyTree of ``jax.ShapeDtypeStruct``, one per leaf, for a single record.
 
