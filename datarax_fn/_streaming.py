@@ -32,7 +32,10 @@ import numpy as np
 from jaxtyping import Int, UInt32
 
 from . import _core
-from ._prefetch import Prefetcher
+from ._partition import (
+    check_batch_size, check_partitions, owned_partitions, partition_offsets, partition_position, partition_seed,
+)
+from ._reader import Reader, rows
 
 PyTree = Any
 
@@ -91,61 +94,7 @@ class StreamingBackend(Protocol):
         ...
 
 
-# ----------------------------------------------------------------------------- reader
-
-
-class _Reader:
-    """A prefetching cursor into one epoch; ``at`` is the next unread ``(epoch, seed, index)``."""
-
-    def __init__(self, backend: Any, epoch: int, seed: int, start: int, prefetch: int):
-        self.at = (epoch, seed, start)
-        self.chunk: dict | None = None
-        self.offset = 0
-        self.ended = False
-        self.prefetcher = Prefetcher(backend.open(epoch, seed, start), prefetch, "datarax_fn-prefetch",
-                                     join_timeout=2.0)
-
-    def close(self) -> None:
-        self.prefetcher.close()
-
-    def _next(self) -> None:
-        try:
-            item, self.ended = self.prefetcher.get()
-        except BaseException:
-            self.ended = True
-            raise
-        if not self.ended:
-            self.chunk, self.offset = item, 0
-
-    def at_epoch_end(self) -> bool:
-        """Returns True when every record of the epoch has been taken (looks one chunk ahead)."""
-        if self.chunk is None and not self.ended:
-            self._next()
-        return self.ended
-
-    def take(self, k: int) -> list[dict]:
-        """Returns up to ``k`` records as chunk slices; fewer only when the epoch ended."""
-        parts, got = [], 0
-        while got < k and not self.ended:
-            if self.chunk is None:
-                self._next()
-                if self.ended:
-                    break
-            n = _rows(self.chunk)
-            m = min(k - got, n - self.offset)
-            lo = self.offset
-            parts.append(jax.tree.map(lambda x: x[lo : lo + m], self.chunk))
-            self.offset += m
-            got += m
-            if self.offset >= n:
-                self.chunk = None
-        e, s, p = self.at
-        self.at = (e, s, p + got)
-        return parts
-
-
-def _rows(chunk: PyTree) -> int:
-    return len(jax.tree.leaves(chunk)[0])
+# ----------------------------------------------------------------------------- handle
 
 
 class _Handle:
@@ -165,7 +114,7 @@ class _Handle:
                 f"{type(backend).__name__}.fingerprint() must return a str; got {type(fingerprint).__name__}."
             )
         self.key = (type(backend).__module__, type(backend).__qualname__, fingerprint)
-        self.reader: _Reader | None = None
+        self.reader: Reader | None = None
         self.lock = threading.Lock()
         self.prefetch = prefetch
         self._spec = None
@@ -199,6 +148,8 @@ class StreamingSource(_core.Source):
 
     Immutable; ``dfn.get_batch(state, size)`` returns a new state. Build one with
     ``dfn.from_hf(..., streaming=True)``, ``dfn.from_tfds`` or ``dfn.from_backend``.
+    ``partitions`` is the number of canonical partitions the stream is defined over
+    (1: the backend's own epoch order).
     """
 
     # Host-side 0-d NumPy scalars: the stream is read on the host, so the cursor stays there.
@@ -209,6 +160,7 @@ class StreamingSource(_core.Source):
     shuffle: bool = eqx.field(static=True, default=False)
     name: str = eqx.field(static=True, default="stream")
     num_epochs: int | None = eqx.field(static=True, default=None)
+    partitions: int = eqx.field(static=True, default=1)
 
     def close(self) -> None:
         """Stops the prefetch thread now (it also stops when the state is garbage collected)."""
@@ -223,6 +175,7 @@ def make_streaming(
     name: str = "stream",
     num_epochs: int | None = None,
     prefetch: int = 2,
+    partitions: int = 1,
 ) -> StreamingSource:
     """Returns a ``StreamingSource`` at epoch 0, index 0 over ``backend``.
 
@@ -233,7 +186,11 @@ def make_streaming(
         seed: an int in ``[0, 2**32)``, handed to ``backend.open``.
         name: a label for error messages.
         num_epochs: ``None`` streams forever; ``k`` raises ``dfn.EndOfStream`` after ``k`` epochs.
-        prefetch: chunks read ahead on a background thread.
+        prefetch: chunks read ahead (per partition) on one background thread.
+        partitions: the number ``C`` of canonical partitions (see ``docs/distributed.md``);
+            ``C > 1`` needs ``backend.open_partition`` and a known ``num_records()``, makes
+            every batch size a multiple of ``C``, and lets ``dfn.get_global_batch`` read
+            only each process's partitions.
 
     Returns:
         the state; its fingerprint (``backend.fingerprint()``) is read once, here.
@@ -249,6 +206,13 @@ def make_streaming(
         num_epochs = _core.check_epochs(num_epochs, f"{name}: num_epochs")
     if isinstance(prefetch, bool) or not isinstance(prefetch, (int, np.integer)) or prefetch < 1:
         raise ValueError(f"prefetch must be an int >= 1 (chunks read ahead); got prefetch={prefetch!r}.")
+    partitions = check_partitions(partitions, backend.num_records(), name)
+    if partitions > 1 and not callable(getattr(backend, "open_partition", None)):
+        raise TypeError(
+            f"{name}: partitions={partitions} needs a backend that reads one partition at a time, but "
+            f"{type(backend).__name__} has no open_partition(partition, partitions, epoch, seed, start). "
+            "Use partitions=1, or add open_partition to the backend."
+        )
     return StreamingSource(
         index=np.zeros((), np.int32),
         epoch=np.zeros((), np.int32),
@@ -257,6 +221,7 @@ def make_streaming(
         shuffle=bool(shuffle),
         name=str(name),
         num_epochs=num_epochs,
+        partitions=partitions,
     )
 
 
@@ -264,6 +229,8 @@ def _with(state: StreamingSource, epoch: int, index: int) -> StreamingSource:
     # Per-batch hot path on the host thread that competes with the prefetch thread for the
     # GIL. The cursor of a host-side source stays in host memory (0-d NumPy int32): a
     # device_put per scalar costs ~0.1 ms in JAX's dispatch, and nothing reads it on device.
+    if epoch > _core.INT32_MAX or index > _core.INT32_MAX:
+        raise ValueError(f"{state.name}: epoch/index passed 2**31 - 1; start a new state with a new seed.")
     return _core.replace(state, epoch=np.asarray(epoch, np.int32), index=np.asarray(index, np.int32))
 
 
@@ -293,6 +260,89 @@ def _check_shapes(parts: list[PyTree], spec: PyTree, name: str) -> None:
                 )
 
 
+def _reader(state: StreamingSource, parts: tuple[int, ...], starts: dict[int, tuple[int, int]],
+            lengths: dict[int, int | None]) -> Reader:
+    # The reader only caches work: reused when it has reached exactly this state's position
+    # (for these partitions), reopened otherwise. Called under the handle's lock.
+    h = state.backend
+    at = (parts, int(state.epoch), int(state.index), int(state.seed), state.num_epochs)
+    if h.reader is None or h.reader.at != at:
+        if h.reader is not None:
+            h.reader.close()
+        seeds = {c: partition_seed(int(state.seed), c, state.partitions) for c in parts}
+        h.reader = Reader(h.backend, state.partitions, seeds, starts, lengths, state.num_epochs, h.prefetch,
+                          state.name)
+        h.reader.at = at
+    return h.reader
+
+
+def _read_whole(state: StreamingSource, size: int) -> tuple[int, int, list[PyTree]]:
+    # One partition: the backend's own epochs, of a length it may not know.
+    epoch, index = int(state.epoch), int(state.index)
+    reader = _reader(state, (0,), {0: (epoch, index)}, {0: None})
+    parts = reader.take(0, size)
+    got = sum(rows(p) for p in parts)
+    if got < size:
+        raise EndOfStream(
+            f"{state.name}: the stream ended after num_epochs={state.num_epochs}; "
+            f"{got} of {size} records were left and dropped (no short batch)."
+        )
+    epoch, index = reader.pos[0]
+    last = state.num_epochs is not None and epoch + 1 >= state.num_epochs
+    if not last and reader.skip_epoch_end(0):
+        # Normalise "end of epoch e" to "start of epoch e+1": a saved cursor never replays e.
+        epoch, index = reader.pos[0]
+    return epoch, index, parts
+
+
+def _read_partitions(state: StreamingSource, size: int, parts: tuple[int, ...]) -> tuple[int, int, list[PyTree]]:
+    # Every partition gives size // C records from its own position, a function of the global
+    # count alone, so any process computes the same positions without reading the others.
+    n, c_all = _core.num_records(state), state.partitions
+    per = check_batch_size(size, c_all, state.name)
+    lengths = np.diff(partition_offsets(n, c_all)).tolist()
+    total = int(state.epoch) * n + int(state.index)
+    if state.num_epochs is not None:
+        # Decided from the cursor, not from what this process reads, so every process ends together.
+        left = state.num_epochs * min(lengths) - total // c_all
+        if left < per:
+            raise EndOfStream(
+                f"{state.name}: the stream ended after num_epochs={state.num_epochs}: the shortest partition has "
+                f"{max(left, 0)} records left and a batch of {size} takes {per} from each of the "
+                f"{c_all} partitions (no short batch)."
+            )
+    starts = {c: partition_position(total, c_all, lengths[c]) for c in parts}
+    reader = _reader(state, parts, starts, {c: lengths[c] for c in parts})
+    out = []
+    for c in parts:
+        taken = reader.take(c, per)
+        if sum(rows(p) for p in taken) < per:
+            raise ValueError(f"{state.name}: partition {c} of {c_all} ended before its num_epochs.")
+        out += taken
+    epoch, index = divmod(total + size, n)
+    return epoch, index, out
+
+
+def _read(state: StreamingSource, size: int, parts: tuple[int, ...]) -> tuple[StreamingSource, PyTree]:
+    # Returns the state moved on by `size` records and the rows of partitions `parts`.
+    h = state.backend
+    spec = h.spec()
+    with h.lock:
+        try:
+            if state.partitions == 1:
+                epoch, index, out = _read_whole(state, size)
+            else:
+                epoch, index, out = _read_partitions(state, size, parts)
+            _check_shapes(out, spec, state.name)
+            h.reader.at = (parts, epoch, index, int(state.seed), state.num_epochs)
+        except BaseException:
+            if h.reader is not None:
+                h.reader.close()
+                h.reader = None
+            raise
+    return _with(state, epoch, index), _concat(out)
+
+
 @_core.get_batch.register
 def _get_batch(state: StreamingSource, size: int, key: Any = None):
     _check_host(state, "get_batch")
@@ -302,48 +352,28 @@ def _get_batch(state: StreamingSource, size: int, key: Any = None):
             "get_batch: a StreamingSource cannot draw random records with key=; it reads in order. "
             "Use shuffle=True when building it, or load eagerly for keyed access."
         )
-    h = state.backend
-    epoch, index, seed = int(state.epoch), int(state.index), int(state.seed)
-    spec = h.spec()
-    with h.lock:
-        reader = h.reader
-        if reader is None or reader.at != (epoch, seed, index):
-            if reader is not None:
-                reader.close()
-            reader = h.reader = _Reader(h.backend, epoch, seed, index, h.prefetch)
-        parts: list[PyTree] = []
-        need = size
-        try:
-            while need:
-                got = reader.take(need)
-                _check_shapes(got, spec, state.name)
-                parts += got
-                need -= sum(_rows(p) for p in got)
-                index = reader.at[2]
-                if need and reader.ended:
-                    if index == 0:
-                        raise ValueError(f"{state.name}: epoch {epoch} has no records; the dataset split is empty.")
-                    epoch, index = epoch + 1, 0
-                    if state.num_epochs is not None and epoch >= state.num_epochs:
-                        raise EndOfStream(
-                            f"{state.name}: the stream ended after num_epochs={state.num_epochs}; "
-                            f"{size - need} of {size} records were left and dropped (no short batch)."
-                        )
-                    reader.close()
-                    reader = h.reader = _Reader(h.backend, epoch, seed, 0, h.prefetch)
-            last = state.num_epochs is not None and epoch + 1 >= state.num_epochs
-            if not last and reader.at_epoch_end():
-                # Normalise "end of epoch e" to "start of epoch e+1": a saved cursor never replays e.
-                epoch, index = epoch + 1, 0
-                reader.close()
-                reader = h.reader = _Reader(h.backend, epoch, seed, 0, h.prefetch)
-        except BaseException:
-            reader.close()
-            h.reader = None
-            raise
-    if epoch > _core.INT32_MAX or index > _core.INT32_MAX:
-        raise ValueError(f"{state.name}: epoch/index passed 2**31 - 1; start a new state with a new seed.")
-    return _with(state, epoch, index), _concat(parts)
+    return _read(state, size, tuple(range(state.partitions)))
+
+
+@_core.get_global_batch.register
+def _(state: StreamingSource, global_size: int, sharding: jax.sharding.Sharding):
+    # Each process reads only the partitions of its rows; all advance by the whole batch.
+    _check_host(state, "get_global_batch")
+    size = _core.check_size(global_size, "get_global_batch")
+    procs = jax.process_count()
+    if state.partitions == 1 and procs > 1:
+        raise ValueError(
+            f"get_global_batch: {state.name} has partitions=1, so each of the {procs} processes would read the "
+            f"whole stream. Build it with partitions= a multiple of the process count, e.g. partitions={procs} "
+            f"(dfn.from_backend(backend, partitions={procs}); the loaders take partitions= too)."
+        )
+    start, stop = _core.process_rows(sharding, size)
+    parts = tuple(owned_partitions(start, stop, size, state.partitions, f"get_global_batch ({state.name})"))
+    state, local = _read(state, size, parts)
+    batch = jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, x, (size, *x.shape[1:])), local
+    )
+    return state, batch
 
 
 @_core.get_batch_at.register
@@ -389,7 +419,9 @@ def _iterate_until(state: StreamingSource, size: int, epochs: int) -> Iterator[t
 
 
 def _stream_key(state: StreamingSource) -> dict[str, Any]:
-    return {"fingerprint": state.backend.key[2], "shuffle": state.shuffle, "seed": int(state.seed)}
+    key = {"fingerprint": state.backend.key[2], "shuffle": state.shuffle, "seed": int(state.seed)}
+    # Cursors of unpartitioned streams (and those saved before partitions existed) carry none.
+    return key if state.partitions == 1 else {**key, "partitions": state.partitions}
 
 
 @_core.cursor.register
@@ -400,7 +432,18 @@ def _(state: StreamingSource):
 
 @_core.restore_cursor.register
 def _(state: StreamingSource, cursor: dict[str, Any]):
-    index, epoch = _core.check_cursor(cursor, "streaming", _stream_key(state), _core.num_records(state))
+    expected = {**_stream_key(state), "partitions": state.partitions}
+    if isinstance(cursor, dict):
+        cursor = {"partitions": 1, **cursor}
+    n = _core.num_records(state)
+    index, epoch = _core.check_cursor(cursor, "streaming", expected, n)
+    total = None if n is None else epoch * n + index
+    if state.partitions > 1 and total % state.partitions:
+        raise ValueError(
+            f"restore_cursor: the cursor is {total} records into the stream (epoch={epoch}, index={index}), "
+            f"which is not a multiple of partitions={state.partitions}; a partitioned stream only moves by "
+            "batches that are multiples of it. Restore the dict dfn.cursor(state) returned, unchanged."
+        )
     return _with(state, epoch, index)
 
 
