@@ -141,8 +141,9 @@ class RangeBackend:
     """A ``dfn.StreamingBackend`` over records ``0 .. n-1`` in chunks.
 
     Epoch ``e`` visits them in ``dfn.permute(., n, seed, e)`` order when ``shuffle``;
-    ``known_length=False`` hides ``n`` (``num_records() -> None``). ``opened`` records
-    every ``open`` call.
+    ``known_length=False`` hides ``n`` (``num_records() -> None``). ``open_partition`` reads
+    the canonical partitions (random-access order within each). ``opened`` records every
+    ``open`` / ``open_partition`` call.
     """
 
     info = {"kind": "test"}
@@ -152,12 +153,23 @@ class RangeBackend:
         self.opened: list[tuple[int, int, int]] = []
 
     def open(self, epoch, seed, start):
+        self.opened.append((epoch, seed, start))
+        return self._records(0, self.n, epoch, seed, start)
+
+    def open_partition(self, partition, partitions, epoch, seed, start):
+        """Yields partition ``partition`` of ``partitions``: records ``off + permute(i, L, seed, epoch)``."""
+        from datarax_fn._partition import partition_offsets
+
+        self.opened.append((partition, partitions, epoch, seed, start))
+        lo, hi = partition_offsets(self.n, partitions)[partition : partition + 2].tolist()
+        return self._records(lo, hi - lo, epoch, seed, start)
+
+    def _records(self, offset, length, epoch, seed, start):
         import datarax_fn as dfn
 
-        self.opened.append((epoch, seed, start))
-        order = dfn.permute(np.arange(self.n), self.n, seed, epoch) if self.shuffle else np.arange(self.n)
-        for lo in range(start, self.n, self.chunk):
-            ids = np.asarray(order[lo : lo + self.chunk])
+        order = dfn.permute(np.arange(length), length, seed, epoch) if self.shuffle else np.arange(length)
+        for lo in range(start, length, self.chunk):
+            ids = offset + np.asarray(order[lo : lo + self.chunk])
             yield {"x": ids.astype(np.int32), "y": {"z": (ids * 2).astype(np.float32)}}
 
     def num_records(self):

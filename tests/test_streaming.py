@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 import datarax_fn as dfn
 from hf_fixtures import hf_dataset, parquet_folder  # noqa: F401
-from conftest import RangeBackend, live_threads, run_fresh, run_fresh_many, wait_threads_gone
+from conftest import RangeBackend, live_threads, run_fresh, run_fresh_many, take, wait_threads_gone
 from datarax_fn import EndOfStream, StreamingBackend, permute
+from datarax_fn._partition import partition_offsets, partition_seed
 
 
 def expected(n, seed, epochs, shuffle=True):
@@ -224,3 +225,143 @@ def test_batches_and_cursor_stay_on_the_host():
     moved = list(dfn.prefetch_to_device(iter([batch])))
     assert isinstance(moved[0]["x"], jax.Array)
     np.testing.assert_array_equal(moved[0]["x"], batch["x"])
+
+
+# ----------------------------------------------------------------------------- partitions
+
+
+def partitioned(n, c, seed, sizes, shuffle=True, total=0):
+    """Returns the record ids of batches of ``sizes`` from ``total`` on, by the canonical-partition definition."""
+    off = partition_offsets(n, c)
+    out = []
+    for size in sizes:
+        q = np.arange(total // c, total // c + size // c)
+        for k in range(c):
+            length, s = int(off[k + 1] - off[k]), partition_seed(seed, k, c)
+            e, p = q // length, q % length
+            out.append(off[k] + (permute(p, length, s, e) if shuffle else p))
+        total += size
+    return np.concatenate(out)
+
+
+@settings(max_examples=20)
+@given(st.data(), st.integers(1, 6), st.integers(0, 2**32 - 1), st.booleans())
+def test_partitioned_batches_follow_the_canonical_definition(data, c, seed, shuffle):
+    n = data.draw(st.integers(c, 40))
+    sizes = data.draw(st.lists(st.integers(1, 5).map(lambda k: k * c), min_size=1, max_size=6))
+    state = dfn.from_backend(RangeBackend(n, 3, shuffle=shuffle), shuffle=shuffle, seed=seed, partitions=c)
+    state, batch = take(state, sizes)
+    want = partitioned(n, c, seed, sizes, shuffle)
+    np.testing.assert_array_equal(batch["x"], want)
+    np.testing.assert_array_equal(batch["y"]["z"], 2 * want)
+    assert (int(state.epoch), int(state.index)) == divmod(sum(sizes), n)
+    if c == 1:  # one partition is exactly the unpartitioned stream
+        np.testing.assert_array_equal(want, expected(n, seed, sum(sizes) // n + 1, shuffle)[: sum(sizes)])
+    state.close()
+
+
+def test_partitions_drift_when_records_are_not_a_multiple():
+    # 26 records in partitions of 6, 7, 6, 7: the fourth batch of 8 starts epoch 1 of the short
+    # partitions (records 0.. and 13..) while the long ones give the last record of their epoch 0.
+    state = dfn.from_backend(RangeBackend(26, 4, shuffle=False), partitions=4)
+    state, batch = take(state, [8, 8, 8, 8])
+    assert batch["x"][24:].tolist() == [0, 1, 12, 6, 13, 14, 25, 19]
+    assert (int(state.epoch), int(state.index)) == (1, 6)
+
+
+def test_partitioned_end_of_stream_is_set_by_the_shortest_partition():
+    state = dfn.from_backend(RangeBackend(26, 4), seed=3, shuffle=True, num_epochs=1, partitions=4)
+    state, batch = take(state, [8, 8, 8])
+    with pytest.raises(EndOfStream, match="shortest partition has 0 records left and a batch of 4 takes 1"):
+        dfn.get_batch(state, 4)
+    # Every record served once: the last records of the two long partitions' epoch are dropped.
+    last = {off + int(permute(6, 7, partition_seed(3, c, 4), 0)) for c, off in ((1, 6), (3, 19))}
+    assert sorted(batch["x"].tolist()) == sorted(set(range(26)) - last)
+    pairs = list(dfn.iterate(dfn.from_backend(RangeBackend(26, 4), num_epochs=1, partitions=2), 4))
+    assert len(pairs) == 6 and (int(pairs[-1][0].epoch), int(pairs[-1][0].index)) == (0, 24)
+
+
+def test_one_reader_thread_for_many_partitions():
+    before = set(live_threads("datarax_fn-prefetch"))
+    state = dfn.from_backend(RangeBackend(256, 2), seed=1, shuffle=True, partitions=64)
+    state, batch = take(state, [128, 128, 128])
+    assert len(live_threads("datarax_fn-prefetch", before)) == 1
+    np.testing.assert_array_equal(batch["x"], partitioned(256, 64, 1, [128] * 3))
+    state.close()
+    assert wait_threads_gone("datarax_fn-prefetch", before) == []
+
+
+def test_partitioned_resume_opens_each_partition_at_its_position():
+    backend = RangeBackend(26, 4)
+    s0 = dfn.from_backend(backend, seed=9, shuffle=True, partitions=4)
+    s1, _ = take(s0, [8, 8, 8])
+    s2, b2 = dfn.get_batch(s1, 8)
+    backend.opened.clear()
+    _, again = dfn.get_batch(s1, 8)  # an older state reopens every partition at its own position
+    chex.assert_trees_all_equal(again, b2)
+    seeds = [partition_seed(9, c, 4) for c in range(4)]
+    assert backend.opened[:4] == [(0, 4, 1, seeds[0], 0), (1, 4, 0, seeds[1], 6), (2, 4, 1, seeds[2], 0),
+                                  (3, 4, 0, seeds[3], 6)]
+    s0.close()
+
+
+def test_partitioned_cursor_names_partitions_and_restores_exactly():
+    s = dfn.from_backend(RangeBackend(26, 4), shuffle=True, seed=5, partitions=2)
+    s, _ = take(s, [6, 6, 6, 6, 6])
+    c = dfn.cursor(s)
+    assert c == {"version": 1, "kind": "streaming", "index": 4, "epoch": 1, "seed": 5, "shuffle": True,
+                 "fingerprint": "range:26:True:", "partitions": 2}
+    r = dfn.restore_cursor(dfn.from_backend(RangeBackend(26, 4), shuffle=True, seed=5, partitions=2), c)
+    _, a = dfn.get_batch(r, 4)
+    np.testing.assert_array_equal(a["x"], partitioned(26, 2, 5, [4], total=30))
+    with pytest.raises(ValueError, match=r"partitions \(cursor 2, this state 1\)"):
+        dfn.restore_cursor(dfn.from_backend(RangeBackend(26, 4), shuffle=True, seed=5), c)
+    one = dfn.cursor(dfn.from_backend(RangeBackend(26, 4), shuffle=True, seed=5))
+    with pytest.raises(ValueError, match=r"partitions \(cursor 1, this state 2\)"):
+        dfn.restore_cursor(r, one)
+    with pytest.raises(ValueError, match="not a multiple of partitions=2"):
+        dfn.restore_cursor(r, {**c, "index": 5})
+    s.close()
+    r.close()
+
+
+def test_partitioned_option_errors_name_fixes_that_work():
+    class NoPartitions(RangeBackend):
+        open_partition = None
+
+    with pytest.raises(TypeError, match="has no open_partition.*Use partitions=1"):
+        dfn.from_backend(NoPartitions(10), partitions=2)
+    with pytest.raises(ValueError, match="use partitions=1"):
+        dfn.from_backend(RangeBackend(10, known_length=False), partitions=2)
+    with pytest.raises(ValueError, match="use partitions <= 10"):
+        dfn.from_backend(RangeBackend(10), partitions=11)
+    with pytest.raises(TypeError, match="partitions must be an int"):
+        dfn.from_backend(RangeBackend(10), partitions=True)
+    state = dfn.from_backend(RangeBackend(10), partitions=np.int64(4))
+    with pytest.raises(ValueError, match="Use size=4 or 8"):
+        dfn.get_batch(state, 6)
+    _, batch = dfn.get_batch(state, 8)
+    np.testing.assert_array_equal(batch["x"], partitioned(10, 4, 0, [8]))
+    state.close()
+
+
+def test_partition_of_the_wrong_length_is_an_error_naming_the_backend():
+    class Short(RangeBackend):
+        def open_partition(self, partition, partitions, epoch, seed, start):
+            for chunk in super().open_partition(partition, partitions, epoch, seed, start):
+                yield jax.tree.map(lambda x: x[:1], chunk)
+
+    state = dfn.from_backend(Short(12, 3), partitions=2)
+    with pytest.raises(ValueError, match=r"Short.open_partition\(0, 2, epoch=0, ...\) yielded 2 records"):
+        take(state, [4, 4])
+
+
+def test_global_batch_in_one_process_equals_get_batch():
+    for c in (1, 2):
+        state = dfn.from_backend(RangeBackend(10), shuffle=True, seed=4, partitions=c)
+        g_state, g = dfn.get_global_batch(state, 4, dfn.data_sharding())
+        l_state, b = dfn.get_batch(state, 4)
+        assert isinstance(g["x"], jax.Array) and g["x"].sharding == dfn.data_sharding()
+        chex.assert_trees_all_equal(jax.device_get(g), b)
+        assert dfn.cursor(g_state) == dfn.cursor(l_state)
+        state.close()
