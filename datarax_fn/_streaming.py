@@ -5,19 +5,27 @@ in this epoch), ``epoch`` and ``seed``; the backend handle is static. The same s
 semantics as the eager source hold: epoch ``e`` visits every record once in an order
 fixed by ``(seed, e)``, batches straddle epochs, and there is no short last batch.
 
-``get_batch`` runs on the host (never under ``jit``). A bounded background thread reads
+``get_batch`` runs on the host (never under ``jit``). One bounded background thread reads
 and converts the next chunks while the caller trains. Batches are NumPy arrays in host
 memory, the form a jitted step takes directly (and what ``tf.data``/grain hand out):
 a per-batch ``device_put`` here would cost as much as the rest of ``get_batch`` together.
 Wrap the batches in ``dfn.prefetch_to_device`` to overlap the copy with compute. The
 reader lives in the static handle and only caches work: it is reused when the state
 asked for is the position it has reached, and reopened (``backend.open(epoch, seed,
-index)``) otherwise, so the output depends on the state alone and an old state replays
-exactly.
+index)``, or ``open_partition`` per partition) otherwise, so the output depends on the
+state alone and an old state replays exactly.
 
 End of stream: with ``num_epochs=None`` the stream never ends. With ``num_epochs=k``,
 ``get_batch`` raises :class:`EndOfStream` when fewer than ``size`` records remain before
 epoch ``k``; the partial records are dropped and ``dfn.iterate`` simply stops.
+
+Partitions (``partitions=C > 1``, see ``_partition``): each batch takes ``size // C``
+records of every partition, each partition read from its own position by
+``backend.open_partition``; one background thread interleaves them (``_reader``), and
+``dfn.get_global_batch`` reads only the partitions of this process's rows. With
+``num_epochs=k`` the stream ends, decided from the cursor alone so that every process
+ends at the same step, when a batch would take a record beyond epoch ``k`` of the
+shortest partition.
 """
 
 from __future__ import annotations
@@ -53,7 +61,12 @@ class StreamingBackend(Protocol):
     """What a streaming backend provides to a ``StreamingSource`` (HF and TFDS implement it).
 
     Write one for any record reader and wrap it with ``dfn.from_backend``. ``info``
-    (any metadata, returned by ``dfn.dataset_info``) is optional.
+    (any metadata, returned by ``dfn.dataset_info``) is optional, and so is
+    ``open_partition(partition, partitions, epoch, seed, start)``: the records of one
+    canonical partition (file-order records ``[c * N // C, (c + 1) * N // C)``) in that
+    partition's epoch order, from its position ``start``, which ``partitions=C > 1``
+    needs (see ``docs/distributed.md``); ``open(e, s, i)`` is then
+    ``open_partition(0, 1, e, s, i)``.
 
     ```python
     import jax, numpy as np, datarax_fn as dfn

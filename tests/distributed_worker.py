@@ -1,4 +1,4 @@
-"""One process of a ``jax.distributed`` test group (launched by ``multiprocess.run_group``).
+"""One process of a ``jax.distributed`` test group (launched by ``process_group.run_group``).
 
 Argument: a JSON spec with ``process_id``, ``processes``, ``port``, ``devices`` (CPU devices
 of this process), ``source`` (``"range"``), ``records``, ``partitions``, ``seed``, ``size``,

@@ -1,6 +1,6 @@
 """Real multi-process runs (jax.distributed, gloo on localhost CPU): one global stream for any process count.
 
-Each group of processes runs ``distributed_worker.py`` at once (``multiprocess.run_group``:
+Each group of processes runs ``distributed_worker.py`` at once (``process_group.run_group``:
 bounded by a deadline, every child killed on failure). The expected batches come from one
 process calling ``dfn.get_batch`` on the same source, here in the test process.
 """
@@ -12,7 +12,7 @@ import numpy as np
 import datarax_fn as dfn
 from conftest import RangeBackend
 from datarax_fn._partition import partition_offsets
-from multiprocess import run_group
+from process_group import run_group
 
 RANGE = {"source": "range", "records": 32, "partitions": 4, "seed": 11, "size": 8}
 
