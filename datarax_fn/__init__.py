@@ -31,6 +31,8 @@ from ._streaming import (
 )
 from ._jit import DatasetCopyWarning as DatasetCopyWarning, jit_step as jit_step
 from ._sharding import data_sharding as data_sharding
+from ._placement import local_records as local_records
+from ._place import from_local_partitions as from_local_partitions, place as place
 from ._stages import (
     Statistics as Statistics,
     apply_to_keys as apply_to_keys,

@@ -12,6 +12,7 @@ import numpy as np
 from . import _core
 from ._eager import EagerSource
 from ._pipeline import Pipeline
+from ._placement import gather_to_host
 from ._prefetch import Prefetcher
 
 PyTree = Any
@@ -27,7 +28,8 @@ def collect_to_array(source: Any, *, chunk_size: int = 4096) -> PyTree:
     Returns:
         a PyTree of ``jax.Array``s with the structure of ``element_spec(source)``.
 
-    For an in-memory source this is its ``data`` as is: record order, no copy. A
+    For an in-memory source this is its ``data`` as is: record order, no copy (a
+    ``partitioned`` or ``host`` placement is gathered and put on the default device). A
     streaming source (or a pipeline over one, whose stages are not applied) is read for
     one epoch from its current position in chunks of ``chunk_size`` records, in stream
     order, and the result is moved to the device once. Use it for staged training: put
@@ -42,7 +44,10 @@ def collect_to_array(source: Any, *, chunk_size: int = 4096) -> PyTree:
     if isinstance(source, Pipeline):
         source = source.source
     if isinstance(source, EagerSource):
-        return source.data
+        if source.placement.kind in ("device", "replicated"):
+            return source.data
+        host = gather_to_host(source.data, source.placement, source.num_records, source.partitions)
+        return jax.device_put(host)
     n = _core.num_records(source)
     if n is None:
         raise ValueError(

@@ -18,7 +18,8 @@ import numpy as np
 import xxhash
 from jaxtyping import Array, Int, UInt32
 
-from . import _core, _jit
+from . import _core, _jit, _layout, _placement
+from ._partition import check_batch_size, check_partitions
 from ._shuffle import permute, permute_with_keys, round_keys
 
 PyTree = Any
@@ -85,6 +86,9 @@ class EagerSource(_core.Source):
     name: str = eqx.field(static=True, default="arrays")
     info: Static | None = eqx.field(static=True, default=None)
     fingerprint: str = eqx.field(static=True, default="")
+    partitions: int = eqx.field(static=True, default=1)
+    placement: _placement.Placement = eqx.field(static=True, default=_placement.Placement())
+    partition_seeds: UInt32[Array, " partitions"] | None = None
 
     def __check_init__(self):
         leaves = _leaf_paths(self.data)
@@ -101,9 +105,11 @@ class EagerSource(_core.Source):
             raise ValueError(f"EagerSource: data leaves need a leading record axis; scalars at {', '.join(scalar)}.")
         lengths = {p: x.shape[0] for p, x in leaves}
         shown = ", ".join(f"{p}: {k}" for p, k in lengths.items())
-        if len(set(lengths.values())) != 1 or next(iter(lengths.values())) != self.num_records:
+        rows = _placement.stored_records(self.num_records, self.partitions, self.placement)
+        if len(set(lengths.values())) != 1 or next(iter(lengths.values())) != rows:
+            held = "" if rows == self.num_records else f" (its {self.partitions} partitions padded to {rows} rows)"
             raise ValueError(
-                f"EagerSource: every data leaf must share the leading axis N={self.num_records}; "
+                f"EagerSource: every data leaf must share the leading axis N={self.num_records}{held}; "
                 f"got leading sizes {shown}."
             )
         if not 1 <= self.num_records <= _core.INT32_MAX:
@@ -122,12 +128,15 @@ def from_arrays(
     info: Any = None,
     copy: bool = True,
     fingerprint: str | None = None,
+    partitions: int = 1,
+    placement: str = "device",
+    mesh: jax.sharding.Mesh | None = None,
 ) -> EagerSource:
     """Returns an ``EagerSource`` over a PyTree of arrays sharing a leading axis.
 
-    Arrays move to the default device once; dtypes are kept exactly (an int64 leaf
-    needs ``jax_enable_x64`` and otherwise raises rather than silently narrowing).
-    The data's fingerprint (xxh3 of every leaf) is computed here, once.
+    Arrays move to their devices once; dtypes are kept exactly (an int64 leaf needs
+    ``jax_enable_x64`` and otherwise raises rather than silently narrowing). The data's
+    fingerprint (xxh3 of every leaf) is computed here, once.
 
     Arguments:
         data: a PyTree (usually a dict) of NumPy or JAX arrays with one leading length N.
@@ -142,6 +151,17 @@ def from_arrays(
             the first donated ``jit_step`` copies such a dataset once into XLA memory.
         fingerprint: a string that identifies the data, for loaders that already have
             one (e.g. a digest of the files and options); default: xxh3 of the arrays.
+        partitions: ``C``, the canonical partitions of the stream (see the guide on
+            devices and hosts); batch sizes must be multiples of it. ``1`` is the plain stream.
+        placement: where the data lives. ``"device"`` (default): once, committed to the
+            default device. ``"replicated"``: on every device of ``mesh`` (memory x devices).
+            ``"partitioned"``: each device of ``mesh`` holds ``partitions / devices`` whole
+            partitions (memory / devices); needs ``partitions`` a multiple of the devices.
+            ``"host"``: NumPy in host memory, batches gathered on the host (not under ``jit``).
+            Every placement gives the same stream for the same ``partitions``; all but
+            ``"device"`` return batches split over the mesh's first axis.
+        mesh: the ``jax.sharding.Mesh`` of the placement; default: one axis ``"data"`` over
+            every device.
 
     Returns:
         an ``EagerSource`` at epoch 0, index 0.
@@ -151,6 +171,10 @@ def from_arrays(
     state = dfn.from_arrays({"image": np.zeros((100, 8, 8, 1), np.uint8),
                              "label": np.arange(100, dtype=np.int32)}, shuffle=True, seed=1)
     assert len(state) == 100 and dfn.num_records(state) == 100
+
+    spread = dfn.from_arrays({"x": np.arange(10, dtype=np.int32)}, partitions=2, placement="partitioned")
+    spread, batch = dfn.get_batch(spread, 4)   # two records of each partition, partition-major
+    assert batch["x"].tolist() == [0, 1, 5, 6]
     ```
     """
     seed = _core.check_seed(seed, "from_arrays")
@@ -171,30 +195,40 @@ def from_arrays(
             )
     if fingerprint is not None and not isinstance(fingerprint, str):
         raise TypeError(f"from_arrays: fingerprint must be a str or None; got {type(fingerprint).__name__}.")
+    n = _first_length(leaves)
+    partitions = check_partitions(partitions, max(n, 1), "from_arrays")
+    where = _placement.make_placement(placement, mesh, partitions, "from_arrays")
     fingerprint = fingerprint or hash_arrays(data)
-    name = str(name)
-    data = jax.tree.map(lambda x: _to_device(x, copy), data)
+    data = _placement.put(data, where, n, partitions, copy)
+    return placed_source(data, where, num_records=n, partitions=partitions, shuffle=shuffle, seed=seed,
+                         name=str(name), info=info, fingerprint=fingerprint)
+
+
+def placed_source(data: PyTree, placement: _placement.Placement, *, num_records: int, partitions: int,
+                  shuffle: bool, seed: int, name: str, info: Any, fingerprint: str,
+                  index: int = 0, epoch: int = 0) -> EagerSource:
+    """Returns an ``EagerSource`` over ``data`` already laid out as ``placement`` stores it."""
+    where = placement.replicated()
+
+    def scalar(value, dtype):
+        # device_put of NumPy scalars: no XLA compile on a cold start (jnp.zeros compiles one).
+        return jax.device_put(np.asarray(value, dtype), where)
+
+    seeds = None if partitions == 1 else jax.device_put(_layout.partition_seeds(seed, partitions), where)
     return EagerSource(
         data=data,
-        # device_put of NumPy scalars: no XLA compile on a cold start (jnp.zeros compiles one).
-        index=jax.device_put(np.zeros((), np.int32)),
-        epoch=jax.device_put(np.zeros((), np.int32)),
-        seed=jax.device_put(np.asarray(seed, np.uint32)),
-        num_records=_first_length(leaves),
+        index=scalar(index, np.int32),
+        epoch=scalar(epoch, np.int32),
+        seed=scalar(seed, np.uint32),
+        num_records=num_records,
         shuffle=bool(shuffle),
         name=name,
         info=None if info is None else Static(info, f"{name}:{fingerprint}"),
         fingerprint=fingerprint,
+        partitions=partitions,
+        placement=placement,
+        partition_seeds=seeds,
     )
-
-
-def _to_device(x: Any, copy: bool) -> jax.Array:
-    if isinstance(x, jax.Array):
-        return x  # already immutable and on a device
-    # jnp.asarray copies into XLA-owned memory, which a donating jit can alias in to out.
-    # device_put may instead alias 64-byte-aligned NumPy memory on CPU: no copy now, but
-    # XLA cannot donate a buffer it does not own, so the first donated step copies it once.
-    return jnp.asarray(x) if copy else jax.device_put(x)
 
 
 def _first_length(leaves: list[tuple[str, Any]]) -> int:
@@ -300,12 +334,58 @@ def _step(data, index, epoch, seed, size, n, shuffle):
     return index, epoch, batch
 
 
-def _check_key_size(size: int, n: int) -> None:
-    if size > n:
+def _check_keyed(state: EagerSource, size: int) -> None:
+    if size > state.num_records:
         raise ValueError(
-            f"get_batch: with a key, size={size} distinct records cannot be drawn from N={n}. "
+            f"get_batch: with a key, size={size} distinct records cannot be drawn from N={state.num_records}. "
             "Use size <= N, or drop the key to stream across epochs."
         )
+    if state.partitions > 1 or state.placement.kind in ("partitioned", "host"):
+        raise ValueError(
+            f"get_batch: a key draws from the whole dataset, which a state with partitions={state.partitions}, "
+            f"placement={state.placement.kind!r} does not gather in one place. Drop the key, or build the state "
+            "with partitions=1 and placement='device' or 'replicated'."
+        )
+
+
+def _check_single_device(state: EagerSource) -> None:
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and mesh.size > 1:
+        raise ValueError(
+            f"get_batch: the state's data is on one device (placement='device'), but this jit runs over a mesh of "
+            f"{mesh.size} devices, where JAX would copy the whole dataset onto every one of them. Choose the "
+            "placement: dfn.place(state, 'replicated') (every device holds all data), or build it with "
+            "dfn.from_arrays(..., partitions=<a multiple of the devices>, placement='partitioned')."
+        )
+
+
+def _placed(state: EagerSource, index: Any, size: int, where: str) -> PyTree:
+    check_batch_size(size, state.partitions, where)
+    _placement.check_batch_devices(size, state.placement, where)
+    common = dict(size=size, num_records=state.num_records, partitions=state.partitions, shuffle=state.shuffle)
+    if state.placement.kind == "host":
+        if _core.is_traced(index, state.epoch, state.seed):
+            raise TypeError(
+                f"{where}: placement='host' keeps the data in host memory and gathers batches with NumPy, outside "
+                "jit. Call it outside jit, or re-place the state: dfn.place(state, 'partitioned') or 'replicated'."
+            )
+        return _layout.host_batch(state.data, int(index), int(state.epoch), int(state.seed),
+                                  sharding=state.placement.batch_sharding(), **common)
+    if _core.is_traced(index, state.epoch):
+        _jit.warn_if_copied(state.data)
+    return _layout.placed_batch(state.data, index, state.epoch, state.seed, state.partition_seeds,
+                                placement=state.placement, records_at=_records_at, **common)
+
+
+def _check_on_boundary(start: Any, partitions: int) -> Any:
+    if partitions == 1:
+        return start
+    message = f"get_batch_at: start must be a multiple of partitions={partitions} (a batch boundary)"
+    if _core.is_traced(start):
+        return eqx.error_if(start, start % partitions != 0, message + ".")
+    if int(start) % partitions:
+        raise ValueError(f"{message}; got start={int(start)}.")
+    return start
 
 
 @_core.get_batch.register
@@ -313,9 +393,14 @@ def _(state: EagerSource, size: int, key: Any = None):
     size = _core.check_size(size)
     n = state.num_records
     if key is not None:
-        _check_key_size(size, n)
+        _check_keyed(state, size)
         return state, _keyed(state.data, key, 0, size=size, n=n)
+    if state.placement.kind != "device" or state.partitions > 1:
+        batch = _placed(state, state.index, size, "get_batch")
+        index, epoch = _advance(state.index, state.epoch, size=size, n=n)
+        return _core.replace(state, index=index, epoch=epoch), batch
     if _core.is_traced(state.index):
+        _check_single_device(state)
         _jit.warn_if_copied(state.data)
     index, epoch, batch = _step(state.data, state.index, state.epoch, state.seed, size=size, n=n, shuffle=state.shuffle)
     return _core.replace(state, index=index, epoch=epoch), batch
@@ -327,8 +412,10 @@ def _(state: EagerSource, start: Any, size: int, key: Any = None):
     start = _core.check_start(start)
     n = state.num_records
     if key is not None:
-        _check_key_size(size, n)
+        _check_keyed(state, size)
         return _keyed(state.data, key, start, size=size, n=n)
+    if state.placement.kind != "device" or state.partitions > 1:
+        return _placed(state, _check_on_boundary(start, state.partitions), size, "get_batch_at")
     return _records_at(state.data, start, size=size, n=n, shuffle=state.shuffle, seed=state.seed, epoch=state.epoch)
 
 
@@ -362,8 +449,10 @@ def data_fingerprint(state: EagerSource) -> str:
 
 
 def _stream_key(state: EagerSource) -> dict[str, Any]:
-    return {"fingerprint": data_fingerprint(state), "num_records": state.num_records,
-            "shuffle": state.shuffle, "seed": int(state.seed)}
+    key = {"fingerprint": data_fingerprint(state), "num_records": state.num_records,
+           "shuffle": state.shuffle, "seed": int(state.seed)}
+    # The placement is not part of the stream; the partitions are (a plain stream's cursor omits them).
+    return key if state.partitions == 1 else {**key, "partitions": state.partitions}
 
 
 @_core.cursor.register
@@ -374,11 +463,15 @@ def _(state: EagerSource):
 
 @_core.restore_cursor.register
 def _(state: EagerSource, cursor: dict[str, Any]):
-    index, epoch = _core.check_cursor(cursor, "eager", _stream_key(state), state.num_records)
+    expected = {**_stream_key(state), "partitions": state.partitions}
+    if isinstance(cursor, dict):
+        cursor = {"partitions": 1, **cursor}
+    index, epoch = _core.check_cursor(cursor, "eager", expected, state.num_records)
+    where = state.placement.replicated()
     return _core.replace(
         state,
-        index=jax.device_put(np.asarray(index, np.int32)),
-        epoch=jax.device_put(np.asarray(epoch, np.int32)),
+        index=jax.device_put(np.asarray(index, np.int32), where),
+        epoch=jax.device_put(np.asarray(epoch, np.int32), where),
     )
 
 

@@ -15,23 +15,53 @@ import jax
 
 from . import _core
 from ._eager import EagerSource, advance
+from ._layout import host_batch
+from ._partition import check_batch_size
 
 
 @_core.get_global_batch.register
 def _(state: EagerSource, global_size: int, sharding: jax.sharding.Sharding) -> tuple[EagerSource, Any]:
-    # Global mode: every process holds the whole dataset and gathers only its own rows.
     _core.check_size(global_size, "get_global_batch")
     if _core.is_traced(state.index):
         raise TypeError(
-            "get_global_batch runs on the host; inside jit use dfn.get_batch and "
-            "jax.lax.with_sharding_constraint(batch, sharding)."
+            "get_global_batch runs on the host; inside jit use dfn.get_batch on a state placed over the mesh "
+            "(dfn.from_arrays(..., placement='partitioned' or 'replicated')): its batch comes out split over "
+            "the mesh's first axis."
         )
+    kind = state.placement.kind
+    if kind in ("replicated", "partitioned"):
+        # Each device gathers its own rows from the data it holds; only a sharding other than
+        # the state's own batch layout moves rows afterwards.
+        new, batch = _core.get_batch(state, global_size)
+        if jax.tree.leaves(batch)[0].sharding != sharding:
+            batch = jax.device_put(batch, sharding)
+        return new, batch
+    check_batch_size(global_size, state.partitions, "get_global_batch")
+    if kind == "host":
+        batch = host_batch(state.data, int(state.index), int(state.epoch), int(state.seed), size=global_size,
+                           num_records=state.num_records, partitions=state.partitions, shuffle=state.shuffle,
+                           sharding=sharding)
+        return advance(state, global_size), batch
+    # Global mode: every process holds the whole dataset on one device and gathers only its
+    # devices' rows there, one slice per device, each put straight on its device.
+    rows = sharding.addressable_devices_indices_map((global_size,))
     start, stop = _core.process_rows(sharding, global_size)
-    local = _core.get_batch_at(state, state.index + start, stop - start)
-    batch = jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sharding, x, (global_size, *x.shape[1:])), local
-    )
-    return advance(state, global_size), batch
+    if state.partitions == 1:
+        local = _core.get_batch_at(state, state.index + start, stop - start)
+    else:
+        _, full = _core.get_batch(state, global_size)
+        local = jax.tree.map(lambda x: x[start:stop], full)
+
+    def leaf(x):
+        shards = [jax.device_put(x[_shift(index, start)], device) for device, index in rows.items()]
+        return jax.make_array_from_single_device_arrays((global_size, *x.shape[1:]), sharding, shards)
+
+    return advance(state, global_size), jax.tree.map(leaf, local)
+
+
+def _shift(index: tuple, start: int) -> slice:
+    rows = index[0] if index else slice(None)
+    return slice((rows.start or 0) - start, None if rows.stop is None else rows.stop - start)
 
 
 def data_sharding(axis_name: str = "data") -> jax.sharding.NamedSharding:
