@@ -1,11 +1,14 @@
 """One process of a ``jax.distributed`` test group (launched by ``process_group.run_group``).
 
 Argument: a JSON spec with ``process_id``, ``processes``, ``port``, ``devices`` (CPU devices
-of this process), ``source`` (``"range"``), ``records``, ``partitions``, ``seed``, ``size``,
-``steps``, an optional ``cursor`` to restore and ``try_one_partition`` (also try an
-unpartitioned stream and report the error). The process builds the source, restores
-the cursor, takes ``steps`` global batches and prints one JSON line: the rows of ``x`` its
-devices hold per step, the cursor afterwards, and the record ids its backend yielded.
+of this process), ``sources`` (names: ``"range"``, a partitioned stream over a RangeBackend;
+``"eager"``, the sharded eager mode), ``records``, ``partitions``, ``seed``, ``size``,
+``steps``, optional ``cursors`` (one per source) to restore and ``try_one_partition`` (also
+try an unpartitioned stream and report the error). Sources share one process so the
+group's start-up (JAX import, ``jax.distributed``) is paid once. For each source the process builds it,
+restores its cursor, takes ``steps`` global batches; it prints one JSON line with, per
+source, the rows of ``x`` its devices hold per step, the cursor afterwards, and the record
+ids it read (yielded by its backend, or loaded).
 """
 
 import json
@@ -40,35 +43,49 @@ class LoggedRange(RangeBackend):
             yield chunk
 
 
-def build(spec):
-    if spec["source"] == "range":
-        backend = LoggedRange(spec["records"], 3)
-        return dfn.from_backend(backend, shuffle=True, seed=spec["seed"], partitions=spec["partitions"]), backend
-    raise ValueError(f"unknown source {spec['source']!r}")
+def build(name, spec):
+    """Returns ``(state, read)``: the source ``name`` and a function giving the record ids this process read."""
+    n, c, seed = spec["records"], spec["partitions"], spec["seed"]
+    if name == "range":  # a partitioned stream: each process opens only its partitions
+        backend = LoggedRange(n, 3)
+        return dfn.from_backend(backend, shuffle=True, seed=seed, partitions=c), lambda: backend.read
+    if name == "eager":  # the sharded eager mode: each process loads only its partitions' records
+        records = dfn.local_records(n, c)
+        x = np.arange(n, dtype=np.int32)[records.start : records.stop]
+        state = dfn.from_local_partitions({"x": x, "y": {"z": (2 * x).astype(np.float32)}}, num_records=n,
+                                          partitions=c, fingerprint=f"arange-{n}", shuffle=True, seed=seed)
+        return state, lambda: list(records)
+    raise ValueError(f"unknown source {name!r}")
 
 
-state, backend = build(spec)
-if spec.get("cursor"):
-    state = dfn.restore_cursor(state, spec["cursor"])
+def run(name, spec, sharding):
+    """Returns what one source gave this process: its rows per step, the cursor after, the ids read."""
+    state, read = build(name, spec)
+    if spec.get("cursors"):
+        state = dfn.restore_cursor(state, spec["cursors"][name])
+    rows = []
+    for _ in range(spec["steps"]):
+        state, batch = dfn.get_global_batch(state, spec["size"], sharding)
+        assert batch["x"].shape == (spec["size"],) and batch["x"].sharding == sharding
+        local = {}
+        z = {s.device: np.asarray(s.data) for s in batch["y"]["z"].addressable_shards}
+        for shard in batch["x"].addressable_shards:
+            start = shard.index[0].start or 0
+            np.testing.assert_array_equal(z[shard.device], 2 * np.asarray(shard.data))
+            local.update({start + i: v for i, v in enumerate(np.asarray(shard.data).tolist())})
+        rows.append(sorted(local.items()))
+    cursor = dfn.cursor(state)
+    if hasattr(state, "close"):
+        state.close()
+    return {"rows": rows, "cursor": cursor, "read": sorted(set(read()))}
+
+
 sharding = dfn.data_sharding()
-rows = []
-for _ in range(spec["steps"]):
-    state, batch = dfn.get_global_batch(state, spec["size"], sharding)
-    assert batch["x"].shape == (spec["size"],) and batch["x"].sharding == sharding
-    local = {}
-    z = {s.device: np.asarray(s.data) for s in batch["y"]["z"].addressable_shards}
-    for shard in batch["x"].addressable_shards:
-        start = shard.index[0].start or 0
-        np.testing.assert_array_equal(z[shard.device], 2 * np.asarray(shard.data))
-        local.update({start + i: v for i, v in enumerate(np.asarray(shard.data).tolist())})
-    rows.append(sorted(local.items()))
-cursor = dfn.cursor(state)
-state.close()
-refused = None
+out = {name: run(name, spec, sharding) for name in spec["sources"]}
 if spec.get("try_one_partition"):  # one partition across processes is refused with the fix
     whole = dfn.from_backend(RangeBackend(spec["records"], 3), shuffle=True, seed=spec["seed"])
     try:
         dfn.get_global_batch(whole, spec["size"], sharding)
     except ValueError as err:
-        refused = str(err)
-print(json.dumps({"rows": rows, "cursor": cursor, "read": sorted(set(backend.read)), "refused": refused}))
+        out["refused"] = str(err)
+print(json.dumps(out))

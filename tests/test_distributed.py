@@ -14,62 +14,73 @@ from conftest import RangeBackend
 from datarax_fn._partition import partition_offsets
 from process_group import run_group
 
-RANGE = {"source": "range", "records": 32, "partitions": 4, "seed": 11, "size": 8}
+SPEC = {"sources": ["range", "eager"], "records": 32, "partitions": 4, "seed": 11, "size": 8}
 
 
-def single_process(spec, steps):
-    """Returns the ids of ``steps`` batches of ``spec["size"]`` read by one process with ``get_batch``."""
-    state = dfn.from_backend(RangeBackend(spec["records"], 3), shuffle=True, seed=spec["seed"],
-                             partitions=spec["partitions"])
+def single_process(steps):
+    """Returns the ids of ``steps`` batches read by one process with ``get_batch`` (streaming and eager agree)."""
+    stream = dfn.from_backend(RangeBackend(SPEC["records"], 3), shuffle=True, seed=SPEC["seed"],
+                              partitions=SPEC["partitions"])
+    eager = dfn.from_arrays({"x": np.arange(SPEC["records"], dtype=np.int32)}, shuffle=True, seed=SPEC["seed"],
+                            partitions=SPEC["partitions"])
     out = []
     for _ in range(steps):
-        state, batch = dfn.get_batch(state, spec["size"])
+        stream, batch = dfn.get_batch(stream, SPEC["size"])
+        eager, same = dfn.get_batch(eager, SPEC["size"])
+        assert batch["x"].tolist() == same["x"].tolist()
         out.append(batch["x"].tolist())
-    state.close()
+    stream.close()
     return out
 
 
-def merged(results):
+def merged(results, source):
     """Returns the global batches stitched from every process's rows; fails if a row came from two processes."""
-    steps = len(results[0]["rows"])
     batches = []
-    for step in range(steps):
+    for step in range(len(results[0][source]["rows"])):
         rows = {}
         for r in results:
-            local = dict(map(tuple, r["rows"][step]))
+            local = dict(map(tuple, r[source]["rows"][step]))
             assert not set(local) & set(rows), "a row was served by two processes"
             rows.update(local)
         batches.append([rows[i] for i in sorted(rows)])
     return batches
 
 
-def owner_of(record, spec, processes):
+def owner_of(record, processes):
     """Returns the process that owns ``record``'s partition when ``processes`` share the stream."""
-    off = partition_offsets(spec["records"], spec["partitions"])
+    off = partition_offsets(SPEC["records"], SPEC["partitions"])
     part = int(np.searchsorted(off, record, side="right")) - 1
-    return part * processes // spec["partitions"]
+    return part * processes // SPEC["partitions"]
+
+
+def check_group(results, want, processes):
+    """Checks one group's global batches, cursors and reads for every source; returns its cursors."""
+    for source in SPEC["sources"]:
+        assert merged(results, source) == want, source
+        for pid, r in enumerate(results):
+            # Every record a process read (read-ahead included) lies in its own partitions.
+            assert r[source]["read"] and {owner_of(x, processes) for x in r[source]["read"]} == {pid}, source
+            assert r[source]["cursor"] == results[0][source]["cursor"]  # every process holds the same cursor
+    return {source: results[0][source]["cursor"] for source in SPEC["sources"]}
 
 
 def test_elastic_restore_2_then_1_then_4_processes_continues_the_global_stream():
-    want = single_process(RANGE, 9)
+    # One group per process count, each running a partitioned stream and the sharded eager mode.
+    want = single_process(9)
     # Two processes with two devices each read one whole epoch (4 batches of 8 = 32 records).
-    two = run_group({**RANGE, "devices": 2, "steps": 4, "try_one_partition": True}, 2)
-    assert merged(two) == want[:4]
-    assert sorted(x for batch in merged(two) for x in batch) == list(range(32))  # each record once
-    for pid, r in enumerate(two):
-        # Every record a process read (including read-ahead) is in its own partitions.
-        assert r["read"] and {owner_of(x, RANGE, 2) for x in r["read"]} == {pid}
-        assert r["cursor"] == two[0]["cursor"]  # every process holds the same cursor
-    assert "processes" not in str(two[0]["cursor"])
-    # Without partitions every process would read everything: refused, naming the fix used above.
+    two = run_group({**SPEC, "devices": 2, "steps": 4, "try_one_partition": True}, 2)
+    cursors = check_group(two, want[:4], 2)
+    for source in SPEC["sources"]:
+        assert sorted(x for batch in merged(two, source) for x in batch) == list(range(32))  # each record once
+    assert cursors["range"] == {"version": 1, "kind": "streaming", "index": 0, "epoch": 1, "seed": 11,
+                                "shuffle": True, "fingerprint": "range:32:True:", "partitions": 4}
+    assert "processes" not in str(cursors)
+    # Without partitions every process would read everything: refused, naming the fix used here.
     assert "partitions= a multiple of the process count, e.g. partitions=2" in two[1]["refused"]
-    # The JSON cursor saved by two processes continues in one process, then in four.
-    one = run_group({**RANGE, "devices": 1, "steps": 2, "cursor": two[0]["cursor"]}, 1)
-    assert merged(one) == want[4:6]
-    four = run_group({**RANGE, "devices": 1, "steps": 3, "cursor": one[0]["cursor"]}, 4)
-    assert merged(four) == want[6:9]
-    for pid, r in enumerate(four):
-        assert {owner_of(x, RANGE, 4) for x in r["read"]} == {pid}
-        assert r["cursor"] == {**dfn.cursor(dfn.from_backend(RangeBackend(32, 3), shuffle=True, seed=11,
-                                                              partitions=4)), "epoch": 2, "index": 8}
-
+    # The JSON cursors saved by two processes continue in one process, then in four.
+    one = run_group({**SPEC, "devices": 1, "steps": 2, "cursors": cursors}, 1)
+    cursors = check_group(one, want[4:6], 1)
+    four = run_group({**SPEC, "devices": 1, "steps": 3, "cursors": cursors}, 4)
+    cursors = check_group(four, want[6:9], 4)
+    assert (cursors["range"]["epoch"], cursors["range"]["index"]) == (2, 8)
+    assert (cursors["eager"]["epoch"], cursors["eager"]["index"]) == (2, 8)
