@@ -24,10 +24,12 @@ from typing import Any
 import numpy as np
 
 from .._eager import EagerSource, from_arrays
-from .._shuffle import epoch_seed, permute
+from .._partition import check_partitions, partition_offsets
+from .._shuffle import permute
 from .._streaming import StreamingSource, make_streaming
 from .. import _convert as cv
 from .config import conversion_options
+from .replay_order import tape
 
 Columns = dict[str, Any]
 
@@ -94,20 +96,24 @@ def concat_rows(parts: list[Mapping[str, Any]]) -> Columns:
     return out
 
 
-def _windows(chunks: Iterable[Columns], size: int) -> Iterator[Columns]:
-    """Yields consecutive windows of exactly ``size`` rows (the last one may be shorter)."""
+def _windows(chunks: Iterable[Columns], sizes: Iterable[int]) -> Iterator[Columns]:
+    """Yields consecutive windows of the given ``sizes`` (the last one shorter if the rows run out)."""
+    chunks = iter(chunks)
     pending: list[Columns] = []
     have = 0
-    for chunk in chunks:
-        pending.append(chunk)
-        have += num_rows(chunk)
-        while have >= size:
-            joined = concat_rows(pending)
-            yield slice_rows(joined, 0, size)
-            have -= size
-            pending = [slice_rows(joined, size, size + have)] if have else []
-    if have:
-        yield concat_rows(pending)
+    for size in sizes:
+        while have < size:
+            chunk = next(chunks, None)
+            if chunk is None:
+                break
+            pending.append(chunk)
+            have += num_rows(chunk)
+        if not have:
+            return
+        joined, take = concat_rows(pending), min(size, have)
+        yield slice_rows(joined, 0, take)
+        have -= take
+        pending = [slice_rows(joined, take, take + have)] if have else []
 
 
 # ----------------------------------------------------------------------------- fingerprints
@@ -144,6 +150,7 @@ class Backend:
 
     ``fingerprint()`` is ``"data=...,order=...,schema=...,split=..."``: one short hash per
     named part, so a mismatch shows which part differs; ``fingerprint_parts()`` gives the dict.
+    ``open(epoch, seed, start)`` is ``open_partition(0, 1, epoch, seed, start)``.
     """
 
     def __init__(self, conv: Any, n: int | None, data: Any, split: Any, info: Any, cfg: Any, order: Any):
@@ -169,55 +176,125 @@ class Backend:
     def fingerprint(self) -> str:
         return ",".join(f"{k}={v}" for k, v in sorted(self._parts.items()))
 
-    def convert(self, columns: Columns, row0: int) -> dict[str, np.ndarray]:
-        """Returns the converted chunk (a static Converter refuses a transform that changes the row count)."""
-        return self.conv(columns, row0)
+    def open(self, epoch: int, seed: int, start: int) -> Iterator[dict[str, np.ndarray]]:
+        """Returns the converted chunks of ``epoch`` from stream position ``start`` on."""
+        return self.open_partition(0, 1, epoch, seed, start)
+
+    def open_partition(self, partition: int, partitions: int, epoch: int, seed: int,
+                       start: int) -> Iterator[dict[str, np.ndarray]]:
+        """Yields converted chunks of partition ``partition`` of ``partitions``, its epoch ``epoch``,
+        from its position ``start`` on (``seed`` is the partition's own seed)."""
+        raise NotImplementedError
+
+    def bounds(self, partition: int, partitions: int) -> tuple[int, int | None]:
+        """Returns the file-order rows ``[lo, hi)`` of a partition (``hi`` None: length unknown)."""
+        if partitions == 1:
+            return 0, self.n
+        if self.n is None:
+            raise ValueError(f"partitions={partitions} needs the number of records, which this stream does not know.")
+        off = partition_offsets(self.n, partitions)
+        return int(off[partition]), int(off[partition + 1])
+
+    def convert(self, columns: Columns, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Returns the converted chunk whose records are the split's file-order ``rows``.
+
+        Errors name the split's row: a shuffled chunk that fails is converted again one row
+        at a time, so the error comes from the row at fault under its own number.
+        """
+        rows = np.asarray(rows)
+        try:
+            return self.conv(columns, int(rows[0]))
+        except (ValueError, TypeError) as err:
+            if len(rows) < 2 or (rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all()):
+                raise
+            for i, row in enumerate(rows.tolist()):
+                try:
+                    self.conv(take_rows(columns, np.array([i])), row)
+                except type(err) as one:
+                    raise one from None
+            err.add_note(f"The chunk's records are the split's rows {rows[:16].tolist()}{' ...' if len(rows) > 16 else ''}.")
+            raise
 
 
 class RandomAccessBackend(Backend):
-    """Streams by random access: ``read(indices) -> columns`` over ``n`` records."""
+    """Streams by random access: ``read(indices) -> columns`` over ``n`` records.
+
+    Partition ``c`` of length ``L`` at offset ``off`` reads ``off + permute(i, L, seed, epoch)``
+    at position ``i`` (``off + i`` unshuffled): with one partition, the eager source's order.
+    """
 
     def __init__(self, read: Callable[[np.ndarray], Columns], n: int, conv: Any, *, data: Any, split: Any,
                  info: Any, cfg: Any):
         super().__init__(conv, n, data, split, info, cfg, order=("random-access", cfg.shuffle))
         self.read = read
 
-    def open(self, epoch: int, seed: int, start: int) -> Iterator[dict[str, np.ndarray]]:
-        n, step = self.n, self.chunk_size
-        for lo in range(start, n, step):
-            pos = np.arange(lo, min(lo + step, n))
-            yield self.convert(self.read(permute(pos, n, seed, epoch) if self.shuffle else pos), lo)
+    def open_partition(self, partition: int, partitions: int, epoch: int, seed: int,
+                       start: int) -> Iterator[dict[str, np.ndarray]]:
+        lo, hi = self.bounds(partition, partitions)
+        n, step = hi - lo, self.chunk_size
+        for first in range(start, n, step):
+            pos = np.arange(first, min(first + step, n))
+            rows = lo + (permute(pos, n, seed, epoch) if self.shuffle else pos)
+            yield self.convert(self.read(rows), rows)
+
+
+# The split's file-order row of every record, carried through windowing as one more column.
+_ROW = ("datarax_fn", "row")
 
 
 class ReplayBackend(Backend):
-    """Streams in file order: ``read_from(start) -> iterator of column chunks`` from row ``start``.
+    """Streams in file order: ``read_range(lo, hi) -> iterator of column chunks`` of rows ``[lo, hi)``.
 
-    Shuffled epochs permute each window of ``shuffle_buffer_size`` records with the keyed
-    bijection of ``(epoch_seed(seed, window), epoch)``; resume re-reads at most one window.
+    ``shard_bounds`` are the file rows where the backend can seek cheaply (parquet row groups,
+    tfrecord files), from 0 to ``n``; None when it knows none (``read_range`` then replays
+    from the start). Shuffled epochs follow :mod:`replay_order`: the partition's shards in a
+    keyed order, records permuted within windows of ``shuffle_buffer_size``. Resuming seeks to
+    the window's first shard piece and re-reads at most one window.
     """
 
-    def __init__(self, read_from: Callable[[int], Iterator[Columns]], n: int | None, conv: Any, *, data: Any,
-                 split: Any, info: Any, cfg: Any):
+    def __init__(self, read_range: Callable[[int, int | None], Iterator[Columns]], n: int | None, conv: Any, *,
+                 shard_bounds: np.ndarray | None, data: Any, split: Any, info: Any, cfg: Any):
         window = cfg.shuffle_buffer_size if cfg.shuffle else None
-        super().__init__(conv, n, data, split, info, cfg, order=("window", window))
-        self.read_from, self.window = read_from, window
+        seeks = None if shard_bounds is None else np.asarray(shard_bounds, np.int64)
+        order = ("shard-window", window) if seeks is None else ("shard-window", window, seeks.tolist())
+        super().__init__(conv, n, data, split, info, cfg, order=order)
+        self.read_range, self.window, self.shard_bounds = read_range, window, seeks
 
-    def open(self, epoch: int, seed: int, start: int) -> Iterator[dict[str, np.ndarray]]:
+    def open_partition(self, partition: int, partitions: int, epoch: int, seed: int,
+                       start: int) -> Iterator[dict[str, np.ndarray]]:
+        lo, hi = self.bounds(partition, partitions)
         if not self.shuffle:
-            row = start
-            for cols in self.read_from(start):
-                for lo in range(0, num_rows(cols), self.chunk_size):
-                    part = slice_rows(cols, lo, lo + self.chunk_size)
-                    yield self.convert(part, row)
+            row = lo + start
+            for cols in self.read_range(lo + start, hi):
+                for first in range(0, num_rows(cols), self.chunk_size):
+                    part = slice_rows(cols, first, first + self.chunk_size)
+                    yield self.convert(part, np.arange(row, row + num_rows(part)))
                     row += num_rows(part)
             return
-        w0 = start // self.window
-        for k, win in enumerate(_windows(self.read_from(w0 * self.window), self.window), w0):
-            w = num_rows(win)
-            order = permute(np.arange(w), w, epoch_seed(seed, k), epoch)
-            first = start - k * self.window if k == w0 else 0
-            for lo in range(first, w, self.chunk_size):
-                yield self.convert(take_rows(win, order[lo : lo + self.chunk_size]), k * self.window + lo)
+        t = tape(self.shard_bounds, lo, hi, self.window, seed, epoch)
+        k0, at = t.window_at(start)
+        skip = start - at  # the resumed window is read whole, from its first piece
+        for k, win in enumerate(_windows(self._tape_from(t, at), t.window_sizes(k0)), k0):
+            rows = win.pop(_ROW)
+            order = t.order(k, len(rows))
+            for first in range(skip, len(rows), self.chunk_size):
+                idx = order[first : first + self.chunk_size]
+                yield self.convert(take_rows(win, idx), rows[idx])
+            skip = 0
+
+    def _tape_from(self, t: Any, position: int) -> Iterator[Columns]:
+        """Yields the tape's records from ``position`` on, each chunk with its file rows under ``_ROW``."""
+        for lo, hi in t.pieces(position):
+            row = lo
+            for cols in self.read_range(lo, hi):
+                k = num_rows(cols)
+                yield {**cols, _ROW: np.arange(row, row + k)}
+                row += k
+            if hi is not None and row != hi:
+                raise RuntimeError(
+                    f"the data gave rows {lo}..{row - 1} where its metadata promised {lo}..{hi - 1}; the files "
+                    "changed while reading, or their metadata is wrong. Rebuild the source."
+                )
 
 
 # ----------------------------------------------------------------------------- building states
@@ -263,6 +340,9 @@ def eager_source(columns: Columns, fields: Mapping[str, Any], opts: Mapping[str,
     """Returns an ``EagerSource`` of the converted ``columns`` (the whole split); ``info(conv.meta)`` is its info."""
     if not num_rows(columns):
         raise empty_split_error(name, cfg.split)
+    if cfg.partitions != 1:
+        raise ValueError(f"{name}: partitions={cfg.partitions} applies to streaming sources; pass streaming=True, "
+                         "or leave partitions=1 for an eager source.")
     n = num_rows(columns)
     conv = converter(fields, opts, probe_of(columns), static=False)
     bar = None
@@ -287,9 +367,11 @@ def eager_source(columns: Columns, fields: Mapping[str, Any], opts: Mapping[str,
 
 
 def streaming_source(backend: Backend, cfg: Any, name: str) -> StreamingSource:
-    """Returns a ``StreamingSource`` at the start of ``backend``'s stream."""
+    """Returns a ``StreamingSource`` at the start of ``backend``'s stream, over ``cfg.partitions`` partitions."""
+    partitions = check_partitions(cfg.partitions, backend.num_records(), name)
+    more = {"partitions": partitions} if partitions > 1 else {}
     return make_streaming(backend, shuffle=cfg.shuffle, seed=cfg.seed, name=name, num_epochs=cfg.num_epochs,
-                          prefetch=cfg.prefetch)
+                          prefetch=cfg.prefetch, **more)
 
 
 __all__ = [

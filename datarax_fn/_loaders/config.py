@@ -184,6 +184,7 @@ class LoaderConfig:
     num_threads: int | None = option(None, positive, optional=True)
     progress: bool | None = option(None, flag, optional=True)
     streaming: bool = option(False, flag)
+    partitions: int = option(1, positive)
 
     def __post_init__(self) -> None:
         validate(self)

@@ -12,6 +12,7 @@ import contextlib
 import copy
 import dataclasses
 import os
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -253,17 +254,71 @@ def _data_files(ds: Any) -> list[str]:
     return []
 
 
-def _replay_backend(ds: Any, fields: dict, opts: dict, cfg: HFStreamingConfig) -> bk.Backend:
-    where = repr(cfg.name)
-    splits = getattr(ds.info, "splits", None) or {}
-    known = splits.get(_split_name(cfg.split)) if splits else None
-    total = int(known.num_examples) if known is not None and known.num_examples else None
-    _, lo, hi = _bounds(cfg.split, total, None, where)
-    stream = ds.select_columns(_top(fields)).with_format("arrow")
+def _parquet_row_groups(stream: Any) -> tuple[Any, np.ndarray] | None:
+    """Returns ``(stream resharded to one shard per parquet row group, each row group's rows)``.
 
-    def read_from(start: int, limit: int | None = None) -> Any:
-        skip, left = lo + start, (None if hi is None else hi - lo - start)
-        for table in stream.iter(batch_size=cfg.chunk_size):
+    None unless the rows can be counted from parquet metadata: the stream must read parquet
+    files through HF's parquet builder without ``filters`` and without ``map`` / ``filter`` /
+    ``shuffle`` / ``skip`` / node splits of its own (those streams are replayed).
+    """
+    import datasets.iterable_dataset as hi  # lazy: datasets is optional and slow to import
+    import pyarrow.parquet as pq  # a dependency of datasets
+    from datasets.packaged_modules.parquet.parquet import Parquet  # HF's own parquet reader
+
+    if getattr(stream, "_distributed", None) is not None:
+        return None
+    resharded = stream.reshard()
+    it = resharded._ex_iterable  # noqa: SLF001 (the row groups a shard reads are not public)
+    while isinstance(it, hi.SelectColumnsIterable):
+        it = it.ex_iterable
+    builder = getattr(getattr(it, "generate_tables_fn", None), "__self__", None)
+    if not isinstance(it, hi.ArrowExamplesIterable) or not isinstance(builder, Parquet) or builder.config.filters:
+        return None
+    files, groups = it.kwargs.get("files"), it.kwargs.get("row_groups_list")
+    if not files or groups is None or any(g is None or len(g) != 1 for g in groups) or resharded.num_shards != len(files):
+        return None
+    # The builder's module-level open: xopen (hub, fsspec URLs) when HF streams, else the builtin.
+    opener = getattr(sys.modules[type(builder).__module__], "open", open)
+    meta: dict[str, Any] = {}
+    lengths = []
+    for f, (g,) in zip(files, groups):
+        if f not in meta:
+            with opener(f, "rb") as fh:
+                meta[f] = pq.ParquetFile(fh).metadata
+        lengths.append(meta[f].row_group(g).num_rows)
+    return resharded, np.asarray(lengths, np.int64)
+
+
+def _seek_reader(resharded: Any, ends: np.ndarray, first: int, n: int, chunk: int) -> Callable:
+    """Returns ``read_range(lo, hi)`` over row groups: it opens the group holding row ``lo`` (HF's
+    own reader of that shard) and reads on group by group; the split slice is rows ``first + [0, n)``."""
+    shards = len(ends) - 1
+
+    def read_range(lo: int, hi: int | None) -> Any:
+        row, end = first + lo, first + (n if hi is None else hi)
+        k = int(np.searchsorted(ends, row, side="right")) - 1
+        while row < end:
+            skip, stop, at = row - ends[k], min(ends[k + 1], end) - ends[k], 0
+            for table in resharded.shard(num_shards=shards, index=k).iter(batch_size=chunk):
+                a, b = max(skip - at, 0), min(stop - at, len(table))
+                at += len(table)
+                if b > a:
+                    yield _columns(table.slice(a, b - a))
+                if at >= stop:
+                    break
+            row, k = int(ends[k + 1]), k + 1
+
+    return read_range
+
+
+def _replay_reader(stream: Any, first: int, last: int | None, chunk: int) -> Callable:
+    """Returns ``read_range(lo, hi)`` that iterates the stream from its start (json, csv, text,
+    and streams whose rows have no metadata): a resume costs every row before ``lo``."""
+
+    def read_range(lo: int, hi: int | None) -> Any:
+        skip = first + lo
+        left = None if hi is None and last is None else (hi if hi is not None else last - first) - lo
+        for table in stream.iter(batch_size=chunk):
             if skip >= len(table):
                 skip -= len(table)
                 continue
@@ -276,13 +331,33 @@ def _replay_backend(ds: Any, fields: dict, opts: dict, cfg: HFStreamingConfig) -
             if left == 0:
                 return
 
-    probe = next(read_from(0), None)
+    return read_range
+
+
+def _replay_backend(ds: Any, fields: dict, opts: dict, cfg: HFStreamingConfig) -> bk.Backend:
+    where = repr(cfg.name)
+    stream = ds.select_columns(_top(fields)).with_format("arrow")
+    groups = _parquet_row_groups(stream)
+    if groups is not None:
+        ends = np.concatenate([[0], np.cumsum(groups[1])])
+        total = int(ends[-1])
+    else:
+        splits = getattr(ds.info, "splits", None) or {}
+        known = splits.get(_split_name(cfg.split)) if splits else None
+        total = int(known.num_examples) if known is not None and known.num_examples else None
+    first, last = _bounds(cfg.split, total, None, where)[1:]
+    n = last - first if last is not None else (None if total is None else total - first)
+    if groups is not None:
+        read_range, bounds = _seek_reader(groups[0], ends, first, n, cfg.chunk_size), np.clip(ends - first, 0, n)
+    else:
+        read_range, bounds = _replay_reader(stream, first, last, cfg.chunk_size), None
+    probe = next(read_range(0, None if n is None else min(n, cfg.chunk_size)), None)
     if probe is None:
         raise bk.empty_split_error(where, cfg.split)
     conv = bk.converter(fields, opts, probe, static=True)
     data = (cfg.name, cfg.config_name, cfg.revision, cfg.data_files, bk.file_stats(_data_files(ds)))
-    n = hi - lo if hi is not None else (None if total is None else total - lo)
-    return bk.ReplayBackend(read_from, n, conv, data=data, split=cfg.split, info=_info(ds.info, conv.meta), cfg=cfg)
+    return bk.ReplayBackend(read_range, n, conv, shard_bounds=bounds, data=data, split=cfg.split,
+                            info=_info(ds.info, conv.meta), cfg=cfg)
 
 
 def _streaming(ds: Any, cfg: HFStreamingConfig) -> Any:

@@ -252,16 +252,55 @@ def _data_source(plan: _Plan, cfg: TFDSEagerConfig) -> Any:
         raise _not_prepared(cfg, plan.builder, err) from err
 
 
-def _tf_dataset(plan: _Plan, cfg: TFDSEagerConfig, one_shot: bool = False) -> Any:
-    """Returns the split as an unbatched ``tf.data.Dataset`` of the kept features, in file order."""
+def _tf_dataset(plan: _Plan, cfg: TFDSEagerConfig, one_shot: bool = False, split: Any = None) -> Any:
+    """Returns ``split`` (default the config's) as an unbatched ``tf.data.Dataset`` of the kept
+    features, in file order: shards one after the other, as ``tfds.data_source`` reads them."""
     tf_module()
     tfds = tfds_module()
-    read_config = tfds.ReadConfig(try_autocache=False, skip_prefetch=not one_shot)
+    read_config = tfds.ReadConfig(try_autocache=False, skip_prefetch=not one_shot, interleave_cycle_length=1)
     try:
-        return plan.builder.as_dataset(split=cfg.split, shuffle_files=False, decoders=_decoders(plan, partial=True),
-                                       read_config=read_config)
+        return plan.builder.as_dataset(split=cfg.split if split is None else split, shuffle_files=False,
+                                       decoders=_decoders(plan, partial=True), read_config=read_config)
     except AssertionError as err:
         raise _not_prepared(cfg, plan.builder, err) from err
+
+
+def _shard_pieces(info: Any, split: Any) -> tuple[list[tuple[str, int, int]], np.ndarray] | None:
+    """Returns ``(pieces, shard bounds)`` of a split expression, or None without shard lengths.
+
+    ``pieces`` are the ``(split name, first row, end row)`` ranges the expression selects, in
+    order; the bounds are the selection's rows where a new tfrecord file starts, from 0 to its end.
+    """
+    tfds = tfds_module()
+    try:
+        parts = (split if not isinstance(split, str) else tfds.core.ReadInstruction.from_spec(split)).to_absolute(info.splits)
+        lengths = {p.splitname: list(info.splits[p.splitname].shard_lengths) for p in parts}
+    except Exception:  # catalog metadata (mock_data), unprepared splits: no shard lengths to seek by
+        return None
+    if not all(lengths.values()):
+        return None
+    pieces, bounds, at = [], [0], 0
+    for p in parts:
+        ends = np.cumsum(lengths[p.splitname])
+        lo, hi = p.from_ or 0, int(ends[-1]) if p.to is None else p.to
+        pieces.append((p.splitname, lo, hi))
+        bounds += [at + int(e) - lo for e in ends if lo < e < hi] + [at + hi - lo]
+        at += hi - lo
+    return pieces, np.asarray(bounds, np.int64)
+
+
+def _seek(pieces: list[tuple[str, int, int]], lo: int, hi: int) -> Any:
+    """Returns the ``tfds.core.ReadInstruction`` of rows ``[lo, hi)`` of the selection ``pieces``:
+    TFDS skips whole files and seeks inside the first one (raw records, nothing decoded)."""
+    tfds = tfds_module()
+    out, at = None, 0
+    for name, a, b in pieces:
+        x, y = max(lo - at, 0), min(hi - at, b - a)
+        if y > x:
+            ri = tfds.core.ReadInstruction(name, from_=a + x, to=a + y, unit="abs")
+            out = ri if out is None else out + ri
+        at += b - a
+    return out
 
 
 def _read_all(plan: _Plan, cfg: TFDSEagerConfig) -> bk.Columns:
@@ -315,19 +354,29 @@ def _backend(plan: _Plan, cfg: TFDSStreamingConfig) -> bk.Backend:
         conv = bk.converter(plan.fields, plan.opts, read(np.arange(min(n, cfg.chunk_size))), static=True)
         return bk.RandomAccessBackend(read, n, conv, data=data, split=cfg.split, info=info, cfg=cfg)
 
-    base = _tf_dataset(plan, cfg)
-    card = int(base.cardinality())
+    seekable = _shard_pieces(info, cfg.split)
+    if seekable is not None:
+        pieces, bounds = seekable
+        n = int(bounds[-1])
 
-    def read_from(start: int) -> Iterator[bk.Columns]:
-        for batch in batched(base.skip(start) if start else base, cfg.chunk_size):
-            yield tf_columns(batch, plan.fields)
+        def read_range(lo: int, hi: int | None) -> Iterator[bk.Columns]:
+            for batch in batched(_tf_dataset(plan, cfg, split=_seek(pieces, lo, n if hi is None else hi)), cfg.chunk_size):
+                yield tf_columns(batch, plan.fields)
+    else:  # no shard lengths: replay with tf.data's skip
+        base, bounds = _tf_dataset(plan, cfg), None
+        card = int(base.cardinality())
+        n = card if card > 0 else (plan.n or None)
 
-    probe = next(read_from(0), None)
+        def read_range(lo: int, hi: int | None) -> Iterator[bk.Columns]:
+            ds = base.skip(lo) if lo else base
+            for batch in batched(ds if hi is None else ds.take(hi - lo), cfg.chunk_size):
+                yield tf_columns(batch, plan.fields)
+
+    probe = next(read_range(0, None if n is None else min(n, cfg.chunk_size)), None)
     if probe is None:
         raise bk.empty_split_error(repr(cfg.name), cfg.split)
     conv = bk.converter(plan.fields, plan.opts, probe, static=True)
-    n = card if card > 0 else (plan.n or None)
-    return bk.ReplayBackend(read_from, n, conv, data=data, split=cfg.split, info=info, cfg=cfg)
+    return bk.ReplayBackend(read_range, n, conv, shard_bounds=bounds, data=data, split=cfg.split, info=info, cfg=cfg)
 
 
 def TFDSStreamingSource(config: TFDSStreamingConfig) -> Any:  # noqa: N802 (the users' seed API name)
