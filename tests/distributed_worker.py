@@ -2,7 +2,8 @@
 
 Argument: a JSON spec with ``process_id``, ``processes``, ``port``, ``devices`` (CPU devices
 of this process), ``sources`` (names: ``"range"``, a partitioned stream over a RangeBackend;
-``"eager"``, the sharded eager mode), ``records``, ``partitions``, ``seed``, ``size``,
+``"eager"``, the sharded eager mode; ``"hf"``, ``from_hf`` streaming the parquet file
+``parquet`` with ``HF_HOME`` ``hf_home``), ``records``, ``partitions``, ``seed``, ``size``,
 ``steps``, optional ``cursors`` (one per source) to restore and ``try_one_partition`` (also
 try an unpartitioned stream and report the error). Sources share one process so the
 group's start-up (JAX import, ``jax.distributed``) is paid once. For each source the process builds it,
@@ -55,6 +56,20 @@ def build(name, spec):
         state = dfn.from_local_partitions({"x": x, "y": {"z": (2 * x).astype(np.float32)}}, num_records=n,
                                           partitions=c, fingerprint=f"arange-{n}", shuffle=True, seed=seed)
         return state, lambda: list(records)
+    if name == "hf":  # a real loader: HF's parquet reader, seeking by row groups per partition
+        os.environ["HF_HOME"] = spec["hf_home"]
+        state = dfn.from_hf("parquet", data_files=spec["parquet"], split="train", streaming=True, shuffle=True,
+                            seed=seed, partitions=c, shuffle_buffer_size=4)
+        backend, read = state.backend.backend, []
+        real = backend.open_partition
+
+        def logged(*args):  # passes every chunk of the real reader through, noting its ids
+            for chunk in real(*args):
+                read.extend(chunk["x"].tolist())
+                yield chunk
+
+        backend.open_partition = logged
+        return state, lambda: read
     raise ValueError(f"unknown source {name!r}")
 
 

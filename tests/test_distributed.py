@@ -7,14 +7,42 @@ process calling ``dfn.get_batch`` on the same source, here in the test process.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
 
 import datarax_fn as dfn
 from conftest import RangeBackend
 from datarax_fn._partition import partition_offsets
 from process_group import run_group
 
-SPEC = {"sources": ["range", "eager"], "records": 32, "partitions": 4, "seed": 11, "size": 8}
+SPEC = {"sources": ["range", "eager", "hf"], "records": 32, "partitions": 4, "seed": 11, "size": 8}
+
+
+@pytest.fixture(scope="module")
+def hf_spec(tmp_path_factory):
+    """Returns SPEC with a parquet file of records 0..31 (row groups of 5) for the ``hf`` source."""
+    folder = tmp_path_factory.mktemp("parquet")
+    x = np.arange(SPEC["records"], dtype=np.int32)
+    table = pa.table({"x": x, "y": pa.StructArray.from_arrays([pa.array((2 * x).astype(np.float32))], ["z"])})
+    pq.write_table(table, folder / "data.parquet", row_group_size=5)
+    return {**SPEC, "parquet": str(folder / "data.parquet"), "hf_home": str(folder / "hf")}
+
+
+def hf_single_process(spec, steps):
+    """Returns the ids of ``steps`` batches of the ``hf`` source read by one process with ``get_batch``."""
+    os.environ["HF_HOME"] = spec["hf_home"]
+    state = dfn.from_hf("parquet", data_files=spec["parquet"], split="train", streaming=True, shuffle=True,
+                        seed=spec["seed"], partitions=spec["partitions"], shuffle_buffer_size=4)
+    out = []
+    for _ in range(steps):
+        state, batch = dfn.get_batch(state, spec["size"])
+        out.append(batch["x"].tolist())
+    state.close()
+    return out
 
 
 def single_process(steps):
@@ -53,10 +81,10 @@ def owner_of(record, processes):
     return part * processes // SPEC["partitions"]
 
 
-def check_group(results, want, processes):
+def check_group(results, want, want_hf, processes):
     """Checks one group's global batches, cursors and reads for every source; returns its cursors."""
     for source in SPEC["sources"]:
-        assert merged(results, source) == want, source
+        assert merged(results, source) == (want_hf if source == "hf" else want), source
         for pid, r in enumerate(results):
             # Every record a process read (read-ahead included) lies in its own partitions.
             assert r[source]["read"] and {owner_of(x, processes) for x in r[source]["read"]} == {pid}, source
@@ -64,12 +92,14 @@ def check_group(results, want, processes):
     return {source: results[0][source]["cursor"] for source in SPEC["sources"]}
 
 
-def test_elastic_restore_2_then_1_then_4_processes_continues_the_global_stream():
-    # One group per process count, each running a partitioned stream and the sharded eager mode.
-    want = single_process(9)
+def test_elastic_restore_2_then_1_then_4_processes_continues_the_global_stream(hf_spec, monkeypatch):
+    # One group per process count, each running a partitioned stream over a test backend and
+    # over HF's parquet reader, and the sharded eager mode.
+    monkeypatch.setenv("HF_HOME", hf_spec["hf_home"])
+    want, want_hf = single_process(9), hf_single_process(hf_spec, 9)
     # Two processes with two devices each read one whole epoch (4 batches of 8 = 32 records).
-    two = run_group({**SPEC, "devices": 2, "steps": 4, "try_one_partition": True}, 2)
-    cursors = check_group(two, want[:4], 2)
+    two = run_group({**hf_spec, "devices": 2, "steps": 4, "try_one_partition": True}, 2)
+    cursors = check_group(two, want[:4], want_hf[:4], 2)
     for source in SPEC["sources"]:
         assert sorted(x for batch in merged(two, source) for x in batch) == list(range(32))  # each record once
     assert cursors["range"] == {"version": 1, "kind": "streaming", "index": 0, "epoch": 1, "seed": 11,
@@ -78,9 +108,10 @@ def test_elastic_restore_2_then_1_then_4_processes_continues_the_global_stream()
     # Without partitions every process would read everything: refused, naming the fix used here.
     assert "partitions= a multiple of the process count, e.g. partitions=2" in two[1]["refused"]
     # The JSON cursors saved by two processes continue in one process, then in four.
-    one = run_group({**SPEC, "devices": 1, "steps": 2, "cursors": cursors}, 1)
-    cursors = check_group(one, want[4:6], 1)
-    four = run_group({**SPEC, "devices": 1, "steps": 3, "cursors": cursors}, 4)
-    cursors = check_group(four, want[6:9], 4)
+    one = run_group({**hf_spec, "devices": 1, "steps": 2, "cursors": cursors}, 1)
+    cursors = check_group(one, want[4:6], want_hf[4:6], 1)
+    four = run_group({**hf_spec, "devices": 1, "steps": 3, "cursors": cursors}, 4)
+    cursors = check_group(four, want[6:9], want_hf[6:9], 4)
     assert (cursors["range"]["epoch"], cursors["range"]["index"]) == (2, 8)
-    assert (cursors["eager"]["epoch"], cursors["eager"]["index"]) == (2, 8)
+    assert (cursors["eager"]["epoch"], cursors["eager"]["index"]) == (2, 8) == (cursors["hf"]["epoch"],
+                                                                             cursors["hf"]["index"])
