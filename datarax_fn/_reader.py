@@ -105,8 +105,9 @@ class Reader:
             c: _epochs(backend, c, partitions, seeds[c], e, p, lengths[c], num_epochs, name)
             for c, (e, p) in starts.items()
         }
-        self.prefetcher = Prefetcher(_interleave(chains), prefetch * len(starts), "datarax_fn-prefetch",
-                                     join_timeout=2.0)
+        # `prefetch` chunks ahead in all: the caller already holds about one chunk per partition
+        # (the one it is taking from), so memory is ~(partitions + prefetch) chunks.
+        self.prefetcher = Prefetcher(_interleave(chains), prefetch, "datarax_fn-prefetch", join_timeout=2.0)
 
     def close(self) -> None:
         self.prefetcher.close()
