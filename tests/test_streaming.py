@@ -365,3 +365,20 @@ def test_global_batch_in_one_process_equals_get_batch():
         chex.assert_trees_all_equal(jax.device_get(g), b)
         assert dfn.cursor(g_state) == dfn.cursor(l_state)
         state.close()
+
+
+def test_a_partition_error_surfaces_only_when_its_records_are_needed():
+    class Failing(RangeBackend):
+        def open_partition(self, partition, partitions, epoch, seed, start):
+            if partition == 1 and epoch == 1:
+                raise RuntimeError("partition 1 lost its disk")
+            return super().open_partition(partition, partitions, epoch, seed, start)
+
+    before = set(live_threads("datarax_fn-prefetch"))
+    state = dfn.from_backend(Failing(12, 2), shuffle=True, seed=2, partitions=2)
+    # The reader runs ahead into partition 1's failing epoch; the batches before it are served.
+    state, batch = take(state, [4, 4, 4])
+    np.testing.assert_array_equal(batch["x"], partitioned(12, 2, 2, [4, 4, 4]))
+    with pytest.raises(RuntimeError, match="partition 1 lost its disk"):
+        dfn.get_batch(state, 4)
+    assert wait_threads_gone("datarax_fn-prefetch", before) == []
