@@ -130,6 +130,20 @@ def placed_batch(data: PyTree, index: jax.Array, epoch: jax.Array, seed: jax.Arr
     )(data, index, epoch, seed, seeds, q)
 
 
+@functools.partial(
+    _core.jit_unless_traced,
+    static_argnames=("size", "num_records", "partitions", "shuffle", "placement", "records_at", "advance"),
+)
+def placed_step(data: PyTree, index: jax.Array, epoch: jax.Array, seed: jax.Array, seeds: jax.Array | None, *,
+                size: int, num_records: int, partitions: int, shuffle: bool, placement: Placement,
+                records_at: Callable, advance: Callable) -> tuple[jax.Array, jax.Array, PyTree]:
+    """Returns ``(index, epoch, batch)``: ``placed_batch`` and the cursor moved on by ``advance``, in one program."""
+    batch = placed_batch(data, index, epoch, seed, seeds, size=size, num_records=num_records, partitions=partitions,
+                         shuffle=shuffle, placement=placement, records_at=records_at)
+    index, epoch = advance(index, epoch, size=size, n=num_records)
+    return index, epoch, batch
+
+
 def host_batch(data: PyTree, index: int, epoch: int, seed: int, size: int, num_records: int, partitions: int,
                shuffle: bool, sharding: jax.sharding.Sharding | None) -> PyTree:
     """Returns the batch of a ``host`` state: record ids and the gather in NumPy, each device's rows put on it.
@@ -150,4 +164,4 @@ def host_batch(data: PyTree, index: int, epoch: int, seed: int, size: int, num_r
     return jax.tree.map(leaf, data)
 
 
-__all__ = ["host_batch", "partition_seeds", "placed_batch", "rows_to_records"]
+__all__ = ["host_batch", "partition_seeds", "placed_batch", "placed_step", "rows_to_records"]
