@@ -359,7 +359,8 @@ def _check_single_device(state: EagerSource) -> None:
         )
 
 
-def _placed(state: EagerSource, index: Any, size: int, where: str) -> PyTree:
+def _placed(state: EagerSource, index: Any, size: int, where: str) -> tuple[Any, Any, PyTree]:
+    """Returns ``(index, epoch, batch)`` after the batch of ``size`` at ``index`` of a placed or partitioned state."""
     check_batch_size(size, state.partitions, where)
     _placement.check_batch_devices(size, state.placement, where)
     common = dict(size=size, num_records=state.num_records, partitions=state.partitions, shuffle=state.shuffle)
@@ -369,12 +370,13 @@ def _placed(state: EagerSource, index: Any, size: int, where: str) -> PyTree:
                 f"{where}: placement='host' keeps the data in host memory and gathers batches with NumPy, outside "
                 "jit. Call it outside jit, or re-place the state: dfn.place(state, 'partitioned') or 'replicated'."
             )
-        return _layout.host_batch(state.data, int(index), int(state.epoch), int(state.seed),
-                                  sharding=state.placement.batch_sharding(), **common)
+        batch = _layout.host_batch(state.data, int(index), int(state.epoch), int(state.seed),
+                                   sharding=state.placement.batch_sharding(), **common)
+        return (*_advance(index, state.epoch, size=size, n=state.num_records), batch)
     if _core.is_traced(index, state.epoch):
         _jit.warn_if_copied(state.data)
-    return _layout.placed_batch(state.data, index, state.epoch, state.seed, state.partition_seeds,
-                                placement=state.placement, records_at=_records_at, **common)
+    return _layout.placed_step(state.data, index, state.epoch, state.seed, state.partition_seeds,
+                               placement=state.placement, records_at=_records_at, advance=_advance, **common)
 
 
 def _check_on_boundary(start: Any, partitions: int) -> Any:
@@ -396,8 +398,7 @@ def _(state: EagerSource, size: int, key: Any = None):
         _check_keyed(state, size)
         return state, _keyed(state.data, key, 0, size=size, n=n)
     if state.placement.kind != "device" or state.partitions > 1:
-        batch = _placed(state, state.index, size, "get_batch")
-        index, epoch = _advance(state.index, state.epoch, size=size, n=n)
+        index, epoch, batch = _placed(state, state.index, size, "get_batch")
         return _core.replace(state, index=index, epoch=epoch), batch
     if _core.is_traced(state.index):
         _check_single_device(state)
@@ -415,7 +416,7 @@ def _(state: EagerSource, start: Any, size: int, key: Any = None):
         _check_keyed(state, size)
         return _keyed(state.data, key, start, size=size, n=n)
     if state.placement.kind != "device" or state.partitions > 1:
-        return _placed(state, _check_on_boundary(start, state.partitions), size, "get_batch_at")
+        return _placed(state, jnp.asarray(_check_on_boundary(start, state.partitions)), size, "get_batch_at")[2]
     return _records_at(state.data, start, size=size, n=n, shuffle=state.shuffle, seed=state.seed, epoch=state.epoch)
 
 

@@ -101,31 +101,47 @@ def placed_batch(data: PyTree, index: jax.Array, epoch: jax.Array, seed: jax.Arr
     length = padded_length(num_records, partitions)
     offsets = jnp.asarray(partition_offsets(num_records, partitions)[:-1].astype(np.int32))
 
-    def rows_batch(data, index, epoch, seed, seeds, first_row, rows, first_partition):
-        if partitions == 1 and not padded:
+    plain = partitions == 1 and not padded
+    # Computed once, outside shard_map: its overflow check then needs no collective.
+    q = jnp.uint32(0) if plain else partition_position(index, epoch, num_records, partitions, per)
+
+    def rows_batch(data, index, epoch, seed, seeds, q, first_row, rows, first_partition):
+        if plain:
             return records_at(data, index.astype(jnp.uint32) + first_row.astype(jnp.uint32), size=rows,
                               n=num_records, shuffle=shuffle, seed=seed, epoch=epoch)
-        q = partition_position(index, epoch, num_records, partitions, per)
         part, rec = rows_to_records(first_row + jnp.arange(rows, dtype=jnp.int32), q, per, num_records,
                                     partitions, seeds, shuffle)
         base = (part - first_partition) * length if padded else offsets[part]
         return _gather(data, base + rec)
 
     if placement.mesh is None:
-        return rows_batch(data, index, epoch, seed, seeds, jnp.int32(0), size, 0)
+        return rows_batch(data, index, epoch, seed, seeds, q, jnp.int32(0), size, 0)
     rows = size // placement.devices
     local_partitions = partitions // placement.devices
 
-    def per_device(data, index, epoch, seed, seeds):
+    def per_device(data, index, epoch, seed, seeds, q):
         d = jax.lax.axis_index(placement.axis)
-        return rows_batch(data, index, epoch, seed, seeds, d * rows, rows, d * local_partitions)
+        return rows_batch(data, index, epoch, seed, seeds, q, d * rows, rows, d * local_partitions)
 
     data_spec = PartitionSpec(placement.axis) if padded else PartitionSpec()
     return jax.shard_map(
         per_device, mesh=placement.mesh,
-        in_specs=(data_spec, PartitionSpec(), PartitionSpec(), PartitionSpec(), PartitionSpec()),
-        out_specs=PartitionSpec(placement.axis), check_vma=False,
-    )(data, index, epoch, seed, seeds)
+        in_specs=(data_spec, *[PartitionSpec()] * 5), out_specs=PartitionSpec(placement.axis), check_vma=False,
+    )(data, index, epoch, seed, seeds, q)
+
+
+@functools.partial(
+    _core.jit_unless_traced,
+    static_argnames=("size", "num_records", "partitions", "shuffle", "placement", "records_at", "advance"),
+)
+def placed_step(data: PyTree, index: jax.Array, epoch: jax.Array, seed: jax.Array, seeds: jax.Array | None, *,
+                size: int, num_records: int, partitions: int, shuffle: bool, placement: Placement,
+                records_at: Callable, advance: Callable) -> tuple[jax.Array, jax.Array, PyTree]:
+    """Returns ``(index, epoch, batch)``: ``placed_batch`` and the cursor moved on by ``advance``, in one program."""
+    batch = placed_batch(data, index, epoch, seed, seeds, size=size, num_records=num_records, partitions=partitions,
+                         shuffle=shuffle, placement=placement, records_at=records_at)
+    index, epoch = advance(index, epoch, size=size, n=num_records)
+    return index, epoch, batch
 
 
 def host_batch(data: PyTree, index: int, epoch: int, seed: int, size: int, num_records: int, partitions: int,
@@ -148,4 +164,4 @@ def host_batch(data: PyTree, index: int, epoch: int, seed: int, size: int, num_r
     return jax.tree.map(leaf, data)
 
 
-__all__ = ["host_batch", "partition_seeds", "placed_batch", "rows_to_records"]
+__all__ = ["host_batch", "partition_seeds", "placed_batch", "placed_step", "rows_to_records"]

@@ -60,7 +60,7 @@ class Placement:
     def replicated(self) -> jax.sharding.Sharding:
         """Returns where a value every device needs lives: the default device, or all of the mesh."""
         if self.mesh is None:
-            return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         return NamedSharding(self.mesh, PartitionSpec())
 
 
@@ -197,7 +197,7 @@ def to_device(x: Any, copy: bool) -> jax.Array:
     Committed: a jit whose other arguments span several devices then refuses the state
     instead of silently copying the whole dataset onto each of them.
     """
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]
     if isinstance(x, jax.Array):
         return x if x.committed else jax.device_put(x, device)  # no copy: same buffer, now committed
     # jnp.asarray copies into XLA-owned memory, which a donating jit can alias in to out.

@@ -42,26 +42,17 @@ def _(state: EagerSource, global_size: int, sharding: jax.sharding.Sharding) -> 
                            num_records=state.num_records, partitions=state.partitions, shuffle=state.shuffle,
                            sharding=sharding)
         return advance(state, global_size), batch
-    # Global mode: every process holds the whole dataset on one device and gathers only its
-    # devices' rows there, one slice per device, each put straight on its device.
-    rows = sharding.addressable_devices_indices_map((global_size,))
+    # Global mode: every process holds the whole dataset on one device, so its rows are gathered
+    # there and then split over its devices; the other placements gather on each device instead.
     start, stop = _core.process_rows(sharding, global_size)
     if state.partitions == 1:
         local = _core.get_batch_at(state, state.index + start, stop - start)
     else:
-        _, full = _core.get_batch(state, global_size)
-        local = jax.tree.map(lambda x: x[start:stop], full)
-
-    def leaf(x):
-        shards = [jax.device_put(x[_shift(index, start)], device) for device, index in rows.items()]
-        return jax.make_array_from_single_device_arrays((global_size, *x.shape[1:]), sharding, shards)
-
-    return advance(state, global_size), jax.tree.map(leaf, local)
-
-
-def _shift(index: tuple, start: int) -> slice:
-    rows = index[0] if index else slice(None)
-    return slice((rows.start or 0) - start, None if rows.stop is None else rows.stop - start)
+        local = jax.tree.map(lambda x: x[start:stop], _core.get_batch(state, global_size)[1])
+    batch = jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, x, (global_size, *x.shape[1:])), local
+    )
+    return advance(state, global_size), batch
 
 
 def data_sharding(axis_name: str = "data") -> jax.sharding.NamedSharding:

@@ -10,6 +10,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+from conftest import run_fresh
 
 import datarax_fn as dfn
 
@@ -107,3 +108,158 @@ def test_rejects_traced_state():
     state = dfn.from_arrays({"x": np.arange(10, dtype=np.int32)})
     with pytest.raises(TypeError, match="host"):
         jax.jit(lambda s: dfn.get_global_batch(s, 4, dfn.data_sharding())[1])(state)
+
+
+# ----------------------------------------------------------------------------- placements on 8 devices
+
+EIGHT = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+N, C, B, STEPS = 101, 8, 16, 14  # 14 steps of 16 pass the end of every 12- or 13-record partition
+
+
+def layout_data(n=N):
+    return {"x": np.arange(n, dtype=np.int32), "img": np.arange(n * 6, dtype=np.uint8).reshape(n, 2, 3)}
+
+
+def single_device_stream(partitions, shuffle=True):
+    state = dfn.from_arrays(layout_data(), partitions=partitions, shuffle=shuffle, seed=5)
+    out = []
+    for _ in range(STEPS):
+        state, batch = dfn.get_batch(state, B)
+        out.append(np.asarray(batch["x"]).tolist())
+    return out
+
+
+LAYOUT = r"""
+import json, re, jax, numpy as np, datarax_fn as dfn
+from test_sharding import layout_data, B, STEPS
+
+def rows(batch):
+    x = batch["x"]
+    assert np.array_equal(np.asarray(batch["img"]), (np.asarray(x)[:, None, None] * 6 + np.arange(6).reshape(2, 3)) % 256)
+    return sorted((s.device.id, s.index[0].start, s.index[0].stop) for s in x.addressable_shards), np.asarray(x).tolist()
+
+def collectives(hlo):
+    found = {k: 0 for k in ("all-gather", "all-to-all", "collective-permute", "reduce-scatter")}
+    for k in found:
+        found[k] = hlo.count(k + "(")
+    found["non-scalar all-reduce"] = len(re.findall(r"= [a-z0-9]+\[[0-9,]+\][^ ]* all-reduce\(", hlo))
+    found["all-reduce"] = hlo.count("all-reduce(")
+    return found
+
+out = {}
+for name, placement, partitions, shuffle in [("replicated", "replicated", 8, True), ("partitioned", "partitioned", 8, True),
+                                             ("plain", "partitioned", 8, False), ("replicated-1", "replicated", 1, True)]:
+    state = dfn.from_arrays(layout_data(), partitions=partitions, placement=placement, shuffle=shuffle, seed=5)
+    held = [s.data.shape[0] for s in state.data["x"].addressable_shards]
+    eager, layouts = [], []
+    s = state
+    for _ in range(STEPS):
+        s, batch = dfn.get_batch(s, B)
+        layout, values = rows(batch)
+        eager.append(values); layouts.append(layout)
+    step = dfn.jit_step(lambda s: dfn.get_batch(s, B))
+    before = [sh.data.unsafe_buffer_pointer() for sh in state.data["img"].addressable_shards]
+    hlo = jax.jit(lambda s: dfn.get_batch(s, B), donate_argnums=0).lower(state).compile().as_text()
+    jitted, s = [], state
+    for _ in range(STEPS):
+        s, batch = step(s)
+        jitted.append(rows(batch)[1])
+    after = [sh.data.unsafe_buffer_pointer() for sh in s.data["img"].addressable_shards]
+    body = lambda s, _: dfn.get_batch(s, B)[::-1]
+    scanned = jax.jit(lambda s: jax.lax.scan(lambda s, _: tuple(reversed(body(s, _))), s, None, length=STEPS)[1])(
+        dfn.from_arrays(layout_data(), partitions=partitions, placement=placement, shuffle=shuffle, seed=5))
+    out[name] = {"held": held, "eager": eager, "layouts": layouts, "jitted": jitted, "same_buffers": before == after,
+                 "scanned": np.asarray(scanned["x"]).tolist(), "collectives": collectives(hlo),
+                 "spec": str(batch["x"].sharding.spec), "cursor": dfn.cursor(s)}
+state = dfn.from_arrays(layout_data(), partitions=8, placement="host", shuffle=True, seed=5)
+host = []
+for _ in range(STEPS):
+    state, batch = dfn.get_batch(state, B)
+    host.append(rows(batch))
+out["host"] = {"eager": [v for _, v in host], "layouts": [l for l, _ in host]}
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def eight_devices():
+    res = run_fresh(LAYOUT, env=EIGHT, timeout=400)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_eight_devices_batches_equal_the_single_device_stream(eight_devices):
+    want = {8: single_device_stream(8), 1: single_device_stream(1)}
+    for name, partitions in [("replicated", 8), ("partitioned", 8), ("replicated-1", 1)]:
+        got = eight_devices[name]
+        assert got["eager"] == want[partitions], name
+        assert got["jitted"] == want[partitions], name
+        assert sum(got["scanned"], []) == sum(want[partitions], []), name
+    assert eight_devices["plain"]["eager"] == single_device_stream(8, shuffle=False)
+    assert eight_devices["host"]["eager"] == want[8]
+
+
+def test_eight_devices_each_device_holds_its_rows_and_its_partitions(eight_devices):
+    own_rows = [[d, 2 * d, 2 * d + 2] for d in range(8)]  # device d holds rows [2d, 2d + 2) of every batch
+    for name in ("replicated", "partitioned", "replicated-1", "host"):
+        assert all(layout == own_rows for layout in eight_devices[name]["layouts"]), name
+    assert eight_devices["partitioned"]["spec"] == "P('data',)"
+    assert eight_devices["replicated"]["held"] == [N] * 8  # memory x devices
+    assert eight_devices["partitioned"]["held"] == [13] * 8  # one padded partition of ceil(101 / 8) rows each
+
+
+def test_eight_devices_steps_never_copy_or_move_the_dataset(eight_devices):
+    for name in ("replicated", "partitioned", "plain", "replicated-1"):
+        got = eight_devices[name]
+        assert got["same_buffers"], name
+        # Only scalars (the cursor entering shard_map, a cycle-walk loop's condition) may be reduced.
+        moved = {k: v for k, v in got["collectives"].items() if k != "all-reduce" and v}
+        assert moved == {}, (name, got["collectives"])
+
+
+SILENT = """
+import jax, jax.numpy as jnp, numpy as np, datarax_fn as dfn
+from jax.sharding import NamedSharding, PartitionSpec as P
+mesh = jax.make_mesh((8,), ("data",))
+state = dfn.from_arrays({"x": np.arange(64, dtype=np.float32)})
+params = jax.device_put(jnp.ones(16), NamedSharding(mesh, P("data")))
+step = jax.jit(lambda s, p: dfn.get_batch(s, 16)[1]["x"] * p)
+for context in (False, True):
+    try:
+        if context:
+            with jax.set_mesh(mesh):
+                step(state, params)
+        else:
+            step(state, params)
+        print("ran")
+    except ValueError as e:
+        print(str(e).replace(chr(10), " "))
+"""
+
+
+def test_a_single_device_state_in_a_multi_device_jit_is_refused():
+    lines = run_fresh(SILENT, env=EIGHT).stdout.strip().splitlines()
+    assert "incompatible devices" in lines[-2] and "s.data['x']" in lines[-2]
+    assert "placement='device'" in lines[-1] and "dfn.place(state, 'replicated')" in lines[-1]
+
+
+GLOBAL = """
+import json, numpy as np, datarax_fn as dfn
+from test_sharding import layout_data, B
+sharding = dfn.data_sharding()
+out = {}
+for placement in ("device", "replicated", "partitioned", "host"):
+    state = dfn.from_arrays(layout_data(), partitions=8, placement=placement, shuffle=True, seed=5)
+    got = []
+    for _ in range(3):
+        state, batch = dfn.get_global_batch(state, B, sharding)
+        assert batch["x"].sharding == sharding, batch["x"].sharding
+        got.append(np.asarray(batch["x"]).tolist())
+    out[placement] = got
+print(json.dumps(out))
+"""
+
+
+def test_eight_devices_get_global_batch_in_every_placement():
+    out = json.loads(run_fresh(GLOBAL, env=EIGHT).stdout.strip().splitlines()[-1])
+    want = single_device_stream(8)[:3]
+    assert out == {p: want for p in ("device", "replicated", "partitioned", "host")}
