@@ -304,7 +304,9 @@ def get_global_batch(state: Any, global_size: int, sharding: Any) -> tuple[Any, 
     ``dfn.data_sharding()``). With several processes (``jax.distributed``), each one
     reads only the rows its devices own; the result equals the single-process
     ``get_batch(state, global_size)``. Every process holds the same cursor. Call it on
-    the host, outside ``jit``.
+    the host, outside ``jit``. A ``StreamingSource`` (and a partitioned eager state)
+    reads whole partitions: across processes it needs ``partitions=`` a multiple of the
+    process count, and ``global_size`` a multiple of ``partitions``.
 
     Arguments:
         state: a source state (the same cursor in every process).
