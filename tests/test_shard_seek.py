@@ -128,13 +128,11 @@ def test_json_streams_replay_with_fixed_windows(tmp_path):
 
 @pytest.fixture(scope="module")
 def sharded_toy(tmp_path_factory):
-    """dfn_toy prepared in four files per split, in both formats."""
-    root, out = tmp_path_factory.mktemp("toy4"), {}
-    for fmt in ("tfrecord", "array_record"):
-        builder = fx.DfnToy(data_dir=str(root / fmt), file_format=fmt)
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False, num_shards=4))
-        out[fmt] = str(root / fmt)
-    return out
+    """dfn_toy's tfrecord files, four per split."""
+    root = str(tmp_path_factory.mktemp("toy4"))
+    builder = fx.DfnToy(data_dir=root, file_format="tfrecord")
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False, num_shards=4))
+    return root
 
 
 def toy(data_dir, split="train", **kw):
@@ -142,20 +140,30 @@ def toy(data_dir, split="train", **kw):
     return dfn.TFDSStreamingSource(cfg)
 
 
-def test_tfrecord_file_order_is_array_records_and_shuffle_follows_the_shards(sharded_toy):
-    assert tfds.builder("dfn_toy", data_dir=sharded_toy["tfrecord"]).info.splits["train"].shard_lengths == [10] * 4
-    files = take_all(toy(sharded_toy["tfrecord"]), 40)["idx"].tolist()  # file order, shard after shard
-    assert files == take_all(toy(sharded_toy["array_record"]), 40)["idx"].tolist()
+def file_order(data_dir: str) -> list[int]:
+    """Returns dfn_toy's train ids as its tfrecord files hold them, read file by file with tf.data."""
+    import tensorflow as tf
+
+    builder = tfds.builder("dfn_toy", data_dir=data_dir)
+    paths = sorted(str(p) for p in builder.data_path.glob("dfn_toy-train.tfrecord-*"))
+    records = tf.data.TFRecordDataset(paths)
+    return [int(builder.info.features.deserialize_example(r)["idx"]) for r in records]
+
+
+def test_tfrecord_reads_its_files_in_order_and_shuffle_follows_the_shards(sharded_toy):
+    assert tfds.builder("dfn_toy", data_dir=sharded_toy).info.splits["train"].shard_lengths == [10] * 4
+    files = file_order(sharded_toy)
+    assert take_all(toy(sharded_toy), 40)["idx"].tolist() == files
     # A slice keeps its rows' shards: train[5:35] is 5 + 10 + 10 + 5 rows of four files.
-    sliced = toy(sharded_toy["tfrecord"], "train[5:35]", shuffle=True, seed=3, shuffle_buffer_size=4)
+    sliced = toy(sharded_toy, "train[5:35]", shuffle=True, seed=3, shuffle_buffer_size=4)
     got = take_all(sliced, 30)["idx"].tolist()
     assert got == [files[5 + r] for r in replay_order([0, 5, 15, 25, 30], 0, 30, 4, 3, 0)]
 
 
-@settings(max_examples=5)
+@settings(max_examples=4)
 @given(seed=st.integers(0, 2**32 - 1), data=st.data())
 def test_tfrecord_partitions_resume_exactly(sharded_toy, seed, data):
-    backend = toy(sharded_toy["tfrecord"], shuffle=True, shuffle_buffer_size=7).backend.backend
+    backend = toy(sharded_toy, shuffle=True, shuffle_buffer_size=7).backend.backend
     parts = data.draw(st.integers(1, 3))
     c = data.draw(st.integers(0, parts - 1))
     full = [int(v) for ch in backend.open_partition(c, parts, 1, seed, 0) for v in ch["idx"]]
@@ -168,28 +176,19 @@ def test_tfrecord_partitions_resume_exactly(sharded_toy, seed, data):
 RESUME = """
 import json
 import datarax_fn as dfn
-from test_shard_seek import hf_stream, toy
-files, toy_dir, cursors = json.loads({args!r})
-states = [hf_stream(files, shuffle=True, seed=5, shuffle_buffer_size=8),
-          toy(toy_dir, shuffle=True, seed=5, shuffle_buffer_size=8)]
-out = []
-for state, cursor in zip(states, cursors):
-    state, batch = dfn.get_batch(dfn.restore_cursor(state, cursor), 50)
-    out.append(batch["id" if "id" in batch else "idx"].tolist())
-print(json.dumps(out))
+files, cursor = json.loads({args!r})
+state = dfn.from_hf("parquet", "train", data_files={{"train": files}}, streaming=True, chunk_size=4,
+                    max_length={{"tag": 4}}, shuffle=True, seed=5, shuffle_buffer_size=8)
+state, batch = dfn.get_batch(dfn.restore_cursor(state, cursor), 50)
+print(json.dumps(batch["id"].tolist()))
 """
 
 
-def test_exact_resume_over_shards_in_a_fresh_process(parquet_files, sharded_toy):
-    states = [hf_stream(parquet_files, shuffle=True, seed=5, shuffle_buffer_size=8),
-              toy(sharded_toy["tfrecord"], shuffle=True, seed=5, shuffle_buffer_size=8)]
-    cursors, want = [], []
-    for state in states:
-        state, _ = dfn.get_batch(state, 27)  # mid-window, mid-shard
-        cursors.append(dfn.cursor(state))
-        state, batch = dfn.get_batch(state, 50)  # on into the next epoch
-        want.append(batch["id" if "id" in batch else "idx"].tolist())
-        state.close()
-    args = json.dumps([parquet_files, sharded_toy["tfrecord"], cursors])
-    res = run_fresh(RESUME.format(args=args), timeout=240)
-    assert json.loads(res.stdout.strip().splitlines()[-1]) == want
+def test_exact_resume_over_row_groups_in_a_fresh_process(parquet_files):
+    state = hf_stream(parquet_files, shuffle=True, seed=5, shuffle_buffer_size=8, download_kwargs=None)
+    state, _ = dfn.get_batch(state, 27)  # mid-window, mid-row-group
+    cursor = dfn.cursor(state)
+    state, batch = dfn.get_batch(state, 50)  # on into the next epoch
+    state.close()
+    res = run_fresh(RESUME.format(args=json.dumps([parquet_files, cursor])), timeout=120)
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == batch["id"].tolist()
