@@ -42,7 +42,7 @@ def make(n, bounds, window, *, shuffle=True, chunk=5, known=True):
     fields, opts = bk.select(cv.fields_from_hf(hd.Features({"x": hd.Value("int64")})), cfg)
     rows = Rows(n)
     conv = bk.converter(fields, opts, {"x": np.arange(min(n, chunk))}, static=True)
-    backend = bk.ReplayBackend(rows.read_range, n if known else None, conv, shard_bounds=bounds, data="mem",
+    backend = bk.ReplayBackend(bk.range_by_range(rows.read_range), n if known else None, conv, shard_bounds=bounds, data="mem",
                                split="train", info=None, cfg=cfg)
     return backend, rows
 
