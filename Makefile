@@ -23,7 +23,7 @@ docs: $(STAMP)
 	$(BIN)/mkdocs build --strict
 
 bench: $(STAMP)
-	$(BIN)/python -m datarax_fn bench
+	$(BIN)/python -m datarax_fn bench --page docs/benchmarks.md
 
 lock:
 	$(PY) -m uv pip compile pyproject.toml --extra all -c constraints.txt --python-version 3.11 -o requirements.lock

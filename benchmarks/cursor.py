@@ -1,7 +1,5 @@
 """Cost of ``dfn.cursor(state)`` and of a rebuilt source in a jitted step, at MNIST size.
 
-Run: ``.venv/bin/python benchmarks/cursor.py``. Not run in CI.
-
 Dataset: 60,000 x 28 x 28 uint8 images plus int32 labels. Rows:
 
 - ``cursor(state)``: the JSON cursor a checkpoint callback builds every step;
@@ -13,24 +11,15 @@ Dataset: 60,000 x 28 x 28 uint8 images plus int32 labels. Rows:
 
 from __future__ import annotations
 
-import time
-
-import jax
 import numpy as np
+from _harness import parse_args, rates, report, row
 
 import datarax_fn as dfn
 
 
-def best_ms(fn, calls: int = 50, repeats: int = 5) -> float:
-    """Best-of-``repeats`` milliseconds per call of ``fn``."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.perf_counter() - t) / calls)
-    return best * 1e3
+def ms(fn, calls: int, repeats: int) -> list[float]:
+    """Returns ``repeats`` samples of milliseconds per call of ``fn``."""
+    return [1e3 / r for r in rates(fn, 1, calls, repeats)]
 
 
 def cache_size(step) -> int:
@@ -39,6 +28,8 @@ def cache_size(step) -> int:
 
 
 def main() -> None:
+    args = parse_args(__doc__)
+    repeats = 3 if args.quick else 5
     rng = np.random.default_rng(0)
     arrays = {"image": rng.integers(0, 256, (60_000, 28, 28), dtype=np.uint8),
               "label": rng.integers(0, 10, 60_000).astype(np.int32)}
@@ -47,11 +38,6 @@ def main() -> None:
     state = build()
     state, _ = dfn.get_batch(state, 128)
     saved = dfn.cursor(state)
-    rows = [
-        ("cursor(state)", best_ms(lambda: dfn.cursor(state))),
-        ("restore_cursor(state, c)", best_ms(lambda: dfn.restore_cursor(state, saved), calls=10)),
-        ("from_arrays (build)", best_ms(build, calls=3, repeats=3)),
-    ]
 
     @dfn.jit_step
     def step(s):
@@ -59,11 +45,14 @@ def main() -> None:
 
     step(build())
     step(build())
-    print("| operation | ms |")
-    print("|---|---:|")
-    for name, ms in rows:
-        print(f"| {name} | {ms:.3f} |")
-    print(f"| jit cache entries after a rebuilt source | {cache_size(step)} |")
+    entries = cache_size(step)
+    rows = [
+        row("cursor", "cursor(state)", "datarax_fn", "ms", ms(lambda: dfn.cursor(state), 50, repeats)),
+        row("cursor", "restore_cursor(state, c)", "datarax_fn", "ms", ms(lambda: dfn.restore_cursor(state, saved), 10, repeats)),
+        row("cursor", "from_arrays (build, fingerprint included)", "datarax_fn", "ms", ms(build, 2, repeats),
+            note=f"jit cache entries after stepping a rebuilt source: {entries} (1: no retrace)"),
+    ]
+    report("Cursor and rebuild costs, 60,000 x 28 x 28 uint8", rows, args)
 
 
 if __name__ == "__main__":

@@ -1,30 +1,29 @@
-"""Image decode rates: our conversion path against PIL and the candidate decoder libraries.
+"""Image decode rates: our conversion path against PIL and the maintained decoder libraries.
 
-Run: ``.venv/bin/python benchmarks/decode.py [--quick]``. Not run in CI.
+Images are generated locally (no download): MNIST-sized 28x28 greyscale PNGs (20,000),
+CIFAR-sized 32x32 RGB PNGs (2,000), 256x256 RGB PNGs (200), and JPEGs (quality 90) of the
+28x28 and 256x256 sets. Scenario ``decode``, one case per set, unit images/s, measured
+interleaved (one pass over the set per sample). Every row turns the encoded bytes into one
+``(N, H, W[, C])`` array (decode + ``np.stack``), so every row does the same work; ``note``
+says whether its pixels equal PIL's for every image (PIL is the reference: HF's own reader).
 
-Images are generated locally (no download): 60,000 MNIST-sized 28x28 greyscale PNGs, 2,000
-CIFAR-sized 32x32 RGB PNGs, 500 256x256 RGB PNGs, and JPEGs of the same sizes (4:2:0). Each
-row reports images/s (best of 3) and whether its pixels equal PIL's for every image (JPEG:
-PIL is the reference, HF's own reader; PNG: PIL and the pixels written). Rows:
-
-- ``datarax_fn`` - ``Converter({"im": Image()})`` on the encoded column (decode + stack);
-- ``before (8788acf)`` - the hand-written zlib + NumPy PNG fast path this replaced, loaded
-  from git history (skipped when git or the commit is unavailable);
+- ``datarax_fn``: ``Converter({"im": Image()})`` on the encoded column, default threads;
 - ``PIL``, ``pyspng``, ``cv2`` (opencv-python-headless), ``imagecodecs``, ``simplejpeg``:
-  each library's decode call alone, single-threaded, where it is installed.
+  each library's decode call, single-threaded, where it is installed.
+
+Targets: ``datarax_fn`` >= 1.0x the fastest exact library, for PNG and for JPEG.
 """
 
 from __future__ import annotations
 
-import argparse
+import statistics
 import io
-import subprocess
 import sys
-import time
-import types
 
 import numpy as np
 import PIL.Image
+
+from _harness import interleaved, parse_args, report, row, target, timed_rate
 
 from datarax_fn import _convert as cv
 
@@ -76,64 +75,46 @@ def candidates() -> dict[str, object]:
     return out
 
 
-def old_convert() -> types.ModuleType | None:
-    """Returns the conversion module of commit 8788acf (the hand-written PNG path), or None."""
-    try:
-        src = subprocess.run(["git", "show", "8788acf:datarax_fn/_convert.py"], capture_output=True, check=True, text=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    mod = types.ModuleType("old_convert")
-    sys.modules["old_convert"] = mod  # dataclasses look their module up
-    exec(compile(src, "old_convert.py", "exec"), mod.__dict__)  # noqa: S102 (our own history)
-    return mod
-
-
-def rate(fn, n: int, repeats: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return n / best
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="10x fewer images")
-    args = ap.parse_args()
+    args = parse_args(__doc__)
     k = 10 if args.quick else 1
     rng = np.random.default_rng(0)
-    digits = (rng.random((60_000 // k, 28, 28)) ** 3 * 255).astype(np.uint8)  # mostly dark, like MNIST
+    digits = (rng.random((20_000 // k, 28, 28)) ** 3 * 255).astype(np.uint8)  # mostly dark, like MNIST
     small = rng.integers(0, 256, (2_000 // k, 32, 32, 3), dtype=np.uint8)
     smooth = np.linspace(0, 255, 256 * 256 * 3).reshape(256, 256, 3).astype(np.uint8)
-    large = np.stack([np.roll(smooth, i, axis=1) for i in range(500 // k)])
+    large = np.stack([np.roll(smooth, i, axis=1) for i in range(200 // k)])
     sets = {
-        "PNG 28x28 L": (encode(digits, "PNG"), digits),
-        "PNG 32x32 RGB": (encode(small, "PNG"), small),
-        "PNG 256x256 RGB": (encode(large, "PNG"), large),
-        "JPEG 28x28 L": (encode(digits, "JPEG"), None),
-        "JPEG 256x256 RGB": (encode(large, "JPEG"), None),
+        "PNG 28x28 L": encode(digits, "PNG"),
+        "PNG 32x32 RGB": encode(small, "PNG"),
+        "PNG 256x256 RGB": encode(large, "PNG"),
+        "JPEG 28x28 L": encode(digits, "JPEG"),
+        "JPEG 256x256 RGB": encode(large, "JPEG"),
     }
     libs = candidates()
-    old = old_convert()
-    print(f"{'images':<18} {'decoder':<24} {'images/s':>10}  exact")
-    for name, (data, pixels) in sets.items():
-        ref = [pil(b) for b in data]
+    rows = []
+    best: dict[str, list[tuple[float, float, str]]] = {"PNG": [], "JPEG": []}
+    for name, data in sets.items():
+        ref = np.stack([pil(b) for b in data])
         png = name.startswith("PNG")
-        rows = {"datarax_fn": lambda d=data: cv.Converter({"im": cv.Image()}, num_threads=1)({"im": d})["im"]}
-        if old is not None:
-            rows["before (8788acf)"] = lambda d=data: old.convert({"im": d}, {"im": old.Image()}, num_threads=1, progress=False)["im"]
+        fns = {"datarax_fn": lambda d=data: cv.Converter({"im": cv.Image()})({"im": d})["im"]}
         for lib, fn in libs.items():
             if ("PNG only" in lib and not png) or ("JPEG only" in lib and png):
                 continue
-            rows[lib] = lambda d=data, fn=fn: [fn(b) for b in d]
-        for row, fn in rows.items():
-            out = fn()
-            got = [np.asarray(o).reshape(r.shape) if np.asarray(o).size == r.size else np.asarray(o) for o, r in zip(out, ref)]
-            exact = all(g.shape == r.shape and np.array_equal(g, r) for g, r in zip(got, ref))
-            if pixels is not None:
-                exact = exact and all(np.array_equal(g.reshape(p.shape), p) for g, p in zip(got, pixels))
-            print(f"{name:<18} {row:<24} {rate(fn, len(data)):>10,.0f}  {exact}", flush=True)
+            fns[lib] = lambda d=data, fn=fn: np.stack([fn(b) for b in d])
+        exact = {k: np.array_equal(np.asarray(f()).reshape(ref.shape), ref) for k, f in fns.items()}
+        samples = interleaved({k: (lambda f=f: timed_rate(f, len(data), 0.0, 1)) for k, f in fns.items()}, 3 if args.quick else 5)
+        for k, s in samples.items():
+            rows.append(row("decode", name, k, "images/s", s, note="exact" if exact[k] else "NOT equal to PIL"))
+        ours = statistics.median(samples["datarax_fn"])
+        peers = [(statistics.median(s), k) for k, s in samples.items() if k != "datarax_fn" and exact[k]]
+        if peers:
+            top, who = max(peers)
+            best["PNG" if png else "JPEG"].append((ours / top, top, f"{name}: {who}"))
+    for fmt, ratios in best.items():
+        if ratios:
+            worst = min(ratios)
+            rows.append(target(f"{fmt} decode / fastest exact library (worst set)", worst[0], ">=", 1.0, note=worst[2]))
+    report("Image decode, images/s (decode + stack into one array)", rows, args)
 
 
 if __name__ == "__main__":

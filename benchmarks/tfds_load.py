@@ -1,6 +1,4 @@
-"""Benchmark: TFDS eager init and streaming throughput (not run in CI).
-
-    .venv/bin/python benchmarks/tfds_load.py [--data-dir DIR] [--records 60000] [--stream-records 30000]
+"""TFDS eager init (time, peak RSS) and streaming records/s, each case in a fresh process.
 
 Builds a 60,000-row MNIST-shaped dataset (28x28x1 uint8 PNG images + ClassLabel) with a
 real ``GeneratorBasedBuilder`` into a local data_dir (tfrecord and array_record, cached),
@@ -9,23 +7,24 @@ then measures, each in a fresh subprocess (wall time and peak RSS):
 * raw ``tfds.as_numpy(tfds.load(..., batch_size=-1))`` (the peer, same run);
 * ``dfn.TFDSEagerSource`` on the tfrecord copy and on the array_record copy;
 
-against datarax 0.1.17's 24.9 s (measured on this machine class after patching its loader).
 Streaming: records/s of ``dfn.get_batch(state, 128)`` on a shuffled ``TFDSStreamingSource``
 against a raw ``tf.data`` iteration (same shuffle buffer, batch, prefetch) with the same
-conversion (``convert`` + ``jax.device_put``).
+conversion. Rows: scenario ``init`` (unit s, and MB for peak RSS) and ``streaming``
+(records/s); ``datarax_fn`` is the array_record eager load and the tfrecord stream.
+The dataset is built once into ``--data-dir`` (kept between runs).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import textwrap
 
+from _harness import interleaved, parse_args, report, row
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATARAX_0117_S = 24.9
 
 BUILDER = textwrap.dedent(
     """
@@ -83,12 +82,12 @@ d = tfds.as_numpy(tfds.load("dfn_mnist_like", split="train", data_dir=os.path.jo
                             batch_size=-1, download=False, try_gcs=False))
 extra = {"n": len(d["label"])}
 """,
-    "dfn.TFDSEagerSource (tfrecord, tf.data)": """
+    "datarax_fn (tfrecord, tf.data)": """
 s = dfn.TFDSEagerSource(dfn.TFDSEagerConfig(name="dfn_mnist_like", data_dir=os.path.join(data_dir, "tfrecord")))
 jax.block_until_ready(s.data)
 extra = {"n": len(s)}
 """,
-    "dfn.TFDSEagerSource (array_record, data_source)": """
+    "datarax_fn": """
 s = dfn.TFDSEagerSource(dfn.TFDSEagerConfig(name="dfn_mnist_like", data_dir=os.path.join(data_dir, "array_record")))
 jax.block_until_ready(s.data)
 extra = {"n": len(s)}
@@ -114,7 +113,7 @@ STREAM = {
 STEPS = int(sys.argv[2]) // 128
 b = tfds.builder("dfn_mnist_like", data_dir=os.path.join(data_dir, "tfrecord"))
 ds = b.as_dataset(split="train", shuffle_files=False, read_config=tfds.ReadConfig(try_autocache=False, skip_prefetch=True))
-ds = ds.shuffle(10_000, seed=1, reshuffle_each_iteration=False).batch(128).prefetch(2)
+ds = ds.shuffle(10_000, seed=1, reshuffle_each_iteration=False).repeat().batch(128).prefetch(2)
 fields = {"image": cv.Tensor((28, 28, 1), "uint8"), "label": cv.Label(tuple(str(i) for i in range(10)))}
 conv = cv.Converter(fields, static=True)
 it = iter(ds)
@@ -128,10 +127,7 @@ for _ in range(STEPS): out = step()
 jax.block_until_ready(out)
 extra = {"records_per_s": STEPS * 128 / (time.perf_counter() - t0)}
 """,
-    **{
-        f"dfn.get_batch on TFDSStreamingSource (chunk {chunk})": _OURS_STREAM.replace("CHUNK", str(chunk))
-        for chunk in (256, 128)
-    },
+    "datarax_fn": _OURS_STREAM.replace("CHUNK", "256"),
 }
 
 
@@ -158,50 +154,21 @@ def run_case(body: str, *args: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "dfn_bench_tfds"))
-    ap.add_argument("--records", type=int, default=60_000)
-    ap.add_argument("--stream-records", type=int, default=30_000)
-    ap.add_argument("--repeats", type=int, default=3, help="fresh processes per case; the best is kept")
-    ap.add_argument("--only", choices=["eager", "streaming"], default=None)
-    a = ap.parse_args()
-    ensure_dataset(a.data_dir, a.records)
-    if a.only != "streaming":
-        eager_table(a)
-    if a.only != "eager":
-        streaming_table(a)
-
-
-def eager_table(a: argparse.Namespace) -> None:
-
-    eruns = {label: [] for label in CASES}
-    for rnd in range(a.repeats):  # interleaved, order alternating, so outside load hits every case alike
-        for label, body in (list(CASES.items()) if rnd % 2 == 0 else list(CASES.items())[::-1]):
-            eruns[label].append(run_case(body, a.data_dir))
-    rows = {label: min(r, key=lambda x: x["init_s"]) for label, r in eruns.items()}
-    raw = rows["raw tfds.as_numpy(tfds.load(batch_size=-1))"]
-    print(f"\nEager init, {a.records:,} MNIST-shaped records from a local data_dir (fresh process each, best of {a.repeats})")
-    print(f"{'case':50s} {'init s':>8s} {'process s':>10s} {'peak RSS MB':>12s} {'vs raw':>8s} {'vs 0.1.17':>10s}")
-    for label, r in rows.items():
-        print(f"{label:50s} {r['init_s']:8.2f} {r['process_s']:10.2f} {r['peak_rss_mb']:12.0f} "
-              f"{r['init_s'] / raw['init_s']:7.2f}x {r['init_s'] / DATARAX_0117_S:9.3f}x")
-    print(f"{'datarax 0.1.17 TFDSEagerSource (reference)':50s} {DATARAX_0117_S:8.2f}")
-    print("targets: init <= 1.2x raw, <= 0.25x datarax 0.1.17")
-
-
-def streaming_table(a: argparse.Namespace) -> None:
-
-    runs = {label: [] for label in STREAM}
-    for rnd in range(a.repeats):  # interleaved, order alternating, so outside load hits both alike
-        for label, body in (list(STREAM.items()) if rnd % 2 == 0 else list(STREAM.items())[::-1]):
-            runs[label].append(run_case(body, a.data_dir, str(a.stream_records)))
-    srows = {label: max(r, key=lambda x: x["records_per_s"]) for label, r in runs.items()}
-    base = srows["raw tf.data + same conversion"]["records_per_s"]
-    print(f"\nStreaming, shuffled (buffer 10,000), batch 128, {a.stream_records:,} records (best of {a.repeats})")
-    print(f"{'case':50s} {'records/s':>10s} {'vs raw':>8s}")
-    for label, r in srows.items():
-        print(f"{label:50s} {r['records_per_s']:10.0f} {r['records_per_s'] / base:7.2f}x")
-    print("target: overhead <= 10% (ratio >= 0.90x)")
+    a = parse_args(__doc__, data_dir=os.path.join(os.environ.get("TMPDIR", "/tmp"), "dfn_bench_tfds"))
+    records = 2_000 if a.quick else 60_000
+    data_dir = os.path.join(a.data_dir, str(records))
+    ensure_dataset(data_dir, records)
+    repeats = 1 if a.quick else 2
+    rows = []
+    case = f"TFDS {records:,} MNIST-like PNG records"
+    for label, runs in interleaved({k: (lambda b=b: run_case(b, data_dir)) for k, b in CASES.items()}, repeats).items():
+        rows.append(row("init", f"{case}: time", label, "s", [r["init_s"] for r in runs], note="fresh process, local data_dir"))
+        rows.append(row("init", f"{case}: peak RSS", label, "MB", [r["peak_rss_mb"] for r in runs], note="whole process"))
+    stream = min(records, 30_000)
+    for label, runs in interleaved({k: (lambda b=b: run_case(b, data_dir, str(stream))) for k, b in STREAM.items()}, repeats).items():
+        rows.append(row("streaming", "TFDS tfrecord, shuffled (buffer 10,000), batch 128", label, "records/s",
+                        [r["records_per_s"] for r in runs], note=f"{stream:,} records"))
+    report("TFDS eager init and streaming", rows, a)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -125,24 +124,18 @@ def _benchmarks_dir() -> Path | None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    from . import _bench  # the runner (and matplotlib) only for this command
+
     folder = _benchmarks_dir()
     if folder is None:
         print("bench: no benchmarks/ folder here; run it from a checkout of the repository.", file=sys.stderr)
         return 2
-    scripts = sorted(p for p in folder.glob("*.py") if not p.name.startswith("_"))
-    if args.only:
-        scripts = [p for p in scripts if any(sel in p.stem for sel in args.only)]
-    if not scripts:
-        print(f"bench: no scripts to run in {folder}.", file=sys.stderr)
-        return 2
-    failed = 0
-    for script in scripts:
-        print(f"=== {script.name} ===", flush=True)
-        rc = subprocess.call([sys.executable, str(script)])
-        if rc:
-            print(f"=== {script.name} exited with {rc} ===")
-            failed += 1
-    return 1 if failed else 0
+    flags = [("--quick", args.quick), (f"--only {' '.join(args.only or ())}", args.only),
+             (f"--out {args.out}", args.out != "bench-results"), (f"--page {args.page}", args.page),
+             (f"--timeout {args.timeout}", args.timeout)]
+    command = " ".join(["datarax-fn bench"] + [flag for flag, given in flags if given])
+    return _bench.run(folder, Path(args.out), quick=args.quick, only=args.only,
+                      page=None if args.page is None else Path(args.page), timeout=args.timeout, command=command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,8 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--seconds", type=float, default=3.0, help="at most this long for the throughput")
     inspect.set_defaults(func=_cmd_inspect)
 
-    bench = sub.add_parser("bench", help="run the scripts in benchmarks/ and print their tables")
+    bench = sub.add_parser("bench", help="run every script in benchmarks/; write the table and the plots")
     bench.add_argument("--only", nargs="*", default=None, help="run only scripts whose name contains one of these")
+    bench.add_argument("--quick", action="store_true", help="a smoke run: each script with --quick")
+    bench.add_argument("--out", default="bench-results", help="folder for results.json, results.md and the plots")
+    bench.add_argument("--page", default=None, help="a Markdown page whose bench section gets the report "
+                       "(e.g. docs/benchmarks.md; the plots go to img/ beside it)")
+    bench.add_argument("--timeout", type=float, default=None, help="seconds per script")
     bench.set_defaults(func=_cmd_bench)
     return parser
 

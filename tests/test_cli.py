@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
@@ -88,19 +88,59 @@ def test_inspect_tfds(tfds_toy_dir, capsys, streaming):
     assert "one batch of 32:" in out and "throughput:" in out
 
 
-def test_bench_runs_every_script_and_reports_failures(tmp_path, monkeypatch, capfd):
+ROWS_SCRIPT = """
+import json, sys
+rows = [dict(scenario="eager (a) per step", case="shuffled", loader=name, unit="batches/s", median=m, min=m - 1,
+             max=m + 1, repeats=3, note="") for name, m in (("datarax_fn", 300.0), ("NumPy", 100.0))]
+rows += [dict(scenario="scale", case=f"N={n}", loader="datarax_fn in scan", unit="us/batch", median=float(n.bit_length()),
+              min=1.0, max=99.0, repeats=3, note="") for n in (10_000, 10_000_000)]
+rows += [dict(scenario="targets", case="shuffled / sequential", loader="datarax_fn", unit="x", median=m, min=m, max=m,
+              repeats=1, note="target <= 1.5") for m in (1.2, 1.8)]
+assert "--quick" in sys.argv
+json.dump(rows, open(sys.argv[sys.argv.index("--json") + 1], "w"))
+"""
+
+
+def test_bench_gathers_the_rows_into_a_table_plots_and_the_page(tmp_path, monkeypatch, capfd):
     bench = tmp_path / "benchmarks"
     bench.mkdir()
-    (bench / "a_table.py").write_text("print('| peer | ratio |')\nprint('| dfn | 1.00 |')\n")
-    (bench / "b_fails.py").write_text(textwrap.dedent("import sys\nsys.exit(3)\n"))
+    (bench / "rows.py").write_text(ROWS_SCRIPT)
     (bench / "_helper.py").write_text("raise SystemExit('helpers are not run')\n")
+    page = tmp_path / "docs" / "benchmarks.md"
+    page.parent.mkdir()
+    page.write_text("# Benchmarks\n\nkept\n\n<!-- bench:begin -->\nold figures\n<!-- bench:end -->\n\nkept too\n")
     monkeypatch.chdir(tmp_path)
-    assert main(["bench", "--only", "a_table"]) == 0
+    assert main(["bench", "--quick", "--out", "out", "--page", str(page)]) == 0
     out = capfd.readouterr().out
-    assert "=== a_table.py ===" in out and "| dfn | 1.00 |" in out
-    assert main(["bench"]) == 1
+    assert "=== rows.py: 6 rows" in out and "_helper" not in out
+    md = (tmp_path / "out" / "results.md").read_text()
+    # NumPy's row: datarax_fn is 300 / 100 = 3.00 times faster; the targets are judged from their notes.
+    assert "| shuffled | NumPy | 100 | 99 | 101 | batches/s | 3.00 |  |" in md
+    assert "| shuffled / sequential | 1.200 | target <= 1.5 | met |" in md
+    assert "| shuffled / sequential | 1.800 | target <= 1.5 | missed |" in md
+    assert "Command: `datarax-fn bench --quick --out out --page" in md
+    for name in ("throughput.png", "scale.png"):
+        assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (page.parent / "img" / f"bench_{name}").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = page.read_text()
+    assert text.startswith("# Benchmarks\n\nkept\n\n<!-- bench:begin -->") and text.endswith("<!-- bench:end -->\n\nkept too\n")
+    assert "old figures" not in text and "![bench_scale](img/bench_scale.png)" in text
+    assert "| N=10000000 | datarax_fn in scan | 24 | 1 | 99 | us/batch |" in text
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
+    assert [r["loader"] for r in rows][:2] == ["datarax_fn", "NumPy"] and rows[0]["script"] == "rows"
+
+
+def test_bench_reports_a_failing_script_and_runs_the_rest(tmp_path, monkeypatch, capfd):
+    bench = tmp_path / "benchmarks"
+    bench.mkdir()
+    (bench / "a_rows.py").write_text(ROWS_SCRIPT)
+    (bench / "b_fails.py").write_text("import sys\nsys.exit(3)\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "--quick", "--only", "b_fails", "a_rows"]) == 1
     out = capfd.readouterr().out
-    assert "b_fails.py exited with 3" in out and "_helper" not in out
+    assert "=== b_fails.py: 0 rows" in out and "exited with 3" in out and "=== a_rows.py: 6 rows" in out
+    assert "Scripts that failed: b_fails.py (exit 3)." in (tmp_path / "bench-results" / "results.md").read_text()
+    assert main(["bench", "--only", "nothing_matches"]) == 2
 
 
 def test_help_lists_the_subcommands(capsys):

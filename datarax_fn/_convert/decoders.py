@@ -22,11 +22,18 @@ _EXIF_ORIENTATION = 0x0112
 
 @functools.cache
 def _spng() -> Any:
+    """Returns libspng's decode call ``(bytes, format) -> (H, W, C) array``, or None without pyspng."""
     try:
         import pyspng  # optional fast PNG decoder; PIL is the fallback
     except ImportError:
         return None
-    return pyspng
+    # pyspng.load builds a format table and drops the channel axis of grey images on every
+    # call; the binding underneath returns (H, W, C) directly, which is what we keep.
+    c = getattr(pyspng, "_pyspng_c", None)
+    if c is not None and hasattr(c, "spng_decode_image_bytes") and hasattr(c, "SPNG_FMT_AUTO"):
+        decode, auto = c.spng_decode_image_bytes, c.SPNG_FMT_AUTO
+        return lambda d: decode(d, auto)
+    return lambda d: pyspng.load(d)
 
 
 @functools.cache
@@ -39,16 +46,15 @@ def _cv2() -> Any:
 
 
 def _png_plain(d: bytes) -> bool:
-    """Returns whether libspng decodes this PNG exactly as PIL does."""
-    if len(d) < 33 or d[:8] != PNG_SIG:
+    """Returns whether libspng decodes this PNG (signature already checked) exactly as PIL does."""
+    if len(d) < 33:
         return False
     depth, ctype = d[24], d[25]
-    if (depth, ctype) == (8, 4):  # libspng has no 8-bit grey+alpha output
+    # 8-bit grey, RGB, RGBA (libspng has no 8-bit grey+alpha output); 16-bit any of the four.
+    if not ((depth == 8 and ctype in (0, 2, 6)) or (depth == 16 and ctype in (0, 2, 4, 6))):
         return False
-    if depth not in (8, 16) or ctype not in (0, 2, 4, 6):
-        return False
-    head = d.find(b"IDAT")  # tRNS precedes the image data; eXIf may follow it
-    return d.find(b"tRNS", 0, head) < 0 and d.find(b"eXIf") < 0
+    head = d.find(b"IDAT", 33)  # tRNS precedes the image data; eXIf may follow it
+    return d.find(b"tRNS", 33, head) < 0 and d.find(b"eXIf", 33) < 0
 
 
 def _jpeg_plain(d: bytes) -> bool:
@@ -78,7 +84,7 @@ def decode_fast(d: bytes) -> np.ndarray | None:
         if spng is None or not _png_plain(d):
             return None
         try:
-            a = spng.load(d)
+            a = spng(d)
         except RuntimeError:  # a file libspng refuses: PIL decides (and names the error)
             return None
         if a.dtype == np.uint16 and d[25] in (0, 2):  # 16-bit grey/RGB come with an added opaque alpha
