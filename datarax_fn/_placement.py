@@ -223,19 +223,24 @@ def put_local(local: PyTree, placement: Placement, num_records: int, partitions:
 def _shards(local: np.ndarray, sharding: NamedSharding, shape: tuple, first_row: int, copy: bool) -> jax.Array:
     """Returns the global array whose addressable shards come from ``local`` (rows from ``first_row`` on).
 
-    With ``copy`` each shard is copied into XLA-owned memory on its device, which a donating
-    jit can alias in to out; otherwise ``device_put`` may alias the NumPy buffer on CPU.
+    ``device_put`` may alias 64-byte-aligned NumPy memory on CPU; with ``copy`` such
+    shards are copied once into XLA-owned memory (which a donating jit can alias in to
+    out, and which later writes to ``local`` cannot reach).
     """
-    shards = []
+    shards, aliased = [], False
     for device, index in sharding.addressable_devices_indices_map(shape).items():
         rows = index[0] if index else slice(None)
         block = local[(rows.start or 0) - first_row:(shape[0] if rows.stop is None else rows.stop) - first_row]
-        if copy:
-            with jax.default_device(device):
-                shards.append(jnp.array(block))
-        else:
-            shards.append(jax.device_put(block, device))
-    return jax.make_array_from_single_device_arrays(shape, sharding, shards)
+        shard = jax.device_put(block, device)
+        aliased |= block.size > 0 and shard.unsafe_buffer_pointer() == block.ctypes.data
+        shards.append(shard)
+    out = jax.make_array_from_single_device_arrays(shape, sharding, shards)
+    return _fresh_copy(out) if copy and aliased else out
+
+
+# A jit's outputs are fresh XLA buffers with the input's sharding (on the mesh, so it also
+# runs inside jax.set_mesh, where single-device copies are refused).
+_fresh_copy = jax.jit(lambda x: x)
 
 
 def gather_to_host(data: PyTree, placement: Placement, num_records: int, partitions: int) -> PyTree:
