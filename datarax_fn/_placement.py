@@ -23,11 +23,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from . import _core
 from ._partition import check_partitions, partition_offsets
 
 PyTree = Any
@@ -105,6 +107,30 @@ def check_batch_devices(size: int, placement: Placement, where: str) -> int:
             f"(placement={placement.kind!r}); use size={lo} or {lo + d}."
         )
     return size // d
+
+
+def check_single_device() -> None:
+    """Raises when a one-device state's ``get_batch`` is traced under a multi-device ``jax.set_mesh``."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and mesh.size > 1:
+        raise ValueError(
+            f"get_batch: the state's data is on one device (placement='device'), but this jit runs over a mesh of "
+            f"{mesh.size} devices, where JAX would copy the whole dataset onto every one of them. Before the jit, choose the "
+            "placement: dfn.place(state, 'replicated') (every device holds all data), or build it with "
+            "dfn.from_arrays(..., partitions=<a multiple of the devices>, placement='partitioned')."
+        )
+
+
+def check_on_boundary(start: Any, partitions: int) -> Any:
+    """Returns ``start`` checked to be a multiple of ``partitions`` (``eqx.error_if`` when traced)."""
+    if partitions == 1:
+        return start
+    message = f"get_batch_at: start must be a multiple of partitions={partitions} (a batch boundary)"
+    if _core.is_traced(start):
+        return eqx.error_if(start, start % partitions != 0, message + ".")
+    if int(start) % partitions:
+        raise ValueError(f"{message}; got start={int(start)}.")
+    return start
 
 
 def padded_length(num_records: int, partitions: int) -> int:
