@@ -113,14 +113,28 @@ def test_tfds_cross_option_rules():
         dfn.HFEagerConfig(name="x", include_keys=["a"], exclude_keys=["b"])
 
 
-def test_partitions_are_checked_against_the_split_and_eager_names_the_fix(tmp_path):
+def test_partitions_are_checked_against_the_split_and_give_one_order_eager_and_streamed(tmp_path):
     import datasets as hd
 
     ds = hd.Dataset.from_dict({"x": list(range(6))})
     assert dfn.HFStreamingConfig(name="x", partitions=np.int64(3)).partitions == 3
     with pytest.raises(ValueError, match=r"partitions=7 is more than the 6 records; use partitions <= 6"):
         dfn.from_hf(ds, streaming=True, partitions=7)
-    with pytest.raises(ValueError, match=r"partitions=2 applies to streaming sources; pass streaming=True"):
-        dfn.from_hf(ds, streaming=False, partitions=2)
+    with pytest.raises(ValueError, match=r"partitions=7 is more than the 6 records"):
+        dfn.from_hf(ds, streaming=False, partitions=7)
+    # Random access follows the canonical partition order in both modes: the same batches.
+    eager = dfn.from_hf(ds, streaming=False, partitions=2, shuffle=True, seed=3)
+    stream = dfn.from_hf(ds, streaming=True, partitions=2, shuffle=True, seed=3)
+    seen = []
+    for _ in range(4):  # two epochs
+        eager, a = dfn.get_batch(eager, 4)
+        stream, b = dfn.get_batch(stream, 4)
+        assert np.asarray(a["x"]).tolist() == b["x"].tolist()
+        seen += b["x"].tolist()
+    # Partition-major batches: rows 0-1 come from records 0-2, rows 2-3 from records 3-5.
+    first, second = [seen[i] for i in range(16) if i % 4 < 2], [seen[i] for i in range(16) if i % 4 >= 2]
+    assert sorted(first[:3]) == sorted(first[3:6]) == [0, 1, 2] and sorted(second[:3]) == [3, 4, 5]
+    assert first[:3] != first[3:6]  # each epoch has its own order
+    stream.close()
     backend = dfn.from_hf(ds, streaming=True).backend.backend  # six partitions of one record each
     assert [int(c["x"][0]) for p in range(6) for c in backend.open_partition(p, 6, 0, 0, 0)] == list(range(6))

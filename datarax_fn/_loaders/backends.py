@@ -357,9 +357,7 @@ def eager_source(columns: Columns, fields: Mapping[str, Any], opts: Mapping[str,
     """Returns an ``EagerSource`` of the converted ``columns`` (the whole split); ``info(conv.meta)`` is its info."""
     if not num_rows(columns):
         raise empty_split_error(name, cfg.split)
-    if cfg.partitions != 1:
-        raise ValueError(f"{name}: partitions={cfg.partitions} applies to streaming sources; pass streaming=True, "
-                         "or leave partitions=1 for an eager source.")
+    check_partitions(cfg.partitions, num_rows(columns), name)
     n = num_rows(columns)
     conv = converter(fields, opts, probe_of(columns), static=False)
     bar = None
@@ -380,15 +378,14 @@ def eager_source(columns: Columns, fields: Mapping[str, Any], opts: Mapping[str,
         arrays = cv.owned_arrays(arrays)
     elif not num_rows(arrays):
         raise ValueError(f"{name}: the transform returned no rows; an eager source needs at least one record.")
-    return from_arrays(arrays, shuffle=cfg.shuffle, seed=cfg.seed, name=name, info=info(conv.meta), copy=not fresh)
+    return from_arrays(arrays, shuffle=cfg.shuffle, seed=cfg.seed, name=name, info=info(conv.meta), copy=not fresh,
+                       partitions=cfg.partitions)
 
 
 def streaming_source(backend: Backend, cfg: Any, name: str) -> StreamingSource:
     """Returns a ``StreamingSource`` at the start of ``backend``'s stream, over ``cfg.partitions`` partitions."""
-    partitions = check_partitions(cfg.partitions, backend.num_records(), name)
-    more = {"partitions": partitions} if partitions > 1 else {}
     return make_streaming(backend, shuffle=cfg.shuffle, seed=cfg.seed, name=name, num_epochs=cfg.num_epochs,
-                          prefetch=cfg.prefetch, **more)
+                          prefetch=cfg.prefetch, partitions=check_partitions(cfg.partitions, backend.num_records(), name))
 
 
 __all__ = [
