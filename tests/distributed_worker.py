@@ -5,7 +5,8 @@ of this process), ``sources`` (names: ``"range"``, a partitioned stream over a R
 ``"eager"``, the sharded eager mode; ``"hf"``, ``from_hf`` streaming the parquet file
 ``parquet`` with ``HF_HOME`` ``hf_home``), ``records``, ``partitions``, ``seed``, ``size``,
 ``steps``, optional ``cursors`` (one per source) to restore and ``try_one_partition`` (also
-try an unpartitioned stream and report the error). Sources share one process so the
+try an unpartitioned stream and report the error); ``fail_process`` names a process that exits
+at once (to test the launcher). Sources share one process so the
 group's start-up (JAX import, ``jax.distributed``) is paid once. For each source the process builds it,
 restores its cursor, takes ``steps`` global batches; it prints one JSON line with, per
 source, the rows of ``x`` its devices hold per step, the cursor afterwards, and the record
@@ -19,6 +20,9 @@ import sys
 spec = json.loads(sys.argv[1])
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={spec['devices']}"
 os.environ["JAX_PLATFORMS"] = "cpu"
+
+if spec.get("fail_process") == spec["process_id"]:  # tests the launcher: a worker that dies before its peers
+    sys.exit("failing as asked")
 
 import jax  # noqa: E402
 

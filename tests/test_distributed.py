@@ -115,3 +115,14 @@ def test_elastic_restore_2_then_1_then_4_processes_continues_the_global_stream(h
     assert (cursors["range"]["epoch"], cursors["range"]["index"]) == (2, 8)
     assert (cursors["eager"]["epoch"], cursors["eager"]["index"]) == (2, 8) == (cursors["hf"]["epoch"],
                                                                              cursors["hf"]["index"])
+
+
+def test_a_failing_process_fails_the_group_and_no_worker_survives():
+    # Process 1 dies before jax.distributed starts; process 0 would wait for it in initialize.
+    started = []
+    with pytest.raises(AssertionError, match=r"process 1/2 exited 1:\nfailing as asked"):
+        run_group({**SPEC, "devices": 1, "steps": 1, "fail_process": 1}, 2, started=started)
+    assert len(started) == 2
+    for pid in started:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
