@@ -64,6 +64,9 @@ def test_streaming_argument_is_accepted_and_checked(eager, stream):
         ("prefetch", 2.5, TypeError),
         ("shuffle_buffer_size", -3, ValueError),
         ("num_epochs", 0, ValueError),
+        ("partitions", 0, ValueError),
+        ("partitions", True, TypeError),
+        ("partitions", "2", TypeError),
     ],
 )
 def test_wrong_type_is_type_error_wrong_value_is_value_error(eager, stream, option, value, error):
@@ -108,3 +111,16 @@ def test_tfds_cross_option_rules():
         dfn.TFDSStreamingConfig(name="x", local_files_only=True, download=True)
     with pytest.raises(ValueError, match="include_keys and exclude_keys"):
         dfn.HFEagerConfig(name="x", include_keys=["a"], exclude_keys=["b"])
+
+
+def test_partitions_are_checked_against_the_split_and_eager_names_the_fix(tmp_path):
+    import datasets as hd
+
+    ds = hd.Dataset.from_dict({"x": list(range(6))})
+    assert dfn.HFStreamingConfig(name="x", partitions=np.int64(3)).partitions == 3
+    with pytest.raises(ValueError, match=r"partitions=7 is more than the 6 records; use partitions <= 6"):
+        dfn.from_hf(ds, streaming=True, partitions=7)
+    with pytest.raises(ValueError, match=r"partitions=2 applies to streaming sources; pass streaming=True"):
+        dfn.from_hf(ds, streaming=False, partitions=2)
+    backend = dfn.from_hf(ds, streaming=True).backend.backend  # six partitions of one record each
+    assert [int(c["x"][0]) for p in range(6) for c in backend.open_partition(p, 6, 0, 0, 0)] == list(range(6))

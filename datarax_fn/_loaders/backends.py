@@ -243,29 +243,29 @@ _ROW = ("datarax_fn", "row")
 
 
 class ReplayBackend(Backend):
-    """Streams in file order: ``read_range(lo, hi) -> iterator of column chunks`` of rows ``[lo, hi)``.
+    """Streams in file order: ``read_ranges([(lo, hi), ...])`` yields column chunks of those rows, in order.
 
     ``shard_bounds`` are the file rows where the backend can seek cheaply (parquet row groups,
-    tfrecord files), from 0 to ``n``; None when it knows none (``read_range`` then replays
+    tfrecord files), from 0 to ``n``; None when it knows none (``read_ranges`` then replays
     from the start). Shuffled epochs follow :mod:`replay_order`: the partition's shards in a
     keyed order, records permuted within windows of ``shuffle_buffer_size``. Resuming seeks to
     the window's first shard piece and re-reads at most one window.
     """
 
-    def __init__(self, read_range: Callable[[int, int | None], Iterator[Columns]], n: int | None, conv: Any, *,
-                 shard_bounds: np.ndarray | None, data: Any, split: Any, info: Any, cfg: Any):
+    def __init__(self, read_ranges: Callable[[list[tuple[int, int | None]]], Iterator[Columns]], n: int | None,
+                 conv: Any, *, shard_bounds: np.ndarray | None, data: Any, split: Any, info: Any, cfg: Any):
         window = cfg.shuffle_buffer_size if cfg.shuffle else None
         seeks = None if shard_bounds is None else np.asarray(shard_bounds, np.int64)
         order = ("shard-window", window) if seeks is None else ("shard-window", window, seeks.tolist())
         super().__init__(conv, n, data, split, info, cfg, order=order)
-        self.read_range, self.window, self.shard_bounds = read_range, window, seeks
+        self.read_ranges, self.window, self.shard_bounds = read_ranges, window, seeks
 
     def open_partition(self, partition: int, partitions: int, epoch: int, seed: int,
                        start: int) -> Iterator[dict[str, np.ndarray]]:
         lo, hi = self.bounds(partition, partitions)
         if not self.shuffle:
             row = lo + start
-            for cols in self.read_range(lo + start, hi):
+            for cols in self.read_ranges([(lo + start, hi)]):
                 for first in range(0, num_rows(cols), self.chunk_size):
                     part = slice_rows(cols, first, first + self.chunk_size)
                     yield self.convert(part, np.arange(row, row + num_rows(part)))
@@ -284,17 +284,31 @@ class ReplayBackend(Backend):
 
     def _tape_from(self, t: Any, position: int) -> Iterator[Columns]:
         """Yields the tape's records from ``position`` on, each chunk with its file rows under ``_ROW``."""
-        for lo, hi in t.pieces(position):
-            row = lo
-            for cols in self.read_range(lo, hi):
-                k = num_rows(cols)
-                yield {**cols, _ROW: np.arange(row, row + k)}
-                row += k
-            if hi is not None and row != hi:
-                raise RuntimeError(
-                    f"the data gave rows {lo}..{row - 1} where its metadata promised {lo}..{hi - 1}; the files "
-                    "changed while reading, or their metadata is wrong. Rebuild the source."
-                )
+        pieces = list(t.pieces(position))
+        firsts = np.array([lo for lo, _ in pieces], np.int64)
+        known = all(hi is not None for _, hi in pieces)
+        ends = np.cumsum([hi - lo for lo, hi in pieces]) if known else np.array([np.iinfo(np.int64).max])
+        at = 0
+        for cols in self.read_ranges(pieces):
+            pos = np.arange(at, at + num_rows(cols))
+            j = np.searchsorted(ends, pos, side="right")
+            yield {**cols, _ROW: firsts[j] + pos - np.where(j > 0, ends[j - 1], 0)}
+            at = int(pos[-1]) + 1 if len(pos) else at
+        if known and at != ends[-1]:
+            raise RuntimeError(
+                f"the data gave {at} rows where its metadata promised {int(ends[-1])} (from row {pieces[0][0]} on); "
+                "the files changed while reading, or their metadata is wrong. Rebuild the source."
+            )
+
+
+def range_by_range(read_range: Callable[[int, int | None], Iterator[Columns]]) -> Callable:
+    """Returns ``read_ranges`` for a backend that reads one range ``[lo, hi)`` at a time."""
+
+    def read_ranges(ranges: list[tuple[int, int | None]]) -> Iterator[Columns]:
+        for lo, hi in ranges:
+            yield from read_range(lo, hi)
+
+    return read_ranges
 
 
 # ----------------------------------------------------------------------------- building states
@@ -376,5 +390,5 @@ def streaming_source(backend: Backend, cfg: Any, name: str) -> StreamingSource:
 
 __all__ = [
     "Backend", "RandomAccessBackend", "ReplayBackend", "concat_rows", "converter", "digest", "eager_source", "probe_of",
-    "empty_split_error", "file_stats", "num_rows", "select", "slice_rows", "streaming_source", "take_rows",
+    "empty_split_error", "file_stats", "num_rows", "range_by_range", "select", "slice_rows", "streaming_source", "take_rows",
 ]

@@ -356,7 +356,7 @@ def _replay_backend(ds: Any, fields: dict, opts: dict, cfg: HFStreamingConfig) -
         raise bk.empty_split_error(where, cfg.split)
     conv = bk.converter(fields, opts, probe, static=True)
     data = (cfg.name, cfg.config_name, cfg.revision, cfg.data_files, bk.file_stats(_data_files(ds)))
-    return bk.ReplayBackend(read_range, n, conv, shard_bounds=bounds, data=data, split=cfg.split,
+    return bk.ReplayBackend(bk.range_by_range(read_range), n, conv, shard_bounds=bounds, data=data, split=cfg.split,
                             info=_info(ds.info, conv.meta), cfg=cfg)
 
 

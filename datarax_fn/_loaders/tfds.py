@@ -289,17 +289,19 @@ def _shard_pieces(info: Any, split: Any) -> tuple[list[tuple[str, int, int]], np
     return pieces, np.asarray(bounds, np.int64)
 
 
-def _seek(pieces: list[tuple[str, int, int]], lo: int, hi: int) -> Any:
-    """Returns the ``tfds.core.ReadInstruction`` of rows ``[lo, hi)`` of the selection ``pieces``:
-    TFDS skips whole files and seeks inside the first one (raw records, nothing decoded)."""
+def _seek(pieces: list[tuple[str, int, int]], ranges: list[tuple[int, int]]) -> Any:
+    """Returns the ``tfds.core.ReadInstruction`` of the selection rows ``ranges``, in order: TFDS
+    skips whole files and seeks inside the first file of each range (raw records, nothing decoded)."""
     tfds = tfds_module()
-    out, at = None, 0
-    for name, a, b in pieces:
-        x, y = max(lo - at, 0), min(hi - at, b - a)
-        if y > x:
-            ri = tfds.core.ReadInstruction(name, from_=a + x, to=a + y, unit="abs")
-            out = ri if out is None else out + ri
-        at += b - a
+    out = None
+    for lo, hi in ranges:
+        at = 0
+        for name, a, b in pieces:
+            x, y = max(lo - at, 0), min(hi - at, b - a)
+            if y > x:
+                ri = tfds.core.ReadInstruction(name, from_=a + x, to=a + y, unit="abs")
+                out = ri if out is None else out + ri
+            at += b - a
     return out
 
 
@@ -359,8 +361,10 @@ def _backend(plan: _Plan, cfg: TFDSStreamingConfig) -> bk.Backend:
         pieces, bounds = seekable
         n = int(bounds[-1])
 
-        def read_range(lo: int, hi: int | None) -> Iterator[bk.Columns]:
-            for batch in batched(_tf_dataset(plan, cfg, split=_seek(pieces, lo, n if hi is None else hi)), cfg.chunk_size):
+        def read_ranges(ranges: list[tuple[int, int | None]]) -> Iterator[bk.Columns]:
+            # One tf.data pipeline for all the ranges: building one costs more than reading a window.
+            split = _seek(pieces, [(lo, n if hi is None else hi) for lo, hi in ranges])
+            for batch in batched(_tf_dataset(plan, cfg, split=split), cfg.chunk_size):
                 yield tf_columns(batch, plan.fields)
     else:  # no shard lengths: replay with tf.data's skip
         base, bounds = _tf_dataset(plan, cfg), None
@@ -372,11 +376,13 @@ def _backend(plan: _Plan, cfg: TFDSStreamingConfig) -> bk.Backend:
             for batch in batched(ds if hi is None else ds.take(hi - lo), cfg.chunk_size):
                 yield tf_columns(batch, plan.fields)
 
-    probe = next(read_range(0, None if n is None else min(n, cfg.chunk_size)), None)
+        read_ranges = bk.range_by_range(read_range)
+
+    probe = next(read_ranges([(0, None if n is None else min(n, cfg.chunk_size))]), None)
     if probe is None:
         raise bk.empty_split_error(repr(cfg.name), cfg.split)
     conv = bk.converter(plan.fields, plan.opts, probe, static=True)
-    return bk.ReplayBackend(read_range, n, conv, shard_bounds=bounds, data=data, split=cfg.split, info=info, cfg=cfg)
+    return bk.ReplayBackend(read_ranges, n, conv, shard_bounds=bounds, data=data, split=cfg.split, info=info, cfg=cfg)
 
 
 def TFDSStreamingSource(config: TFDSStreamingConfig) -> Any:  # noqa: N802 (the users' seed API name)
