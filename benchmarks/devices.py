@@ -13,9 +13,11 @@ Rows:
   in a jit over 8 devices before placements existed: JAX silently copied the whole dataset
   to every device on every call.
 - ``first``: the first such call (compile + run), ms.
-- ``memory``: the dataset bytes one device holds, MiB.
-- ``global``: ``get_global_batch`` per call on 8 devices, µs; ``device (staged)`` is the
-  former global mode (the whole batch gathered on device 0, then split).
+- ``memory``: the dataset bytes held over all devices after the calls, MiB (``uncommitted``:
+  the copies JAX made on every device).
+- ``global``: ``get_global_batch`` per call on 8 devices, µs; ``device`` gathers the whole
+  batch on device 0 and then splits it (its data lives there), the other placements gather
+  each device's rows on that device.
 
 The 8 forced devices share the machine's cores, so 8-device rows measure the overhead of
 the layout, not a speed-up.
@@ -77,9 +79,8 @@ def child(devices: int, quick: bool) -> list[dict]:
             jax.block_until_ready(out)
             rates.append(steps / (time.perf_counter() - t))
         rows.append(_row("scan", f"{case}, {devices} dev", "batches/s", rates))
-        held = sum(s.data.nbytes for x in jax.tree.leaves(state.data) for s in x.addressable_shards
-                   if s.device == jax.devices()[0])
-        rows.append(_row("memory", f"{case}, {devices} dev", "MiB", [held / 2**20]))
+        held = sum(s.data.nbytes for x in jax.tree.leaves(state.data) for s in x.addressable_shards)
+        rows.append(_row("memory", f"{case}, {devices} dev", "MiB", [held / 2**20], "dataset bytes on all devices"))
 
     if devices == 1:
         scan_case("device", dfn.from_arrays(data, shuffle=True, seed=0))
@@ -115,14 +116,8 @@ def child(devices: int, quick: bool) -> list[dict]:
             samples.append(1e6 * (time.perf_counter() - t) / calls)
         rows.append(_row("global", f"{case}, {devices} dev", "µs", samples))
 
-    def staged(state):  # the former global mode: gather the process's rows on device 0, then split
-        local = dfn.get_batch_at(state, state.index, B)
-        batch = jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x, x.shape), local)
-        return dfn._eager.advance(state, B), batch
-
-    plain = dfn.from_arrays(data, shuffle=True, seed=0)
-    per_call("device (staged)", plain, staged)
-    per_call("device", plain, lambda s: dfn.get_global_batch(s, B, sharding))
+    # "device" gathers the whole batch on device 0 and then splits it (staged); the others do not.
+    per_call("device", dfn.from_arrays(data, shuffle=True, seed=0), lambda s: dfn.get_global_batch(s, B, sharding))
     for placement in ("replicated", "partitioned", "host"):
         state = dfn.from_arrays(data, partitions=8, placement=placement, mesh=mesh, shuffle=True)
         per_call(placement, state, lambda s: dfn.get_global_batch(s, B, sharding))

@@ -348,17 +348,6 @@ def _check_keyed(state: EagerSource, size: int) -> None:
         )
 
 
-def _check_single_device(state: EagerSource) -> None:
-    mesh = jax.sharding.get_abstract_mesh()
-    if not mesh.empty and mesh.size > 1:
-        raise ValueError(
-            f"get_batch: the state's data is on one device (placement='device'), but this jit runs over a mesh of "
-            f"{mesh.size} devices, where JAX would copy the whole dataset onto every one of them. Choose the "
-            "placement: dfn.place(state, 'replicated') (every device holds all data), or build it with "
-            "dfn.from_arrays(..., partitions=<a multiple of the devices>, placement='partitioned')."
-        )
-
-
 def _placed(state: EagerSource, index: Any, size: int, where: str) -> tuple[Any, Any, PyTree]:
     """Returns ``(index, epoch, batch)`` after the batch of ``size`` at ``index`` of a placed or partitioned state."""
     check_batch_size(size, state.partitions, where)
@@ -379,17 +368,6 @@ def _placed(state: EagerSource, index: Any, size: int, where: str) -> tuple[Any,
                                placement=state.placement, records_at=_records_at, advance=_advance, **common)
 
 
-def _check_on_boundary(start: Any, partitions: int) -> Any:
-    if partitions == 1:
-        return start
-    message = f"get_batch_at: start must be a multiple of partitions={partitions} (a batch boundary)"
-    if _core.is_traced(start):
-        return eqx.error_if(start, start % partitions != 0, message + ".")
-    if int(start) % partitions:
-        raise ValueError(f"{message}; got start={int(start)}.")
-    return start
-
-
 @_core.get_batch.register
 def _(state: EagerSource, size: int, key: Any = None):
     size = _core.check_size(size)
@@ -401,7 +379,7 @@ def _(state: EagerSource, size: int, key: Any = None):
         index, epoch, batch = _placed(state, state.index, size, "get_batch")
         return _core.replace(state, index=index, epoch=epoch), batch
     if _core.is_traced(state.index):
-        _check_single_device(state)
+        _placement.check_single_device()
         _jit.warn_if_copied(state.data)
     index, epoch, batch = _step(state.data, state.index, state.epoch, state.seed, size=size, n=n, shuffle=state.shuffle)
     return _core.replace(state, index=index, epoch=epoch), batch
@@ -416,7 +394,7 @@ def _(state: EagerSource, start: Any, size: int, key: Any = None):
         _check_keyed(state, size)
         return _keyed(state.data, key, start, size=size, n=n)
     if state.placement.kind != "device" or state.partitions > 1:
-        return _placed(state, jnp.asarray(_check_on_boundary(start, state.partitions)), size, "get_batch_at")[2]
+        return _placed(state, jnp.asarray(_placement.check_on_boundary(start, state.partitions)), size, "get_batch_at")[2]
     return _records_at(state.data, start, size=size, n=n, shuffle=state.shuffle, seed=state.seed, epoch=state.epoch)
 
 

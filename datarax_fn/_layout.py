@@ -67,8 +67,8 @@ def partition_position(index: jax.Array, epoch: jax.Array, num_records: int, par
     index = index.astype(jnp.uint32)
     epoch = epoch.astype(jnp.uint32)
     q = epoch * jnp.uint32(a) + (epoch * jnp.uint32(b) + index) // jnp.uint32(partitions)
-    # q + per < 2**32 for every epoch below this bound.
-    limit = max(0, (2**32 - per - 1) * partitions // num_records - 1)
+    # Below this epoch, epoch * b + index and q + per stay under 2**32.
+    limit = max(0, min((2**32 - per - 1) * partitions // num_records, (2**32 - num_records) // max(b, 1)) - 1)
     return eqx.error_if(
         q, epoch > jnp.uint32(min(limit, 2**32 - 1)),
         f"datarax_fn: with partitions={partitions} over N={num_records} records the stream passed epoch "

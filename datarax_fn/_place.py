@@ -93,7 +93,10 @@ def from_local_partitions(
         fingerprint: a string identifying the whole split, the same in every process
             (e.g. the loader's digest of files and options); the cursor checks it.
         mesh: the mesh of the batches; default: one axis ``"data"`` over every device of every process.
-        shuffle, seed, name, info: as in ``dfn.from_arrays``.
+        shuffle: as in ``dfn.from_arrays``.
+        seed: as in ``dfn.from_arrays``.
+        name: as in ``dfn.from_arrays``.
+        info: as in ``dfn.from_arrays``.
 
     Returns:
         an ``EagerSource`` at epoch 0, index 0, with ``placement="partitioned"``.

@@ -23,11 +23,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from . import _core
 from ._partition import check_partitions, partition_offsets
 
 PyTree = Any
@@ -105,6 +107,30 @@ def check_batch_devices(size: int, placement: Placement, where: str) -> int:
             f"(placement={placement.kind!r}); use size={lo} or {lo + d}."
         )
     return size // d
+
+
+def check_single_device() -> None:
+    """Raises when a one-device state's ``get_batch`` is traced under a multi-device ``jax.set_mesh``."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and mesh.size > 1:
+        raise ValueError(
+            f"get_batch: the state's data is on one device (placement='device'), but this jit runs over a mesh of "
+            f"{mesh.size} devices, where JAX would copy the whole dataset onto every one of them. Before the jit, choose the "
+            "placement: dfn.place(state, 'replicated') (every device holds all data), or build it with "
+            "dfn.from_arrays(..., partitions=<a multiple of the devices>, placement='partitioned')."
+        )
+
+
+def check_on_boundary(start: Any, partitions: int) -> Any:
+    """Returns ``start`` checked to be a multiple of ``partitions`` (``eqx.error_if`` when traced)."""
+    if partitions == 1:
+        return start
+    message = f"get_batch_at: start must be a multiple of partitions={partitions} (a batch boundary)"
+    if _core.is_traced(start):
+        return eqx.error_if(start, start % partitions != 0, message + ".")
+    if int(start) % partitions:
+        raise ValueError(f"{message}; got start={int(start)}.")
+    return start
 
 
 def padded_length(num_records: int, partitions: int) -> int:
@@ -223,19 +249,24 @@ def put_local(local: PyTree, placement: Placement, num_records: int, partitions:
 def _shards(local: np.ndarray, sharding: NamedSharding, shape: tuple, first_row: int, copy: bool) -> jax.Array:
     """Returns the global array whose addressable shards come from ``local`` (rows from ``first_row`` on).
 
-    With ``copy`` each shard is copied into XLA-owned memory on its device, which a donating
-    jit can alias in to out; otherwise ``device_put`` may alias the NumPy buffer on CPU.
+    ``device_put`` may alias 64-byte-aligned NumPy memory on CPU; with ``copy`` such
+    shards are copied once into XLA-owned memory (which a donating jit can alias in to
+    out, and which later writes to ``local`` cannot reach).
     """
-    shards = []
+    shards, aliased = [], False
     for device, index in sharding.addressable_devices_indices_map(shape).items():
         rows = index[0] if index else slice(None)
         block = local[(rows.start or 0) - first_row:(shape[0] if rows.stop is None else rows.stop) - first_row]
-        if copy:
-            with jax.default_device(device):
-                shards.append(jnp.array(block))
-        else:
-            shards.append(jax.device_put(block, device))
-    return jax.make_array_from_single_device_arrays(shape, sharding, shards)
+        shard = jax.device_put(block, device)
+        aliased |= block.size > 0 and shard.unsafe_buffer_pointer() == block.ctypes.data
+        shards.append(shard)
+    out = jax.make_array_from_single_device_arrays(shape, sharding, shards)
+    return _fresh_copy(out) if copy and aliased else out
+
+
+# A jit's outputs are fresh XLA buffers with the input's sharding (on the mesh, so it also
+# runs inside jax.set_mesh, where single-device copies are refused).
+_fresh_copy = jax.jit(lambda x: x)
 
 
 def gather_to_host(data: PyTree, placement: Placement, num_records: int, partitions: int) -> PyTree:

@@ -194,3 +194,22 @@ def test_from_local_partitions_in_one_process_equals_from_arrays():
         dfn.from_local_partitions({"x": data["x"][:20]}, num_records=21, partitions=4, fingerprint="r21")
     with pytest.raises(TypeError, match="fingerprint must be a non-empty str"):
         dfn.from_local_partitions({"x": data["x"]}, num_records=21, partitions=4, fingerprint=None)
+
+
+def test_pipeline_scan_over_a_partitioned_state_equals_its_batches():
+    state = dfn.from_arrays(records(22), partitions=2, placement="partitioned", shuffle=True, seed=6)
+    _, want = walk(state, 6, 5)
+    pipe = dfn.Pipeline(state, (), 6)
+    pipe, total, xs = dfn.scan(pipe, lambda carry, batch: (carry + batch["x"].sum(), batch["x"]), 0, 5)
+    assert np.asarray(xs).tolist() == want and int(total) == sum(map(sum, want))
+    assert dfn.cursor(pipe.source) == dfn.cursor(walk(state, 6, 5)[0])
+
+
+def test_partition_positions_past_uint32_raise_instead_of_wrapping():
+    state = dfn.from_arrays(records(40), partitions=2)
+    late = dfn.restore_cursor(state, {**dfn.cursor(state), "epoch": 3 * 10**8, "partitions": 2})
+    with pytest.raises(Exception, match="overflow uint32"):
+        jax.block_until_ready(dfn.get_batch(late, 2))
+    early = dfn.restore_cursor(state, {**dfn.cursor(state), "epoch": 10**8, "partitions": 2})
+    # epoch 1e8 of 40 records: each partition of 20 has consumed 2e9 records, a multiple of 20
+    assert np.asarray(dfn.get_batch(early, 2)[1]["x"]).tolist() == [0, 20]

@@ -62,9 +62,9 @@ def free_port():
         return s.getsockname()[1]
 
 
-def launch(tmp_path, nproc, devices):
+def launch(tmp_path, nproc, devices, worker=WORKER):
     script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(devices=devices))
+    script.write_text(worker.format(devices=devices))
     port = str(free_port())
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     procs = [
@@ -263,3 +263,61 @@ def test_eight_devices_get_global_batch_in_every_placement():
     out = json.loads(run_fresh(GLOBAL, env=EIGHT).stdout.strip().splitlines()[-1])
     want = single_device_stream(8)[:3]
     assert out == {p: want for p in ("device", "replicated", "partitioned", "host")}
+
+
+GUIDE = """
+import pathlib, sys, jax
+from test_docs import python_blocks
+assert jax.device_count() == 8
+page = pathlib.Path("docs/sharding.md")
+scope = {"__name__": "guide"}
+for line, code in python_blocks(page.read_text()):
+    exec(compile("\\n" * (line - 1) + code, str(page), "exec"), scope)
+print(scope["devices"], scope["state"].data["image"].addressable_shards[0].data.shape[0])
+"""
+
+
+def test_the_sharding_guide_runs_on_eight_devices():
+    # The guide's blocks run on one device in test_docs; here every recipe runs over 8.
+    out = run_fresh(GUIDE, env=EIGHT).stdout.split()
+    assert out[-2:] == ["8", "16"]  # 128 records in 8 partitions: one of 16 rows per device
+
+
+SHARDED = WORKER.split("import numpy as np, datarax_fn as dfn")[0] + """
+import numpy as np, datarax_fn as dfn
+n, partitions = 37, 4
+everything = np.arange(n, dtype=np.int32)
+records = dfn.local_records(n, partitions)
+state = dfn.from_local_partitions({{"x": everything[records.start:records.stop]}}, num_records=n,
+                                  partitions=partitions, fingerprint="arange-37", shuffle=True, seed=5)
+held = [s.data.shape[0] for s in state.data["x"].addressable_shards]
+rows = {{}}
+step = dfn.jit_step(lambda s: dfn.get_batch(s, 8))
+for k in range(6):
+    if k % 2:
+        state, batch = step(state)
+    else:
+        state, batch = dfn.get_global_batch(state, 8, dfn.data_sharding())
+    for shard in batch["x"].addressable_shards:
+        start = shard.index[0].start or 0
+        for i, v in enumerate(np.asarray(shard.data).tolist()):
+            rows[f"{{k}}:{{start + i}}"] = v
+print(json.dumps({{"rows": rows, "records": [records.start, records.stop], "held": held,
+                  "index": int(state.index), "epoch": int(state.epoch)}}))
+"""
+
+
+def test_sharded_mode_two_processes_equal_one_process(tmp_path):
+    alone = dfn.from_arrays({"x": np.arange(37, dtype=np.int32)}, partitions=4, shuffle=True, seed=5)
+    want = {}
+    for k in range(6):
+        alone, batch = dfn.get_batch(alone, 8)
+        want.update({f"{k}:{i}": v for i, v in enumerate(np.asarray(batch["x"]).tolist())})
+    (single,) = launch(tmp_path, 1, 4, SHARDED)
+    pair = launch(tmp_path, 2, 2, SHARDED)
+    assert single["rows"] == want and single["records"] == [0, 37] and single["held"] == [10] * 4
+    # process 0 holds partitions 0-1 (records [0, 18)), process 1 partitions 2-3 ([18, 37))
+    assert [p["records"] for p in pair] == [[0, 18], [18, 37]] and all(p["held"] == [10, 10] for p in pair)
+    assert not set(pair[0]["rows"]) & set(pair[1]["rows"])
+    assert {**pair[0]["rows"], **pair[1]["rows"]} == want
+    assert {(p["index"], p["epoch"]) for p in [single, *pair]} == {(int(alone.index), int(alone.epoch))}
