@@ -3,11 +3,14 @@
 * :class:`RandomAccessBackend` reads records by index (an Arrow map-style ``Dataset``, a
   TFDS array_record data source). Epoch ``e`` visits ``permute(i, N, seed, e)``: the eager
   source's order, and resume is O(1) at any position.
-* :class:`ReplayBackend` reads records in file order from a start row (an HF
-  ``IterableDataset``, TFDS tfrecord through ``tf.data``). Shuffling is a keyed bijection
-  within consecutive windows of ``shuffle_buffer_size`` records, computed here with NumPy, so
+* :class:`ReplayBackend` reads file-order row ranges (an HF ``IterableDataset``, TFDS
+  tfrecord through ``tf.data``), seeking by the backend's shard lengths where it has them.
+  Shuffling (:mod:`replay_order`) visits the shards in a keyed order and applies a keyed
+  bijection within windows of ``shuffle_buffer_size`` records, computed here with NumPy, so
   the order depends on ``(seed, epoch)`` alone, never on a backend's or TensorFlow's global
-  random state. Resume replays from the start of the position's window.
+  random state. A resume re-reads at most the position's window.
+
+Both implement ``open_partition`` over the canonical partitions of ``_partition``.
 
 A backend only supplies raw column chunks; conversion, the element spec and the fingerprint
 are shared here. Columns are dicts keyed by field name whose values are pyarrow arrays,

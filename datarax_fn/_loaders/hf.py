@@ -53,8 +53,9 @@ class HFStreamingConfig(StreamingOptions, HFEagerConfig):
     """Returns a validated description of an HF split to stream from the host.
 
     Adds ``streaming=True`` (``False`` is an error: use ``HFEagerConfig``),
-    ``shuffle_buffer_size`` (the shuffle window for data files), ``prefetch``, ``chunk_size``
-    and ``num_epochs``. Ragged fields need ``max_length`` so that batch shapes are static.
+    ``shuffle_buffer_size`` (the shuffle window for data files), ``prefetch``, ``chunk_size``,
+    ``num_epochs`` and ``partitions``. Ragged fields need ``max_length`` so that batch shapes
+    are static.
     """
 
 
@@ -386,8 +387,10 @@ def HFEagerSource(config: HFEagerConfig) -> Any:  # noqa: N802 (the users' seed 
 def HFStreamingSource(config: HFStreamingConfig) -> Any:  # noqa: N802 (the users' seed API name)
     """Returns a ``StreamingSource`` that reads the HF split on the host, chunk by chunk.
 
-    Hub names and data files stream through ``load_dataset(..., streaming=True)`` (replay);
-    ``save_to_disk`` folders stream from their memory-mapped Arrow by random access (O(1) resume).
+    Hub names and data files stream through ``load_dataset(..., streaming=True)``: parquet
+    resumes by row group (rows counted from the parquet metadata), json / csv / text replay
+    from the start; ``save_to_disk`` folders stream from their memory-mapped Arrow by random
+    access (O(1) resume).
     """
     if not isinstance(config, HFStreamingConfig):
         raise TypeError(f"HFStreamingSource: expected an HFStreamingConfig; got {type(config).__name__}.")

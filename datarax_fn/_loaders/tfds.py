@@ -389,8 +389,9 @@ def TFDSStreamingSource(config: TFDSStreamingConfig) -> Any:  # noqa: N802 (the 
     """Returns a ``StreamingSource`` reading the split chunk by chunk on the host.
 
     array_record splits read by random access in the eager source's keyed order (O(1)
-    resume); tfrecord splits read through ``tf.data`` in file order, shuffled within windows
-    of ``shuffle_buffer_size`` records (resume re-reads at most one window after a ``skip``).
+    resume); tfrecord splits read through ``tf.data`` in file order, their files in a keyed
+    order and records shuffled within windows of ``shuffle_buffer_size`` (a resume seeks by
+    ``shard_lengths`` and re-reads at most one window).
     """
     if not isinstance(config, TFDSStreamingConfig):
         raise TypeError(f"TFDSStreamingSource needs a TFDSStreamingConfig; got {type(config).__name__}.")
