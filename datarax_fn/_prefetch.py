@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -91,8 +92,25 @@ class Prefetcher:
         self._finalizer()
 
 
+# At exit the wait is as long as one item can take: a thread abandoned inside pyarrow aborts
+# the process, and on a loaded machine one read (a row group, a shuffle window) can take
+# seconds. All threads are told to stop first, so they finish their items together.
+_EXIT_TIMEOUT = 60.0
+
+
 def _close_all() -> None:
-    for reader in list(_LIVE):
+    readers = list(_LIVE)
+    for reader in readers:
+        reader._stop.set()
+    deadline = time.monotonic() + _EXIT_TIMEOUT
+    for reader in readers:
+        if reader._thread is not threading.current_thread():
+            while reader._thread.is_alive() and time.monotonic() < deadline:
+                try:  # a producer blocked on a full queue needs room to notice the stop
+                    reader._q.get_nowait()
+                except queue.Empty:
+                    pass
+                reader._thread.join(timeout=0.05)
         reader.close()
 
 

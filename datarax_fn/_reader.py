@@ -105,9 +105,12 @@ class Reader:
             c: _epochs(backend, c, partitions, seeds[c], e, p, lengths[c], num_epochs, name)
             for c, (e, p) in starts.items()
         }
-        # `prefetch` chunks ahead in all: the caller already holds about one chunk per partition
-        # (the one it is taking from), so memory is ~(partitions + prefetch) chunks.
-        self.prefetcher = Prefetcher(_interleave(chains), prefetch, "datarax_fn-prefetch", join_timeout=2.0)
+        # One round of chunks over the partitions plus `prefetch` ahead: a batch takes from every
+        # partition, and a shallower queue makes the caller wait on the thread once per chunk
+        # (measured: 1 process over 8 partitions read 3x slower with `prefetch` alone). The caller
+        # also holds about one chunk per partition, so memory is ~(2 * partitions + prefetch) chunks.
+        self.prefetcher = Prefetcher(_interleave(chains), prefetch + len(starts), "datarax_fn-prefetch",
+                                     join_timeout=2.0)
 
     def close(self) -> None:
         self.prefetcher.close()

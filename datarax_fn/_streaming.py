@@ -199,8 +199,8 @@ def make_streaming(
         seed: an int in ``[0, 2**32)``, handed to ``backend.open``.
         name: a label for error messages.
         num_epochs: ``None`` streams forever; ``k`` raises ``dfn.EndOfStream`` after ``k`` epochs.
-        prefetch: chunks read ahead on one background thread (with partitions, about one
-            chunk per partition is held besides: lower the loader's ``chunk_size`` for many
+        prefetch: chunks read ahead on one background thread (with partitions, about two
+            chunks per partition are held besides: lower the loader's ``chunk_size`` for many
             partitions of large records).
         partitions: the number ``C`` of canonical partitions (see ``docs/distributed.md``);
             ``C > 1`` needs ``backend.open_partition`` and a known ``num_records()``, makes

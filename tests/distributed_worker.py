@@ -2,10 +2,11 @@
 
 Argument: a JSON spec with ``process_id``, ``processes``, ``port``, ``devices`` (CPU devices
 of this process), ``sources`` (names: ``"range"``, a partitioned stream over a RangeBackend;
-``"eager"``, the sharded eager mode; ``"hf"``, ``from_hf`` streaming the parquet file
+``"eager"``, the sharded eager mode; ``"global"``, the global eager mode; ``"hf"``, ``from_hf`` streaming the parquet file
 ``parquet`` with ``HF_HOME`` ``hf_home``), ``records``, ``partitions``, ``seed``, ``size``,
 ``steps``, optional ``cursors`` (one per source) to restore and ``try_one_partition`` (also
-try an unpartitioned stream and report the error). Sources share one process so the
+try an unpartitioned stream and report the error); ``fail_process`` names a process that exits
+at once (to test the launcher). Sources share one process so the
 group's start-up (JAX import, ``jax.distributed``) is paid once. For each source the process builds it,
 restores its cursor, takes ``steps`` global batches; it prints one JSON line with, per
 source, the rows of ``x`` its devices hold per step, the cursor afterwards, and the record
@@ -19,6 +20,9 @@ import sys
 spec = json.loads(sys.argv[1])
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={spec['devices']}"
 os.environ["JAX_PLATFORMS"] = "cpu"
+
+if spec.get("fail_process") == spec["process_id"]:  # tests the launcher: a worker that dies before its peers
+    sys.exit("failing as asked")
 
 import jax  # noqa: E402
 
@@ -56,6 +60,11 @@ def build(name, spec):
         state = dfn.from_local_partitions({"x": x, "y": {"z": (2 * x).astype(np.float32)}}, num_records=n,
                                           partitions=c, fingerprint=f"arange-{n}", shuffle=True, seed=seed)
         return state, lambda: list(records)
+    if name == "global":  # the global eager mode: every process holds every record
+        x = np.arange(n, dtype=np.int32)
+        state = dfn.from_arrays({"x": x, "y": {"z": (2 * x).astype(np.float32)}}, partitions=c, shuffle=True,
+                                seed=seed)
+        return state, lambda: list(range(n))
     if name == "hf":  # a real loader: HF's parquet reader, seeking by row groups per partition
         os.environ["HF_HOME"] = spec["hf_home"]
         state = dfn.from_hf("parquet", data_files=spec["parquet"], split="train", streaming=True, shuffle=True,

@@ -286,3 +286,23 @@ def test_end_of_stream_is_safe_inside_generators():
 
     with pytest.raises(dfn.EndOfStream, match="num_epochs=1"):
         list(batches(state))
+
+
+class _Rows:
+    """A sharding seen from one process: the row blocks its devices hold (what process_rows reads)."""
+
+    def __init__(self, *blocks):
+        self.blocks = blocks
+
+    def addressable_devices_indices_map(self, shape):
+        return {f"device{i}": (slice(lo, hi),) for i, (lo, hi) in enumerate(self.blocks)}
+
+
+def test_process_rows_is_the_contiguous_block_of_this_process():
+    from datarax_fn._core import process_rows
+
+    assert process_rows(dfn.data_sharding(), 8) == (0, 8)
+    assert process_rows(_Rows((4, 6), (2, 4)), 8) == (2, 6)
+    assert process_rows(_Rows((0, 4), (0, 4)), 8) == (0, 4)  # replicated over this process's devices
+    with pytest.raises(ValueError, match=r"owns rows \[0, 1, 4, 5\] of the batch, which are not contiguous"):
+        process_rows(_Rows((0, 2), (4, 6)), 8)

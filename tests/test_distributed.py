@@ -19,7 +19,7 @@ from conftest import RangeBackend
 from datarax_fn._partition import partition_offsets
 from process_group import run_group
 
-SPEC = {"sources": ["range", "eager", "hf"], "records": 32, "partitions": 4, "seed": 11, "size": 8}
+SPEC = {"sources": ["range", "eager", "global", "hf"], "records": 32, "partitions": 4, "seed": 11, "size": 8}
 
 
 @pytest.fixture(scope="module")
@@ -86,15 +86,17 @@ def check_group(results, want, want_hf, processes):
     for source in SPEC["sources"]:
         assert merged(results, source) == (want_hf if source == "hf" else want), source
         for pid, r in enumerate(results):
-            # Every record a process read (read-ahead included) lies in its own partitions.
-            assert r[source]["read"] and {owner_of(x, processes) for x in r[source]["read"]} == {pid}, source
+            # Every record a process read (read-ahead included) lies in its own partitions
+            # (in the global mode every process holds every record, by definition).
+            owners = {owner_of(x, processes) for x in r[source]["read"]}
+            assert owners == (set(range(processes)) if source == "global" else {pid}), source
             assert r[source]["cursor"] == results[0][source]["cursor"]  # every process holds the same cursor
     return {source: results[0][source]["cursor"] for source in SPEC["sources"]}
 
 
 def test_elastic_restore_2_then_1_then_4_processes_continues_the_global_stream(hf_spec, monkeypatch):
     # One group per process count, each running a partitioned stream over a test backend and
-    # over HF's parquet reader, and the sharded eager mode.
+    # over HF's parquet reader, and the sharded and global eager modes.
     monkeypatch.setenv("HF_HOME", hf_spec["hf_home"])
     want, want_hf = single_process(9), hf_single_process(hf_spec, 9)
     # Two processes with two devices each read one whole epoch (4 batches of 8 = 32 records).
@@ -113,5 +115,15 @@ def test_elastic_restore_2_then_1_then_4_processes_continues_the_global_stream(h
     four = run_group({**hf_spec, "devices": 1, "steps": 3, "cursors": cursors}, 4)
     cursors = check_group(four, want[6:9], want_hf[6:9], 4)
     assert (cursors["range"]["epoch"], cursors["range"]["index"]) == (2, 8)
-    assert (cursors["eager"]["epoch"], cursors["eager"]["index"]) == (2, 8) == (cursors["hf"]["epoch"],
-                                                                             cursors["hf"]["index"])
+    assert {(c["epoch"], c["index"]) for c in cursors.values()} == {(2, 8)}
+
+
+def test_a_failing_process_fails_the_group_and_no_worker_survives():
+    # Process 1 dies before jax.distributed starts; process 0 would wait for it in initialize.
+    started = []
+    with pytest.raises(AssertionError, match=r"process 1/2 exited 1:\nfailing as asked"):
+        run_group({**SPEC, "devices": 1, "steps": 1, "fail_process": 1}, 2, started=started)
+    assert len(started) == 2
+    for pid in started:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
