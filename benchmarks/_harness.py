@@ -96,6 +96,14 @@ def interleaved(fns: dict[str, Callable[[], float]], repeats: int) -> dict[str, 
     return out
 
 
+def paired_ratio(num: list[float], den: list[float]) -> float:
+    """Returns the median of ``num[i] / den[i]``: samples of one round of ``interleaved`` pair up.
+
+    Paired ratios cancel the load each round saw, which a ratio of medians does not.
+    """
+    return float(statistics.median(a / b for a, b in zip(num, den)))
+
+
 def report(title: str, rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     """Prints ``rows`` as a table under ``title`` and writes them to ``args.json`` if given."""
     print(f"\n{title}")

@@ -140,6 +140,11 @@ def test_bench_reports_a_failing_script_and_runs_the_rest(tmp_path, monkeypatch,
     out = capfd.readouterr().out
     assert "=== b_fails.py: 0 rows" in out and "exited with 3" in out and "=== a_rows.py: 6 rows" in out
     assert "Scripts that failed: b_fails.py (exit 3)." in (tmp_path / "bench-results" / "results.md").read_text()
+    # A partial run replaces its own rows and keeps the other scripts' rows from the last run.
+    assert main(["bench", "--quick", "--only", "b_fails"]) == 1
+    md = (tmp_path / "bench-results" / "results.md").read_text()
+    assert "| shuffled | NumPy | 100 | 99 | 101 | batches/s | 3.00 |  |" in md
+    assert "Rows of a_rows come from the previous run." in md
     assert main(["bench", "--only", "nothing_matches"]) == 2
 
 
