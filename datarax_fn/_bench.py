@@ -128,11 +128,16 @@ def plot_throughput(rows: list[dict[str, Any]], path: Path) -> bool:
         names = [r["loader"] for r in g][::-1]
         med = [r["median"] for r in g][::-1]
         err = [[r["median"] - r["min"] for r in g][::-1], [r["max"] - r["median"] for r in g][::-1]]
-        colours = ["tab:blue" if n.startswith(REFERENCE) else "tab:gray" for n in names]
-        ax.barh(names, med, xerr=err, color=colours)
+        for i, (name, m, lo, hi) in enumerate(zip(names, med, *err)):
+            # Points, not bars: on a log axis a bar's length depends on where the axis starts.
+            ax.errorbar([m], [i], xerr=[[lo], [hi]], fmt="o", capsize=3,
+                        color="tab:blue" if name.startswith(REFERENCE) else "tab:gray")
+        ax.set_yticks(range(len(names)), names)
+        ax.set_ylim(-0.7, len(names) - 0.3)
         ax.set_xscale("log")
+        ax.grid(axis="x", which="both", alpha=0.3)
         ax.set_title(f"{scenario}: {case}", fontsize=9)
-        ax.set_xlabel(g[0]["unit"] + " (log; bar: median, line: min-max)", fontsize=8)
+        ax.set_xlabel(g[0]["unit"] + " (log; point: median, line: min-max)", fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(groups):]:
         ax.axis("off")
