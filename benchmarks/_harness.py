@@ -81,19 +81,28 @@ def timed_rate(fn: Callable[[], Any], per_call: float, seconds: float, max_calls
     return calls * per_call / (time.perf_counter() - t)
 
 
-def interleaved(fns: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+def interleaved(fns: dict[Any, Callable[[], Any]], repeats: int, warmup: bool = True) -> dict[Any, list[Any]]:
     """Returns ``repeats`` samples of every ``fn`` (each returns one sample), taken round-robin.
 
     On a shared machine, load comes and goes: interleaving gives every case the same
     share of it, so the ratios between cases hold even when the absolute figures drift.
+    ``warmup=False`` for samples that are fresh processes (nothing to warm, and costly).
     """
     out: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():
+    for fn in fns.values() if warmup else ():
         fn()  # warm-up: compilation and first-touch costs stay out of the samples
     for r in range(repeats):
         for k in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
             out[k].append(fns[k]())
     return out
+
+
+def paired_ratio(num: list[float], den: list[float]) -> float:
+    """Returns the median of ``num[i] / den[i]``: samples of one round of ``interleaved`` pair up.
+
+    Paired ratios cancel the load each round saw, which a ratio of medians does not.
+    """
+    return float(statistics.median(a / b for a, b in zip(num, den)))
 
 
 def report(title: str, rows: list[dict[str, Any]], args: argparse.Namespace) -> None:

@@ -119,9 +119,9 @@ def streaming(folder: str, tmp: str, batches: int, size: int) -> tuple[float, fl
 
 
 def main() -> None:
-    args = parse_args(__doc__)
+    args = parse_args(__doc__, repeats=1)
     rows_png, rows_jpeg = (6_000, 1_000) if args.quick else (60_000, 10_000)
-    repeats = 1 if args.quick else 2
+    repeats = args.repeats  # each init is a fresh process; 1 keeps the suite short
     base = os.path.join(os.environ.get("TMPDIR", "/tmp"), "dfn_bench_hf")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,7 +131,7 @@ def main() -> None:
                 build(folder, n, fmt)
             case = f"HF {n:,} {'28x28 L PNG' if fmt == 'PNG' else '32x32 RGB JPEG'} rows"
             names = {"datarax_fn": "datarax_fn", "raw": "HF with_format(numpy)[:]"}
-            runs = interleaved({names[m]: (lambda m=m, r=iter(range(99)): child(m, folder, tmp, next(r))) for m in names}, repeats)
+            runs = interleaved({names[m]: (lambda m=m, r=iter(range(99)): child(m, folder, tmp, next(r))) for m in names}, repeats, warmup=False)
             for label, rs in runs.items():
                 rows.append(row("init", f"{case}: time", label, "s", [r["wall"] for r in rs], note="fresh process, cold HF cache"))
                 rows.append(row("init", f"{case}: peak RSS", label, "MB", [r["rss_mb"] for r in rs], note="whole process (VmHWM)"))

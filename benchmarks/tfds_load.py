@@ -154,18 +154,18 @@ def run_case(body: str, *args: str) -> dict:
 
 
 def main() -> None:
-    a = parse_args(__doc__, data_dir=os.path.join(os.environ.get("TMPDIR", "/tmp"), "dfn_bench_tfds"))
+    a = parse_args(__doc__, data_dir=os.path.join(os.environ.get("TMPDIR", "/tmp"), "dfn_bench_tfds"), repeats=1)
     records = 2_000 if a.quick else 60_000
     data_dir = os.path.join(a.data_dir, str(records))
     ensure_dataset(data_dir, records)
-    repeats = 1 if a.quick else 2
+    repeats = a.repeats  # each is a fresh TensorFlow process (tens of seconds); 1 keeps the suite short
     rows = []
     case = f"TFDS {records:,} MNIST-like PNG records"
-    for label, runs in interleaved({k: (lambda b=b: run_case(b, data_dir)) for k, b in CASES.items()}, repeats).items():
+    for label, runs in interleaved({k: (lambda b=b: run_case(b, data_dir)) for k, b in CASES.items()}, repeats, warmup=False).items():
         rows.append(row("init", f"{case}: time", label, "s", [r["init_s"] for r in runs], note="fresh process, local data_dir"))
         rows.append(row("init", f"{case}: peak RSS", label, "MB", [r["peak_rss_mb"] for r in runs], note="whole process"))
     stream = min(records, 30_000)
-    for label, runs in interleaved({k: (lambda b=b: run_case(b, data_dir, str(stream))) for k, b in STREAM.items()}, repeats).items():
+    for label, runs in interleaved({k: (lambda b=b: run_case(b, data_dir, str(stream))) for k, b in STREAM.items()}, repeats, warmup=False).items():
         rows.append(row("streaming", "TFDS tfrecord, shuffled (buffer 10,000), batch 128", label, "records/s",
                         [r["records_per_s"] for r in runs], note=f"{stream:,} records"))
     report("TFDS eager init and streaming", rows, a)

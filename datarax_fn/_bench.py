@@ -128,11 +128,16 @@ def plot_throughput(rows: list[dict[str, Any]], path: Path) -> bool:
         names = [r["loader"] for r in g][::-1]
         med = [r["median"] for r in g][::-1]
         err = [[r["median"] - r["min"] for r in g][::-1], [r["max"] - r["median"] for r in g][::-1]]
-        colours = ["tab:blue" if n.startswith(REFERENCE) else "tab:gray" for n in names]
-        ax.barh(names, med, xerr=err, color=colours)
+        for i, (name, m, lo, hi) in enumerate(zip(names, med, *err)):
+            # Points, not bars: on a log axis a bar's length depends on where the axis starts.
+            ax.errorbar([m], [i], xerr=[[lo], [hi]], fmt="o", capsize=3,
+                        color="tab:blue" if name.startswith(REFERENCE) else "tab:gray")
+        ax.set_yticks(range(len(names)), names)
+        ax.set_ylim(-0.7, len(names) - 0.3)
         ax.set_xscale("log")
+        ax.grid(axis="x", which="both", alpha=0.3)
         ax.set_title(f"{scenario}: {case}", fontsize=9)
-        ax.set_xlabel(g[0]["unit"] + " (log; bar: median, line: min-max)", fontsize=8)
+        ax.set_xlabel(g[0]["unit"] + " (log; point: median, line: min-max)", fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(groups):]:
         ax.axis("off")
@@ -179,15 +184,14 @@ def _pyplot() -> Any:
     return plt
 
 
-def report(rows: list[dict[str, Any]], info: dict[str, str], command: str, images: list[str], failed: list[str]) -> str:
-    """Returns the Markdown report: machine, command, plots, tables, and any failed script."""
+def report(rows: list[dict[str, Any]], info: dict[str, str], command: str, images: list[str], notes: list[str]) -> str:
+    """Returns the Markdown report: machine, command, notes (failed scripts, kept rows), plots, tables."""
     head = [f"Run on {info['date']}: {info['cores']} cores ({info['cpu']}), {info['memory']} memory, "
             f"Python {info['python']}, JAX {info['jax']} ({info['backend']}).", "",
             f"Command: `{command}`", "",
             f"`{REFERENCE} ×`: how many times faster (or smaller) the `{REFERENCE}` row of the same case is than "
             "the row (above 1: datarax_fn wins). Medians of the repeats, min and max beside them.", ""]
-    if failed:
-        head += [f"Scripts that failed: {', '.join(failed)}.", ""]
+    head += [line for note in notes for line in (note, "")]
     head += [f"![{Path(p).stem}]({p})\n" for p in images]
     return "\n".join(head) + table(rows)
 
@@ -211,7 +215,8 @@ def run(folder: Path, out: Path, *, quick: bool = False, only: list[str] | None 
         folder: the ``benchmarks/`` folder.
         out: where ``results.json``, ``results.md`` and the plots go.
         quick: pass ``--quick`` to every script (a smoke run).
-        only: run only scripts whose name contains one of these.
+        only: run only scripts whose name contains one of these; the other scripts' rows
+            are kept from ``out``'s previous ``results.json``.
         page: a Markdown page whose bench section (between the markers) gets the report,
             with the plots copied next to it.
         timeout: seconds per script.
@@ -232,16 +237,25 @@ def run(folder: Path, out: Path, *, quick: bool = False, only: list[str] | None 
         rows += got
         if rc:
             failed.append(f"{script.name} (exit {rc})")
+    notes = [f"Scripts that failed: {', '.join(failed)}."] if failed else []
+    previous = out / "results.json"
+    if only and previous.exists():
+        # A partial run replaces only its scripts' rows; the others stay from the last run.
+        ran = {p.stem for p in scripts}
+        kept = [r for r in json.loads(previous.read_text())["rows"] if r.get("script") not in ran]
+        rows = sorted(kept + rows, key=lambda r: r.get("script", ""))  # stable: each script's order stays
+        if kept:
+            notes.append(f"Rows of {', '.join(sorted({r['script'] for r in kept}))} come from the previous run.")
     info = machine()
     (out / "results.json").write_text(json.dumps({"machine": info, "command": command, "rows": rows}, indent=1))
     images = [p.name for p, plot in ((out / "throughput.png", plot_throughput), (out / "scale.png", plot_scale)) if plot(rows, p)]
-    (out / "results.md").write_text(report(rows, info, command, images, failed) + "\n")
+    (out / "results.md").write_text(report(rows, info, command, images, notes) + "\n")
     if page is not None:
         img_dir = page.parent / "img"
         img_dir.mkdir(parents=True, exist_ok=True)
         for name in images:
             (img_dir / f"bench_{name}").write_bytes((out / name).read_bytes())
-        write_page(page, report(rows, info, command, [f"img/bench_{n}" for n in images], failed))
+        write_page(page, report(rows, info, command, [f"img/bench_{n}" for n in images], notes))
     print(f"bench: {len(rows)} rows from {len(scripts)} scripts -> {out / 'results.md'}"
           + (f" and {page}" if page else ""))
     print(table([r for r in rows if r["unit"] == "x"]))

@@ -50,14 +50,14 @@ def test_inspect_hf_eager(parquet_folder, capsys):  # noqa: F811
 
 
 def test_inspect_hf_streaming_on_a_never_prepared_folder(parquet_folder, tmp_path):  # noqa: F811
-    # A fresh process with its own empty HF cache: nothing was prepared, so the stream's
-    # length is unknown (num_records is None), which inspect reports instead of crashing.
+    # A fresh process with its own empty HF cache: nothing was prepared, and the stream
+    # still knows its length, from the parquet files' metadata.
     args = ["inspect", "hf", str(parquet_folder), "--split", "train", "--streaming", "--max-length", "8", "--image-mode", "L",
             "--exclude-keys", "text", "--batches", "3"]
     res = run_fresh(f"import sys; from datarax_fn.__main__ import main; sys.exit(main({args!r}))",
                     env={"HF_HOME": str(tmp_path / "hf")}, timeout=300)
     assert "StreamingSource" in res.stdout and "streaming" in res.stdout
-    assert "len: unknown (stream)" in res.stdout
+    assert "len: 60" in res.stdout
     assert "['text']" not in res.stdout and "['tokens']: int32[8]" in res.stdout
     assert "one batch of 32:" in res.stdout
     assert not list((tmp_path / "hf").rglob("*.arrow"))  # streaming prepared nothing
@@ -140,6 +140,11 @@ def test_bench_reports_a_failing_script_and_runs_the_rest(tmp_path, monkeypatch,
     out = capfd.readouterr().out
     assert "=== b_fails.py: 0 rows" in out and "exited with 3" in out and "=== a_rows.py: 6 rows" in out
     assert "Scripts that failed: b_fails.py (exit 3)." in (tmp_path / "bench-results" / "results.md").read_text()
+    # A partial run replaces its own rows and keeps the other scripts' rows from the last run.
+    assert main(["bench", "--quick", "--only", "b_fails"]) == 1
+    md = (tmp_path / "bench-results" / "results.md").read_text()
+    assert "| shuffled | NumPy | 100 | 99 | 101 | batches/s | 3.00 |  |" in md
+    assert "Rows of a_rows come from the previous run." in md
     assert main(["bench", "--only", "nothing_matches"]) == 2
 
 

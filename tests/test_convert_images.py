@@ -211,6 +211,29 @@ def test_plain_png_and_jpeg_take_the_library_decoders():
     assert decoders.decode_fast(png(LA)) is None  # libspng has no 8-bit grey+alpha output
 
 
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def test_png_with_transparency_or_exif_anywhere_is_left_to_pil():
+    grey = RNG.integers(0, 256, (6, 5), dtype=np.uint8)
+    buf = io.BytesIO()
+    PIL.Image.fromarray(grey).save(buf, "PNG", transparency=7)  # a tRNS chunk before the image data
+    with_trns = buf.getvalue()
+    plain = png(RGB)
+    iend = plain.rindex(b"IEND") - 4
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    # eXIf after the image data (allowed by the PNG spec): PIL applies it, libspng would not.
+    late_exif = plain[:iend] + _chunk(b"eXIf", exif.tobytes()[6:]) + plain[iend:]
+    assert decoders.decode_fast(plain) is not None
+    for data in (with_trns, late_exif):
+        assert decoders.decode_fast(data) is None
+        ref = decoders.decode_pil(data)
+        assert np.array_equal(images.decode(data, "im", 0).reshape(ref.shape), ref)
+    assert decoders.decode_pil(late_exif).shape == (5, 6, 3)  # PIL applied the rotation
+
+
 def test_threads_and_the_pil_fallback_give_the_same_pixels(monkeypatch):
     imgs = RNG.integers(0, 256, (300, 9, 8, 3), dtype=np.uint8)
     col = [png(x) for x in imgs]

@@ -12,11 +12,13 @@ from __future__ import annotations
 import functools
 import io
 import os
+import struct
 from typing import Any
 
 import numpy as np
 
 PNG_SIG = b"\x89PNG\r\n\x1a\n"
+_CHUNK = struct.Struct(">I4s")  # a PNG chunk header: data length, type
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -53,8 +55,19 @@ def _png_plain(d: bytes) -> bool:
     # 8-bit grey, RGB, RGBA (libspng has no 8-bit grey+alpha output); 16-bit any of the four.
     if not ((depth == 8 and ctype in (0, 2, 6)) or (depth == 16 and ctype in (0, 2, 4, 6))):
         return False
-    head = d.find(b"IDAT", 33)  # tRNS precedes the image data; eXIf may follow it
-    return d.find(b"tRNS", 33, head) < 0 and d.find(b"eXIf", 33) < 0
+    # Walk the chunk headers (a few per file) rather than search the whole file: tRNS
+    # precedes the image data, eXIf may follow it, and neither can hide in compressed bytes.
+    pos, end, data = 8, len(d) - 8, False
+    while pos <= end:
+        length, kind = _CHUNK.unpack_from(d, pos)
+        if kind == b"IDAT":
+            data = True
+        elif kind == b"eXIf" or (kind == b"tRNS" and not data):
+            return False
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    return True
 
 
 def _jpeg_plain(d: bytes) -> bool:
