@@ -14,6 +14,7 @@ import numpy as np
 
 import datarax_fn as dfn
 
+from . import _bench
 from ._demo import run as run_demo
 
 
@@ -124,8 +125,6 @@ def _benchmarks_dir() -> Path | None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from . import _bench  # the runner (and matplotlib) only for this command
-
     folder = _benchmarks_dir()
     if folder is None:
         print("bench: no benchmarks/ folder here; run it from a checkout of the repository.", file=sys.stderr)

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
+
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 REFERENCE = "datarax_fn"
 
@@ -49,8 +51,6 @@ def run_script(script: Path, quick: bool, timeout: float | None) -> tuple[int, l
 
 def machine() -> dict[str, str]:
     """Returns the machine's cores, memory, platform and library versions, as strings."""
-    import jax  # the version goes into the report
-
     mem = "unknown"
     try:
         with open("/proc/meminfo") as f:
@@ -179,7 +179,7 @@ def _pyplot() -> Any:
     import matplotlib  # the bench extra; only the plots need it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): no display on a headless machine
 
     return plt
 

@@ -12,7 +12,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "datarax_fn"
 # Backends too heavy to import with datarax_fn; a function may import them lazily.
 HEAVY = {"datasets", "tensorflow", "tensorflow_datasets", "PIL", "cv2", "soundfile", "librosa",
          "pyarrow", "array_record", "grain", "orbax", "optax", "tqdm", "huggingface_hub", "fsspec",
-         "apache_beam", "pyspng"}
+         "apache_beam", "pyspng", "matplotlib"}
 # Entry points written like user code: they import the public package, which nothing else may.
 ENTRY_POINTS = {"datarax_fn.__main__", "datarax_fn._demo"}
 # Modules being rewritten elsewhere (into datarax_fn/_loaders/ and datarax_fn/_convert/, and
