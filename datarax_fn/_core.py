@@ -118,9 +118,15 @@ def replace(state: Any, **changes: Any) -> Any:
     ``dataclasses.replace`` re-runs ``__init__`` and its validation; this is on every
     state's per-step hot path, and a state built from a valid one stays valid.
     """
+    unknown = set(changes) - set(_field_names(type(state)))
+    if unknown:
+        raise TypeError(f"replace: {type(state).__name__} has no fields {sorted(unknown)}.")
     new = object.__new__(type(state))
-    for name in _field_names(type(state)):
-        object.__setattr__(new, name, changes[name] if name in changes else getattr(state, name))
+    # Copy the instance dict whole: a getattr per field goes through equinox's __getattribute__
+    # (about 25 us per state on the per-step path), and a frozen dataclass keeps every field there.
+    fields = object.__getattribute__(new, "__dict__")
+    fields.update(object.__getattribute__(state, "__dict__"))
+    fields.update(changes)
     return new
 
 
