@@ -112,6 +112,11 @@ def report(title: str, rows: list[dict[str, Any]], args: argparse.Namespace) -> 
     for r in rows:
         print(f"{r['scenario']:10s} {r['case'][:44]:44s} {r['loader'][:34]:34s} {r['median']:12.4g} "
               f"{r['min']:12.4g} {r['max']:12.4g}  {r['unit']} {r['note']}")
+    save(rows, args)
+
+
+def save(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """Writes ``rows`` as JSON to ``args.json`` when ``--json`` was given (what the suite runner reads)."""
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -25,21 +25,15 @@ the layout, not a speed-up.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 
+from _harness import parse_args, row, save
+
 B = 256
-
-
-def _row(scenario, case, unit, samples, note=""):
-    return {"scenario": scenario, "case": case, "loader": "datarax_fn", "unit": unit,
-            "median": float(statistics.median(samples)), "min": float(min(samples)), "max": float(max(samples)),
-            "repeats": len(samples), "note": note}
 
 
 def child(devices: int, quick: bool) -> list[dict]:
@@ -71,16 +65,16 @@ def child(devices: int, quick: bool) -> list[dict]:
         t = time.perf_counter()
         state, out = run(state)
         jax.block_until_ready(out)
-        rows.append(_row("first", f"{case}, {devices} dev", "ms", [1e3 * (time.perf_counter() - t)]))
+        rows.append(row("first", f"{case}, {devices} dev", "datarax_fn", "ms", [1e3 * (time.perf_counter() - t)]))
         rates = []
         for _ in range(repeats):
             t = time.perf_counter()
             state, out = run(state)
             jax.block_until_ready(out)
             rates.append(steps / (time.perf_counter() - t))
-        rows.append(_row("scan", f"{case}, {devices} dev", "batches/s", rates))
+        rows.append(row("scan", f"{case}, {devices} dev", "datarax_fn", "batches/s", rates))
         held = sum(s.data.nbytes for x in jax.tree.leaves(state.data) for s in x.addressable_shards)
-        rows.append(_row("memory", f"{case}, {devices} dev", "MiB", [held / 2**20], "dataset bytes on all devices"))
+        rows.append(row("memory", f"{case}, {devices} dev", "datarax_fn", "MiB", [held / 2**20], "dataset bytes on all devices"))
 
     if devices == 1:
         scan_case("device", dfn.from_arrays(data, shuffle=True, seed=0))
@@ -114,7 +108,7 @@ def child(devices: int, quick: bool) -> list[dict]:
                 out = call()
             jax.block_until_ready(out)
             samples.append(1e6 * (time.perf_counter() - t) / calls)
-        rows.append(_row("global", f"{case}, {devices} dev", "µs", samples))
+        rows.append(row("global", f"{case}, {devices} dev", "datarax_fn", "µs", samples))
 
     # "device" gathers the whole batch on device 0 and then splits it (staged); the others do not.
     per_call("device", dfn.from_arrays(data, shuffle=True, seed=0), lambda s: dfn.get_global_batch(s, B, sharding))
@@ -125,11 +119,7 @@ def child(devices: int, quick: bool) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="a smoke run: small sizes, few repeats (< 30 s)")
-    ap.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON to PATH")
-    ap.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = parse_args(__doc__, child=0)
     if args.child:
         print(json.dumps(child(args.child, args.quick)))
         return
@@ -143,9 +133,7 @@ def main() -> None:
     print(f"{'scenario':8s} {'case':30s} {'median':>10s} {'min':>10s} {'max':>10s}  unit")
     for r in rows:
         print(f"{r['scenario']:8s} {r['case']:30s} {r['median']:10.4g} {r['min']:10.4g} {r['max']:10.4g}  {r['unit']}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+    save(rows, args)
 
 
 if __name__ == "__main__":

@@ -19,15 +19,15 @@ the per-process figure stays flat and the aggregate grows with ``P``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
+
+from _harness import parse_args, row, save
 
 PARTITIONS, FEATURES = 8, 64
 
@@ -116,11 +116,7 @@ def run(processes: int, spec: dict, timeout: float) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a short run (<= 30 s)")
-    parser.add_argument("--json", metavar="PATH", help="write the rows as JSON here")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse_args(__doc__, worker="")
     if args.worker:
         return worker(json.loads(args.worker))
     spec = ({"records": 20_000, "size": 256, "warmup": 3, "steps": 10, "blocks": 3} if args.quick else
@@ -129,16 +125,13 @@ def main() -> None:
     rows = []
     for processes in (1, 2, 4):
         rates = run(processes, spec, timeout=120 if args.quick else 300)
-        rows.append({"scenario": "hosts", "case": f"{processes} process" + "es" * (processes > 1),
-                     "loader": "datarax_fn", "unit": "records/s per process", "median": statistics.median(rates),
-                     "min": min(rates), "max": max(rates), "repeats": len(rates), "note": note})
+        rows.append(row("hosts", f"{processes} process" + "es" * (processes > 1), "datarax_fn",
+                        "records/s per process", rates, note))
     print(f"| processes | records/s per process (median) | min | max | aggregate | {note}")
     print("|---|---:|---:|---:|---:|")
     for r, p in zip(rows, (1, 2, 4)):
         print(f"| {p} | {r['median']:,.0f} | {r['min']:,.0f} | {r['max']:,.0f} | {r['median'] * p:,.0f} |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+    save(rows, args)
 
 
 if __name__ == "__main__":

@@ -20,14 +20,12 @@ before: the same source without shard lengths, so it iterates (HF) or ``tf.data`
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import statistics
 import sys
 import time
 
 import numpy as np
+from _harness import parse_args, row, save
 
 import datarax_fn as dfn
 from datarax_fn._loaders import hf as hf_loader
@@ -129,11 +127,6 @@ def resume_seconds(state, index: int) -> float:
     return took
 
 
-def row(scenario: str, case: str, loader: str, times: list[float], note: str = "") -> dict:
-    return {"scenario": scenario, "case": case, "loader": loader, "unit": "s", "median": statistics.median(times),
-            "min": min(times), "max": max(times), "repeats": len(times), "note": note}
-
-
 def measure(scenario: str, make, arg, n: int, repeats: int, replay_repeats: int) -> list[dict]:
     rows, builds = [], []
     for _ in range(repeats):
@@ -141,14 +134,14 @@ def measure(scenario: str, make, arg, n: int, repeats: int, replay_repeats: int)
         state = make(arg)
         builds.append(time.perf_counter() - t)
         state.close()
-    rows.append(row(scenario, "build", "datarax_fn", builds, "from_hf / from_tfds; independent of the position"))
+    rows.append(row(scenario, "build", "datarax_fn", "s", builds, "from_hf / from_tfds; independent of the position"))
     seek, old = make(arg), (replaying(make, arg) if replay_repeats else None)
     for p in POSITIONS:
         case, index = f"{p:.0%}", int(n * p)
-        rows.append(row(scenario, case, "datarax_fn", [resume_seconds(seek, index) for _ in range(repeats)],
+        rows.append(row(scenario, case, "datarax_fn", "s", [resume_seconds(seek, index) for _ in range(repeats)],
                         "shard seek + one window"))
         if old is not None:
-            rows.append(row(scenario, case, "replay", [resume_seconds(old, index) for _ in range(replay_repeats)],
+            rows.append(row(scenario, case, "replay", "s", [resume_seconds(old, index) for _ in range(replay_repeats)],
                             "every record before the window"))
     seek.close()
     if old is not None:
@@ -167,10 +160,7 @@ def print_table(rows: list[dict]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="20,000 records, one repeat (about 30 s)")
-    parser.add_argument("--json", help="write the rows to this path")
-    args = parser.parse_args()
+    args = parse_args(__doc__)
     os.makedirs(CACHE, exist_ok=True)
     with open(os.path.join(CACHE, ".gitignore"), "w") as f:
         f.write("*\n")
@@ -179,13 +169,11 @@ def main() -> None:
     rows = measure("resume hf-parquet", make_hf, parquet_files(n), n, repeats, 1)
     rows += measure("resume tfds-tfrecord-16", make_tfds, tfrecord_dir(n, 16), n, repeats, 1)
     if not args.quick:
-        # The reference record: about 1 KB (HF replays those at about 1 µs each locally).
+        # Records of about 1 KB, a common size: HF replays those at about 1 µs each locally.
         rows += measure("resume hf-parquet-1KB", make_hf_1k, parquet_files(n, 1024), n, repeats, 1)
         rows += measure("resume tfds-tfrecord-1", make_tfds, tfrecord_dir(n, 1), n, repeats, 0)
     print_table(rows)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+    save(rows, args)
 
 
 if __name__ == "__main__":
