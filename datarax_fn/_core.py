@@ -194,20 +194,30 @@ def check_start(start: Any, fn_name: str = "get_batch_at") -> Any:
 # ----------------------------------------------------------------------------- cursors
 
 
-def make_cursor(kind: str, index: int, epoch: int, seed: int, **fields: Any) -> dict[str, Any]:
-    """Returns a version-1 cursor: ``{"version", "kind", "index", "epoch", "seed", **fields}``."""
+def make_cursor(kind: str, index: int, epoch: int, seed: int, partitions: int = 1, **fields: Any) -> dict[str, Any]:
+    """Returns a version-1 cursor: ``{"version", "kind", "index", "epoch", "seed", **fields}``.
+
+    ``partitions`` is recorded only above 1, so an unpartitioned stream's cursor is the same
+    dict as before partitions existed.
+    """
+    more = {"partitions": int(partitions)} if partitions != 1 else {}
     return {"version": CURSOR_VERSION, "kind": kind, "index": int(index), "epoch": int(epoch),
-            "seed": int(seed), **fields}
+            "seed": int(seed), **fields, **more}
 
 
-def check_cursor(cursor: Any, kind: str, expected: dict[str, Any], num_records: int | None) -> tuple[int, int]:
+def check_cursor(cursor: Any, kind: str, expected: dict[str, Any], num_records: int | None,
+                 partitions: int = 1) -> tuple[int, int]:
     """Returns ``(index, epoch)`` of ``cursor`` after checking it belongs to this stream.
 
     ``expected`` maps every field that shapes the stream (fingerprint, seed, shuffle, ...)
-    to this state's value; all differences are reported in one ``ValueError``.
+    to this state's value; all differences are reported in one ``ValueError``. A cursor
+    without ``partitions`` has one (see ``make_cursor``); a partitioned stream moves only by
+    multiples of its partitions, so a position between them is refused.
     """
     if not isinstance(cursor, dict):
         raise TypeError(f"restore_cursor: cursor must be the dict from dfn.cursor(state); got {type(cursor).__name__}.")
+    cursor = {"partitions": 1, **cursor}
+    expected = {**expected, "partitions": partitions}
     version = cursor.get("version")
     if version != CURSOR_VERSION:
         raise ValueError(
@@ -241,6 +251,13 @@ def check_cursor(cursor: Any, kind: str, expected: dict[str, Any], num_records: 
         raise ValueError(
             f"restore_cursor: index={index}, epoch={epoch} are out of range (index in [0, {upper}], "
             "epoch in [0, 2**31 - 1])."
+        )
+    total = None if num_records is None else epoch * num_records + index
+    if partitions > 1 and total % partitions:
+        raise ValueError(
+            f"restore_cursor: the cursor is {total} records into the stream (epoch={epoch}, index={index}), "
+            f"which is not a multiple of partitions={partitions}; a partitioned stream only moves by "
+            "batches that are multiples of it. Restore the dict dfn.cursor(state) returned, unchanged."
         )
     return index, epoch
 

@@ -428,24 +428,20 @@ def data_fingerprint(state: EagerSource) -> str:
 
 
 def _stream_key(state: EagerSource) -> dict[str, Any]:
-    key = {"fingerprint": data_fingerprint(state), "num_records": state.num_records,
-           "shuffle": state.shuffle, "seed": int(state.seed)}
-    # The placement is not part of the stream; the partitions are (a plain stream's cursor omits them).
-    return key if state.partitions == 1 else {**key, "partitions": state.partitions}
+    # The placement is not part of the stream; the partitions are (make_cursor records them).
+    return {"fingerprint": data_fingerprint(state), "num_records": state.num_records,
+            "shuffle": state.shuffle, "seed": int(state.seed)}
 
 
 @_core.cursor.register
 def _(state: EagerSource):
     key = _stream_key(state)
-    return _core.make_cursor("eager", state.index, state.epoch, key.pop("seed"), **key)
+    return _core.make_cursor("eager", state.index, state.epoch, key.pop("seed"), state.partitions, **key)
 
 
 @_core.restore_cursor.register
 def _(state: EagerSource, cursor: dict[str, Any]):
-    expected = {**_stream_key(state), "partitions": state.partitions}
-    if isinstance(cursor, dict):
-        cursor = {"partitions": 1, **cursor}
-    index, epoch = _core.check_cursor(cursor, "eager", expected, state.num_records)
+    index, epoch = _core.check_cursor(cursor, "eager", _stream_key(state), state.num_records, state.partitions)
     where = state.placement.replicated()
     return _core.replace(
         state,

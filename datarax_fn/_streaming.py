@@ -434,31 +434,19 @@ def _iterate_until(state: StreamingSource, size: int, epochs: int) -> Iterator[t
 
 
 def _stream_key(state: StreamingSource) -> dict[str, Any]:
-    key = {"fingerprint": state.backend.key[2], "shuffle": state.shuffle, "seed": int(state.seed)}
-    # Cursors of unpartitioned streams (and those saved before partitions existed) carry none.
-    return key if state.partitions == 1 else {**key, "partitions": state.partitions}
+    return {"fingerprint": state.backend.key[2], "shuffle": state.shuffle, "seed": int(state.seed)}
 
 
 @_core.cursor.register
 def _(state: StreamingSource):
     key = _stream_key(state)
-    return _core.make_cursor("streaming", state.index, state.epoch, key.pop("seed"), **key)
+    return _core.make_cursor("streaming", state.index, state.epoch, key.pop("seed"), state.partitions, **key)
 
 
 @_core.restore_cursor.register
 def _(state: StreamingSource, cursor: dict[str, Any]):
-    expected = {**_stream_key(state), "partitions": state.partitions}
-    if isinstance(cursor, dict):
-        cursor = {"partitions": 1, **cursor}
-    n = _core.num_records(state)
-    index, epoch = _core.check_cursor(cursor, "streaming", expected, n)
-    total = None if n is None else epoch * n + index
-    if state.partitions > 1 and total % state.partitions:
-        raise ValueError(
-            f"restore_cursor: the cursor is {total} records into the stream (epoch={epoch}, index={index}), "
-            f"which is not a multiple of partitions={state.partitions}; a partitioned stream only moves by "
-            "batches that are multiples of it. Restore the dict dfn.cursor(state) returned, unchanged."
-        )
+    index, epoch = _core.check_cursor(cursor, "streaming", _stream_key(state), _core.num_records(state),
+                                      state.partitions)
     return _with(state, epoch, index)
 
 

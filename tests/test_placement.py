@@ -121,6 +121,10 @@ def test_a_cursor_of_other_partitions_is_refused_naming_them():
     with pytest.raises(ValueError, match=r"partitions \(cursor 2, this state 1\)"):
         dfn.restore_cursor(one, dfn.cursor(two))
     assert "partitions" not in dfn.cursor(one)  # plain cursors are unchanged
+    # A partitioned stream moves by multiples of C: a position between them is refused, as for streams.
+    with pytest.raises(ValueError, match="13 records into the stream.*not a multiple of partitions=2"):
+        dfn.restore_cursor(two, {**dfn.cursor(two), "epoch": 1, "index": 3})
+    assert int(dfn.restore_cursor(two, {**dfn.cursor(two), "epoch": 1, "index": 4}).index) == 4
 
 
 def test_place_keeps_stream_cursor_and_data():
