@@ -9,7 +9,7 @@ assert batch["x"].shape == (32, 4)
 ```
 """
 
-from ._core import (
+from ._state.contract import (
     Source as Source,
     cursor as cursor,
     dataset_info as dataset_info,
@@ -21,19 +21,19 @@ from ._core import (
     num_records as num_records,
     restore_cursor as restore_cursor,
 )
-from ._shuffle import permute as permute
-from ._eager import EagerSource as EagerSource, from_arrays as from_arrays
-from ._streaming import (
+from ._state.shuffle import permute as permute
+from ._eager.source import EagerSource as EagerSource, from_arrays as from_arrays
+from ._streaming.source import (
     EndOfStream as EndOfStream,
     StreamingBackend as StreamingBackend,
     StreamingSource as StreamingSource,
     make_streaming as from_backend,
 )
-from ._jit import DatasetCopyWarning as DatasetCopyWarning, jit_step as jit_step
-from ._sharding import data_sharding as data_sharding
-from ._placement import local_records as local_records
-from ._place import from_local_partitions as from_local_partitions, place as place
-from ._stages import (
+from ._state.jit import DatasetCopyWarning as DatasetCopyWarning, jit_step as jit_step
+from ._eager.global_batch import data_sharding as data_sharding
+from ._layout.placement import local_records as local_records
+from ._eager.place import from_local_partitions as from_local_partitions, place as place
+from ._pipeline.stages import (
     Statistics as Statistics,
     apply_to_keys as apply_to_keys,
     cast as cast,
@@ -43,15 +43,18 @@ from ._stages import (
     random_crop as random_crop,
     random_flip as random_flip,
 )
-from ._pipeline import (
+from ._pipeline.pipeline import (
     Pipeline as Pipeline,
     scan as scan,
     scan_epoch as scan_epoch,
     step as step,
     steps_per_epoch as steps_per_epoch,
 )
-from ._stats import compute_statistics as compute_statistics
-from ._device import collect_to_array as collect_to_array, prefetch_to_device as prefetch_to_device
+from ._pipeline.statistics import compute_statistics as compute_statistics
+from ._pipeline.to_device import (
+    collect_to_array as collect_to_array,
+    prefetch_to_device as prefetch_to_device,
+)
 from ._digits import load_digits as load_digits
 
 from ._convert import decode_text as decode_text

@@ -14,8 +14,8 @@ import numpy as np
 
 import datarax_fn as dfn
 
-from . import _bench
-from ._demo import run as run_demo
+from ._cli import bench
+from ._cli.demo import run as run_demo
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -133,7 +133,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
              (f"--out {args.out}", args.out != "bench-results"), (f"--page {args.page}", args.page),
              (f"--timeout {args.timeout}", args.timeout)]
     command = " ".join(["datarax-fn bench"] + [flag for flag, given in flags if given])
-    return _bench.run(folder, Path(args.out), quick=args.quick, only=args.only,
+    return bench.run(folder, Path(args.out), quick=args.quick, only=args.only,
                       page=None if args.page is None else Path(args.page), timeout=args.timeout, command=command)
 
 

@@ -158,7 +158,7 @@ class RangeBackend:
 
     def open_partition(self, partition, partitions, epoch, seed, start):
         """Yields partition ``partition`` of ``partitions``: records ``off + permute(i, L, seed, epoch)``."""
-        from datarax_fn._partition import partition_offsets
+        from datarax_fn._layout.partitions import partition_offsets
 
         self.opened.append((partition, partitions, epoch, seed, start))
         lo, hi = partition_offsets(self.n, partitions)[partition : partition + 2].tolist()

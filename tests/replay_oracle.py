@@ -10,7 +10,7 @@ import numpy as np
 
 import datarax_fn as dfn
 from datarax_fn._loaders.replay_order import SEGMENT_SALT, SHIFT_SALT
-from datarax_fn._shuffle import epoch_seed
+from datarax_fn._state.shuffle import epoch_seed
 
 
 def replay_order(bounds, lo: int, hi: int, window: int | None, seed: int, epoch: int) -> list[int]:

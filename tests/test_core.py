@@ -299,7 +299,7 @@ class _Rows:
 
 
 def test_process_rows_is_the_contiguous_block_of_this_process():
-    from datarax_fn._core import process_rows
+    from datarax_fn._layout.partitions import process_rows
 
     assert process_rows(dfn.data_sharding(), 8) == (0, 8)
     assert process_rows(_Rows((4, 6), (2, 4)), 8) == (2, 6)

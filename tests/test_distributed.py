@@ -16,7 +16,7 @@ import pytest
 
 import datarax_fn as dfn
 from conftest import RangeBackend
-from datarax_fn._partition import partition_offsets
+from datarax_fn._layout.partitions import partition_offsets
 from process_group import run_group
 
 SPEC = {"sources": ["range", "eager", "global", "hf"], "records": 32, "partitions": 4, "seed": 11, "size": 8}

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import datarax_fn as dfn
-from datarax_fn._shuffle import permute
+from datarax_fn._state.shuffle import permute
 
 
 # Few distinct shapes: every (N, size) pair compiles once, and compiles dominate the suite.

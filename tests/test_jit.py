@@ -31,7 +31,7 @@ def test_eager_get_batch_keeps_buffers():
 
 def test_eager_get_batch_compiles_once_per_size():
     state = dfn.from_arrays({"x": np.arange(1000, dtype=np.int32)}, shuffle=True, seed=9)
-    from datarax_fn import _eager
+    from datarax_fn._eager import source as _eager
 
     state, _ = dfn.get_batch(state, 77)
     size_before = _eager._step.jitted._cache_size()

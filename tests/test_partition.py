@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from datarax_fn._partition import (
+from datarax_fn._layout.partitions import (
     check_batch_size,
     check_partitions,
     owned_partitions,
@@ -15,7 +15,7 @@ from datarax_fn._partition import (
     partition_position,
     partition_seed,
 )
-from datarax_fn._shuffle import epoch_seed
+from datarax_fn._state.shuffle import epoch_seed
 
 SEEDS = st.integers(0, 2**32 - 1)
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import datarax_fn as dfn
-from datarax_fn._pipeline import stage_key
+from datarax_fn._pipeline.pipeline import stage_key
 
 N = 23
 DATA = {"x": np.arange(N, dtype=np.int32), "image": np.arange(N * 4 * 4, dtype=np.uint8).reshape(N, 4, 4, 1)}

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import datarax_fn as dfn
-from datarax_fn._partition import partition_offsets, partition_seed
+from datarax_fn._layout.partitions import partition_offsets, partition_seed
 
 PLACEMENTS = ("device", "replicated", "partitioned", "host")
 

@@ -16,8 +16,8 @@ import datarax_fn as dfn
 from datarax_fn import _convert as cv
 from datarax_fn._loaders import backends as bk
 from datarax_fn._loaders.replay_order import tape
-from datarax_fn._partition import partition_offsets, partition_seed
-from datarax_fn._shuffle import epoch_seed
+from datarax_fn._layout.partitions import partition_offsets, partition_seed
+from datarax_fn._state.shuffle import epoch_seed
 from replay_oracle import replay_order
 
 READ_CHUNK = 7

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import datarax_fn as dfn
 from conftest import run_fresh
-from datarax_fn._partition import partition_offsets, partition_seed
+from datarax_fn._layout.partitions import partition_offsets, partition_seed
 from replay_oracle import replay_order
 
 tfds = pytest.importorskip("tensorflow_datasets")
@@ -116,7 +116,7 @@ def test_json_streams_replay_with_fixed_windows(tmp_path):
                         shuffle_buffer_size=8, cache_dir=str(tmp_path / "c"))
     with pytest.raises(TypeError, match="length is unknown"):
         len(state)
-    from datarax_fn._shuffle import epoch_seed
+    from datarax_fn._state.shuffle import epoch_seed
 
     want = [lo + int(i) for k, lo in enumerate(range(0, 30, 8))
             for i in dfn.permute(np.arange(min(8, 30 - lo)), min(8, 30 - lo), epoch_seed(2, k), 0)]

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import datarax_fn as dfn
-from datarax_fn._shuffle import epoch_seed, permute
+from datarax_fn._state.shuffle import epoch_seed, permute
 
 
 def _is_perm(p, n):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import datarax_fn as dfn
-from datarax_fn._stages import crop_offsets, flip_mask
+from datarax_fn._pipeline.stages import crop_offsets, flip_mask
 
 RNG = np.random.default_rng(0)
 IMAGES = RNG.integers(0, 256, (6, 5, 4, 3), dtype=np.uint8)

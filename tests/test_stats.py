@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import datarax_fn as dfn
-from datarax_fn._stats import _chunk_moments, _merge_moments
+from datarax_fn._pipeline.statistics import _chunk_moments, _merge_moments
 
 
 def assert_matches_numpy(stats, arrays, per_channel=True):

@@ -13,7 +13,7 @@ import datarax_fn as dfn
 from hf_fixtures import hf_dataset, parquet_folder  # noqa: F401
 from conftest import RangeBackend, live_threads, run_fresh, run_fresh_many, take, wait_threads_gone
 from datarax_fn import EndOfStream, StreamingBackend, permute
-from datarax_fn._partition import partition_offsets, partition_seed
+from datarax_fn._layout.partitions import partition_offsets, partition_seed
 
 
 def expected(n, seed, epochs, shuffle=True):

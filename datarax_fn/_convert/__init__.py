@@ -8,8 +8,19 @@ shape at construction and converts chunks. The rules are on the docs page ``conv
 from .converter import Converter
 from .estimate import estimate_nbytes
 from .fields import (
-    Audio, Field, Image, Label, Sequence, Struct, Tensor, Text, Time, Unsupported,
-    check_key_options, read_paths, select,
+    Audio,
+    Field,
+    Image,
+    Label,
+    Sequence,
+    Struct,
+    Tensor,
+    Text,
+    Time,
+    Unsupported,
+    check_key_options,
+    read_paths,
+    select,
 )
 from .hf_features import fields_from_hf
 from .memory import owned_arrays

@@ -10,7 +10,7 @@
   the order depends on ``(seed, epoch)`` alone, never on a backend's or TensorFlow's global
   random state. A resume re-reads at most the position's window.
 
-Both implement ``open_partition`` over the canonical partitions of ``_partition``.
+Both implement ``open_partition`` over the canonical partitions of ``_layout.partitions``.
 
 A backend only supplies raw column chunks; conversion, the element spec and the fingerprint
 are shared here. Columns are dicts keyed by field name whose values are pyarrow arrays,
@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from .._eager import EagerSource, from_arrays
-from .._partition import check_partitions, partition_offsets
-from .._shuffle import permute
-from .._streaming import StreamingSource, make_streaming
+from .._eager.source import EagerSource, from_arrays
+from .._layout.partitions import check_partitions, partition_offsets
+from .._state.shuffle import permute
+from .._streaming.source import StreamingSource, make_streaming
 from .. import _convert as cv
 from .config import conversion_options
 from .replay_order import tape

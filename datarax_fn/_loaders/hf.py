@@ -22,7 +22,16 @@ import numpy as np
 from .. import _convert as cv
 from . import backends as bk
 from .config import (
-    LoaderConfig, StreamingOptions, check_mode, configs_from_options, data_files, decide, flag, mapping, option, text,
+    LoaderConfig,
+    StreamingOptions,
+    check_mode,
+    configs_from_options,
+    data_files,
+    decide,
+    flag,
+    mapping,
+    option,
+    text,
 )
 
 
@@ -368,7 +377,7 @@ def _streaming(ds: Any, cfg: HFStreamingConfig) -> Any:
     return bk.streaming_source(kind(ds, *_fields(ds, cfg), cfg), cfg, _label(cfg))
 
 
-def HFEagerSource(config: HFEagerConfig) -> Any:  # noqa: N802 (the users' seed API name)
+def HFEagerSource(config: HFEagerConfig) -> Any:  # noqa: N802 (called like a class: it builds the source a config describes)
     """Returns an ``EagerSource`` holding the whole HF split as device arrays.
 
     ```python
@@ -384,7 +393,7 @@ def HFEagerSource(config: HFEagerConfig) -> Any:  # noqa: N802 (the users' seed 
     return _eager(_load(config, streaming=False), config)
 
 
-def HFStreamingSource(config: HFStreamingConfig) -> Any:  # noqa: N802 (the users' seed API name)
+def HFStreamingSource(config: HFStreamingConfig) -> Any:  # noqa: N802 (called like a class: it builds the source a config describes)
     """Returns a ``StreamingSource`` that reads the HF split on the host, chunk by chunk.
 
     Hub names and data files stream through ``load_dataset(..., streaming=True)``: parquet

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .._shuffle import epoch_seed, permute
+from .._state.shuffle import epoch_seed, permute
 
 SEGMENT_SALT = 0x3C6EF372
 SHIFT_SALT = 0xA54FF53A

@@ -22,8 +22,17 @@ import numpy as np
 from .. import _convert as cv
 from . import backends as bk
 from .config import (
-    LoaderConfig, StreamingOptions, check_mode, configs_from_options, decide, flag, mapping, option, positive,
-    text, validate,
+    LoaderConfig,
+    StreamingOptions,
+    check_mode,
+    configs_from_options,
+    decide,
+    flag,
+    mapping,
+    option,
+    positive,
+    text,
+    validate,
 )
 from .tfds_columns import batched, rows_to_columns, tf_columns, tf_module, tfds_module
 
@@ -325,7 +334,7 @@ def _label(cfg: TFDSEagerConfig) -> str:
     return f"tfds:{cfg.name}:{cfg.split}"
 
 
-def TFDSEagerSource(config: TFDSEagerConfig) -> Any:  # noqa: N802 (the users' seed API name)
+def TFDSEagerSource(config: TFDSEagerConfig) -> Any:  # noqa: N802 (called like a class: it builds the source a config describes)
     """Returns an ``EagerSource`` holding the whole split, converted and moved to the device once.
 
     tfrecord splits are read as one whole-split batch through ``tf.data``; array_record splits
@@ -385,7 +394,7 @@ def _backend(plan: _Plan, cfg: TFDSStreamingConfig) -> bk.Backend:
     return bk.ReplayBackend(read_ranges, n, conv, shard_bounds=bounds, data=data, split=cfg.split, info=info, cfg=cfg)
 
 
-def TFDSStreamingSource(config: TFDSStreamingConfig) -> Any:  # noqa: N802 (the users' seed API name)
+def TFDSStreamingSource(config: TFDSStreamingConfig) -> Any:  # noqa: N802 (called like a class: it builds the source a config describes)
     """Returns a ``StreamingSource`` reading the split chunk by chunk on the host.
 
     array_record splits read by random access in the eager source's keyed order (O(1)

@@ -5,6 +5,9 @@ Each script runs as ``python <script> [--quick] --json PATH`` and writes a list 
 into ``results.json``, a Markdown table of medians with min, max and the ratio to
 ``datarax_fn``, the target checks (rows of unit ``"x"``), and two matplotlib plots:
 throughput by loader, and per-batch cost against N (scenario ``scale``).
+
+It sits in the package, not in ``benchmarks/``, because ``datarax-fn bench`` is an installed
+command: it runs the scripts of the ``benchmarks/`` folder it finds beside the checkout.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The eager source: the whole dataset as device arrays plus a three-integer cursor.
 
 The stream: epoch ``e`` visits every record exactly once in order ``pi_e`` (the
-identity, or the keyed bijection of ``_shuffle`` for ``(seed, e)``); ``get_batch``
+identity, or the keyed bijection of ``_state.shuffle`` for ``(seed, e)``); ``get_batch``
 walks ``pi_0, pi_1, ...`` back to back. Limits: ``N < 2**31`` records, ``size < 2**31``,
 and ``epoch < 2**31`` (an overflow raises inside ``jit`` through ``eqx.error_if``).
 """
@@ -18,9 +18,23 @@ import numpy as np
 import xxhash
 from jaxtyping import Array, Int, UInt32
 
-from . import _core, _jit, _layout, _placement
-from ._partition import check_batch_size, check_partitions
-from ._shuffle import permute, permute_with_keys, round_keys
+from .._state import checks
+from .._state import contract
+from .._state import cursors
+from .._state import tracing
+from .._state.jit import warn_if_copied
+from .._layout import gather
+from .._layout.placement import (
+    Placement,
+    check_batch_devices,
+    check_on_boundary,
+    check_single_device,
+    make_placement,
+    put,
+    stored_records,
+)
+from .._layout.partitions import check_batch_size, check_partitions
+from .._state.shuffle import permute, permute_with_keys, round_keys
 
 PyTree = Any
 
@@ -68,7 +82,7 @@ def hash_arrays(data: PyTree) -> str:
     return h.hexdigest()
 
 
-class EagerSource(_core.Source):
+class EagerSource(contract.Source):
     """An in-memory source: ``data`` arrays plus the ``index``/``epoch``/``seed`` cursor.
 
     Immutable; every function returns a new state. Build one with ``dfn.from_arrays``,
@@ -87,7 +101,7 @@ class EagerSource(_core.Source):
     info: Static | None = eqx.field(static=True, default=None)
     fingerprint: str = eqx.field(static=True, default="")
     partitions: int = eqx.field(static=True, default=1)
-    placement: _placement.Placement = eqx.field(static=True, default=_placement.Placement())
+    placement: Placement = eqx.field(static=True, default=Placement())
     partition_seeds: UInt32[Array, " partitions"] | None = None
 
     def __check_init__(self):
@@ -105,14 +119,14 @@ class EagerSource(_core.Source):
             raise ValueError(f"EagerSource: data leaves need a leading record axis; scalars at {', '.join(scalar)}.")
         lengths = {p: x.shape[0] for p, x in leaves}
         shown = ", ".join(f"{p}: {k}" for p, k in lengths.items())
-        rows = _placement.stored_records(self.num_records, self.partitions, self.placement)
+        rows = stored_records(self.num_records, self.partitions, self.placement)
         if len(set(lengths.values())) != 1 or next(iter(lengths.values())) != rows:
             held = "" if rows == self.num_records else f" (its {self.partitions} partitions padded to {rows} rows)"
             raise ValueError(
                 f"EagerSource: every data leaf must share the leading axis N={self.num_records}{held}; "
                 f"got leading sizes {shown}."
             )
-        if not 1 <= self.num_records <= _core.INT32_MAX:
+        if not 1 <= self.num_records <= checks.INT32_MAX:
             raise ValueError(
                 f"EagerSource: num_records must be in [1, 2**31 - 1]; got N={self.num_records} "
                 f"(leading sizes {shown}). An empty split cannot be iterated."
@@ -177,7 +191,7 @@ def from_arrays(
     assert batch["x"].tolist() == [0, 1, 5, 6]
     ```
     """
-    seed = _core.check_seed(seed, "from_arrays")
+    seed = checks.check_seed(seed, "from_arrays")
     leaves = _leaf_paths(data)
     bad = [p for p, x in leaves if not isinstance(x, (np.ndarray, jax.Array))]
     if bad:
@@ -197,14 +211,14 @@ def from_arrays(
         raise TypeError(f"from_arrays: fingerprint must be a str or None; got {type(fingerprint).__name__}.")
     n = _first_length(leaves)
     partitions = check_partitions(partitions, max(n, 1), "from_arrays")
-    where = _placement.make_placement(placement, mesh, partitions, "from_arrays")
+    where = make_placement(placement, mesh, partitions, "from_arrays")
     fingerprint = fingerprint or hash_arrays(data)
-    data = _placement.put(data, where, n, partitions, copy)
+    data = put(data, where, n, partitions, copy)
     return placed_source(data, where, num_records=n, partitions=partitions, shuffle=shuffle, seed=seed,
                          name=str(name), info=info, fingerprint=fingerprint)
 
 
-def placed_source(data: PyTree, placement: _placement.Placement, *, num_records: int, partitions: int,
+def placed_source(data: PyTree, placement: Placement, *, num_records: int, partitions: int,
                   shuffle: bool, seed: int, name: str, info: Any, fingerprint: str,
                   index: int = 0, epoch: int = 0) -> EagerSource:
     """Returns an ``EagerSource`` over ``data`` already laid out as ``placement`` stores it."""
@@ -214,7 +228,7 @@ def placed_source(data: PyTree, placement: _placement.Placement, *, num_records:
         # device_put of NumPy scalars: no XLA compile on a cold start (jnp.zeros compiles one).
         return jax.device_put(np.asarray(value, dtype), where)
 
-    seeds = None if partitions == 1 else jax.device_put(_layout.partition_seeds(seed, partitions), where)
+    seeds = None if partitions == 1 else jax.device_put(gather.partition_seeds(seed, partitions), where)
     return EagerSource(
         data=data,
         index=scalar(index, np.int32),
@@ -266,7 +280,7 @@ def _take(data: PyTree, idx: jax.Array, unique: bool = False) -> PyTree:
     return jax.tree.map(lambda x: _take_leaf(x, idx, unique), data)
 
 
-@functools.partial(_core.jit_unless_traced, static_argnames=("size", "n", "shuffle"))
+@functools.partial(tracing.jit_unless_traced, static_argnames=("size", "n", "shuffle"))
 def _records_at(data: PyTree, start: Any, size: int, n: int, shuffle: bool, seed: Any, epoch: Any) -> PyTree:
     """The batch at stream positions ``start .. start + size - 1`` from epoch ``epoch``.
 
@@ -298,7 +312,7 @@ def _records_at(data: PyTree, start: Any, size: int, n: int, shuffle: bool, seed
     return jax.tree.map(leaf, data)
 
 
-@functools.partial(_core.jit_unless_traced, static_argnames=("size", "n"))
+@functools.partial(tracing.jit_unless_traced, static_argnames=("size", "n"))
 def _advance(index: jax.Array, epoch: jax.Array, size: int, n: int) -> tuple[jax.Array, jax.Array]:
     total = index.astype(jnp.uint32) + jnp.uint32(size)
     new_index = (total % jnp.uint32(n)).astype(jnp.int32)
@@ -315,10 +329,10 @@ def _advance(index: jax.Array, epoch: jax.Array, size: int, n: int) -> tuple[jax
 def advance(state: EagerSource, size: int) -> EagerSource:
     """Returns ``state`` moved on by ``size`` records without reading them."""
     index, epoch = _advance(state.index, state.epoch, size=size, n=state.num_records)
-    return _core.replace(state, index=index, epoch=epoch)
+    return tracing.replace(state, index=index, epoch=epoch)
 
 
-@functools.partial(_core.jit_unless_traced, static_argnames=("size", "n"))
+@functools.partial(tracing.jit_unless_traced, static_argnames=("size", "n"))
 def _keyed(data: PyTree, key: Any, start: Any, size: int, n: int) -> PyTree:
     words = jax.random.bits(key, (2,), jnp.uint32)
     pos = jnp.asarray(start).astype(jnp.uint32) + jnp.arange(size, dtype=jnp.uint32)
@@ -327,7 +341,7 @@ def _keyed(data: PyTree, key: Any, start: Any, size: int, n: int) -> PyTree:
 
 # Compiled once per (batch size, N, shuffle, data structure); `data` is an input and
 # never an output, so XLA cannot copy it (see _jit).
-@functools.partial(_core.jit_unless_traced, static_argnames=("size", "n", "shuffle"))
+@functools.partial(tracing.jit_unless_traced, static_argnames=("size", "n", "shuffle"))
 def _step(data, index, epoch, seed, size, n, shuffle):
     batch = _records_at(data, index, size=size, n=n, shuffle=shuffle, seed=seed, epoch=epoch)
     index, epoch = _advance(index, epoch, size=size, n=n)
@@ -351,69 +365,69 @@ def _check_keyed(state: EagerSource, size: int) -> None:
 def _placed(state: EagerSource, index: Any, size: int, where: str) -> tuple[Any, Any, PyTree]:
     """Returns ``(index, epoch, batch)`` after the batch of ``size`` at ``index`` of a placed or partitioned state."""
     check_batch_size(size, state.partitions, where)
-    _placement.check_batch_devices(size, state.placement, where)
+    check_batch_devices(size, state.placement, where)
     common = dict(size=size, num_records=state.num_records, partitions=state.partitions, shuffle=state.shuffle)
     if state.placement.kind == "host":
-        if _core.is_traced(index, state.epoch, state.seed):
+        if tracing.is_traced(index, state.epoch, state.seed):
             raise TypeError(
                 f"{where}: placement='host' keeps the data in host memory and gathers batches with NumPy, outside "
                 "jit. Call it outside jit, or re-place the state: dfn.place(state, 'partitioned') or 'replicated'."
             )
-        batch = _layout.host_batch(state.data, int(index), int(state.epoch), int(state.seed),
+        batch = gather.host_batch(state.data, int(index), int(state.epoch), int(state.seed),
                                    sharding=state.placement.batch_sharding(), **common)
         return (*_advance(index, state.epoch, size=size, n=state.num_records), batch)
-    if _core.is_traced(index, state.epoch):
-        _jit.warn_if_copied(state.data)
-    return _layout.placed_step(state.data, index, state.epoch, state.seed, state.partition_seeds,
+    if tracing.is_traced(index, state.epoch):
+        warn_if_copied(state.data)
+    return gather.placed_step(state.data, index, state.epoch, state.seed, state.partition_seeds,
                                placement=state.placement, records_at=_records_at, advance=_advance, **common)
 
 
-@_core.get_batch.register
+@contract.get_batch.register
 def _(state: EagerSource, size: int, key: Any = None):
-    size = _core.check_size(size)
+    size = checks.check_size(size)
     n = state.num_records
     if key is not None:
         _check_keyed(state, size)
         return state, _keyed(state.data, key, 0, size=size, n=n)
     if state.placement.kind != "device" or state.partitions > 1:
         index, epoch, batch = _placed(state, state.index, size, "get_batch")
-        return _core.replace(state, index=index, epoch=epoch), batch
-    if _core.is_traced(state.index):
-        _placement.check_single_device()
-        _jit.warn_if_copied(state.data)
+        return tracing.replace(state, index=index, epoch=epoch), batch
+    if tracing.is_traced(state.index):
+        check_single_device()
+        warn_if_copied(state.data)
     index, epoch, batch = _step(state.data, state.index, state.epoch, state.seed, size=size, n=n, shuffle=state.shuffle)
-    return _core.replace(state, index=index, epoch=epoch), batch
+    return tracing.replace(state, index=index, epoch=epoch), batch
 
 
-@_core.get_batch_at.register
+@contract.get_batch_at.register
 def _(state: EagerSource, start: Any, size: int, key: Any = None):
-    size = _core.check_size(size, "get_batch_at")
-    start = _core.check_start(start)
+    size = checks.check_size(size, "get_batch_at")
+    start = checks.check_start(start)
     n = state.num_records
     if key is not None:
         _check_keyed(state, size)
         return _keyed(state.data, key, start, size=size, n=n)
     if state.placement.kind != "device" or state.partitions > 1:
-        return _placed(state, jnp.asarray(_placement.check_on_boundary(start, state.partitions)), size, "get_batch_at")[2]
+        return _placed(state, jnp.asarray(check_on_boundary(start, state.partitions)), size, "get_batch_at")[2]
     return _records_at(state.data, start, size=size, n=n, shuffle=state.shuffle, seed=state.seed, epoch=state.epoch)
 
 
-@_core.element_spec.register
+@contract.element_spec.register
 def _(state: EagerSource):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), state.data)
 
 
-@_core.num_records.register
+@contract.num_records.register
 def _(state: EagerSource):
     return state.num_records
 
 
-@_core.iterate.register
+@contract.iterate.register
 def _(state: EagerSource, size: int, *, epochs: int = 1):
-    return _core.iterate_batches(state, size, epochs)
+    return contract.iterate_batches(state, size, epochs)
 
 
-@_core.dataset_info.register
+@contract.dataset_info.register
 def _(state: EagerSource):
     return None if state.info is None else state.info.value
 
@@ -433,17 +447,17 @@ def _stream_key(state: EagerSource) -> dict[str, Any]:
             "shuffle": state.shuffle, "seed": int(state.seed)}
 
 
-@_core.cursor.register
+@contract.cursor.register
 def _(state: EagerSource):
     key = _stream_key(state)
-    return _core.make_cursor("eager", state.index, state.epoch, key.pop("seed"), state.partitions, **key)
+    return cursors.make_cursor("eager", state.index, state.epoch, key.pop("seed"), state.partitions, **key)
 
 
-@_core.restore_cursor.register
+@contract.restore_cursor.register
 def _(state: EagerSource, cursor: dict[str, Any]):
-    index, epoch = _core.check_cursor(cursor, "eager", _stream_key(state), state.num_records, state.partitions)
+    index, epoch = cursors.check_cursor(cursor, "eager", _stream_key(state), state.num_records, state.partitions)
     where = state.placement.replicated()
-    return _core.replace(
+    return tracing.replace(
         state,
         index=jax.device_put(np.asarray(index, np.int32), where),
         epoch=jax.device_put(np.asarray(epoch, np.int32), where),

@@ -1,6 +1,6 @@
-"""Batches laid out over devices: which record each batch row reads, and where it is gathered.
+"""The batch gather: which record each batch row reads, and gathering it where the data is placed.
 
-The rows of a batch follow the canonical-partition order of ``_partition``: row ``r`` of a
+The rows of a batch follow the canonical-partition order of ``partitions``: row ``r`` of a
 batch of ``B`` comes from partition ``c = r // (B // C)``, at that partition's position
 ``q + r % (B // C)`` with ``q = total // C``. ``rows_to_records`` computes it with NumPy
 (the ``host`` placement, and the reference in tests) or with JAX inside ``jit``.
@@ -23,10 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from . import _core
-from ._partition import partition_offsets, partition_seed
-from ._placement import Placement, padded_length
-from ._shuffle import permute
+from .._state import tracing
+from .partitions import partition_offsets, partition_seed
+from .placement import Placement, padded_length
+from .._state.shuffle import permute
 
 PyTree = Any
 
@@ -43,7 +43,7 @@ def rows_to_records(rows: Any, q: Any, per: int, num_records: int, partitions: i
     NumPy in (``rows`` an int64 array, ``q`` an int) gives NumPy out; JAX arrays give
     ``int32`` JAX arrays (``q`` then a uint32 below ``2**32 - per``).
     """
-    xp = np if isinstance(rows, np.ndarray) and not _core.is_traced(q, seeds) else jnp
+    xp = np if isinstance(rows, np.ndarray) and not tracing.is_traced(q, seeds) else jnp
     off = partition_offsets(num_records, partitions)
     lengths = np.diff(off)
     if xp is jnp:
@@ -82,7 +82,7 @@ def _gather(data: PyTree, idx: jax.Array) -> PyTree:
 
 
 @functools.partial(
-    _core.jit_unless_traced,
+    tracing.jit_unless_traced,
     static_argnames=("size", "num_records", "partitions", "shuffle", "placement", "records_at"),
 )
 def placed_batch(data: PyTree, index: jax.Array, epoch: jax.Array, seed: jax.Array, seeds: jax.Array | None, *,
@@ -131,7 +131,7 @@ def placed_batch(data: PyTree, index: jax.Array, epoch: jax.Array, seed: jax.Arr
 
 
 @functools.partial(
-    _core.jit_unless_traced,
+    tracing.jit_unless_traced,
     static_argnames=("size", "num_records", "partitions", "shuffle", "placement", "records_at", "advance"),
 )
 def placed_step(data: PyTree, index: jax.Array, epoch: jax.Array, seed: jax.Array, seeds: jax.Array | None, *,

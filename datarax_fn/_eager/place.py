@@ -14,10 +14,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from . import _core
-from ._eager import EagerSource, placed_source
-from ._partition import check_partitions, partition_offsets
-from ._placement import gather_to_host, local_partitions, make_placement, put, put_local
+from .._state import checks
+from .._state import tracing
+from .source import EagerSource, placed_source
+from .._layout.partitions import check_partitions, partition_offsets
+from .._layout.placement import gather_to_host, local_partitions, make_placement, put, put_local
 
 PyTree = Any
 
@@ -51,7 +52,7 @@ def place(state: EagerSource, placement: str, *, mesh: jax.sharding.Mesh | None 
     if not isinstance(state, EagerSource):
         raise TypeError(f"place: state must be an EagerSource (dfn.from_arrays, from_hf, from_tfds); got "
                         f"{type(state).__name__}.")
-    if _core.is_traced(state.index):
+    if tracing.is_traced(state.index):
         raise TypeError("place: moves data between devices on the host; call it outside jit.")
     where = make_placement(placement, mesh, state.partitions, "place")
     if where == state.placement:
@@ -120,7 +121,7 @@ def from_local_partitions(
     if isinstance(num_records, bool) or not isinstance(num_records, (int, np.integer)) or num_records < 1:
         raise ValueError(f"from_local_partitions: num_records must be an int >= 1; got {num_records!r}.")
     num_records = int(num_records)
-    seed = _core.check_seed(seed, "from_local_partitions")
+    seed = checks.check_seed(seed, "from_local_partitions")
     partitions = check_partitions(partitions, num_records, "from_local_partitions")
     where = make_placement("partitioned", mesh, partitions, "from_local_partitions")
     parts = local_partitions(partitions, where.mesh)

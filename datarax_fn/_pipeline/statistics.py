@@ -20,10 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _core
-from ._eager import EagerSource
-from ._pipeline import Pipeline
-from ._stages import Statistics
+from .._state import contract
+from .._eager.source import EagerSource
+from .pipeline import Pipeline
+from .stages import Statistics
 
 PyTree = Any
 _REDUCTIONS = ("mean", "sum", "min", "max")
@@ -186,7 +186,7 @@ def compute_statistics(
         raise ValueError(f"compute_statistics: batch_size must be an int >= 1; got {batch_size!r}.")
     if batch_stats_fn is not None and reduction not in _REDUCTIONS:
         raise ValueError(f"compute_statistics: reduction must be one of {_REDUCTIONS}; got {reduction!r}.")
-    n = _core.num_records(source)
+    n = contract.num_records(source)
     if n is None:
         raise ValueError(
             "compute_statistics: the source has unknown length (an endless stream); pass "
@@ -212,7 +212,7 @@ def compute_statistics(
         state, acc, seen, shift = source, None, 0, None
         while seen < n:
             size = min(chunk, n - seen)
-            state, batch = _core.get_batch(state, size)
+            state, batch = contract.get_batch(state, size)
             batch = _select(batch, keys)
             shift = _shift(batch, per_channel) if shift is None else shift
             part = chunk_jit(batch, shift)

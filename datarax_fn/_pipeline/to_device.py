@@ -9,11 +9,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from . import _core
-from ._eager import EagerSource
-from ._pipeline import Pipeline
-from ._placement import gather_to_host
-from ._prefetch import Prefetcher
+from .._state import contract
+from .._eager.source import EagerSource
+from .pipeline import Pipeline
+from .._layout.placement import gather_to_host
+from .._streaming.prefetch import Prefetcher
 
 PyTree = Any
 
@@ -48,7 +48,7 @@ def collect_to_array(source: Any, *, chunk_size: int = 4096) -> PyTree:
             return source.data
         host = gather_to_host(source.data, source.placement, source.num_records, source.partitions)
         return jax.device_put(host)
-    n = _core.num_records(source)
+    n = contract.num_records(source)
     if n is None:
         raise ValueError(
             "collect_to_array: the source has unknown length (an endless stream), so it cannot be "
@@ -59,7 +59,7 @@ def collect_to_array(source: Any, *, chunk_size: int = 4096) -> PyTree:
     parts, seen, state = [], 0, source
     while seen < n:
         size = min(chunk_size, n - seen)
-        state, batch = _core.get_batch(state, size)
+        state, batch = contract.get_batch(state, size)
         parts.append(jax.tree.map(np.asarray, batch))
         seen += size
     return jax.device_put(jax.tree.map(lambda *xs: np.concatenate(xs), *parts))

@@ -19,9 +19,9 @@ End of stream: with ``num_epochs=None`` the stream never ends. With ``num_epochs
 ``get_batch`` raises :class:`EndOfStream` when fewer than ``size`` records remain before
 epoch ``k``; the partial records are dropped and ``dfn.iterate`` simply stops.
 
-Partitions (``partitions=C > 1``, see ``_partition``): each batch takes ``size // C``
+Partitions (``partitions=C > 1``, see ``_layout.partitions``): each batch takes ``size // C``
 records of every partition, each partition read from its own position by
-``backend.open_partition``; one background thread interleaves them (``_reader``), and
+``backend.open_partition``; one background thread interleaves them (``reader``), and
 ``dfn.get_global_batch`` reads only the partitions of this process's rows. With
 ``num_epochs=k`` the stream ends, decided from the cursor alone so that every process
 ends at the same step, when a batch would take a record beyond epoch ``k`` of the
@@ -39,11 +39,20 @@ import jax
 import numpy as np
 from jaxtyping import Int, UInt32
 
-from . import _core
-from ._partition import (
-    check_batch_size, check_partitions, owned_partitions, partition_offsets, partition_position, partition_seed,
+from .._layout.partitions import process_rows
+from .._state import checks
+from .._state import contract
+from .._state import cursors
+from .._state import tracing
+from .._layout.partitions import (
+    check_batch_size,
+    check_partitions,
+    owned_partitions,
+    partition_offsets,
+    partition_position,
+    partition_seed,
 )
-from ._reader import Reader, rows
+from .reader import Reader, rows
 
 PyTree = Any
 
@@ -156,7 +165,7 @@ class _Handle:
 # ----------------------------------------------------------------------------- state
 
 
-class StreamingSource(_core.Source):
+class StreamingSource(contract.Source):
     """A host-side stream: the ``index`` / ``epoch`` / ``seed`` cursor over a static backend.
 
     Immutable; ``dfn.get_batch(state, size)`` returns a new state. Build one with
@@ -216,9 +225,9 @@ def make_streaming(
             f"{name}: the backend {type(backend).__name__} lacks {missing}; a dfn.StreamingBackend needs "
             "open(epoch, seed, start), num_records(), element_spec() and fingerprint()."
         )
-    seed = _core.check_seed(seed, name)
+    seed = checks.check_seed(seed, name)
     if num_epochs is not None:
-        num_epochs = _core.check_epochs(num_epochs, f"{name}: num_epochs")
+        num_epochs = checks.check_epochs(num_epochs, f"{name}: num_epochs")
     if isinstance(prefetch, bool) or not isinstance(prefetch, (int, np.integer)) or prefetch < 1:
         raise ValueError(f"prefetch must be an int >= 1 (chunks read ahead); got prefetch={prefetch!r}.")
     partitions = check_partitions(partitions, backend.num_records(), name)
@@ -244,13 +253,13 @@ def _with(state: StreamingSource, epoch: int, index: int) -> StreamingSource:
     # Per-batch hot path on the host thread that competes with the prefetch thread for the
     # GIL. The cursor of a host-side source stays in host memory (0-d NumPy int32): a
     # device_put per scalar costs ~0.1 ms in JAX's dispatch, and nothing reads it on device.
-    if epoch > _core.INT32_MAX or index > _core.INT32_MAX:
+    if epoch > checks.INT32_MAX or index > checks.INT32_MAX:
         raise ValueError(f"{state.name}: epoch/index passed 2**31 - 1; start a new state with a new seed.")
-    return _core.replace(state, epoch=np.asarray(epoch, np.int32), index=np.asarray(index, np.int32))
+    return tracing.replace(state, epoch=np.asarray(epoch, np.int32), index=np.asarray(index, np.int32))
 
 
 def _check_host(state: StreamingSource, fn: str) -> None:
-    if _core.is_traced(state.epoch, state.index, state.seed):
+    if tracing.is_traced(state.epoch, state.index, state.seed):
         raise TypeError(
             f"{fn}: a StreamingSource reads on the host and cannot run under jax.jit / scan / vmap. "
             "Call dfn.get_batch(state, size) outside jit and pass the batch into your jitted step; "
@@ -313,7 +322,7 @@ def _read_whole(state: StreamingSource, size: int) -> tuple[int, int, list[PyTre
 def _read_partitions(state: StreamingSource, size: int, parts: tuple[int, ...]) -> tuple[int, int, list[PyTree]]:
     # Every partition gives size // C records from its own position, a function of the global
     # count alone, so any process computes the same positions without reading the others.
-    n, c_all = _core.num_records(state), state.partitions
+    n, c_all = contract.num_records(state), state.partitions
     per = check_batch_size(size, c_all, state.name)
     lengths = np.diff(partition_offsets(n, c_all)).tolist()
     total = int(state.epoch) * n + int(state.index)
@@ -358,10 +367,10 @@ def _read(state: StreamingSource, size: int, parts: tuple[int, ...]) -> tuple[St
     return _with(state, epoch, index), _concat(out)
 
 
-@_core.get_batch.register
+@contract.get_batch.register
 def _get_batch(state: StreamingSource, size: int, key: Any = None):
     _check_host(state, "get_batch")
-    size = _core.check_size(size)
+    size = checks.check_size(size)
     if key is not None:
         raise TypeError(
             "get_batch: a StreamingSource cannot draw random records with key=; it reads in order. "
@@ -370,11 +379,11 @@ def _get_batch(state: StreamingSource, size: int, key: Any = None):
     return _read(state, size, tuple(range(state.partitions)))
 
 
-@_core.get_global_batch.register
+@contract.get_global_batch.register
 def _(state: StreamingSource, global_size: int, sharding: jax.sharding.Sharding):
     # Each process reads only the partitions of its rows; all advance by the whole batch.
     _check_host(state, "get_global_batch")
-    size = _core.check_size(global_size, "get_global_batch")
+    size = checks.check_size(global_size, "get_global_batch")
     procs = jax.process_count()
     if state.partitions == 1 and procs > 1:
         raise ValueError(
@@ -382,7 +391,7 @@ def _(state: StreamingSource, global_size: int, sharding: jax.sharding.Sharding)
             f"whole stream. Build it with partitions= a multiple of the process count, e.g. partitions={procs} "
             f"(dfn.from_backend(backend, partitions={procs}); the loaders take partitions= too)."
         )
-    start, stop = _core.process_rows(sharding, size)
+    start, stop = process_rows(sharding, size)
     parts = tuple(owned_partitions(start, stop, size, state.partitions, f"get_global_batch ({state.name})"))
     state, local = _read(state, size, parts)
     batch = jax.tree.map(
@@ -391,7 +400,7 @@ def _(state: StreamingSource, global_size: int, sharding: jax.sharding.Sharding)
     return state, batch
 
 
-@_core.get_batch_at.register
+@contract.get_batch_at.register
 def _(state: StreamingSource, start: Any, size: int, key: Any = None):
     raise TypeError(
         "get_batch_at: a StreamingSource has no random access; use dfn.get_batch(state, size), or load "
@@ -399,24 +408,24 @@ def _(state: StreamingSource, start: Any, size: int, key: Any = None):
     )
 
 
-@_core.element_spec.register
+@contract.element_spec.register
 def _(state: StreamingSource):
     return state.backend.spec()
 
 
-@_core.num_records.register
+@contract.num_records.register
 def _(state: StreamingSource):
     n = state.backend.backend.num_records()
     return None if n is None else int(n)
 
 
-@_core.iterate.register
+@contract.iterate.register
 def _(state: StreamingSource, size: int, *, epochs: int = 1):
     _check_host(state, "iterate")
-    if _core.num_records(state) is not None and state.num_epochs is None:
-        return _core.iterate_batches(state, size, epochs)
-    _core.check_size(size, "iterate")
-    return _iterate_until(state, size, _core.check_epochs(epochs))
+    if contract.num_records(state) is not None and state.num_epochs is None:
+        return contract.iterate_batches(state, size, epochs)
+    checks.check_size(size, "iterate")
+    return _iterate_until(state, size, checks.check_epochs(epochs))
 
 
 def _iterate_until(state: StreamingSource, size: int, epochs: int) -> Iterator[tuple[StreamingSource, PyTree]]:
@@ -425,7 +434,7 @@ def _iterate_until(state: StreamingSource, size: int, epochs: int) -> Iterator[t
     stop = (int(state.epoch) + epochs, int(state.index))
     while True:
         try:
-            state, batch = _core.get_batch(state, size)
+            state, batch = contract.get_batch(state, size)
         except EndOfStream:
             return
         yield state, batch
@@ -437,20 +446,20 @@ def _stream_key(state: StreamingSource) -> dict[str, Any]:
     return {"fingerprint": state.backend.key[2], "shuffle": state.shuffle, "seed": int(state.seed)}
 
 
-@_core.cursor.register
+@contract.cursor.register
 def _(state: StreamingSource):
     key = _stream_key(state)
-    return _core.make_cursor("streaming", state.index, state.epoch, key.pop("seed"), state.partitions, **key)
+    return cursors.make_cursor("streaming", state.index, state.epoch, key.pop("seed"), state.partitions, **key)
 
 
-@_core.restore_cursor.register
+@contract.restore_cursor.register
 def _(state: StreamingSource, cursor: dict[str, Any]):
-    index, epoch = _core.check_cursor(cursor, "streaming", _stream_key(state), _core.num_records(state),
+    index, epoch = cursors.check_cursor(cursor, "streaming", _stream_key(state), contract.num_records(state),
                                       state.partitions)
     return _with(state, epoch, index)
 
 
-@_core.dataset_info.register
+@contract.dataset_info.register
 def _(state: StreamingSource):
     return getattr(state.backend.backend, "info", None)
 

@@ -13,16 +13,19 @@ from typing import Any
 
 import jax
 
-from . import _core
-from ._eager import EagerSource, advance
-from ._layout import host_batch
-from ._partition import check_batch_size
+from .._layout.partitions import process_rows
+from .._state import checks
+from .._state import contract
+from .._state import tracing
+from .source import EagerSource, advance
+from .._layout.gather import host_batch
+from .._layout.partitions import check_batch_size
 
 
-@_core.get_global_batch.register
+@contract.get_global_batch.register
 def _(state: EagerSource, global_size: int, sharding: jax.sharding.Sharding) -> tuple[EagerSource, Any]:
-    _core.check_size(global_size, "get_global_batch")
-    if _core.is_traced(state.index):
+    checks.check_size(global_size, "get_global_batch")
+    if tracing.is_traced(state.index):
         raise TypeError(
             "get_global_batch runs on the host; inside jit use dfn.get_batch on a state placed over the mesh "
             "(dfn.from_arrays(..., placement='partitioned' or 'replicated')): its batch comes out split over "
@@ -32,7 +35,7 @@ def _(state: EagerSource, global_size: int, sharding: jax.sharding.Sharding) -> 
     if kind in ("replicated", "partitioned"):
         # Each device gathers its own rows from the data it holds; only a sharding other than
         # the state's own batch layout moves rows afterwards.
-        new, batch = _core.get_batch(state, global_size)
+        new, batch = contract.get_batch(state, global_size)
         if jax.tree.leaves(batch)[0].sharding != sharding:
             batch = jax.device_put(batch, sharding)
         return new, batch
@@ -44,11 +47,11 @@ def _(state: EagerSource, global_size: int, sharding: jax.sharding.Sharding) -> 
         return advance(state, global_size), batch
     # Global mode: every process holds the whole dataset on one device, so its rows are gathered
     # there and then split over its devices; the other placements gather on each device instead.
-    start, stop = _core.process_rows(sharding, global_size)
+    start, stop = process_rows(sharding, global_size)
     if state.partitions == 1:
-        local = _core.get_batch_at(state, state.index + start, stop - start)
+        local = contract.get_batch_at(state, state.index + start, stop - start)
     else:
-        local = jax.tree.map(lambda x: x[start:stop], _core.get_batch(state, global_size)[1])
+        local = jax.tree.map(lambda x: x[start:stop], contract.get_batch(state, global_size)[1])
     batch = jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, x, (global_size, *x.shape[1:])), local
     )

@@ -25,16 +25,19 @@ import jax.numpy as jnp
 import xxhash
 from jaxtyping import Array, UInt32
 
-from . import _core
-from ._eager import EagerSource, hash_arrays
-from ._jit import DatasetCopyWarning
-from ._stages import Chain, Statistics, as_stage, bind_stats, chain
+from .._state import checks
+from .._state import contract
+from .._state import cursors
+from .._state import tracing
+from .._eager.source import EagerSource, hash_arrays
+from .._state.jit import DatasetCopyWarning
+from .stages import Chain, Statistics, as_stage, bind_stats, chain
 
 PyTree = Any
 _REMAINDERS = ("drop", "pad", "partial")
 
 
-class Pipeline(_core.Source):
+class Pipeline(contract.Source):
     """A source state plus stages and a batch size; immutable, a PyTree, checkpointable.
 
     Its cursor is the source's ``index`` and ``epoch`` (read through properties) and
@@ -65,12 +68,12 @@ class Pipeline(_core.Source):
     batch_size: int = eqx.field(static=True)
 
     def __init__(self, source: Any, stages: Any = (), batch_size: int = 32, *, seed: Any = None, stats: Any = None):
-        if not isinstance(source, _core.Source):
+        if not isinstance(source, contract.Source):
             raise TypeError(
                 f"Pipeline: source must be a datarax_fn source state (dfn.from_arrays, dfn.from_hf, "
                 f"dfn.from_tfds or a dfn.Source subclass); got {type(source).__name__}."
             )
-        batch_size = _core.check_size(batch_size, "Pipeline: batch_size")
+        batch_size = checks.check_size(batch_size, "Pipeline: batch_size")
         if isinstance(stats, Mapping):
             stats = Statistics(**stats)
         if stats is not None and not isinstance(stats, Statistics):
@@ -87,7 +90,7 @@ class Pipeline(_core.Source):
         if seed is None:
             seed = source.seed
         elif not isinstance(seed, jax.Array):
-            seed = _core.check_seed(seed, "Pipeline")
+            seed = checks.check_seed(seed, "Pipeline")
         # Own copies of the small arrays: a donating jit (dfn.jit_step) would otherwise
         # delete the caller's statistics, and two leaves sharing a buffer cannot be donated.
         self.source = source
@@ -116,7 +119,7 @@ def _copy_arrays(tree: Any) -> Any:
     return jax.tree.map(lambda x: jnp.array(x, copy=True) if isinstance(x, jax.Array) else x, tree)
 
 
-_replace = _core.replace  # skips __init__ (and its re-binding of stages) on the hot path
+_replace = tracing.replace  # skips __init__ (and its re-binding of stages) on the hot path
 
 
 def _position(source: Any) -> tuple[Any, Any]:
@@ -131,7 +134,7 @@ def stage_key(seed: Any, epoch: Any, position: Any) -> jax.Array:
     return jax.random.fold_in(key, jnp.asarray(position).astype(jnp.uint32))
 
 
-@_core.jit_unless_traced
+@tracing.jit_unless_traced
 def _apply(stages: Chain, batch: PyTree, seed: Any, epoch: Any, position: Any) -> PyTree:
     return stages(batch, stage_key(seed, epoch, position))
 
@@ -158,7 +161,7 @@ def step(pipeline: Pipeline) -> tuple[Pipeline, PyTree]:
     if not isinstance(pipeline, Pipeline):
         raise TypeError(f"step: expected a dfn.Pipeline; got {type(pipeline).__name__}.")
     epoch, position = _position(pipeline.source)
-    source, batch = _core.get_batch(pipeline.source, pipeline.batch_size)
+    source, batch = contract.get_batch(pipeline.source, pipeline.batch_size)
     return _replace(pipeline, source=source), _run_stages(pipeline, batch, epoch, position)
 
 
@@ -171,7 +174,7 @@ def steps_per_epoch(pipeline: Pipeline) -> int:
     Returns:
         the number of full batches in one epoch (at least 1).
     """
-    n = _core.num_records(pipeline.source)
+    n = contract.num_records(pipeline.source)
     if n is None:
         raise ValueError(
             "steps_per_epoch: the source has unknown length (num_records is None); use "
@@ -186,17 +189,17 @@ def steps_per_epoch(pipeline: Pipeline) -> int:
 def _split_data(pipe: Pipeline) -> tuple[Pipeline, Any]:
     """Takes an eager source's dataset out of the pipeline, so it is never a carry."""
     if isinstance(pipe.source, EagerSource):
-        return _replace(pipe, source=_core.replace(pipe.source, data=None)), pipe.source.data
+        return _replace(pipe, source=tracing.replace(pipe.source, data=None)), pipe.source.data
     return pipe, None
 
 
 def _join_data(pipe: Pipeline, data: Any) -> Pipeline:
     if data is None:
         return pipe
-    return _replace(pipe, source=_core.replace(pipe.source, data=data))
+    return _replace(pipe, source=tracing.replace(pipe.source, data=data))
 
 
-@functools.partial(_core.jit_unless_traced, static_argnames=("step_fn", "length"))
+@functools.partial(tracing.jit_unless_traced, static_argnames=("step_fn", "length"))
 def _scan(light: Pipeline, data: Any, step_fn: Callable, carry: Any, length: int):
     def body(c, _):
         light, carry = c
@@ -242,7 +245,7 @@ def scan(pipeline: Pipeline, step_fn: Callable, carry: Any, length: int) -> tupl
         raise ValueError(f"scan: length must be a static Python int >= 0; got {length!r}.")
     light, data = _split_data(pipeline)
     with warnings.catch_warnings():
-        if not _core.is_traced(pipeline, carry):
+        if not tracing.is_traced(pipeline, carry):
             # Our own jit never returns the dataset, so the copy warning does not apply.
             warnings.simplefilter("ignore", DatasetCopyWarning)
         light, carry, outs = _scan(light, data, step_fn=step_fn, carry=carry, length=length)
@@ -322,8 +325,8 @@ def iterate(
         )
     if remainder not in _REMAINDERS:
         raise ValueError(f"iterate: remainder must be one of {_REMAINDERS}; got {remainder!r}.")
-    epochs = _core.check_epochs(epochs)
-    n = _core.num_records(pipeline.source)
+    epochs = checks.check_epochs(epochs)
+    n = contract.num_records(pipeline.source)
     if n is None:
         raise ValueError(
             "iterate: the source has unknown length, so epochs have no known remainder; use "
@@ -342,7 +345,7 @@ def _iterate(pipe: Pipeline, n: int, epochs: int, remainder: str) -> Iterator[tu
         if not rem:
             continue
         epoch, position = _position(pipe.source)
-        source, raw = _core.get_batch(pipe.source, rem)
+        source, raw = contract.get_batch(pipe.source, rem)
         pipe = _replace(pipe, source=source)
         if remainder == "partial":
             yield pipe, _run_stages(pipe, raw, epoch, position)
@@ -351,7 +354,7 @@ def _iterate(pipe: Pipeline, n: int, epochs: int, remainder: str) -> Iterator[tu
             yield pipe, _mask(batch, rem, size)
 
 
-@_core.iterate.register
+@contract.iterate.register
 def _(state: Pipeline, size: int | None = None, *, epochs: int = 1, remainder: str = "drop"):
     return iterate(state, size, epochs=epochs, remainder=remainder)
 
@@ -359,24 +362,24 @@ def _(state: Pipeline, size: int | None = None, *, epochs: int = 1, remainder: s
 # ----------------------------------------------------------------------------- generic functions
 
 
-@_core.num_records.register
+@contract.num_records.register
 def _(state: Pipeline):
-    return _core.num_records(state.source)
+    return contract.num_records(state.source)
 
 
-@_core.element_spec.register
+@contract.element_spec.register
 def _(state: Pipeline):
     """The spec of one record after the stages (traced, nothing runs)."""
-    spec = _core.element_spec(state.source)
+    spec = contract.element_spec(state.source)
     batch = jax.tree.map(lambda s: jax.ShapeDtypeStruct((state.batch_size, *s.shape), s.dtype), spec)
     epoch, position = _position(state.source)
     out = jax.eval_shape(_apply, state.stages, batch, state.seed, epoch, position)
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), out)
 
 
-@_core.dataset_info.register
+@contract.dataset_info.register
 def _(state: Pipeline):
-    return _core.dataset_info(state.source)
+    return contract.dataset_info(state.source)
 
 
 def stages_key(stages: Chain) -> str:
@@ -390,19 +393,19 @@ def _stream_key(state: Pipeline) -> dict[str, Any]:
     return {"batch_size": state.batch_size, "stages": stages_key(state.stages), "seed": int(state.seed)}
 
 
-@_core.cursor.register
+@contract.cursor.register
 def _(state: Pipeline):
     key = _stream_key(state)
-    source = _core.cursor(state.source)
-    return _core.make_cursor("pipeline", source["index"], source["epoch"], key.pop("seed"), **key, source=source)
+    source = contract.cursor(state.source)
+    return cursors.make_cursor("pipeline", source["index"], source["epoch"], key.pop("seed"), **key, source=source)
 
 
-@_core.restore_cursor.register
+@contract.restore_cursor.register
 def _(state: Pipeline, cursor: dict[str, Any]):
     if isinstance(cursor, dict) and cursor.get("kind") == "pipeline" and not isinstance(cursor.get("source"), dict):
         raise ValueError("restore_cursor: the pipeline cursor lacks its 'source' cursor; pass dfn.cursor(pipeline).")
-    _core.check_cursor(cursor, "pipeline", _stream_key(state), _core.num_records(state.source))
-    return _replace(state, source=_core.restore_cursor(state.source, cursor["source"]))
+    cursors.check_cursor(cursor, "pipeline", _stream_key(state), contract.num_records(state.source))
+    return _replace(state, source=contract.restore_cursor(state.source, cursor["source"]))
 
 
 __all__ = ["Pipeline", "step", "scan", "scan_epoch", "iterate", "steps_per_epoch", "stage_key", "stages_key"]

@@ -34,19 +34,15 @@ new one plugs in by subclassing ``dfn.Source`` and registering its implementatio
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import equinox as eqx
-import jax
-import numpy as np
+
+from .checks import check_epochs, check_size
 
 PyTree = Any
-
-INT32_MAX = 2**31 - 1
-CURSOR_VERSION = 1
 
 
 class Source(eqx.Module):
@@ -105,164 +101,6 @@ def _unsupported(fn_name: str, state: Any) -> TypeError:
         f"a dfn.Source subclass that registers {fn_name}); got {type(state).__name__}. Build one "
         "with dfn.from_arrays, dfn.from_hf or dfn.from_tfds."
     )
-
-
-@functools.cache
-def _field_names(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls))
-
-
-def replace(state: Any, **changes: Any) -> Any:
-    """Returns a copy of an ``eqx.Module`` state with ``changes``, skipping ``__init__``.
-
-    ``dataclasses.replace`` re-runs ``__init__`` and its validation; this is on every
-    state's per-step hot path, and a state built from a valid one stays valid.
-    """
-    unknown = set(changes) - set(_field_names(type(state)))
-    if unknown:
-        raise TypeError(f"replace: {type(state).__name__} has no fields {sorted(unknown)}.")
-    new = object.__new__(type(state))
-    # Copy the instance dict whole: a getattr per field goes through equinox's __getattribute__
-    # (about 25 us per state on the per-step path), and a frozen dataclass keeps every field there.
-    fields = object.__getattribute__(new, "__dict__")
-    fields.update(object.__getattribute__(state, "__dict__"))
-    fields.update(changes)
-    return new
-
-
-def is_traced(*trees: Any) -> bool:
-    """Returns True when any leaf of ``trees`` is a tracer (we are inside jit/scan/vmap)."""
-    return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(trees))
-
-
-def jit_unless_traced(fn: Callable | None = None, **jit_kwargs: Any) -> Callable:
-    """Returns ``fn`` wrapped to run inline when traced, and as one cached ``jax.jit`` otherwise.
-
-    Inside a user's ``jit`` the kernel must be traced into the caller's program; called
-    eagerly it should compile once instead of dispatching op by op.
-    """
-    if fn is None:
-        return functools.partial(jit_unless_traced, **jit_kwargs)
-    jitted = jax.jit(fn, **jit_kwargs)
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return (fn if is_traced(args, kwargs) else jitted)(*args, **kwargs)
-
-    wrapper.jitted = jitted
-    return wrapper
-
-
-def check_size(size: Any, fn_name: str = "get_batch") -> int:
-    """Returns ``size`` as an int if it is a static integer in ``[1, 2**31 - 1]``, else raises."""
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
-        raise TypeError(
-            f"{fn_name}: size must be a static Python int (it fixes the batch shape); got "
-            f"{type(size).__name__} {size!r}. Pass int(size); for a traced start position use "
-            "dfn.get_batch_at(state, start, size)."
-        )
-    if not 1 <= size <= INT32_MAX:
-        raise ValueError(f"{fn_name}: size must be in [1, 2**31 - 1]; got size={size}.")
-    return int(size)
-
-
-def check_seed(seed: Any, fn_name: str) -> int:
-    """Returns ``seed`` as an int if it is an integer in ``[0, 2**32)``, else raises."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"{fn_name}: seed must be an int in [0, 2**32); got {type(seed).__name__} {seed!r}.")
-    if not 0 <= seed < 2**32:
-        raise ValueError(f"{fn_name}: seed must be in [0, 2**32); got seed={seed}. Use seed % 2**32.")
-    return int(seed)
-
-
-def check_start(start: Any, fn_name: str = "get_batch_at") -> Any:
-    """Returns ``start`` checked to be ``>= 0``: a ValueError when concrete, ``eqx.error_if`` when traced."""
-    if is_traced(start):
-        return eqx.error_if(
-            start, start < 0, f"{fn_name}: start must be >= 0 (positions count from the epoch's first record)."
-        )
-    if isinstance(start, bool) or not np.issubdtype(np.asarray(start).dtype, np.integer) or np.ndim(start):
-        raise TypeError(f"{fn_name}: start must be an integer scalar; got {type(start).__name__} {start!r}.")
-    if not 0 <= int(start) <= INT32_MAX:
-        raise ValueError(
-            f"{fn_name}: start must be in [0, 2**31 - 1] (positions count from the first record of "
-            f"epoch state.epoch; they do not wrap); got start={int(start)}."
-        )
-    return start
-
-
-# ----------------------------------------------------------------------------- cursors
-
-
-def make_cursor(kind: str, index: int, epoch: int, seed: int, partitions: int = 1, **fields: Any) -> dict[str, Any]:
-    """Returns a version-1 cursor: ``{"version", "kind", "index", "epoch", "seed", **fields}``.
-
-    ``partitions`` is recorded only above 1, so an unpartitioned stream's cursor is the same
-    dict as before partitions existed.
-    """
-    more = {"partitions": int(partitions)} if partitions != 1 else {}
-    return {"version": CURSOR_VERSION, "kind": kind, "index": int(index), "epoch": int(epoch),
-            "seed": int(seed), **fields, **more}
-
-
-def check_cursor(cursor: Any, kind: str, expected: dict[str, Any], num_records: int | None,
-                 partitions: int = 1) -> tuple[int, int]:
-    """Returns ``(index, epoch)`` of ``cursor`` after checking it belongs to this stream.
-
-    ``expected`` maps every field that shapes the stream (fingerprint, seed, shuffle, ...)
-    to this state's value; all differences are reported in one ``ValueError``. A cursor
-    without ``partitions`` has one (see ``make_cursor``); a partitioned stream moves only by
-    multiples of its partitions, so a position between them is refused.
-    """
-    if not isinstance(cursor, dict):
-        raise TypeError(f"restore_cursor: cursor must be the dict from dfn.cursor(state); got {type(cursor).__name__}.")
-    cursor = {"partitions": 1, **cursor}
-    expected = {**expected, "partitions": partitions}
-    version = cursor.get("version")
-    if version != CURSOR_VERSION:
-        raise ValueError(
-            f"restore_cursor: this cursor has version={version!r}; this datarax_fn reads version "
-            f"{CURSOR_VERSION} only (cursors saved before versioning have none). Save a new cursor with "
-            "dfn.cursor(state), or restore the checkpointed PyTree instead."
-        )
-    if cursor.get("kind") != kind:
-        raise ValueError(
-            f"restore_cursor: this cursor has kind={cursor.get('kind')!r} and cannot restore a {kind!r} state; restore "
-            "each state from its own dfn.cursor (a pipeline's cursor holds its source's under 'source')."
-        )
-    missing = sorted({"index", "epoch", "seed", *expected} - set(cursor))
-    if missing:
-        raise ValueError(f"restore_cursor: the cursor lacks {missing}; pass the dict from dfn.cursor(state).")
-    for name in ("index", "epoch", "seed"):
-        value = cursor[name]
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"restore_cursor: cursor[{name!r}] must be an int; got {type(value).__name__} {value!r}.")
-    check_seed(cursor["seed"], "restore_cursor")
-    diffs = [f"{k} (cursor {cursor[k]!r}, this state {v!r})" for k, v in expected.items() if cursor[k] != v]
-    if diffs:
-        raise ValueError(
-            "restore_cursor: the cursor was saved on a different stream; it differs in "
-            + "; ".join(diffs)
-            + ". Rebuild the state with the same data, options and seed as when the cursor was saved."
-        )
-    index, epoch = int(cursor["index"]), int(cursor["epoch"])
-    upper = INT32_MAX if num_records is None else num_records - 1
-    if not (0 <= index <= upper and 0 <= epoch <= INT32_MAX):
-        raise ValueError(
-            f"restore_cursor: index={index}, epoch={epoch} are out of range (index in [0, {upper}], "
-            "epoch in [0, 2**31 - 1])."
-        )
-    total = None if num_records is None else epoch * num_records + index
-    if partitions > 1 and total % partitions:
-        raise ValueError(
-            f"restore_cursor: the cursor is {total} records into the stream (epoch={epoch}, index={index}), "
-            f"which is not a multiple of partitions={partitions}; a partitioned stream only moves by "
-            "batches that are multiples of it. Restore the dict dfn.cursor(state) returned, unchanged."
-        )
-    return index, epoch
-
-
-# ----------------------------------------------------------------------------- generic functions
 
 
 @functools.singledispatch
@@ -349,21 +187,6 @@ def get_global_batch(state: Any, global_size: int, sharding: Any) -> tuple[Any, 
     ```
     """
     raise _unsupported("get_global_batch", state)
-
-
-def process_rows(sharding: Any, global_size: int, fn_name: str = "get_global_batch") -> tuple[int, int]:
-    """Returns the contiguous ``[start, stop)`` rows of a batch that this process's devices own."""
-    rows: set[int] = set()
-    for index in sharding.addressable_devices_indices_map((global_size,)).values():
-        rows.update(range(global_size)[index[0]] if index else range(global_size))
-    start, stop = min(rows), max(rows) + 1
-    if len(rows) != stop - start:
-        raise ValueError(
-            f"{fn_name}: this process owns rows {sorted(rows)} of the batch, which are not "
-            "contiguous. Order the mesh so each process's devices hold one contiguous block, e.g. "
-            "jax.make_mesh((jax.device_count(),), ('data',))."
-        )
-    return start, stop
 
 
 @functools.singledispatch
@@ -478,15 +301,6 @@ def dataset_info(state: Any) -> Any:
         the metadata object the loader attached, or ``None``.
     """
     raise _unsupported("dataset_info", state)
-
-
-def check_epochs(epochs: Any, fn_name: str = "iterate") -> int:
-    """Returns ``epochs`` as an int if it is an integer ``>= 1``, else raises."""
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)):
-        raise TypeError(f"{fn_name}: epochs must be a Python int >= 1; got {type(epochs).__name__} {epochs!r}.")
-    if epochs < 1:
-        raise ValueError(f"{fn_name}: epochs must be >= 1; got epochs={epochs}.")
-    return int(epochs)
 
 
 def iterate_batches(state: Any, size: int, epochs: int) -> Iterator[tuple[Any, PyTree]]:

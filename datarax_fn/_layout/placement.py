@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from . import _core
-from ._partition import check_partitions, partition_offsets
+from .._state import tracing
+from .partitions import check_partitions, partition_offsets
 
 PyTree = Any
 PLACEMENTS = ("device", "replicated", "partitioned", "host")
@@ -126,7 +126,7 @@ def check_on_boundary(start: Any, partitions: int) -> Any:
     if partitions == 1:
         return start
     message = f"get_batch_at: start must be a multiple of partitions={partitions} (a batch boundary)"
-    if _core.is_traced(start):
+    if tracing.is_traced(start):
         return eqx.error_if(start, start % partitions != 0, message + ".")
     if int(start) % partitions:
         raise ValueError(f"{message}; got start={int(start)}.")

@@ -25,7 +25,7 @@ from typing import Any
 
 import jax
 
-from ._core import Source
+from .contract import Source
 
 COPY_WARNING_BYTES = 8 * 2**20
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import jax
 
-from ._prefetch import Prefetcher
+from .prefetch import Prefetcher
 
 _CHUNK, _EPOCH_END, _DONE, _FAILED = range(4)
 

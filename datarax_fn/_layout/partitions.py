@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ._shuffle import epoch_seed
+from .._state.shuffle import epoch_seed
 
 # Keeps partition seeds apart from the per-window seeds that epoch_seed(seed, window) gives.
 _PARTITION_SALT = 0x5BD1E995
@@ -94,6 +94,22 @@ def owned_partitions(start: int, stop: int, size: int, partitions: int, where: s
             "that is a multiple of the number of processes (or devices) sharing the batch."
         )
     return range(start // per, stop // per)
+
+
+def process_rows(sharding: Any, global_size: int, fn_name: str = "get_global_batch") -> tuple[int, int]:
+    """Returns the contiguous ``[start, stop)`` rows of a batch that this process's devices own."""
+    rows: set[int] = set()
+    for index in sharding.addressable_devices_indices_map((global_size,)).values():
+        rows.update(range(global_size)[index[0]] if index else range(global_size))
+    start, stop = min(rows), max(rows) + 1
+    if len(rows) != stop - start:
+        raise ValueError(
+            f"{fn_name}: this process owns rows {sorted(rows)} of the batch, which are not "
+            "contiguous. Order the mesh so each process's devices hold one contiguous block, e.g. "
+            "jax.make_mesh((jax.device_count(),), ('data',))."
+        )
+    return start, stop
+
 
 
 __all__ = [

@@ -1,0 +1,88 @@
+"""Cursors: the small JSON dict that records a stream's position, and the check that it fits a state.
+
+A cursor is ``{"version", "kind", "index", "epoch", "seed", ...}`` plus every field that
+shapes the stream (fingerprint, shuffle, stages); restoring one on another stream raises
+and names each field that differs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .checks import INT32_MAX, check_seed
+
+
+CURSOR_VERSION = 1
+
+
+def make_cursor(kind: str, index: int, epoch: int, seed: int, partitions: int = 1, **fields: Any) -> dict[str, Any]:
+    """Returns a version-1 cursor: ``{"version", "kind", "index", "epoch", "seed", **fields}``.
+
+    ``partitions`` is recorded only above 1, so an unpartitioned stream's cursor is the same
+    dict as before partitions existed.
+    """
+    more = {"partitions": int(partitions)} if partitions != 1 else {}
+    return {"version": CURSOR_VERSION, "kind": kind, "index": int(index), "epoch": int(epoch),
+            "seed": int(seed), **fields, **more}
+
+
+def check_cursor(cursor: Any, kind: str, expected: dict[str, Any], num_records: int | None,
+                 partitions: int = 1) -> tuple[int, int]:
+    """Returns ``(index, epoch)`` of ``cursor`` after checking it belongs to this stream.
+
+    ``expected`` maps every field that shapes the stream (fingerprint, seed, shuffle, ...)
+    to this state's value; all differences are reported in one ``ValueError``. A cursor
+    without ``partitions`` has one (see ``make_cursor``); a partitioned stream moves only by
+    multiples of its partitions, so a position between them is refused.
+    """
+    if not isinstance(cursor, dict):
+        raise TypeError(f"restore_cursor: cursor must be the dict from dfn.cursor(state); got {type(cursor).__name__}.")
+    cursor = {"partitions": 1, **cursor}
+    expected = {**expected, "partitions": partitions}
+    version = cursor.get("version")
+    if version != CURSOR_VERSION:
+        raise ValueError(
+            f"restore_cursor: this cursor has version={version!r}; this datarax_fn reads version "
+            f"{CURSOR_VERSION} only (cursors saved before versioning have none). Save a new cursor with "
+            "dfn.cursor(state), or restore the checkpointed PyTree instead."
+        )
+    if cursor.get("kind") != kind:
+        raise ValueError(
+            f"restore_cursor: this cursor has kind={cursor.get('kind')!r} and cannot restore a {kind!r} state; restore "
+            "each state from its own dfn.cursor (a pipeline's cursor holds its source's under 'source')."
+        )
+    missing = sorted({"index", "epoch", "seed", *expected} - set(cursor))
+    if missing:
+        raise ValueError(f"restore_cursor: the cursor lacks {missing}; pass the dict from dfn.cursor(state).")
+    for name in ("index", "epoch", "seed"):
+        value = cursor[name]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"restore_cursor: cursor[{name!r}] must be an int; got {type(value).__name__} {value!r}.")
+    check_seed(cursor["seed"], "restore_cursor")
+    diffs = [f"{k} (cursor {cursor[k]!r}, this state {v!r})" for k, v in expected.items() if cursor[k] != v]
+    if diffs:
+        raise ValueError(
+            "restore_cursor: the cursor was saved on a different stream; it differs in "
+            + "; ".join(diffs)
+            + ". Rebuild the state with the same data, options and seed as when the cursor was saved."
+        )
+    index, epoch = int(cursor["index"]), int(cursor["epoch"])
+    upper = INT32_MAX if num_records is None else num_records - 1
+    if not (0 <= index <= upper and 0 <= epoch <= INT32_MAX):
+        raise ValueError(
+            f"restore_cursor: index={index}, epoch={epoch} are out of range (index in [0, {upper}], "
+            "epoch in [0, 2**31 - 1])."
+        )
+    total = None if num_records is None else epoch * num_records + index
+    if partitions > 1 and total % partitions:
+        raise ValueError(
+            f"restore_cursor: the cursor is {total} records into the stream (epoch={epoch}, index={index}), "
+            f"which is not a multiple of partitions={partitions}; a partitioned stream only moves by "
+            "batches that are multiples of it. Restore the dict dfn.cursor(state) returned, unchanged."
+        )
+    return index, epoch
+
+
+# ----------------------------------------------------------------------------- generic functions
