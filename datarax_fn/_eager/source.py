@@ -26,7 +26,6 @@ from .._state.jit import warn_if_copied
 from .._layout import gather
 from .._layout.placement import (
     Placement,
-    check_batch_devices,
     check_on_boundary,
     check_single_device,
     make_placement,
@@ -365,7 +364,7 @@ def _check_keyed(state: EagerSource, size: int) -> None:
 def _placed(state: EagerSource, index: Any, size: int, where: str) -> tuple[Any, Any, PyTree]:
     """Returns ``(index, epoch, batch)`` after the batch of ``size`` at ``index`` of a placed or partitioned state."""
     check_batch_size(size, state.partitions, where)
-    check_batch_devices(size, state.placement, where)
+    check_batch_size(size, state.placement.devices, where, state.placement.describe_devices())
     common = dict(size=size, num_records=state.num_records, partitions=state.partitions, shuffle=state.shuffle)
     if state.placement.kind == "host":
         if tracing.is_traced(index, state.epoch, state.seed):

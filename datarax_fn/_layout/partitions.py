@@ -68,15 +68,20 @@ def partition_seed(seed: int, partition: int, partitions: int) -> int:
     return epoch_seed((int(seed) ^ _PARTITION_SALT) % 2**32, int(partition))
 
 
-def check_batch_size(size: int, partitions: int, where: str) -> int:
-    """Returns the records each partition gives to a batch of ``size``; ValueError unless ``partitions`` divides it."""
-    if size % partitions:
-        lo = max(partitions, size // partitions * partitions)
+def check_batch_size(size: int, parts: int, where: str, over: str | None = None) -> int:
+    """Returns ``size // parts``, the rows each part takes of a batch of ``size``; ValueError unless ``parts`` divides it.
+
+    A batch is split evenly over the stream's partitions and over the devices of a mesh;
+    ``over`` names the parts in the message (default ``partitions=<parts>``).
+    """
+    if size % parts:
+        lo = max(parts, size // parts * parts)
+        over = over or f"partitions={parts}"
         raise ValueError(
-            f"{where}: size={size} is not a multiple of partitions={partitions}; every batch takes the same "
-            f"number of records from each partition. Use size={lo} or {lo + partitions}."
+            f"{where}: size={size} is not a multiple of {over}; every batch takes the same number of rows "
+            f"from each of them. Use size={lo} or {lo + parts}."
         )
-    return size // partitions
+    return size // parts
 
 
 def partition_position(total: int, partitions: int, length: int) -> tuple[int, int]:

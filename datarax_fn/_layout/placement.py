@@ -55,6 +55,12 @@ class Placement:
         """The number of devices a batch is split over (1 for ``device``)."""
         return 1 if self.mesh is None else self.mesh.shape[self.axis]
 
+    def describe_devices(self) -> str:
+        """Returns the devices a batch is split over, in words (for error messages)."""
+        if self.mesh is None:
+            return "the one device of placement='device'"
+        return f"the {self.devices} devices of mesh axis {self.axis!r} (placement={self.kind!r})"
+
     def batch_sharding(self) -> NamedSharding | None:
         """Returns the layout of a batch's leading axis, or None for ``device``."""
         return None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec(self.axis))
@@ -95,18 +101,6 @@ def make_placement(placement: Any, mesh: Any, partitions: int, where: str) -> Pl
             f"Use partitions={max(d, partitions // d * d)}."
         )
     return out
-
-
-def check_batch_devices(size: int, placement: Placement, where: str) -> int:
-    """Returns the rows of a batch of ``size`` per device; ValueError unless the devices divide it."""
-    d = placement.devices
-    if size % d:
-        lo = max(d, size // d * d)
-        raise ValueError(
-            f"{where}: size={size} does not split over the {d} devices of mesh axis {placement.axis!r} "
-            f"(placement={placement.kind!r}); use size={lo} or {lo + d}."
-        )
-    return size // d
 
 
 def check_single_device() -> None:
