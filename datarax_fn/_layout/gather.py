@@ -61,8 +61,12 @@ def rows_to_records(rows: Any, q: Any, per: int, num_records: int, partitions: i
     return part, out
 
 
-def partition_position(index: jax.Array, epoch: jax.Array, num_records: int, partitions: int, per: int) -> jax.Array:
-    """Returns ``q = (epoch * N + index) // C`` as uint32, raising (``eqx.error_if``) past ``2**32``."""
+def consumed_per_partition(index: jax.Array, epoch: jax.Array, num_records: int, partitions: int, per: int) -> jax.Array:
+    """Returns ``q = (epoch * N + index) // C``, the records every partition has consumed, as uint32.
+
+    Raises (``eqx.error_if``) before ``q`` overflows. ``partitions.partition_position`` turns the
+    same count into one partition's ``(epoch, position)`` on the host.
+    """
     a, b = divmod(num_records, partitions)
     index = index.astype(jnp.uint32)
     epoch = epoch.astype(jnp.uint32)
@@ -103,7 +107,7 @@ def placed_batch(data: PyTree, index: jax.Array, epoch: jax.Array, seed: jax.Arr
 
     plain = partitions == 1 and not padded
     # Computed once, outside shard_map: its overflow check then needs no collective.
-    q = jnp.uint32(0) if plain else partition_position(index, epoch, num_records, partitions, per)
+    q = jnp.uint32(0) if plain else consumed_per_partition(index, epoch, num_records, partitions, per)
 
     def rows_batch(data, index, epoch, seed, seeds, q, first_row, rows, first_partition):
         if plain:
