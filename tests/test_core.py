@@ -304,5 +304,5 @@ def test_process_rows_is_the_contiguous_block_of_this_process():
     assert process_rows(dfn.data_sharding(), 8) == (0, 8)
     assert process_rows(_Rows((4, 6), (2, 4)), 8) == (2, 6)
     assert process_rows(_Rows((0, 4), (0, 4)), 8) == (0, 4)  # replicated over this process's devices
-    with pytest.raises(ValueError, match=r"owns rows \[0, 1, 4, 5\] of the batch, which are not contiguous"):
+    with pytest.raises(ValueError, match=r"owns the batch rows \[0, 1, 4, 5\], which are not contiguous"):
         process_rows(_Rows((0, 2), (4, 6)), 8)

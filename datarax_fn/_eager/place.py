@@ -124,7 +124,7 @@ def from_local_partitions(
     seed = checks.check_seed(seed, "from_local_partitions")
     partitions = check_partitions(partitions, num_records, "from_local_partitions")
     where = make_placement("partitioned", mesh, partitions, "from_local_partitions")
-    parts = local_partitions(partitions, where.mesh)
+    parts = local_partitions(partitions, where.mesh, "from_local_partitions")
     off = partition_offsets(num_records, partitions)
     want = int(off[parts.stop] - off[parts.start])
     leaves = jax.tree_util.tree_flatten_with_path(local)[0]

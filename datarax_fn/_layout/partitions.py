@@ -101,23 +101,25 @@ def owned_partitions(start: int, stop: int, size: int, partitions: int, where: s
     return range(start // per, stop // per)
 
 
-def process_rows(sharding: Any, global_size: int, fn_name: str = "get_global_batch") -> tuple[int, int]:
-    """Returns the contiguous ``[start, stop)`` rows of a batch that this process's devices own."""
+def process_rows(sharding: Any, size: int, where: str = "get_global_batch", what: str = "batch rows") -> tuple[int, int]:
+    """Returns the contiguous ``[start, stop)`` of an axis of ``size`` that this process's devices own.
+
+    The rows of a batch (``sharding`` its layout), or the partitions of a ``partitioned``
+    state (a sharding over ``C`` partitions); ``what`` names them in the error.
+    """
     rows: set[int] = set()
-    for index in sharding.addressable_devices_indices_map((global_size,)).values():
-        rows.update(range(global_size)[index[0]] if index else range(global_size))
+    for index in sharding.addressable_devices_indices_map((size,)).values():
+        rows.update(range(size)[index[0]] if index else range(size))
     start, stop = min(rows), max(rows) + 1
     if len(rows) != stop - start:
         raise ValueError(
-            f"{fn_name}: this process owns rows {sorted(rows)} of the batch, which are not "
-            "contiguous. Order the mesh so each process's devices hold one contiguous block, e.g. "
-            "jax.make_mesh((jax.device_count(),), ('data',))."
+            f"{where}: this process owns the {what} {sorted(rows)}, which are not contiguous. Order the mesh so "
+            "each process's devices hold one contiguous block, e.g. jax.make_mesh((jax.device_count(),), ('data',))."
         )
     return start, stop
 
 
-
 __all__ = [
     "check_batch_size", "check_partitions", "owned_partitions", "partition_offsets", "partition_position",
-    "partition_seed",
+    "partition_seed", "process_rows",
 ]

@@ -30,7 +30,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from .._state import tracing
-from .partitions import check_partitions, partition_offsets
+from .partitions import check_partitions, partition_offsets, process_rows
 
 PyTree = Any
 PLACEMENTS = ("device", "replicated", "partitioned", "host")
@@ -157,19 +157,10 @@ def unpad_partitions(x: np.ndarray, num_records: int, partitions: int) -> np.nda
     return np.concatenate([x[c * length:c * length + off[c + 1] - off[c]] for c in range(partitions)])
 
 
-def local_partitions(partitions: int, mesh: jax.sharding.Mesh) -> range:
+def local_partitions(partitions: int, mesh: jax.sharding.Mesh, where: str) -> range:
     """Returns the partitions whose rows this process's devices hold in the ``partitioned`` layout."""
     sharding = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
-    rows: set[int] = set()
-    for index in sharding.addressable_devices_indices_map((partitions,)).values():
-        rows.update(range(partitions)[index[0]])
-    start, stop = min(rows), max(rows) + 1
-    if len(rows) != stop - start:
-        raise ValueError(
-            f"the devices of this process hold partitions {sorted(rows)}, which are not contiguous. Order the "
-            "mesh so each process's devices come together, as jax.make_mesh((jax.device_count(),), ('data',)) does."
-        )
-    return range(start, stop)
+    return range(*process_rows(sharding, partitions, where, "partitions"))
 
 
 def local_records(num_records: int, partitions: int, mesh: jax.sharding.Mesh | None = None) -> range:
@@ -195,7 +186,7 @@ def local_records(num_records: int, partitions: int, mesh: jax.sharding.Mesh | N
     """
     partitions = check_partitions(partitions, num_records, "local_records")
     placement = make_placement("partitioned", mesh, partitions, "local_records")
-    parts = local_partitions(partitions, placement.mesh)
+    parts = local_partitions(partitions, placement.mesh, "local_records")
     off = partition_offsets(num_records, partitions)
     return range(int(off[parts.start]), int(off[parts.stop]))
 
