@@ -306,3 +306,19 @@ def test_process_rows_is_the_contiguous_block_of_this_process():
     assert process_rows(_Rows((0, 4), (0, 4)), 8) == (0, 4)  # replicated over this process's devices
     with pytest.raises(ValueError, match=r"owns the batch rows \[0, 1, 4, 5\], which are not contiguous"):
         process_rows(_Rows((0, 2), (4, 6)), 8)
+
+
+def test_static_metadata_compares_by_key_and_kind_only():
+    from datarax_fn._state.contract import Static
+
+    class Other(Static):
+        __slots__ = ()
+
+    a, b = Static({"meta": 1}, "arrays:abc"), Static({"meta": 2}, "arrays:abc")
+    assert a == b and hash(a) == hash(b)
+    assert a != Static({"meta": 1}, "arrays:abd")
+    assert a != Other({"meta": 1}, "arrays:abc")  # a streaming handle never equals eager metadata
+    x = np.arange(6, dtype=np.int32)
+    s1 = dfn.from_arrays({"x": x}, info={"v": 1}, fingerprint="f")
+    s2 = dfn.from_arrays({"x": x.copy()}, info={"v": 2}, fingerprint="f")
+    assert jax.tree.structure(s1) == jax.tree.structure(s2)

@@ -38,30 +38,6 @@ from .._state.shuffle import permute, permute_with_keys, round_keys
 PyTree = Any
 
 
-class Static:
-    """Holds backend metadata in a static field; compares by ``key``, a stable string.
-
-    JAX compares static fields when it compares tree structures (jit caches,
-    ``jax.tree.map`` over two states). Two loads of the same data carry different
-    metadata objects but the same key, so their states have the same structure.
-    """
-
-    __slots__ = ("value", "key")
-
-    def __init__(self, value: Any, key: str):
-        self.value = value
-        self.key = key
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Static) and other.key == self.key
-
-    def __hash__(self) -> int:
-        return hash(self.key)
-
-    def __repr__(self) -> str:
-        return f"Static({type(self.value).__name__}, key={self.key!r})"
-
-
 def _leaf_paths(tree: PyTree) -> list[tuple[str, Any]]:
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
     return [(jax.tree_util.keystr(path) or "<root>", leaf) for path, leaf in flat]
@@ -97,7 +73,7 @@ class EagerSource(contract.Source):
     num_records: int = eqx.field(static=True)
     shuffle: bool = eqx.field(static=True, default=False)
     name: str = eqx.field(static=True, default="arrays")
-    info: Static | None = eqx.field(static=True, default=None)
+    info: contract.Static | None = eqx.field(static=True, default=None)
     fingerprint: str = eqx.field(static=True, default="")
     partitions: int = eqx.field(static=True, default=1)
     placement: Placement = eqx.field(static=True, default=Placement())
@@ -236,7 +212,7 @@ def placed_source(data: PyTree, placement: Placement, *, num_records: int, parti
         num_records=num_records,
         shuffle=bool(shuffle),
         name=name,
-        info=None if info is None else Static(info, f"{name}:{fingerprint}"),
+        info=None if info is None else contract.Static(info, f"{name}:{fingerprint}"),
         fingerprint=fingerprint,
         partitions=partitions,
         placement=placement,
@@ -463,4 +439,4 @@ def _(state: EagerSource, cursor: dict[str, Any]):
     )
 
 
-__all__ = ["EagerSource", "from_arrays", "advance", "hash_arrays", "data_fingerprint", "Static"]
+__all__ = ["EagerSource", "from_arrays", "advance", "hash_arrays", "data_fingerprint"]

@@ -95,6 +95,32 @@ class Source(eqx.Module):
         return True
 
 
+class Static:
+    """Holds a value in a static field of a state; compares and hashes by ``key``, a stable identity.
+
+    JAX compares static fields when it compares tree structures (jit caches,
+    ``jax.tree.map`` over two states). Two loads of the same data carry different objects
+    (dataset metadata, a streaming backend and its reader) but the same key, so their
+    states have the same structure (point 5 above). Subclasses add slots for what they
+    carry besides ``value``.
+    """
+
+    __slots__ = ("value", "key")
+
+    def __init__(self, value: Any, key: Any):
+        self.value = value
+        self.key = key
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __repr__(self) -> str:
+        return f"Static({type(self.value).__name__}, key={self.key!r})"
+
+
 def _unsupported(fn_name: str, state: Any) -> TypeError:
     return TypeError(
         f"{fn_name}: expected a datarax_fn source state (EagerSource, StreamingSource, Pipeline or "

@@ -119,14 +119,14 @@ class StreamingBackend(Protocol):
 # ----------------------------------------------------------------------------- handle
 
 
-class _Handle:
+class _Handle(contract.Static):
     """The static part of a StreamingSource: the backend and its reader.
 
     Compares by the backend's type and fingerprint, so two sources over the same
     stream have equal tree structures.
     """
 
-    __slots__ = ("backend", "key", "reader", "lock", "prefetch", "_spec", "__weakref__")
+    __slots__ = ("backend", "reader", "lock", "prefetch", "_spec", "__weakref__")
 
     def __init__(self, backend: Any, prefetch: int = 2):
         self.backend = backend
@@ -135,17 +135,11 @@ class _Handle:
             raise TypeError(
                 f"{type(backend).__name__}.fingerprint() must return a str; got {type(fingerprint).__name__}."
             )
-        self.key = (type(backend).__module__, type(backend).__qualname__, fingerprint)
+        super().__init__(backend, (type(backend).__module__, type(backend).__qualname__, fingerprint))
         self.reader: Reader | None = None
         self.lock = threading.Lock()
         self.prefetch = prefetch
         self._spec = None
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Handle) and other.key == self.key
-
-    def __hash__(self) -> int:
-        return hash(self.key)
 
     def spec(self) -> PyTree:
         if self._spec is None:
