@@ -33,7 +33,7 @@ from .._layout.placement import (
     stored_records,
 )
 from .._layout.partitions import check_batch_size, check_partitions
-from .._state.shuffle import permute, permute_with_keys, round_keys
+from .._state.shuffle import permute
 
 PyTree = Any
 
@@ -224,86 +224,12 @@ def _first_length(leaves: list[tuple[str, Any]]) -> int:
     return leaves[0][1].shape[0] if leaves and leaves[0][1].ndim else 0
 
 
-# ----------------------------------------------------------------------------- kernels
-
-
-def _positions_to_records(pos: jax.Array, n: int, shuffle: bool, seed: Any, epoch0: Any) -> jax.Array:
-    """Maps absolute stream positions (uint32, counted from epoch0's start) to record ids."""
-    ep = epoch0.astype(jnp.uint32) + pos // jnp.uint32(n)
-    local = pos % jnp.uint32(n)
-    if not shuffle:
-        return local.astype(jnp.int32)
-    return permute(local, n, seed, ep)
-
-
-def _take_leaf(x: jax.Array, idx: jax.Array, unique: bool) -> jax.Array:
-    dnums = jax.lax.GatherDimensionNumbers(
-        offset_dims=tuple(range(1, x.ndim)), collapsed_slice_dims=(0,), start_index_map=(0,)
-    )
-    return jax.lax.gather(
-        x,
-        idx[:, None],
-        dimension_numbers=dnums,
-        slice_sizes=(1, *x.shape[1:]),
-        mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS,
-        unique_indices=unique,
-    )
-
-
-def _take(data: PyTree, idx: jax.Array, unique: bool = False) -> PyTree:
-    # Indices are in [0, N) by construction, so the gather skips jnp.take's bounds-fill select.
-    return jax.tree.map(lambda x: _take_leaf(x, idx, unique), data)
-
-
-@functools.partial(tracing.jit_unless_traced, static_argnames=("size", "n", "shuffle"))
-def _records_at(data: PyTree, start: Any, size: int, n: int, shuffle: bool, seed: Any, epoch: Any) -> PyTree:
-    """The batch at stream positions ``start .. start + size - 1`` from epoch ``epoch``.
-
-    Branch-free: a ``lax.cond`` between "inside one epoch" and "straddling" would
-    materialise the batch and cost more than both paths together inside ``scan``.
-    """
-    start = jnp.asarray(start).astype(jnp.uint32)
-    offsets = jnp.arange(size, dtype=jnp.uint32)
-    if size > n:
-        return _take(data, _positions_to_records(start + offsets, n, shuffle, seed, epoch))
-    ep = epoch.astype(jnp.uint32) + start // jnp.uint32(n)
-    local = start % jnp.uint32(n)
-    if shuffle:
-        # At most two epochs meet in one batch: positions past N belong to epoch ep + 1.
-        pos = local + offsets
-        wrapped = pos >= jnp.uint32(n)
-        pos = jnp.where(wrapped, pos - jnp.uint32(n), pos)
-        keys = [jnp.where(wrapped, k1, k0) for k0, k1 in zip(round_keys(seed, ep), round_keys(seed, ep + 1))]
-        return _take(data, permute_with_keys(pos, n, keys))
-    # Sequential: slice [s0, s0 + size) with s0 = min(local, N - size), append the first
-    # `size` records, and slice again at local - s0; rows past N wrap to the epoch start.
-    local = local.astype(jnp.int32)
-    s0 = jnp.minimum(local, n - size)
-
-    def leaf(x):
-        both = jnp.concatenate([jax.lax.dynamic_slice_in_dim(x, s0, size), x[:size]])
-        return jax.lax.dynamic_slice_in_dim(both, local - s0, size)
-
-    return jax.tree.map(leaf, data)
-
-
-@functools.partial(tracing.jit_unless_traced, static_argnames=("size", "n"))
-def _advance(index: jax.Array, epoch: jax.Array, size: int, n: int) -> tuple[jax.Array, jax.Array]:
-    total = index.astype(jnp.uint32) + jnp.uint32(size)
-    new_index = (total % jnp.uint32(n)).astype(jnp.int32)
-    new_epoch = epoch + (total // jnp.uint32(n)).astype(jnp.int32)
-    new_epoch = eqx.error_if(
-        new_epoch,
-        new_epoch < epoch,
-        "datarax_fn: the int32 epoch counter overflowed (more than 2**31 - 1 epochs). "
-        "Restart from a fresh state with a new seed.",
-    )
-    return new_index, new_epoch
+# ----------------------------------------------------------------------------- batches
 
 
 def advance(state: EagerSource, size: int) -> EagerSource:
     """Returns ``state`` moved on by ``size`` records without reading them."""
-    index, epoch = _advance(state.index, state.epoch, size=size, n=state.num_records)
+    index, epoch = gather.advance_cursor(state.index, state.epoch, size=size, n=state.num_records)
     return tracing.replace(state, index=index, epoch=epoch)
 
 
@@ -311,15 +237,15 @@ def advance(state: EagerSource, size: int) -> EagerSource:
 def _keyed(data: PyTree, key: Any, start: Any, size: int, n: int) -> PyTree:
     words = jax.random.bits(key, (2,), jnp.uint32)
     pos = jnp.asarray(start).astype(jnp.uint32) + jnp.arange(size, dtype=jnp.uint32)
-    return _take(data, permute(pos % jnp.uint32(n), n, words[0], words[1]), unique=size <= n)
+    return gather.take(data, permute(pos % jnp.uint32(n), n, words[0], words[1]), unique=size <= n)
 
 
 # Compiled once per (batch size, N, shuffle, data structure); `data` is an input and
-# never an output, so XLA cannot copy it (see _jit).
+# never an output, so XLA cannot copy it (see _state/jit.py).
 @functools.partial(tracing.jit_unless_traced, static_argnames=("size", "n", "shuffle"))
 def _step(data, index, epoch, seed, size, n, shuffle):
-    batch = _records_at(data, index, size=size, n=n, shuffle=shuffle, seed=seed, epoch=epoch)
-    index, epoch = _advance(index, epoch, size=size, n=n)
+    batch = gather.records_at(data, index, size=size, n=n, shuffle=shuffle, seed=seed, epoch=epoch)
+    index, epoch = gather.advance_cursor(index, epoch, size=size, n=n)
     return index, epoch, batch
 
 
@@ -350,11 +276,11 @@ def _placed(state: EagerSource, index: Any, size: int, where: str) -> tuple[Any,
             )
         batch = gather.host_batch(state.data, int(index), int(state.epoch), int(state.seed),
                                    sharding=state.placement.batch_sharding(), **common)
-        return (*_advance(index, state.epoch, size=size, n=state.num_records), batch)
+        return (*gather.advance_cursor(index, state.epoch, size=size, n=state.num_records), batch)
     if tracing.is_traced(index, state.epoch):
         warn_if_copied(state.data)
     return gather.placed_step(state.data, index, state.epoch, state.seed, state.partition_seeds,
-                               placement=state.placement, records_at=_records_at, advance=_advance, **common)
+                               placement=state.placement, **common)
 
 
 @contract.get_batch.register
@@ -384,7 +310,7 @@ def _(state: EagerSource, start: Any, size: int, key: Any = None):
         return _keyed(state.data, key, start, size=size, n=n)
     if state.placement.kind != "device" or state.partitions > 1:
         return _placed(state, jnp.asarray(check_on_boundary(start, state.partitions)), size, "get_batch_at")[2]
-    return _records_at(state.data, start, size=size, n=n, shuffle=state.shuffle, seed=state.seed, epoch=state.epoch)
+    return gather.records_at(state.data, start, size=size, n=n, shuffle=state.shuffle, seed=state.seed, epoch=state.epoch)
 
 
 @contract.element_spec.register

@@ -1,5 +1,9 @@
 """The batch gather: which record each batch row reads, and gathering it where the data is placed.
 
+The plain stream (one partition, data in file order) is ``records_at``: stream positions
+to records (the keyed order of ``_state.shuffle``) and one gather; ``advance_cursor``
+moves the ``(index, epoch)`` cursor on. Every placement below builds on them.
+
 The rows of a batch follow the canonical-partition order of ``partitions``: row ``r`` of a
 batch of ``B`` comes from partition ``c = r // (B // C)``, at that partition's position
 ``q + r % (B // C)`` with ``q = total // C``. ``rows_to_records`` computes it with NumPy
@@ -14,7 +18,6 @@ the mesh's first axis with no collective.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -26,7 +29,7 @@ from jax.sharding import PartitionSpec
 from .._state import tracing
 from .partitions import partition_offsets, partition_seed
 from .placement import Placement, padded_length
-from .._state.shuffle import permute
+from .._state.shuffle import permute, permute_with_keys, round_keys
 
 PyTree = Any
 
@@ -80,6 +83,89 @@ def consumed_per_partition(index: jax.Array, epoch: jax.Array, num_records: int,
     )
 
 
+# ----------------------------------------------------------------------------- one partition
+# The plain stream (partitions == 1, data in file order): positions to records, and the gather.
+
+
+def positions_to_records(pos: jax.Array, n: int, shuffle: bool, seed: Any, epoch0: Any) -> jax.Array:
+    """Returns the record ids of absolute stream positions (uint32, counted from epoch0's start) to record ids."""
+    ep = epoch0.astype(jnp.uint32) + pos // jnp.uint32(n)
+    local = pos % jnp.uint32(n)
+    if not shuffle:
+        return local.astype(jnp.int32)
+    return permute(local, n, seed, ep)
+
+
+def _take_leaf(x: jax.Array, idx: jax.Array, unique: bool) -> jax.Array:
+    dnums = jax.lax.GatherDimensionNumbers(
+        offset_dims=tuple(range(1, x.ndim)), collapsed_slice_dims=(0,), start_index_map=(0,)
+    )
+    return jax.lax.gather(
+        x,
+        idx[:, None],
+        dimension_numbers=dnums,
+        slice_sizes=(1, *x.shape[1:]),
+        mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+        unique_indices=unique,
+    )
+
+
+def take(data: PyTree, idx: jax.Array, unique: bool = False) -> PyTree:
+    """Returns the rows ``idx`` of every leaf of ``data``."""
+    # Indices are in [0, N) by construction, so the gather skips jnp.take's bounds-fill select.
+    return jax.tree.map(lambda x: _take_leaf(x, idx, unique), data)
+
+
+@functools.partial(tracing.jit_unless_traced, static_argnames=("size", "n", "shuffle"))
+def records_at(data: PyTree, start: Any, size: int, n: int, shuffle: bool, seed: Any, epoch: Any) -> PyTree:
+    """Returns the batch at stream positions ``start .. start + size - 1`` from epoch ``epoch``.
+
+    Branch-free: a ``lax.cond`` between "inside one epoch" and "straddling" would
+    materialise the batch and cost more than both paths together inside ``scan``.
+    """
+    start = jnp.asarray(start).astype(jnp.uint32)
+    offsets = jnp.arange(size, dtype=jnp.uint32)
+    if size > n:
+        return take(data, positions_to_records(start + offsets, n, shuffle, seed, epoch))
+    ep = epoch.astype(jnp.uint32) + start // jnp.uint32(n)
+    local = start % jnp.uint32(n)
+    if shuffle:
+        # At most two epochs meet in one batch: positions past N belong to epoch ep + 1.
+        pos = local + offsets
+        wrapped = pos >= jnp.uint32(n)
+        pos = jnp.where(wrapped, pos - jnp.uint32(n), pos)
+        keys = [jnp.where(wrapped, k1, k0) for k0, k1 in zip(round_keys(seed, ep), round_keys(seed, ep + 1))]
+        return take(data, permute_with_keys(pos, n, keys))
+    # Sequential: slice [s0, s0 + size) with s0 = min(local, N - size), append the first
+    # `size` records, and slice again at local - s0; rows past N wrap to the epoch start.
+    local = local.astype(jnp.int32)
+    s0 = jnp.minimum(local, n - size)
+
+    def leaf(x):
+        both = jnp.concatenate([jax.lax.dynamic_slice_in_dim(x, s0, size), x[:size]])
+        return jax.lax.dynamic_slice_in_dim(both, local - s0, size)
+
+    return jax.tree.map(leaf, data)
+
+
+@functools.partial(tracing.jit_unless_traced, static_argnames=("size", "n"))
+def advance_cursor(index: jax.Array, epoch: jax.Array, size: int, n: int) -> tuple[jax.Array, jax.Array]:
+    """Returns the cursor ``(index, epoch)`` moved on by ``size`` records of ``n`` per epoch (checked for overflow)."""
+    total = index.astype(jnp.uint32) + jnp.uint32(size)
+    new_index = (total % jnp.uint32(n)).astype(jnp.int32)
+    new_epoch = epoch + (total // jnp.uint32(n)).astype(jnp.int32)
+    new_epoch = eqx.error_if(
+        new_epoch,
+        new_epoch < epoch,
+        "datarax_fn: the int32 epoch counter overflowed (more than 2**31 - 1 epochs). "
+        "Restart from a fresh state with a new seed.",
+    )
+    return new_index, new_epoch
+
+
+# ----------------------------------------------------------------------------- partitions and meshes
+
+
 def _gather(data: PyTree, idx: jax.Array) -> PyTree:
     # Ids are in [0, rows held) by construction; "clip" costs a clamp, not the bounds-fill select.
     return jax.tree.map(lambda x: jnp.take(x, idx, axis=0, mode="clip"), data)
@@ -87,15 +173,13 @@ def _gather(data: PyTree, idx: jax.Array) -> PyTree:
 
 @functools.partial(
     tracing.jit_unless_traced,
-    static_argnames=("size", "num_records", "partitions", "shuffle", "placement", "records_at"),
+    static_argnames=("size", "num_records", "partitions", "shuffle", "placement"),
 )
 def placed_batch(data: PyTree, index: jax.Array, epoch: jax.Array, seed: jax.Array, seeds: jax.Array | None, *,
-                 size: int, num_records: int, partitions: int, shuffle: bool, placement: Placement,
-                 records_at: Callable) -> PyTree:
+                 size: int, num_records: int, partitions: int, shuffle: bool, placement: Placement) -> PyTree:
     """Returns the batch of ``size`` at the cursor, gathered where ``placement`` keeps the data.
 
-    ``records_at(data, start, size, n, shuffle, seed, epoch)`` is the one-partition kernel
-    (positions from the epoch start); it serves ``partitions == 1`` outside ``partitioned``.
+    The one-partition kernel ``records_at`` serves ``partitions == 1`` outside ``partitioned``.
     ``seeds`` holds each partition's seed when ``partitions > 1``.
     """
     per = size // partitions
@@ -136,15 +220,15 @@ def placed_batch(data: PyTree, index: jax.Array, epoch: jax.Array, seed: jax.Arr
 
 @functools.partial(
     tracing.jit_unless_traced,
-    static_argnames=("size", "num_records", "partitions", "shuffle", "placement", "records_at", "advance"),
+    static_argnames=("size", "num_records", "partitions", "shuffle", "placement"),
 )
 def placed_step(data: PyTree, index: jax.Array, epoch: jax.Array, seed: jax.Array, seeds: jax.Array | None, *,
-                size: int, num_records: int, partitions: int, shuffle: bool, placement: Placement,
-                records_at: Callable, advance: Callable) -> tuple[jax.Array, jax.Array, PyTree]:
-    """Returns ``(index, epoch, batch)``: ``placed_batch`` and the cursor moved on by ``advance``, in one program."""
+                size: int, num_records: int, partitions: int, shuffle: bool,
+                placement: Placement) -> tuple[jax.Array, jax.Array, PyTree]:
+    """Returns ``(index, epoch, batch)``: ``placed_batch`` and the cursor moved on, in one program."""
     batch = placed_batch(data, index, epoch, seed, seeds, size=size, num_records=num_records, partitions=partitions,
-                         shuffle=shuffle, placement=placement, records_at=records_at)
-    index, epoch = advance(index, epoch, size=size, n=num_records)
+                         shuffle=shuffle, placement=placement)
+    index, epoch = advance_cursor(index, epoch, size=size, n=num_records)
     return index, epoch, batch
 
 
@@ -168,4 +252,7 @@ def host_batch(data: PyTree, index: int, epoch: int, seed: int, size: int, num_r
     return jax.tree.map(leaf, data)
 
 
-__all__ = ["host_batch", "partition_seeds", "placed_batch", "placed_step", "rows_to_records"]
+__all__ = [
+    "advance_cursor", "host_batch", "partition_seeds", "placed_batch", "placed_step", "positions_to_records",
+    "records_at", "rows_to_records", "take",
+]
