@@ -152,3 +152,24 @@ def test_host_aliased_source_is_copied_at_most_once():
         state, _ = step(state)
     assert ptrs(state) == first
     assert float(state.data["x"].sum()) == 4096 * 1024
+
+
+def test_donation_probe_finds_jax_jit_tracing_frame():
+    # _outermost_jit_donates reads a private JAX frame (pjit._trace_for_jit's donated_invars);
+    # if JAX moves it, the DatasetCopyWarning goes silent instead of failing, so fail here.
+    from datarax_fn._state.jit import _outermost_jit_donates
+
+    seen = {}
+
+    def probe(x, name):
+        seen[name] = _outermost_jit_donates()
+        return x
+
+    jax.jit(lambda x: probe(x, "plain"))(jnp.zeros(2))
+    jax.jit(lambda x: probe(x, "donated"), donate_argnums=0)(jnp.zeros(2))
+    jax.jit(lambda x: jax.jit(lambda y: probe(y, "inner"))(x), donate_argnums=0)(jnp.zeros(2))
+    assert seen == {"plain": False, "donated": True, "inner": True}, (
+        f"datarax_fn._state.jit._outermost_jit_donates no longer finds JAX {jax.__version__}'s jit tracing frame "
+        f"(a function named _trace_for_jit with a local donated_invars); got {seen}. Update the lookup."
+    )
+    assert _outermost_jit_donates() is None  # outside any jit

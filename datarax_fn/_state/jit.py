@@ -42,6 +42,11 @@ def _outermost_jit_donates() -> bool | None:
     not found (no enclosing jit, e.g. a top-level ``lax.scan``, or a JAX version whose
     internals differ).
     """
+    # Why a private frame: the copy this guards against costs a whole dataset per step and
+    # shows no error, and the only other signal (the compiled program's aliasing) exists
+    # after tracing, too late to point at the line. The lookup is read-only and a miss only
+    # silences the warning; tests/test_jit.py::test_donation_probe_finds_jax_jit_tracing_frame
+    # fails, naming this function, when a JAX release renames the frame or the local.
     found = None
     frame = sys._getframe(1)
     while frame is not None:
