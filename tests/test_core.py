@@ -288,7 +288,7 @@ def test_end_of_stream_is_safe_inside_generators():
         list(batches(state))
 
 
-class _Rows:
+class _Rows(jax.sharding.Sharding):
     """A sharding seen from one process: the row blocks its devices hold (what process_rows reads)."""
 
     def __init__(self, *blocks):

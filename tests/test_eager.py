@@ -309,3 +309,26 @@ def test_from_arrays_copy_false_may_alias_owned_buffers():
     np.testing.assert_array_equal(state.data["x"], x)
     if jax.devices()[0].platform == "cpu":
         assert state.data["x"].unsafe_buffer_pointer() == x.ctypes.data  # zero-copy on CPU
+
+
+NOT_BOOLS = st.one_of(st.integers(), st.text(max_size=8), st.floats(allow_nan=False), st.none(),
+                      st.lists(st.booleans(), max_size=2), st.just(np.int64(1)), st.just(np.asarray([True])))
+
+
+@settings(max_examples=40, deadline=None)
+@given(value=NOT_BOOLS, option=st.sampled_from(["shuffle", "copy"]))
+def test_flag_options_refuse_every_non_bool(value, option):
+    data = {"x": np.arange(6, dtype=np.int32)}
+    with pytest.raises(TypeError, match=f"from_arrays: {option} must be True or False; got .*Pass {option}=True"):
+        dfn.from_arrays(data, **{option: value})
+
+
+def test_flag_options_take_numpy_bools_like_bools():
+    data = {"x": np.arange(6, dtype=np.int32)}
+    for flag in (np.bool_(True), np.asarray([True])[0]):
+        a = dfn.get_batch(dfn.from_arrays(data, shuffle=flag, copy=flag, seed=3), 6)[1]["x"]
+        b = dfn.get_batch(dfn.from_arrays(data, shuffle=True, copy=True, seed=3), 6)[1]["x"]
+        assert a.tolist() == b.tolist() != list(range(6))
+    # "false" is truthy: it used to shuffle
+    with pytest.raises(TypeError, match="shuffle must be True or False; got str shuffle='false'"):
+        dfn.from_arrays(data, shuffle="false")

@@ -104,6 +104,24 @@ def test_two_processes_two_devices_each(tmp_path):
     assert merged == rows
 
 
+@pytest.mark.parametrize("placement", ["device", "replicated", "host", "stream"])
+@pytest.mark.parametrize("sharding", ["x", None, jax.sharding.PartitionSpec("data")])
+def test_a_sharding_of_the_wrong_type_is_a_type_error_naming_the_fix(placement, sharding):
+    from conftest import RangeBackend
+
+    def make():
+        if placement == "stream":
+            return dfn.from_backend(RangeBackend(10), partitions=2)
+        return dfn.from_arrays({"x": np.arange(10, dtype=np.int32)}, placement=placement)
+
+    state = make()
+    with pytest.raises(TypeError, match=r"get_global_batch: sharding must be a jax.sharding.Sharding, e.g. "
+                                        r"dfn.data_sharding\(\).*; got " + type(sharding).__name__):
+        dfn.get_global_batch(state, 4, sharding)
+    _, batch = dfn.get_global_batch(state, 4, dfn.data_sharding())  # the fix the message names
+    assert np.asarray(batch["x"]).tolist() == np.asarray(dfn.get_batch(make(), 4)[1]["x"]).tolist()
+
+
 def test_rejects_traced_state():
     state = dfn.from_arrays({"x": np.arange(10, dtype=np.int32)})
     with pytest.raises(TypeError, match="host"):

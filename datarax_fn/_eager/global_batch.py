@@ -25,6 +25,7 @@ from .._layout.partitions import check_batch_size
 @contract.get_global_batch.register
 def _(state: EagerSource, global_size: int, sharding: jax.sharding.Sharding) -> tuple[EagerSource, Any]:
     checks.check_size(global_size, "get_global_batch")
+    checks.check_sharding(sharding, "get_global_batch")
     if tracing.is_traced(state.index):
         raise TypeError(
             "get_global_batch runs on the host; inside jit use dfn.get_batch on a state placed over the mesh "

@@ -122,6 +122,7 @@ def from_local_partitions(
         raise ValueError(f"from_local_partitions: num_records must be an int >= 1; got {num_records!r}.")
     num_records = int(num_records)
     seed = checks.check_seed(seed, "from_local_partitions")
+    shuffle = checks.check_flag(shuffle, "shuffle", "from_local_partitions")
     partitions = check_partitions(partitions, num_records, "from_local_partitions")
     where = make_placement("partitioned", mesh, partitions, "from_local_partitions")
     parts = local_partitions(partitions, where.mesh, "from_local_partitions")

@@ -167,6 +167,8 @@ def from_arrays(
     ```
     """
     seed = checks.check_seed(seed, "from_arrays")
+    shuffle = checks.check_flag(shuffle, "shuffle", "from_arrays")
+    copy = checks.check_flag(copy, "copy", "from_arrays")
     leaves = _leaf_paths(data)
     bad = [p for p, x in leaves if not isinstance(x, (np.ndarray, jax.Array))]
     if bad:

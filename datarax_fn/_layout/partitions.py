@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .._state import checks
 from .._state.shuffle import epoch_seed
 
 # Keeps partition seeds apart from the per-window seeds that epoch_seed(seed, window) gives.
@@ -107,6 +108,7 @@ def process_rows(sharding: Any, size: int, where: str = "get_global_batch", what
     The rows of a batch (``sharding`` its layout), or the partitions of a ``partitioned``
     state (a sharding over ``C`` partitions); ``what`` names them in the error.
     """
+    checks.check_sharding(sharding, where)
     rows: set[int] = set()
     for index in sharding.addressable_devices_indices_map((size,)).values():
         rows.update(range(size)[index[0]] if index else range(size))

@@ -1,4 +1,4 @@
-"""Argument checks shared by every state's generic functions: sizes, seeds, start positions, epochs.
+"""Argument checks shared by every state's generic functions: sizes, seeds, start positions, epochs, flags, shardings.
 
 One rule for all of them: a wrong type is a ``TypeError``, a wrong value a ``ValueError``,
 each naming the function, the argument and the fix.
@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import equinox as eqx
+import jax
 import numpy as np
 
 from .tracing import is_traced
@@ -16,7 +17,36 @@ from .tracing import is_traced
 INT32_MAX = 2**31 - 1
 
 
-INT32_MAX = 2**31 - 1
+def short_repr(value: Any, limit: int = 80) -> str:
+    """Returns ``repr(value)`` cut to about ``limit`` characters, so a hostile value never floods a message."""
+    try:
+        text = repr(value)
+    except RecursionError:  # a deeply nested list or dict
+        return f"<a deeply nested {type(value).__name__}>"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def check_flag(value: Any, name: str, fn_name: str) -> bool:
+    """Returns ``value`` as a bool if it is a Python or NumPy bool; TypeError otherwise (``"false"``, ``0``, ``None``)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(
+            f"{fn_name}: {name} must be True or False; got {type(value).__name__} {name}={short_repr(value)}. "
+            f"Pass {name}=True or {name}=False."
+        )
+    return bool(value)
+
+
+def check_sharding(sharding: Any, fn_name: str) -> Any:
+    """Returns ``sharding`` if it is a ``jax.sharding.Sharding``; TypeError naming the type and a fix otherwise."""
+    if not isinstance(sharding, jax.sharding.Sharding):
+        raise TypeError(
+            f"{fn_name}: sharding must be a jax.sharding.Sharding, e.g. dfn.data_sharding() or "
+            f"jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data')); got "
+            f"{type(sharding).__name__} {short_repr(sharding)}."
+        )
+    return sharding
+
+
 def check_size(size: Any, fn_name: str = "get_batch") -> int:
     """Returns ``size`` as an int if it is a static integer in ``[1, 2**31 - 1]``, else raises."""
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)):

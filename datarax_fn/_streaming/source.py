@@ -236,7 +236,7 @@ def make_streaming(
         epoch=np.zeros((), np.int32),
         seed=np.asarray(seed, np.uint32),
         backend=_Handle(backend, int(prefetch)),
-        shuffle=bool(shuffle),
+        shuffle=checks.check_flag(shuffle, "shuffle", name),
         name=str(name),
         num_epochs=num_epochs,
         partitions=partitions,
