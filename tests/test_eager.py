@@ -332,3 +332,28 @@ def test_flag_options_take_numpy_bools_like_bools():
     # "false" is truthy: it used to shuffle
     with pytest.raises(TypeError, match="shuffle must be True or False; got str shuffle='false'"):
         dfn.from_arrays(data, shuffle="false")
+
+
+@pytest.mark.parametrize("n", [12, 4])
+def test_data_swapped_in_with_tree_at_is_refused_not_served_under_the_old_length(n):
+    # Growing 8 -> 12 served 8 records; shrinking to 4 with shuffle served [1, 2, 3, 3] (a clamped gather).
+    state = dfn.from_arrays({"x": np.arange(8, dtype=np.int32)}, shuffle=True, seed=1)
+    new = {"x": np.arange(100, 100 + n, dtype=np.int32)}
+    swapped = eqx.tree_at(lambda s: s.data, state, {"x": jnp.asarray(new["x"])})
+    calls = [
+        ("get_batch", lambda: dfn.get_batch(swapped, 4)),
+        ("get_batch", lambda: dfn.jit_step(lambda s: dfn.get_batch(s, 4)[::-1])(swapped)),
+        ("get_batch_at", lambda: dfn.get_batch_at(swapped, 0, 4)),
+        ("get_global_batch", lambda: dfn.get_global_batch(swapped, 4, dfn.data_sharding())),
+        ("place", lambda: dfn.place(swapped, "host")),
+        ("cursor", lambda: dfn.cursor(swapped)),
+        ("restore_cursor", lambda: dfn.restore_cursor(swapped, dfn.cursor(state))),
+        ("num_records", lambda: len(swapped)),
+    ]
+    for name, call in calls:
+        with pytest.raises(ValueError, match=rf"{name}: this state was built over N=8 records, but its data now has "
+                                             rf"leading sizes \['x'\]: {n}\..*dfn.from_arrays\(new_data, shuffle=True"):
+            call()
+    fixed = dfn.from_arrays(new, shuffle=True, seed=1)  # the fix the message names
+    _, batch = dfn.get_batch(fixed, n)
+    assert sorted(np.asarray(batch["x"]).tolist()) == list(range(100, 100 + n))

@@ -17,7 +17,7 @@ from .._layout.partitions import process_rows
 from .._state import checks
 from .._state import contract
 from .._state import tracing
-from .source import EagerSource, advance
+from .source import EagerSource, advance, check_data
 from .._layout.gather import host_batch
 from .._layout.partitions import check_batch_size
 
@@ -26,6 +26,7 @@ from .._layout.partitions import check_batch_size
 def _(state: EagerSource, global_size: int, sharding: jax.sharding.Sharding) -> tuple[EagerSource, Any]:
     checks.check_size(global_size, "get_global_batch")
     checks.check_sharding(sharding, "get_global_batch")
+    check_data(state, "get_global_batch")
     if tracing.is_traced(state.index):
         raise TypeError(
             "get_global_batch runs on the host; inside jit use dfn.get_batch on a state placed over the mesh "

@@ -16,7 +16,7 @@ import numpy as np
 
 from .._state import checks
 from .._state import tracing
-from .source import EagerSource, placed_source
+from .source import EagerSource, check_data, placed_source
 from .._layout.partitions import check_partitions, partition_offsets
 from .._layout.placement import gather_to_host, local_partitions, make_placement, put, put_local
 
@@ -54,6 +54,7 @@ def place(state: EagerSource, placement: str, *, mesh: jax.sharding.Mesh | None 
                         f"{type(state).__name__}.")
     if tracing.is_traced(state.index):
         raise TypeError("place: moves data between devices on the host; call it outside jit.")
+    check_data(state, "place")
     where = make_placement(placement, mesh, state.partitions, "place")
     if where == state.placement:
         return state

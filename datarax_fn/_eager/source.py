@@ -96,9 +96,8 @@ class EagerSource(contract.Source):
         shown = ", ".join(f"{p}: {k}" for p, k in lengths.items())
         rows = stored_records(self.num_records, self.partitions, self.placement)
         if len(set(lengths.values())) != 1 or next(iter(lengths.values())) != rows:
-            held = "" if rows == self.num_records else f" (its {self.partitions} partitions padded to {rows} rows)"
             raise ValueError(
-                f"EagerSource: every data leaf must share the leading axis N={self.num_records}{held}; "
+                f"EagerSource: every data leaf must share the leading axis N={self.num_records}{_held(self)}; "
                 f"got leading sizes {shown}."
             )
         if not 1 <= self.num_records <= checks.INT32_MAX:
@@ -106,6 +105,36 @@ class EagerSource(contract.Source):
                 f"EagerSource: num_records must be in [1, 2**31 - 1]; got N={self.num_records} "
                 f"(leading sizes {shown}). An empty split cannot be iterated."
             )
+
+
+def _held(state: EagerSource) -> str:
+    rows = stored_records(state.num_records, state.partitions, state.placement)
+    return "" if rows == state.num_records else f" (its {state.partitions} partitions padded to {rows} rows)"
+
+
+def check_data(state: EagerSource, where: str) -> EagerSource:
+    """Returns ``state`` if its data leaves still hold the records it was built over; ValueError otherwise.
+
+    ``eqx.tree_at`` and ``dataclasses.replace`` swap leaves without running ``__check_init__``,
+    so a state can carry new data under the old ``num_records`` and fingerprint: a longer
+    dataset would be served only in part, a shorter one gathered out of range. Shapes are
+    static, so this costs nothing inside ``jit`` and a few microseconds outside it.
+    """
+    # On the per-batch path: read the fields in one go (a getattr goes through equinox, ~1 us each).
+    fields = object.__getattribute__(state, "__dict__")
+    rows = fields["num_records"]
+    if fields["placement"].kind == "partitioned":
+        rows = stored_records(rows, fields["partitions"], fields["placement"])
+    leaves = jax.tree.leaves(fields["data"])
+    if leaves and all(getattr(x, "shape", ())[:1] == (rows,) for x in leaves):
+        return state
+    shown = ", ".join(f"{p}: {np.shape(x)[0] if np.ndim(x) else 'scalar'}" for p, x in _leaf_paths(state.data))
+    raise ValueError(
+        f"{where}: this state was built over N={state.num_records} records{_held(state)}, but its data now has "
+        f"leading sizes {shown or 'no leaves'}. Its length, fingerprint and shuffle order belong to the data it "
+        "was built with, and data swapped in with eqx.tree_at or dataclasses.replace keeps them. Build a new "
+        f"state over the new data: dfn.from_arrays(new_data, shuffle={state.shuffle}, seed=<seed>)."
+    )
 
 
 def from_arrays(
@@ -288,6 +317,7 @@ def _placed(state: EagerSource, index: Any, size: int, where: str) -> tuple[Any,
 @contract.get_batch.register
 def _(state: EagerSource, size: int, key: Any = None):
     size = checks.check_size(size)
+    check_data(state, "get_batch")
     n = state.num_records
     if key is not None:
         _check_keyed(state, size)
@@ -305,6 +335,7 @@ def _(state: EagerSource, size: int, key: Any = None):
 @contract.get_batch_at.register
 def _(state: EagerSource, start: Any, size: int, key: Any = None):
     size = checks.check_size(size, "get_batch_at")
+    check_data(state, "get_batch_at")
     start = checks.check_start(start)
     n = state.num_records
     if key is not None:
@@ -322,7 +353,7 @@ def _(state: EagerSource):
 
 @contract.num_records.register
 def _(state: EagerSource):
-    return state.num_records
+    return check_data(state, "num_records").num_records
 
 
 @contract.iterate.register
@@ -352,13 +383,13 @@ def _stream_key(state: EagerSource) -> dict[str, Any]:
 
 @contract.cursor.register
 def _(state: EagerSource):
-    key = _stream_key(state)
+    key = _stream_key(check_data(state, "cursor"))
     return cursors.make_cursor("eager", state.index, state.epoch, key.pop("seed"), state.partitions, **key)
 
 
 @contract.restore_cursor.register
 def _(state: EagerSource, cursor: dict[str, Any]):
-    index, epoch = cursors.check_cursor(cursor, "eager", _stream_key(state), state.num_records, state.partitions)
+    index, epoch = cursors.check_cursor(cursor, "eager", _stream_key(check_data(state, "restore_cursor")), state.num_records, state.partitions)
     where = state.placement.replicated()
     return tracing.replace(
         state,
