@@ -173,3 +173,29 @@ def test_donation_probe_finds_jax_jit_tracing_frame():
         f"(a function named _trace_for_jit with a local donated_invars); got {seen}. Update the lookup."
     )
     assert _outermost_jit_donates() is None  # outside any jit
+
+
+def test_jit_step_takes_and_returns_an_equinox_model_with_function_leaves():
+    import equinox as eqx
+
+    model = eqx.nn.MLP(3, 1, 8, 2, key=jax.random.key(0))  # its activation is a custom_jvp leaf
+    data = {"x": np.arange(24, dtype=np.float32).reshape(8, 3) / 24}
+
+    def body(model, state, lr):
+        state, batch = dfn.get_batch(state, 4)
+        loss, grads = eqx.filter_value_and_grad(lambda m: jax.vmap(m)(batch["x"]).sum())(model)
+        return eqx.apply_updates(model, jax.tree.map(lambda g: -lr * g, grads)), state, loss
+
+    step = dfn.jit_step(body)
+    reference = eqx.filter_jit(body)
+    m1, s1, m2, s2 = model, dfn.from_arrays(data), model, dfn.from_arrays(data)
+    sizes = []
+    for _ in range(4):
+        m1, s1, loss1 = step(m1, s1, 0.1)
+        m2, s2, loss2 = reference(m2, s2, 0.1)
+        assert float(loss1) == float(loss2)
+        sizes.append(next(iter(step.compiled.values()))._cache_size())
+    assert m1.activation is jax.nn.relu and isinstance(m1, eqx.nn.MLP)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(m1), jax.tree.leaves(m2)))
+    assert sizes[-1] == sizes[1]  # the function leaves pick the compiled program; they do not recompile it
+    assert int(s1.index) == 0 and int(s1.epoch) == 2

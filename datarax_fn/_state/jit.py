@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 
 from .contract import Source
 
@@ -72,6 +73,51 @@ def warn_if_copied(data: Any) -> None:
     )
 
 
+class _Split:
+    """One argument or result split for ``jax.jit``: its array leaves as children, the rest as static aux data.
+
+    ``jax.jit`` takes arrays (and Python numbers) only, but an equinox model also holds
+    functions (``eqx.nn.MLP``'s activation, a ``custom_jvp``). As ``eqx.filter_jit`` does,
+    such leaves travel in the tree structure: they are compared (and hashed) to pick a
+    compiled program, and never traced.
+    """
+
+    __slots__ = ("dynamic", "static")
+
+    def __init__(self, dynamic: Any, static: Any):
+        self.dynamic, self.static = dynamic, static
+
+
+jax.tree_util.register_pytree_node(
+    _Split, lambda s: ((s.dynamic,), s.static), lambda static, children: _Split(children[0], static)
+)
+
+
+def _traceable(x: Any) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray, np.generic, bool, int, float, complex))
+
+
+def _split(tree: Any) -> Any:
+    """Returns ``tree`` unchanged when every leaf is traceable, else a ``_Split`` of it."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    if all(_traceable(x) for x in leaves):
+        return tree
+    dynamic = [x if _traceable(x) else None for x in leaves]
+    static = (treedef, tuple(None if _traceable(x) else x for x in leaves))
+    return _Split(dynamic, static)
+
+
+def _join(tree: Any) -> Any:
+    """Returns ``tree`` with every ``_Split`` in it put back together (the inverse of ``_split``)."""
+    def join(x):
+        if not isinstance(x, _Split):
+            return x
+        treedef, static = x.static
+        return jax.tree_util.tree_unflatten(treedef, [s if d is None else d for d, s in zip(x.dynamic, static)])
+
+    return jax.tree.map(join, tree, is_leaf=lambda x: isinstance(x, _Split))
+
+
 def _holds_source(tree: Any) -> bool:
     is_source = lambda x: isinstance(x, Source)  # noqa: E731
     return any(is_source(x) for x in jax.tree.leaves(tree, is_leaf=is_source))
@@ -84,6 +130,8 @@ def jit_step(fn: Callable | None = None, **jit_kwargs: Any) -> Callable:
     are aliased into the returned state, so a step costs what the batch costs, not a
     copy of the dataset. Always continue with the state the step returns: the one passed
     in is consumed. ``fn`` must return every state it receives (checked when tracing).
+    Leaves that are neither arrays nor numbers (an ``eqx.nn.MLP``'s activation function)
+    are static, as ``eqx.filter_jit`` makes them, in the arguments and in the result.
 
     Arguments:
         fn: the step function; leave it out to use ``@dfn.jit_step(**jit_kwargs)``.
@@ -111,27 +159,35 @@ def jit_step(fn: Callable | None = None, **jit_kwargs: Any) -> Callable:
     if "donate_argnums" in jit_kwargs or "donate_argnames" in jit_kwargs:
         raise TypeError("jit_step chooses donate_argnums itself; use jax.jit directly to set them.")
     compiled: dict[tuple[tuple[int, ...], tuple[str, ...]], Callable] = {}
+    static_nums = jit_kwargs.get("static_argnums", ())
+    static_nums = {static_nums} if isinstance(static_nums, int) else set(static_nums)
+    static_names = jit_kwargs.get("static_argnames", ())
+    static_names = {static_names} if isinstance(static_names, str) else set(static_names)
 
-    def checked(*args, **kwargs):
-        out = fn(*args, **kwargs)
-        if not _holds_source(out):
-            raise ValueError(
-                f"jit_step: {getattr(fn, '__name__', fn)} takes a source state but does not return "
-                "one. jit_step donates the state, so it must come back out; return the new state, "
-                "or use jax.jit without donation for read-only functions."
-            )
-        return out
+    def traced(donating):
+        def run(*args, **kwargs):
+            out = fn(*_join(args), **_join(kwargs))
+            if donating and not _holds_source(out):
+                raise ValueError(
+                    f"jit_step: {getattr(fn, '__name__', fn)} takes a source state but does not return "
+                    "one. jit_step donates the state, so it must come back out; return the new state, "
+                    "or use jax.jit without donation for read-only functions."
+                )
+            return _split(out)
+
+        return run
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         nums = tuple(i for i, a in enumerate(args) if _holds_source(a))
         names = tuple(sorted(k for k, a in kwargs.items() if _holds_source(a)))
         if (nums, names) not in compiled:
-            donating = bool(nums or names)
             compiled[nums, names] = jax.jit(
-                checked if donating else fn, donate_argnums=nums, donate_argnames=names, **jit_kwargs
+                traced(bool(nums or names)), donate_argnums=nums, donate_argnames=names, **jit_kwargs
             )
-        return compiled[nums, names](*args, **kwargs)
+        args = tuple(a if i in static_nums else _split(a) for i, a in enumerate(args))
+        kwargs = {k: a if k in static_names else _split(a) for k, a in kwargs.items()}
+        return _join(compiled[nums, names](*args, **kwargs))
 
     wrapper.compiled = compiled  # one jax.jit per donation pattern; benchmarks read their caches
     return wrapper
