@@ -199,3 +199,25 @@ def test_jit_step_takes_and_returns_an_equinox_model_with_function_leaves():
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(m1), jax.tree.leaves(m2)))
     assert sizes[-1] == sizes[1]  # the function leaves pick the compiled program; they do not recompile it
     assert int(s1.index) == 0 and int(s1.epoch) == 2
+
+
+def test_a_donated_state_used_again_names_the_donation_and_the_state_to_use():
+    # It used to fail far away with JAX's "Array has been deleted", naming neither.
+    state = dfn.from_arrays({"x": np.arange(8, dtype=np.int32)})
+
+    @dfn.jit_step
+    def step(state):
+        return dfn.get_batch(state, 4)
+
+    new, first = step(state)
+    donated = r"was donated to an earlier dfn.jit_step call.*Continue with the returned state \(state = step\(state\)"
+    with pytest.raises(ValueError, match=r"jit_step\(step\): the source state passed as argument 0 " + donated):
+        step(state)
+    with pytest.raises(ValueError, match=r"jit_step\(step\): the source state passed as argument 'state' " + donated):
+        step(state=state)
+    for name, call in [("get_batch", lambda: dfn.get_batch(state, 4)), ("cursor", lambda: dfn.cursor(state)),
+                       ("get_batch_at", lambda: dfn.get_batch_at(state, 0, 4))]:
+        with pytest.raises(ValueError, match=rf"{name}: this state " + donated):
+            call()
+    new, second = step(new)  # the fix: the state the step returned
+    assert first["x"].tolist() == [0, 1, 2, 3] and second["x"].tolist() == [4, 5, 6, 7]

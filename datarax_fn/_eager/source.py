@@ -22,7 +22,7 @@ from .._state import checks
 from .._state import contract
 from .._state import cursors
 from .._state import tracing
-from .._state.jit import warn_if_copied
+from .._state.jit import is_deleted, reused_donation, warn_if_copied
 from .._layout import gather
 from .._layout.placement import (
     Placement,
@@ -115,6 +115,9 @@ def _held(state: EagerSource) -> str:
 def check_data(state: EagerSource, where: str) -> EagerSource:
     """Returns ``state`` if its data leaves still hold the records it was built over; ValueError otherwise.
 
+    Also refuses a state a donating jit consumed, naming the donation instead of JAX's
+    "Array has been deleted".
+
     ``eqx.tree_at`` and ``dataclasses.replace`` swap leaves without running ``__check_init__``,
     so a state can carry new data under the old ``num_records`` and fingerprint: a longer
     dataset would be served only in part, a shorter one gathered out of range. Shapes are
@@ -127,6 +130,8 @@ def check_data(state: EagerSource, where: str) -> EagerSource:
         rows = stored_records(rows, fields["partitions"], fields["placement"])
     leaves = jax.tree.leaves(fields["data"])
     if leaves and all(getattr(x, "shape", ())[:1] == (rows,) for x in leaves):
+        if is_deleted(fields["index"]):  # a donating jit deletes every leaf, the cursor's too
+            raise reused_donation(where, "this state")
         return state
     shown = ", ".join(f"{p}: {np.shape(x)[0] if np.ndim(x) else 'scalar'}" for p, x in _leaf_paths(state.data))
     raise ValueError(

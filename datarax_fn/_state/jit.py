@@ -118,6 +118,26 @@ def _join(tree: Any) -> Any:
     return jax.tree.map(join, tree, is_leaf=lambda x: isinstance(x, _Split))
 
 
+def is_deleted(x: Any) -> bool:
+    """Returns True when ``x`` is a concrete ``jax.Array`` whose buffers were deleted, as donating it does."""
+    return isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and x.is_deleted()
+
+
+def is_donated(tree: Any) -> bool:
+    """Returns True when an array of ``tree`` was deleted, as donating it to a jit does."""
+    return any(is_deleted(x) for x in jax.tree.leaves(tree))
+
+
+def reused_donation(where: str, what: str) -> ValueError:
+    """Returns the error for a donated state used again (JAX's own says only 'Array has been deleted')."""
+    return ValueError(
+        f"{where}: {what} was donated to an earlier dfn.jit_step call (or a jax.jit with donate_argnums), "
+        "which moved its buffers into the state that call returned; this one is consumed. Continue with the "
+        "returned state (state = step(state), never step(old_state) twice). To come back to a position, save "
+        "dfn.cursor(state) before the step and dfn.restore_cursor a live state to it."
+    )
+
+
 def _holds_source(tree: Any) -> bool:
     is_source = lambda x: isinstance(x, Source)  # noqa: E731
     return any(is_source(x) for x in jax.tree.leaves(tree, is_leaf=is_source))
@@ -187,7 +207,16 @@ def jit_step(fn: Callable | None = None, **jit_kwargs: Any) -> Callable:
             )
         args = tuple(a if i in static_nums else _split(a) for i, a in enumerate(args))
         kwargs = {k: a if k in static_names else _split(a) for k, a in kwargs.items()}
-        return _join(compiled[nums, names](*args, **kwargs))
+        try:
+            out = compiled[nums, names](*args, **kwargs)
+        except Exception as error:  # JAX's "Array has been deleted" or XLA's "Buffer has been deleted or donated"
+            reused = [f"argument {i}" for i in nums if is_donated(args[i])]
+            reused += [f"argument {k!r}" for k in names if is_donated(kwargs[k])]
+            if not reused:
+                raise
+            raise reused_donation(f"jit_step({getattr(fn, '__name__', 'fn')})",
+                                  f"the source state passed as {' and '.join(reused)}") from error
+        return _join(out)
 
     wrapper.compiled = compiled  # one jax.jit per donation pattern; benchmarks read their caches
     return wrapper
