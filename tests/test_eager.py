@@ -357,3 +357,17 @@ def test_data_swapped_in_with_tree_at_is_refused_not_served_under_the_old_length
     fixed = dfn.from_arrays(new, shuffle=True, seed=1)  # the fix the message names
     _, batch = dfn.get_batch(fixed, n)
     assert sorted(np.asarray(batch["x"]).tolist()) == list(range(100, 100 + n))
+
+
+@pytest.mark.parametrize("data, named", [
+    ({"x": np.arange(4, dtype=np.int32), "label": None}, r"data\['label'\] is None"),
+    ({"x": np.arange(4, dtype=np.int32), "meta": {"a": None, "b": [None, np.arange(4, dtype=np.int32)]}},
+     r"data\['meta'\]\['a'\], data\['meta'\]\['b'\]\[0\] are None"),
+    (None, "data is None"),
+])
+def test_none_leaves_are_refused_naming_the_key_instead_of_dropped(data, named):
+    with pytest.raises(TypeError, match=rf"from_arrays: {named}, which JAX treats as an empty subtree.*remove the key"):
+        dfn.from_arrays(data)
+    if data is not None:  # the fix: remove the key (or give it an array)
+        kept = {k: v for k, v in data.items() if k == "x"}
+        assert dfn.get_batch(dfn.from_arrays(kept), 4)[1]["x"].tolist() == [0, 1, 2, 3]

@@ -16,7 +16,7 @@ import numpy as np
 
 from .._state import checks
 from .._state import tracing
-from .source import EagerSource, check_data, placed_source
+from .source import EagerSource, check_data, check_no_none, placed_source
 from .._layout.partitions import check_partitions, partition_offsets
 from .._layout.placement import gather_to_host, local_partitions, make_placement, put, put_local
 
@@ -124,6 +124,7 @@ def from_local_partitions(
     num_records = int(num_records)
     seed = checks.check_seed(seed, "from_local_partitions")
     shuffle = checks.check_flag(shuffle, "shuffle", "from_local_partitions")
+    check_no_none(local, "from_local_partitions")
     partitions = check_partitions(partitions, num_records, "from_local_partitions")
     where = make_placement("partitioned", mesh, partitions, "from_local_partitions")
     parts = local_partitions(partitions, where.mesh, "from_local_partitions")

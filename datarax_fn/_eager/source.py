@@ -43,6 +43,18 @@ def _leaf_paths(tree: PyTree) -> list[tuple[str, Any]]:
     return [(jax.tree_util.keystr(path) or "<root>", leaf) for path, leaf in flat]
 
 
+def check_no_none(data: PyTree, where: str) -> None:
+    """Raises TypeError naming every ``None`` in ``data``: JAX reads it as an empty subtree and would drop the key."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(data, is_leaf=lambda x: x is None)
+    missing = [f"data{jax.tree_util.keystr(path)}" for path, leaf in flat if leaf is None]
+    if missing:
+        raise TypeError(
+            f"{where}: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} None, which JAX treats as an "
+            "empty subtree: the key would be dropped from every batch without a word. Give it an array of one "
+            "row per record, or remove the key."
+        )
+
+
 def hash_arrays(data: PyTree) -> str:
     """Returns a 128-bit xxh3 hex digest of every leaf's path, shape, dtype and bytes.
 
@@ -203,6 +215,7 @@ def from_arrays(
     seed = checks.check_seed(seed, "from_arrays")
     shuffle = checks.check_flag(shuffle, "shuffle", "from_arrays")
     copy = checks.check_flag(copy, "copy", "from_arrays")
+    check_no_none(data, "from_arrays")
     leaves = _leaf_paths(data)
     bad = [p for p, x in leaves if not isinstance(x, (np.ndarray, jax.Array))]
     if bad:
