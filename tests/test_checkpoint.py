@@ -147,3 +147,29 @@ def test_cursor_rejects_other_shuffle_setting():
 def test_cursor_missing_fields():
     with pytest.raises(ValueError, match=r"lacks \['epoch', 'fingerprint'"):
         dfn.restore_cursor(build(), {"version": 1, "kind": "eager", "index": 0})
+
+
+def _deep(levels):
+    x = []
+    for _ in range(levels):
+        x = [x]
+    return x
+
+
+@pytest.mark.parametrize("field", ["fingerprint", "extra"])
+def test_hostile_cursors_are_refused_within_bounds_and_quoted_briefly(field):
+    # A 100k-deep field raised RecursionError; a 50 MB field was copied whole into the message.
+    state = dfn.from_arrays({"x": np.arange(8, dtype=np.int32)})
+    good = dfn.cursor(state)
+    with pytest.raises(ValueError, match="nests deeper than 32 levels.*dfn.cursor") as deep:
+        dfn.restore_cursor(state, {**good, field: _deep(100_000)})
+    with pytest.raises(ValueError, match=r"holds over 1048576 bytes.*dfn.cursor") as huge:
+        dfn.restore_cursor(state, {**good, field: "f" * 50_000_000})
+    with pytest.raises(ValueError, match=r"holds over 1048576 bytes") as wide:
+        dfn.restore_cursor(state, {**good, field: [0] * 200_000})
+    assert max(len(str(e.value)) for e in (deep, huge, wide)) < 400
+    if field == "fingerprint":  # within bounds but wrong: the message quotes a bounded prefix
+        with pytest.raises(ValueError, match=r"fingerprint \(cursor 'ffff.*\.\.\. \(100002 characters\)") as long:
+            dfn.restore_cursor(state, {**good, field: "f" * 100_000})
+        assert len(str(long.value)) < 600
+    assert int(dfn.restore_cursor(state, good).index) == 0  # the dict dfn.cursor returned still restores

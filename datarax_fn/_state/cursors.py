@@ -11,10 +11,42 @@ from typing import Any
 
 import numpy as np
 
-from .checks import INT32_MAX, check_seed
+from .checks import INT32_MAX, check_seed, short_repr
 
 
 CURSOR_VERSION = 1
+# A real cursor is a few hundred bytes, a pipeline's nests its source's one level down.
+# Restoring reads files users are sent, so anything far larger or deeper is refused
+# before it is compared or quoted: a 100k-deep list would raise RecursionError, and a
+# 50 MB field would be copied whole into the error message.
+MAX_CURSOR_BYTES = 2**20
+MAX_CURSOR_DEPTH = 32
+
+
+def check_cursor_bounds(cursor: Any) -> None:
+    """Raises ValueError when ``cursor`` nests deeper than ``MAX_CURSOR_DEPTH`` or holds over ``MAX_CURSOR_BYTES``.
+
+    Walks without recursion and stops at the first bound passed, so it costs at most
+    the bound, whatever the cursor holds.
+    """
+    size, stack = 0, [(cursor, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_CURSOR_DEPTH:
+            raise ValueError(
+                f"restore_cursor: this cursor nests deeper than {MAX_CURSOR_DEPTH} levels; a dfn.cursor dict is "
+                "three deep at most. Pass the dict dfn.cursor(state) returned, unchanged (json.load of the saved file)."
+            )
+        if isinstance(value, dict):
+            stack.extend((x, depth + 1) for pair in value.items() for x in pair)
+        elif isinstance(value, (list, tuple)):
+            stack.extend((x, depth + 1) for x in value)
+        size += len(value) if isinstance(value, (str, bytes, dict, list, tuple)) else 8
+        if size > MAX_CURSOR_BYTES:
+            raise ValueError(
+                f"restore_cursor: this cursor holds over {MAX_CURSOR_BYTES} bytes; a dfn.cursor dict holds a few "
+                "hundred. Pass the dict dfn.cursor(state) returned, unchanged (json.load of the saved file)."
+            )
 
 
 def make_cursor(kind: str, index: int, epoch: int, seed: int, partitions: int = 1, **fields: Any) -> dict[str, Any]:
@@ -39,19 +71,20 @@ def check_cursor(cursor: Any, kind: str, expected: dict[str, Any], num_records: 
     """
     if not isinstance(cursor, dict):
         raise TypeError(f"restore_cursor: cursor must be the dict from dfn.cursor(state); got {type(cursor).__name__}.")
+    check_cursor_bounds(cursor)
     cursor = {"partitions": 1, **cursor}
     expected = {**expected, "partitions": partitions}
     version = cursor.get("version")
     if version != CURSOR_VERSION:
         raise ValueError(
-            f"restore_cursor: this cursor has version={version!r}; this datarax_fn reads version "
+            f"restore_cursor: this cursor has version={short_repr(version)}; this datarax_fn reads version "
             f"{CURSOR_VERSION} only (cursors saved before versioning have none). Save a new cursor with "
             "dfn.cursor(state), or restore the checkpointed PyTree instead."
         )
     if cursor.get("kind") != kind:
         raise ValueError(
-            f"restore_cursor: this cursor has kind={cursor.get('kind')!r} and cannot restore a {kind!r} state; restore "
-            "each state from its own dfn.cursor (a pipeline's cursor holds its source's under 'source')."
+            f"restore_cursor: this cursor has kind={short_repr(cursor.get('kind'))} and cannot restore a {kind!r} "
+            "state; restore each state from its own dfn.cursor (a pipeline's cursor holds its source's under 'source')."
         )
     missing = sorted({"index", "epoch", "seed", *expected} - set(cursor))
     if missing:
@@ -59,9 +92,12 @@ def check_cursor(cursor: Any, kind: str, expected: dict[str, Any], num_records: 
     for name in ("index", "epoch", "seed"):
         value = cursor[name]
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"restore_cursor: cursor[{name!r}] must be an int; got {type(value).__name__} {value!r}.")
+            raise TypeError(
+                f"restore_cursor: cursor[{name!r}] must be an int; got {type(value).__name__} {short_repr(value)}."
+            )
     check_seed(cursor["seed"], "restore_cursor")
-    diffs = [f"{k} (cursor {cursor[k]!r}, this state {v!r})" for k, v in expected.items() if cursor[k] != v]
+    diffs = [f"{k} (cursor {short_repr(cursor[k])}, this state {short_repr(v)})"
+             for k, v in expected.items() if cursor[k] != v]
     if diffs:
         raise ValueError(
             "restore_cursor: the cursor was saved on a different stream; it differs in "
@@ -83,6 +119,3 @@ def check_cursor(cursor: Any, kind: str, expected: dict[str, Any], num_records: 
             "batches that are multiples of it. Restore the dict dfn.cursor(state) returned, unchanged."
         )
     return index, epoch
-
-
-# ----------------------------------------------------------------------------- generic functions
