@@ -16,7 +16,8 @@ import numpy as np
 
 from .._state import checks
 from .._state import tracing
-from .source import EagerSource, check_data, check_no_none, placed_source
+from .arrays import check_no_none
+from .source import EagerSource, check_data, placed_source
 from .._layout.partitions import check_partitions, partition_offsets
 from .._layout.placement import gather_to_host, local_partitions, make_placement, put, put_local
 

@@ -15,7 +15,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import xxhash
 from jaxtyping import Array, Int, UInt32
 
 from .._state import checks
@@ -34,39 +33,9 @@ from .._layout.placement import (
 )
 from .._layout.partitions import check_batch_size, check_partitions
 from .._state.shuffle import permute
+from .arrays import check_arrays, hash_arrays, leaf_paths
 
 PyTree = Any
-
-
-def _leaf_paths(tree: PyTree) -> list[tuple[str, Any]]:
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return [(jax.tree_util.keystr(path) or "<root>", leaf) for path, leaf in flat]
-
-
-def check_no_none(data: PyTree, where: str) -> None:
-    """Raises TypeError naming every ``None`` in ``data``: JAX reads it as an empty subtree and would drop the key."""
-    flat, _ = jax.tree_util.tree_flatten_with_path(data, is_leaf=lambda x: x is None)
-    missing = [f"data{jax.tree_util.keystr(path)}" for path, leaf in flat if leaf is None]
-    if missing:
-        raise TypeError(
-            f"{where}: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} None, which JAX treats as an "
-            "empty subtree: the key would be dropped from every batch without a word. Give it an array of one "
-            "row per record, or remove the key."
-        )
-
-
-def hash_arrays(data: PyTree) -> str:
-    """Returns a 128-bit xxh3 hex digest of every leaf's path, shape, dtype and bytes.
-
-    One pass over the data on the host (several GB/s); a state computes it once, when
-    it is built, so ``dfn.cursor`` never reads the data.
-    """
-    h = xxhash.xxh3_128()
-    for path, leaf in _leaf_paths(data):
-        arr = np.ascontiguousarray(np.asarray(leaf))
-        h.update(f"{path}:{arr.shape}:{arr.dtype};".encode())
-        h.update(arr.reshape(-1).view(np.uint8))
-    return h.hexdigest()
 
 
 class EagerSource(contract.Source):
@@ -92,7 +61,7 @@ class EagerSource(contract.Source):
     partition_seeds: UInt32[Array, " partitions"] | None = None
 
     def __check_init__(self):
-        leaves = _leaf_paths(self.data)
+        leaves = leaf_paths(self.data)
         if not leaves:
             raise ValueError("EagerSource: data has no array leaves; pass a dict of arrays.")
         bad = [p for p, x in leaves if not (hasattr(x, "shape") and hasattr(x, "dtype"))]
@@ -145,7 +114,7 @@ def check_data(state: EagerSource, where: str) -> EagerSource:
         if is_deleted(fields["index"]):  # a donating jit deletes every leaf, the cursor's too
             raise reused_donation(where, "this state")
         return state
-    shown = ", ".join(f"{p}: {np.shape(x)[0] if np.ndim(x) else 'scalar'}" for p, x in _leaf_paths(state.data))
+    shown = ", ".join(f"{p}: {np.shape(x)[0] if np.ndim(x) else 'scalar'}" for p, x in leaf_paths(state.data))
     raise ValueError(
         f"{where}: this state was built over N={state.num_records} records{_held(state)}, but its data now has "
         f"leading sizes {shown or 'no leaves'}. Its length, fingerprint and shuffle order belong to the data it "
@@ -215,22 +184,7 @@ def from_arrays(
     seed = checks.check_seed(seed, "from_arrays")
     shuffle = checks.check_flag(shuffle, "shuffle", "from_arrays")
     copy = checks.check_flag(copy, "copy", "from_arrays")
-    check_no_none(data, "from_arrays")
-    leaves = _leaf_paths(data)
-    bad = [p for p, x in leaves if not isinstance(x, (np.ndarray, jax.Array))]
-    if bad:
-        raise TypeError(
-            f"from_arrays: every leaf of data must be a NumPy or JAX array; non-array leaves at "
-            f"{', '.join(bad)}. Convert them with np.asarray, or drop them."
-        )
-    for path, x in leaves:
-        want = jax.dtypes.canonicalize_dtype(x.dtype)
-        if want != x.dtype:
-            raise TypeError(
-                f"from_arrays: leaf {path} has dtype {x.dtype}, which JAX would silently narrow to "
-                f"{want}. Cast it yourself (after checking the values fit) or enable "
-                "jax.config.update('jax_enable_x64', True)."
-            )
+    leaves = check_arrays(data, "from_arrays")
     if fingerprint is not None and not isinstance(fingerprint, str):
         raise TypeError(f"from_arrays: fingerprint must be a str or None; got {type(fingerprint).__name__}.")
     n = _first_length(leaves)
