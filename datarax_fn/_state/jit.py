@@ -108,14 +108,11 @@ def _split(tree: Any) -> Any:
 
 
 def _join(tree: Any) -> Any:
-    """Returns ``tree`` with every ``_Split`` in it put back together (the inverse of ``_split``)."""
-    def join(x):
-        if not isinstance(x, _Split):
-            return x
-        treedef, static = x.static
-        return jax.tree_util.tree_unflatten(treedef, [s if d is None else d for d, s in zip(x.dynamic, static)])
-
-    return jax.tree.map(join, tree, is_leaf=lambda x: isinstance(x, _Split))
+    """Returns ``tree`` put back together if ``_split`` split it (its inverse), else ``tree``."""
+    if not isinstance(tree, _Split):
+        return tree
+    treedef, static = tree.static
+    return jax.tree_util.tree_unflatten(treedef, [s if d is None else d for d, s in zip(tree.dynamic, static)])
 
 
 def is_deleted(x: Any) -> bool:
@@ -185,8 +182,9 @@ def jit_step(fn: Callable | None = None, **jit_kwargs: Any) -> Callable:
     static_names = {static_names} if isinstance(static_names, str) else set(static_names)
 
     def traced(donating):
+        @functools.wraps(fn)
         def run(*args, **kwargs):
-            out = fn(*_join(args), **_join(kwargs))
+            out = fn(*map(_join, args), **{k: _join(a) for k, a in kwargs.items()})
             if donating and not _holds_source(out):
                 raise ValueError(
                     f"jit_step: {getattr(fn, '__name__', fn)} takes a source state but does not return "
