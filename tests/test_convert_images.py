@@ -209,6 +209,7 @@ def test_jpeg_with_exif_orientation_or_cmyk_is_decoded_like_hf():
 def test_plain_png_and_jpeg_take_the_library_decoders():
     assert decoders.decode_fast(png(RGB)) is not None and decoders.decode_fast(jpeg(RGB)) is not None
     assert decoders.decode_fast(png(LA)) is None  # libspng has no 8-bit grey+alpha output
+    assert decoders._libspng() is not None  # libspng's symbols inside pyspng's extension (ctypes) moved
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -279,3 +280,77 @@ def test_memory_estimate_reads_image_headers_exactly():
     conv = cv.Converter({"im": cv.Image()})
     assert cv.estimate_nbytes(conv, {"im": col}) == conv({"im": col})["im"].nbytes == 3 * 6 * 5 * 3
     assert cv.estimate_nbytes({"im": cv.Image((6, 5, 1))}, {"im": col}) == 3 * 6 * 5
+
+
+# ----------------------------------------------------------------------------- damaged files
+
+def flipped(data: bytes, bit: int) -> bytes:
+    out = bytearray(data)
+    out[bit // 8] ^= 1 << (bit % 8)
+    return bytes(out)
+
+
+def pil_or_error(data: bytes) -> np.ndarray | None:
+    """Returns PIL's pixels (as HF's reader decodes them), or None where PIL refuses the file."""
+    try:
+        a = decoders.decode_pil(data)
+    except (OSError, ValueError, SyntaxError):
+        return None
+    return a[:, :, None] if a.ndim == 2 else a
+
+
+def assert_like_pil_on_every_bit_flip(data: bytes) -> int:
+    """Checks that every single-bit flip of ``data`` decodes to PIL's pixels or raises naming
+    the field and row where PIL refuses it; returns how many flips PIL refused."""
+    refused = 0
+    for bit in range(len(data) * 8):
+        bad = flipped(data, bit)
+        want = pil_or_error(bad)
+        if want is None:
+            refused += 1
+            with pytest.raises(ValueError, match=r"field 'im': row 3 is not a readable image"):
+                images.decode(bad, "im", 3)
+        else:
+            assert np.array_equal(images.decode(bad, "im", 3), want), bit
+    return refused
+
+
+def test_png_bit_flips_are_refused_where_pil_refuses_them():
+    smooth = np.linspace(0, 255, 32 * 32 * 3).reshape(32, 32, 3).astype(np.uint8)
+    data = png(smooth)
+    assert decoders.decode_fast(data) is not None  # the library path is the one under test
+    assert assert_like_pil_on_every_bit_flip(data) > 500
+    # One flipped bit inside the compressed pixels, its chunk CRC rewritten to match: only the
+    # zlib adler32 can tell, and PIL checks it.
+    start = data.index(b"IDAT") - 4
+    length = struct.unpack_from(">I", data, start)[0]
+    body = flipped(data, (start + 8 + length // 2) * 8)[start + 4 : start + 8 + length]
+    forged = data[:start + 4] + body + struct.pack(">I", zlib.crc32(body)) + data[start + 12 + length:]
+    assert pil_or_error(forged) is None
+    with pytest.raises(ValueError, match="row 3 is not a readable image"):
+        images.decode(forged, "im", 3)
+
+
+def test_jpeg_bit_flips_are_refused_where_pil_refuses_them():
+    import cv2
+
+    a = np.linspace(0, 255, 16 * 24 * 3).reshape(16, 24, 3).astype(np.uint8)
+    data = jpeg(a, quality=90)
+    assert decoders.decode_fast(data) is not None
+    assert assert_like_pil_on_every_bit_flip(data) > 300
+    # OpenCV stops after the last pixel row: a lost end-of-image marker still gives it pixels.
+    cut_eoi = flipped(data, (len(data) - 1) * 8)
+    assert cv2.imdecode(np.frombuffer(cut_eoi, np.uint8), cv2.IMREAD_UNCHANGED) is not None
+    assert pil_or_error(cut_eoi) is None and decoders.decode_fast(cut_eoi) is None
+
+
+def test_damaged_image_in_a_real_dataset_names_the_field_and_row():
+    good = png(RGB)
+    start = good.index(b"IDAT") + 4
+    bad = flipped(good, (start + 10) * 8)
+    assert pil_or_error(bad) is None
+    with pytest.raises(ValueError, match=r"field 'im': row 42 is not a readable image.*exclude_keys=\['im'\]"):
+        cv.Converter({"im": cv.Image()})({"im": [good, bad]}, row0=41)
+    ds = hf_dataset({"im": [good, good, bad]}, {"im": hd.Image()})
+    with pytest.raises(ValueError, match=r"field 'im': row 2 is not a readable image"):
+        cv.Converter(cv.fields_from_hf(ds.features))(arrow_columns(ds))
