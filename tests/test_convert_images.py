@@ -354,3 +354,37 @@ def test_damaged_image_in_a_real_dataset_names_the_field_and_row():
     ds = hf_dataset({"im": [good, good, bad]}, {"im": hd.Image()})
     with pytest.raises(ValueError, match=r"field 'im': row 2 is not a readable image"):
         cv.Converter(cv.fields_from_hf(ds.features))(arrow_columns(ds))
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """Returns a valid-looking grey PNG of a few hundred bytes declaring ``width x height``."""
+    rows = zlib.compress(b"\x00" * (width + 1) * 16)  # a few rows only: the rest is missing
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + (
+        _chunk(b"IDAT", rows) + _chunk(b"IEND", b""))
+
+
+def test_a_png_bomb_is_refused_from_its_header_naming_the_row_and_the_limit():
+    bomb = bomb_png(100_000, 100_000)  # 10^10 pixels declared in 2 KB
+    assert len(bomb) < 2048
+    with pytest.raises(PIL.Image.DecompressionBombError):
+        PIL.Image.open(io.BytesIO(bomb))
+    with pytest.raises(ValueError, match=r"field 'im': row 6 declares an image of 10000000000 pixels.*"
+                                         r"PIL.Image.MAX_IMAGE_PIXELS = 5000000000 \(or None"):
+        cv.Converter({"im": cv.Image()})({"im": [png(GREY), bomb]}, row0=5)
+    with pytest.raises(ValueError, match=r"'im': row 1 declares an image of 10000000000 pixels"):
+        cv.estimate_nbytes({"im": cv.Image()}, {"im": [png(GREY), bomb]})
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL warns between 1x and 2x the limit
+@pytest.mark.parametrize("kind", ["png", "jpeg", "grey+alpha png"])
+def test_pil_pixel_limit_holds_in_every_decoder_and_the_named_fix_works(kind, monkeypatch):
+    data = {"png": png(RGB), "jpeg": jpeg(RGB), "grey+alpha png": png(LA)}[kind]  # fast, fast, PIL
+    want = pil_pixels(data)
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 14)  # 6x5 = 30 pixels > 2 * 14
+    with pytest.raises(ValueError, match=r"'im': row 2 declares an image of 30 pixels, over PIL's limit of 28 .*"
+                                         r"MAX_IMAGE_PIXELS = 15 "):
+        cv.Converter({"im": cv.Image()})({"im": [data, data]}, row0=2)
+    with pytest.raises(ValueError, match=r"'im': row 0 declares an image of 30 pixels"):
+        images.decode(data, "im", 0)
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 15)  # the fix the message names
+    assert np.array_equal(convert({"im": [data]}, {"im": cv.Image()})["im"][0], want)

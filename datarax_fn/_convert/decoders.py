@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
 import struct
 import zlib
 from typing import Any
@@ -62,6 +63,32 @@ def _libspng() -> Any:
     return fns
 
 
+class ImageTooLarge(ValueError):
+    """An image declaring more than ``2 * PIL.Image.MAX_IMAGE_PIXELS`` pixels (PIL's
+    ``DecompressionBombError``); ``pixels`` is its declared size."""
+
+    def __init__(self, pixels: int, limit: int):
+        super().__init__(f"{pixels} pixels declared, over PIL's limit of {limit} (2 * PIL.Image.MAX_IMAGE_PIXELS)")
+        self.pixels, self.limit = pixels, limit
+
+
+def too_large(err: Exception) -> ImageTooLarge | None:
+    """Returns PIL's ``DecompressionBombError`` as an :class:`ImageTooLarge`, else None."""
+    found = re.match(r"Image size \((\d+) pixels\) exceeds limit of (\d+)", str(err))
+    return ImageTooLarge(int(found[1]), int(found[2])) if found else None
+
+
+def check_pixels(width: int, height: int) -> None:
+    """Raises :class:`ImageTooLarge` where ``PIL.Image.open`` raises ``DecompressionBombError``,
+    so that no decoder allocates a declared size PIL refuses (a few KB of PNG can declare 10^10)."""
+    from PIL import Image as PILImage  # heavy; only images need it
+
+    limit = PILImage.MAX_IMAGE_PIXELS
+    pixels = max(1, width) * max(1, height)
+    if limit is not None and pixels > 2 * limit:
+        raise ImageTooLarge(pixels, 2 * limit)
+
+
 def _spng_decode(d: bytes) -> np.ndarray | None:
     """Returns the (H, W, C) pixels libspng decodes with every CRC and the adler32 checked, or
     None where it refuses the file or is missing (PIL then decides, and names the error)."""
@@ -72,6 +99,7 @@ def _spng_decode(d: bytes) -> np.ndarray | None:
     if zlib.crc32(d[12:29]) != struct.unpack_from(">I", d, 29)[0]:
         return None  # a damaged header: its size must not size the buffer below
     w, h = struct.unpack_from(">II", d, 16)
+    check_pixels(w, h)
     fmt, channels, itemsize = _SPNG_FMT[(d[24], d[25])]
     out = np.empty((h, w, channels), np.uint16 if itemsize == 2 else np.uint8)
     ctx = new(0)
@@ -118,8 +146,9 @@ def _png_plain(d: bytes) -> bool:
     return True
 
 
-def _jpeg_plain(d: bytes) -> bool:
-    """Returns whether OpenCV decodes this JPEG as PIL does: one 8-bit grey or YCbCr frame, no
+def _jpeg_plain(d: bytes) -> tuple[int, int] | None:
+    """Returns the frame's ``(width, height)`` where OpenCV decodes this JPEG as PIL does, else
+    None. That is: one 8-bit grey or YCbCr frame, no
     Adobe or Exif segment, and every marker where libjpeg looks for it (segments chain by their
     lengths, each scan's entropy-coded data holds only stuffed bytes and, with a restart
     interval, RST0..7 in turn, and an end-of-image marker ends the last scan).
@@ -129,16 +158,16 @@ def _jpeg_plain(d: bytes) -> bool:
     file (HF's reader is PIL). Files failing the structure check are left to PIL, which decides.
     """
     if d[:2] != b"\xff\xd8":
-        return False
+        return None
     a = np.frombuffer(d, np.uint8)
     ff = np.flatnonzero(a[:-1] == 0xFF)
     after = a[ff + 1]
     rst = (after >= 0xD0) & (after <= 0xD7)
     ends = np.flatnonzero((after != 0) & (after != 0xFF) & ~rst)  # real markers (not stuffing, fill, RSTn)
-    pos, n, restart, frame = 2, len(d), False, False
+    pos, n, restart, frame = 2, len(d), False, None
     while pos + 2 <= n:
         if d[pos] != 0xFF:
-            return False
+            return None
         marker = d[pos + 1]
         if marker == 0xFF:  # fill byte
             pos += 1
@@ -146,16 +175,17 @@ def _jpeg_plain(d: bytes) -> bool:
         if marker == 0xD9:
             return frame
         if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
-            return False  # parameterless markers have no place between segments
+            return None  # parameterless markers have no place between segments
         length = int.from_bytes(d[pos + 2 : pos + 4], "big")
         if length < 2 or pos + 2 + length > n:
-            return False
+            return None
         if marker == 0xEE or (marker == 0xE1 and d[pos + 4 : pos + 8] == b"Exif"):
-            return False  # Adobe colour transforms and EXIF orientation: PIL's handling is the reference
+            return None  # Adobe colour transforms and EXIF orientation: PIL's handling is the reference
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             if frame or length < 8 or marker not in (0xC0, 0xC1, 0xC2) or d[pos + 4] != 8 or d[pos + 9] not in (1, 3):
-                return False
-            frame = True
+                return None
+            height, width = struct.unpack_from(">HH", d, pos + 5)
+            frame = (width, height)
         if marker == 0xDD:  # DRI: the restart interval
             restart = int.from_bytes(d[pos + 4 : pos + 6], "big") > 0
         pos += 2 + length
@@ -164,12 +194,12 @@ def _jpeg_plain(d: bytes) -> bool:
         first = int(np.searchsorted(ff, pos))  # the scan's data runs to the next real marker
         k = int(np.searchsorted(ends, first))
         if k == len(ends):
-            return False  # no marker ends the scan: the file is cut
+            return None  # no marker ends the scan: the file is cut
         seq = after[first : ends[k]][rst[first : ends[k]]].astype(np.int64) - 0xD0
         if seq.size and (not restart or np.any(seq != np.arange(seq.size) % 8)):
-            return False
+            return None
         pos = int(ff[ends[k]])
-    return False
+    return None
 
 
 def decode_fast(d: bytes) -> np.ndarray | None:
@@ -182,8 +212,10 @@ def decode_fast(d: bytes) -> np.ndarray | None:
             a = a[:, :, : 1 if d[25] == 0 else 3]
         return a
     cv2 = _cv2()
-    if cv2 is None or not _jpeg_plain(d):
+    size = _jpeg_plain(d) if cv2 is not None else None
+    if size is None:
         return None
+    check_pixels(*size)
     a = cv2.imdecode(np.frombuffer(d, np.uint8), cv2.IMREAD_UNCHANGED)
     if a is None:
         return None
@@ -196,9 +228,13 @@ def decode_pil(obj: Any) -> np.ndarray:
     from PIL import Image as PILImage  # heavy; only images need it
     from PIL import ImageOps  # lazy: PIL is optional (the hf/tfds extras)
 
-    img = obj if isinstance(obj, PILImage.Image) else PILImage.open(
-        obj if isinstance(obj, (str, os.PathLike)) else io.BytesIO(obj)
-    )
+    if isinstance(obj, PILImage.Image):
+        img = obj
+    else:
+        try:
+            img = PILImage.open(obj if isinstance(obj, (str, os.PathLike)) else io.BytesIO(obj))
+        except PILImage.DecompressionBombError as err:  # one error type for both decoders
+            raise (too_large(err) or err) from err
     img.load()
     if img.getexif().get(_EXIF_ORIENTATION) is not None:
         img = ImageOps.exif_transpose(img)

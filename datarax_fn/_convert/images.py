@@ -81,23 +81,35 @@ def encoded(col: Any, name: str, row0: int) -> tuple[int, Callable[[int], Any]]:
     return len(col), get_py
 
 
+def unreadable(err: Exception, name: str, row: int) -> ValueError:
+    """Returns the error for an image the decoders refuse: too large for PIL's limit, or damaged."""
+    if isinstance(err, decoders.ImageTooLarge):
+        return ValueError(
+            f"field {name!r}: row {row} declares an image of {err.pixels} pixels, over PIL's limit of {err.limit} "
+            f"(2 * PIL.Image.MAX_IMAGE_PIXELS): such a file can exhaust memory (a decompression bomb). If it is trusted, raise the "
+            f"limit before loading: PIL.Image.MAX_IMAGE_PIXELS = {-(-err.pixels // 2)} (or None for no "
+            f"limit); else leave the field out with exclude_keys=[{name!r}]."
+        )
+    return ValueError(
+        f"field {name!r}: row {row} is not a readable image ({err}). Fix the file, or leave the "
+        f"field out with exclude_keys=[{name!r}]."
+    )
+
+
 def decode(obj: Any, name: str, row: int) -> np.ndarray:
     """Returns one image as an ``(H, W, C)`` array in its stored dtype and channels."""
     if isinstance(obj, np.ndarray) or type(obj).__module__.startswith("jax"):
         a = np.asarray(obj)
         return a[:, :, None] if a.ndim == 2 else a
-    if isinstance(obj, (bytes, bytearray, memoryview)):
-        obj = bytes(obj)
-        a = decoders.decode_fast(obj)
-        if a is not None:
-            return a[:, :, None] if a.ndim == 2 else a
     try:
-        a = decoders.decode_pil(obj)
-    except (OSError, ValueError, SyntaxError) as err:
-        raise ValueError(
-            f"field {name!r}: row {row} is not a readable image ({err}). Fix the file, or leave the "
-            f"field out with exclude_keys=[{name!r}]."
-        ) from err
+        a = None
+        if isinstance(obj, (bytes, bytearray, memoryview)):
+            obj = bytes(obj)
+            a = decoders.decode_fast(obj)
+        if a is None:
+            a = decoders.decode_pil(obj)
+    except (OSError, ValueError, SyntaxError) as err:  # ImageTooLarge is a ValueError
+        raise unreadable(err, name, row) from err
     return a[:, :, None] if a.ndim == 2 else a
 
 
@@ -115,7 +127,10 @@ def decode_all(col: Any, name: str, row0: int, threads: int | None) -> list[np.n
     def work(lo: int, hi: int) -> None:
         for i in range(lo, hi):
             obj = get(i)
-            a = fast(bytes(obj)) if isinstance(obj, (bytes, memoryview)) else None  # the common case, inlined
+            try:
+                a = fast(bytes(obj)) if isinstance(obj, (bytes, memoryview)) else None  # the common case, inlined
+            except decoders.ImageTooLarge as err:
+                raise unreadable(err, name, row0 + i) from err
             if a is None:
                 a = decode(obj, name, row0 + i)
             out[i] = a if a.ndim == 3 else a[:, :, None]
