@@ -70,6 +70,21 @@ def test_lists_of_strings_pad_per_level_like_squad_answers():
     assert got == ref
 
 
+def test_decode_text_gives_a_list_of_strings_per_row_for_lists_of_strings():
+    rows = {"answers": [{"text": ["ab", "cde"]}, {"text": []}, {"text": ["é", "", "x"]}]}
+    feats = {"answers": {"text": hd.List(hd.Value("string"))}}
+    ref = [r["answers"]["text"] for r in hf_dataset(rows, feats)]
+    out = hf_convert(rows, feats)
+    assert dfn.decode_text(out, "answers.text") == ref == [["ab", "cde"], [], ["é", "", "x"]]
+    one = {k: v[2] for k, v in out["answers"].items()}  # a record, without the batch axis
+    assert dfn.decode_text(one, "text") == [["é", "", "x"]]  # a batch of one
+    fixed = convert({"t": [["a", "bc"], ["", "d"]]}, {"t": cv.Sequence(cv.Text(), 2)})  # no length leaf for the list
+    assert dfn.decode_text(fixed, "t") == [["a", "bc"], ["", "d"]]
+    nested = convert({"t": [[["a"], ["b", "cd"]], []]}, {"t": cv.Sequence(cv.Sequence(cv.Text()))})
+    assert dfn.decode_text(nested, "t") == [[["a"], ["b", "cd"]], []]
+    assert dfn.decode_text({k: v[0] for k, v in convert({"s": ["hé"]}, {"s": cv.Text()}).items()}, "s") == ["hé"]
+
+
 def test_lists_of_strings_take_a_max_length_per_level_and_conll_tokens_stream():
     fields = {"tokens": cv.Sequence(cv.Text())}
     with pytest.raises(ValueError, match=r"'tokens' is ragged \(2 variable-length.*max_length=\{'tokens': \(L0, L1\)\}"):
