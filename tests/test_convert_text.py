@@ -132,3 +132,37 @@ def test_estimate_covers_the_longest_text_row():
 def test_arrow_columns_from_with_format_match_python_rows():
     ds = hf_dataset({"s": ["ä", "bc"]}, {"s": hd.Value("large_string")})
     assert dfn.decode_text(cv.Converter(cv.fields_from_hf(ds.features))(arrow_columns(ds)), "s") == ds["s"]
+
+
+def test_truncating_long_texts_keeps_temporaries_near_the_output():
+    import tracemalloc
+
+    # 4 MB of text cut to 64 bytes a row: the old code indexed every byte (8 bytes of int64
+    # each, several times over); now the temporaries are the size of the output.
+    texts = pa.array(["é" * 50_000 + "x"] * 40, pa.large_string())
+    lists = pa.array([["ab" * 20_000, "é" * 30_000, "c"]] * 40, pa.list_(pa.large_string()))
+    conv = cv.Converter({"t": cv.Text(), "l": cv.Sequence(cv.Text())}, max_length={"t": 64, "l": (2, 8)}, truncate=True)
+    tracemalloc.start()
+    try:
+        out = conv({"t": texts, "l": lists})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert dfn.decode_text(out, "t") == ["é" * 32] * 40
+    assert dfn.decode_text(out, "l") == [["abababab", "éééé"]] * 40
+    assert peak < 512 * 1024, peak  # the input is 7.6 MB
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.text(max_size=12), max_size=4), min_size=1, max_size=6), st.integers(1, 4),
+       st.integers(1, 10))
+def test_truncated_lists_of_strings_keep_the_prefixes_that_fit(rows, k, limit):
+    out = convert({"l": rows}, {"l": cv.Sequence(cv.Text())}, max_length={"l": (k, limit)}, truncate=True)
+    want = np.zeros((len(rows), k, limit), np.uint8)  # the kept bytes, zero-padded
+    strings = [[] for _ in rows]
+    for i, row in enumerate(rows):
+        for j, text in enumerate(row[:k]):
+            kept = max(c for c in range(len(text) + 1) if len(text[:c].encode()) <= limit)
+            strings[i].append(text[:kept])
+            want[i, j, : len(text[:kept].encode())] = list(text[:kept].encode())
+    assert np.array_equal(out["l"], want) and dfn.decode_text(out, "l") == strings
