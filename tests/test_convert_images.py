@@ -388,3 +388,24 @@ def test_pil_pixel_limit_holds_in_every_decoder_and_the_named_fix_works(kind, mo
         images.decode(data, "im", 0)
     monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 15)  # the fix the message names
     assert np.array_equal(convert({"im": [data]}, {"im": cv.Image()})["im"][0], want)
+
+
+def test_image_mode_naming_a_field_that_is_not_an_image_is_an_error_naming_the_key():
+    import datarax_fn as dfn
+
+    rows = {"im": [png(GREY)], "text": ["a"], "meta": [{"n": 1}], "s": [{"im": png(RGB)}]}
+    feats = {"im": hd.Image(), "text": hd.Value("string"), "meta": {"n": hd.Value("int32")}, "s": {"im": hd.Image()}}
+    ds = hf_dataset(rows, feats)
+    fields = cv.fields_from_hf(ds.features)
+    with pytest.raises(ValueError, match=r"image_mode: key 'text' is a text field, not an image; image_mode applies "
+                                         r"only to images \(\['im', 's.im'\]\). Drop 'text'"):
+        dfn.from_hf(ds, streaming=False, shuffle=False, image_mode={"text": "RGB"})
+    with pytest.raises(ValueError, match=r"key 'meta' holds no image"):
+        cv.Converter(fields, image_mode={"meta": "L"})
+    with pytest.raises(ValueError, match=r"key 'meta.n' is a tensor field"):
+        cv.Converter(fields, image_mode={"meta.n": "L"})
+    with pytest.raises(ValueError, match=r"key 'nope' names no field"):
+        cv.Converter(fields, image_mode={"nope": "L"})
+    out = cv.Converter(fields, image_mode={"s": "L", "im": "RGB"})(arrow_columns(ds))  # a struct holding an image
+    assert out["s"]["im"].shape == (1, 6, 5, 1) and out["im"].shape == (1, 6, 5, 3)
+    assert np.array_equal(out["s"]["im"][0], pil_pixels(png(RGB), "L"))

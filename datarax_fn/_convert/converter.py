@@ -84,7 +84,7 @@ class Converter:
         paths = all_paths(self.fields)
         self.options = Options(
             None if transform is not None else check_max_length(max_length, paths),  # else: the output's
-            _check_bool("truncate", truncate), check_image_mode(image_mode),
+            _check_bool("truncate", truncate), check_image_mode(image_mode, self.fields),
             self.static and transform is None,  # a transform's input may stay ragged
         )
         self.num_threads = None if num_threads is None else int(num_threads)
