@@ -166,3 +166,10 @@ def test_truncated_lists_of_strings_keep_the_prefixes_that_fit(rows, k, limit):
             strings[i].append(text[:kept])
             want[i, j, : len(text[:kept].encode())] = list(text[:kept].encode())
     assert np.array_equal(out["l"], want) and dfn.decode_text(out, "l") == strings
+
+
+def test_lists_of_empty_lists_pad_to_zero_width():
+    out = convert({"l": [[b""], []]}, {"l": cv.Sequence(cv.Text(binary=True))})
+    assert out["l"].shape == (2, 1, 0) and out["l_length"].tolist() == [1, 0] and out["l_length_1"].tolist() == [[0], [0]]
+    out = convert({"l": [[], []]}, {"l": cv.Sequence(cv.Text())}, max_length={"l": (2, 3)}, truncate=True)
+    assert out["l"].shape == (2, 2, 3) and not out["l"].any()

@@ -88,9 +88,12 @@ def pad(nested: Nested, sizes: tuple[int, ...], ragged: tuple[bool, ...], trunca
         width = int(np.prod(inner, dtype=np.int64))
         _fill(out.reshape(n, sizes[0], width), nested.values.reshape(len(nested.values), width), off, counts)
         return out, lengths
-    items = np.flatnonzero(alive)
-    slots = np.ravel_multi_index(tuple(c[items] for c in coords), (n, *sizes[:last])) if last else items
-    _copy_prefixes(out.reshape(-1, sizes[last], *inner), slots, nested.values, off[items], keep[items])
+    items = np.flatnonzero(alive & (keep > 0))
+    if items.size:  # else every kept list is empty (or the padded shape is): nothing to copy
+        grid = (n, *sizes[:last])
+        slots = np.ravel_multi_index(tuple(c[items] for c in coords), grid) if last else items
+        flat = out.reshape(int(np.prod(grid, dtype=np.int64)), sizes[last], *inner)
+        _copy_prefixes(flat, slots, nested.values, off[items], keep[items])
     return out, lengths
 
 
