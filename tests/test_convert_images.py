@@ -409,3 +409,58 @@ def test_image_mode_naming_a_field_that_is_not_an_image_is_an_error_naming_the_k
     out = cv.Converter(fields, image_mode={"s": "L", "im": "RGB"})(arrow_columns(ds))  # a struct holding an image
     assert out["s"]["im"].shape == (1, 6, 5, 1) and out["im"].shape == (1, 6, 5, 3)
     assert np.array_equal(out["s"]["im"][0], pil_pixels(png(RGB), "L"))
+
+
+# ----------------------------------------------------------------------------- undeclared modes in streams
+
+def test_streaming_an_image_without_a_mode_takes_it_from_the_first_images(caplog):
+    import logging
+
+    import datarax_fn as dfn
+
+    digits = RNG.integers(0, 256, (70, 6, 5), dtype=np.uint8)  # MNIST's shape on the hub: Image() of grey PNGs
+    ds = hf_dataset({"im": [png(d) for d in digits]}, {"im": hd.Image()})
+    with caplog.at_level(logging.INFO, logger="datarax_fn"):
+        state = dfn.from_hf(ds, streaming=True, shuffle=False)
+    assert "field 'im' declares no image mode; the stream holds its images as 'L', decided from its first 64" in caplog.text
+    assert dfn.element_spec(state)["im"].shape == (6, 5, 1)
+    _, batch = dfn.get_batch(state, 70)
+    assert np.array_equal(np.asarray(batch["im"])[..., 0], np.stack(ds.with_format("numpy")["im"]))
+
+
+def test_probed_mode_promotes_later_images_losslessly_and_refuses_loss(monkeypatch):
+    monkeypatch.setattr(images, "PROBE_IMAGES", 2)
+    grey_rgb = np.repeat(GREY[..., None], 3, -1)  # colour channels, grey pixels
+    opaque = np.concatenate([RGB, np.full((6, 5, 1), 255, np.uint8)], -1)
+    palette = PIL.Image.fromarray(RGB).convert("P")  # decoded as RGB
+    fields = {"im": cv.Image()}
+
+    def stream(first: list, later: list) -> dict:
+        conv = cv.Converter(fields, static=True, probe={"im": first})
+        return conv, conv({"im": later}, row0=10)
+
+    conv, out = stream([png(GREY), png(GREY)], [png(grey_rgb), png(GREY)])
+    assert conv.meta["im"] == {"image_mode": "L", "image_mode_probed_rows": 2}
+    assert np.array_equal(out["im"][0, ..., 0], GREY) and conv.element_spec["im"].shape == (6, 5, 1)
+    conv, out = stream([png(RGB), png(GREY)], [png(GREY), png(opaque), png(np.asarray(palette.convert("RGB")))])
+    assert conv.meta["im"]["image_mode"] == "RGB"
+    assert np.array_equal(out["im"][0], grey_rgb) and np.array_equal(out["im"][1], RGB)
+    _, out = stream([png(RGB)], [palette])
+    assert np.array_equal(out["im"][0], np.asarray(palette.convert("RGB")))
+    _, out = stream([png(LA)], [png(GREY)])
+    assert np.array_equal(out["im"][0], np.concatenate([GREY[..., None], np.full((6, 5, 1), 255, np.uint8)], -1))
+    for first, later, lost, fix in [([png(GREY)], png(RGB), "colour", "RGB"), ([png(RGB)], png(RGBA), "transparency", "RGBA"),
+                                    ([png(GREY)], png(LA), "transparency", "LA"), ([png(LA)], png(RGB), "colour", "RGBA")]:
+        with pytest.raises(ValueError, match=rf"field 'im': row 11 .*decided from its first 1 images.*lose its {lost}\. "
+                                             rf"Pass image_mode=\{{'im': '{fix}'\}}"):
+            stream(first, [png(GREY), later])
+        ref = cv.Converter(fields, static=True, probe={"im": first}, image_mode={"im": fix})({"im": [later]})["im"][0]
+        assert np.array_equal(ref, pil_pixels(later, fix))  # the fix the message names
+
+
+def test_probe_image_mode_is_the_smallest_lossless_mode():
+    u16 = np.zeros((2, 2, 1), np.uint16)
+    assert images.probe_image_mode([GREY[..., None], RGB]) == "RGB"
+    assert images.probe_image_mode([LA, GREY[..., None]]) == "LA"
+    with pytest.raises(ValueError, match=r"field 'x': .*a uint16 image with 1 channel\(s\).*image_mode=\{'x': 'I;16'\}"):
+        images.probe_image_mode([RGB, u16], "x")  # as an eager load of 16-bit grey asks

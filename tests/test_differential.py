@@ -15,8 +15,7 @@ mode and dtype, int16 WAV audio, None) and 1-40 rows, builds real datasets on di
 ``tests/rules_oracle.py`` turns the reference rows into what docs/conversion.md promises: the
 zero-padded arrays, their ``<leaf>_length`` leaves (rule 5), the dtypes (rules 3-8); every output
 leaf, padding included, must equal it exactly, and match ``element_spec`` (rule 1). A load may instead raise ValueError/TypeError naming the field, when the
-rules demand an error (None, int64 overflow without x64, ragged without ``max_length``, streamed
-image without ``image_mode``); the test then applies the fix the message names (``exclude_keys``,
+rules demand an error (None, int64 overflow without x64, ragged without ``max_length``); the test then applies the fix the message names (``exclude_keys``,
 ``jax_enable_x64``, ``max_length``, ``image_mode``) and compares again.
 
 CI runs 200 fixed (derandomized) examples: 140 HF, 35 TFDS, 25 HF-vs-TFDS. Run the long,
@@ -47,7 +46,7 @@ from dataset_factory import (
     MODE_CHANNELS, NUM_DTYPES, Array, Aud, Img, Label, Num, Picture, Seq, Str, Bin, Struct,
     build_hf, build_tfds, decode_image, encode_image,
 )
-from rules_oracle import Options, Rows, expected_leaves, fix_max_length, issues, overflow_rows
+from rules_oracle import STREAM_PROBE_ROWS, Options, Rows, expected_leaves, fix_max_length, issues, overflow_rows
 
 LONG = int(os.environ.get("DFN_FUZZ_EXAMPLES", "300"))
 REPORT = os.environ.get("DFN_FUZZ_REPORT")
@@ -211,7 +210,7 @@ def _chunk_option(config: type) -> str:
     return next(n for n in ("chunk_size", "read_chunk_size") if n in names)
 
 
-CHUNK = 7  # several chunks per split, so nothing can be decided from the first one (rule 1)
+CHUNK = STREAM_PROBE_ROWS  # several chunks per split, so nothing can be decided from the first one (rule 1)
 
 
 def from_tfds(name: str, data_dir: str, streaming: bool, **options: Any) -> Any:
@@ -302,7 +301,7 @@ def load_and_check(built: Built, rows: Rows, form: str, streaming: bool, opts: O
         for leaf in rows.leaves:
             for issue in issues(rows, leaf, streaming, opts):
                 raise AssertionError(f"{where}: {issue.rule}: leaf {leaf.dotted} loaded without the error the rule demands")
-        compare(got, expected_leaves(rows, opts, got), f"{where} {opts.kwargs()} x64={opts.x64}")
+        compare(got, expected_leaves(rows, opts, got, streaming), f"{where} {opts.kwargs()} x64={opts.x64}")
         return opts, got
     raise AssertionError(f"{where}: still failing after applying every named fix; options {opts}")
 
@@ -497,3 +496,4 @@ def test_tfds_loads_equal_tfds_readers(request):
 def test_same_data_gives_same_arrays_in_hf_and_tfds(request):
     """HF, TFDS tfrecord and TFDS array_record give identical arrays, JPEG and audio included."""
     _run(request, datasets("both"), _same_data_case, 25)
+

@@ -20,6 +20,8 @@ from .memory import aligned_empty
 MODES = {"L": (1, "uint8"), "LA": (2, "uint8"), "RGB": (3, "uint8"), "RGBA": (4, "uint8"),
          "I;16": (1, "uint16"), "I": (1, "int32"), "F": (1, "float32")}
 _CHANNEL_MODE = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+_ONE_CHANNEL_MODE = {np.dtype(np.uint16): "I;16", np.dtype(np.int32): "I", np.dtype(np.float32): "F"}
+PROBE_IMAGES = 64  # a stream's first images that decide the mode of an image field declaring none
 
 
 def _arrow_getter(arr: Any, name: str, base: int) -> Callable[[int], Any]:
@@ -156,6 +158,54 @@ def promoted_mode(images: list[np.ndarray]) -> str:
     return {(False, False): "L", (False, True): "LA", (True, False): "RGB", (True, True): "RGBA"}[(colour, alpha)]
 
 
+def probe_image_mode(samples: list[np.ndarray], name: str = "image") -> str:
+    """Returns the mode a stream holds an image field in when the feature declares none: the
+    smallest of L, LA, RGB and RGBA holding every sample losslessly (:func:`promoted_mode`).
+
+    Arguments:
+      samples: the field's first decoded images, ``(H, W, C)`` arrays (the converter passes up
+        to ``PROBE_IMAGES`` of the split's first rows).
+      name: the field, for the error.
+
+    Later images are converted to it only without loss (:func:`to_mode_lossless`). Images that
+    are not 8-bit raise naming ``image_mode``, as an eager load does (``I;16`` for 16-bit grey).
+    """
+    odd = next((a for a in samples if a.dtype != np.uint8 or a.shape[2] not in (1, 2, 3, 4)), None)
+    if odd is None and samples:
+        return promoted_mode(samples)
+    mode = _ONE_CHANNEL_MODE.get(odd.dtype, "<its mode>") if odd is not None and odd.shape[2] == 1 else "<its mode>"
+    what = f"a {odd.dtype} image with {odd.shape[2]} channel(s)" if odd is not None else "no image"
+    raise ValueError(
+        f"field {name!r}: the feature declares no image mode and its first images include {what}, which no 8-bit "
+        f"mode holds. Pass image_mode={{{name!r}: {mode!r}}} (one of {sorted(MODES)}), or a transform that converts them."
+    )
+
+
+def to_mode_lossless(a: np.ndarray, mode: str, name: str, row: int, probed: int) -> np.ndarray:
+    """Returns image ``a`` in ``mode`` (decided from the first ``probed`` images) where that
+    loses nothing: grey to colour, an opaque alpha added, colour or alpha dropped only where
+    every pixel is grey or opaque. Else raises naming the row and the ``image_mode`` that holds it."""
+    c, dtype = MODES[mode]
+    if a.shape[2] == c and a.dtype == np.dtype(dtype):
+        return a
+    have, lost = a.shape[2], None
+    if a.dtype != np.uint8 or dtype != "uint8":
+        lost = f"{a.dtype} values"
+    elif have in (3, 4) and c in (1, 2) and not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 1], a[..., 2])):
+        lost = "colour"
+    elif have in (2, 4) and c in (1, 3) and not (a[..., -1] == 255).all():
+        lost = "transparency"
+    if lost is not None:
+        fix = promoted_mode([np.zeros((1, 1, c), np.uint8), a]) if lost != f"{a.dtype} values" else "<its mode>"
+        raise ValueError(
+            f"field {name!r}: row {row} is a {a.dtype} image with {have} channel(s); the stream holds this field in "
+            f"mode {mode!r}, decided from its first {probed} images since the feature declares none, and converting "
+            f"this one would lose its {lost}. Pass image_mode={{{name!r}: {fix!r}}} to hold every image (each is "
+            "converted as PIL's Image.convert does)."
+        )
+    return to_mode(a, mode, name, row)
+
+
 def convertible(a: np.ndarray, mode: str) -> bool:
     """Returns whether :func:`to_mode` can put image ``a`` in ``mode`` (8-bit to 8-bit, or already there)."""
     c, dtype = MODES[mode]
@@ -188,16 +238,20 @@ def to_mode(a: np.ndarray, mode: str, name: str, row: int) -> np.ndarray:
     return out[:, :, None] if out.ndim == 2 else out
 
 
-def stack(images: list[np.ndarray], mode: str | None, dtype: str, shape: tuple, name: str, row0: int) -> np.ndarray:
+def stack(images: list[np.ndarray], mode: str | None, dtype: str, shape: tuple, name: str, row0: int,
+          probed: int = 0) -> np.ndarray:
     """Returns the images as one ``(N, H, W, C)`` array; ``mode`` None keeps each as decoded.
 
-    Images of different sizes raise (field, row, the two shapes, a resizing transform).
+    ``probed``: the mode was decided from the first ``probed`` images, so only lossless
+    conversions are made. Images of different sizes raise (field, row, the two shapes, a
+    resizing transform).
     """
     want = np.dtype(dtype)
     if mode is not None:
         c, mode_dtype = MODES[mode]
         keep = np.dtype(mode_dtype)
-        images = [a if a.shape[2] == c and a.dtype == keep else to_mode(a, mode, name, row0 + i)
+        images = [a if a.shape[2] == c and a.dtype == keep else
+                  to_mode_lossless(a, mode, name, row0 + i, probed) if probed else to_mode(a, mode, name, row0 + i)
                   for i, a in enumerate(images)]
     first = images[0].shape if images else tuple(d or 0 for d in shape)
     # One pass over the shapes and dtypes in C-speed set building; the per-image loop below

@@ -40,6 +40,7 @@ class Leaf:
     sizes: tuple  # padded size of each level: max_length, the declared size, or None (the data's)
     dtype: np.dtype  # output dtype
     mode: str | None = None  # images: the PIL mode every image is converted to (None: promote)
+    probed: int = 0  # images: how many first images decided ``mode`` (0: declared or given); then only lossless conversions
 
     @property
     def ragged(self) -> tuple[bool, ...]:
@@ -180,13 +181,7 @@ def _plan_image(path, keys, f, outer, opts):
     if mode is None and f.dtype == "uint8" and c in (1, 2, 3, 4):
         mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[c]
     if mode is None and c is None:
-        mode = lookup(opts.image_mode, path)
-        if mode is None and opts.static:
-            raise ValueError(
-                f"field {path!r}: the feature declares no channel count (HF Image() without mode), and "
-                f"streaming needs one shape for every batch. Pass image_mode={{{path!r}: 'RGB'}} (or 'L', "
-                "'LA', 'RGBA'); every image is converted to it as PIL's Image.convert does."
-            )
+        mode = lookup(opts.image_mode, path)  # None in a stream: the converter decides it from its probe
     dtype = MODES[mode][1] if mode is not None else f.dtype
     if mode is not None:
         c = MODES[mode][0]
