@@ -13,6 +13,7 @@ marker structure is broken goes to PIL, which reads on to the end-of-image marke
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import io
 import os
@@ -49,8 +50,6 @@ def _libspng() -> Any:
         import pyspng._pyspng_c as ext  # optional fast PNG decoder; PIL is the fallback
     except ImportError:
         return None
-    import ctypes
-
     try:
         lib = ctypes.CDLL(ext.__file__)
         fns = lib.spng_ctx_new, lib.spng_ctx_free, lib.spng_set_crc_action, lib.spng_set_png_buffer, lib.spng_decode_image
