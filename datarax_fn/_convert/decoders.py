@@ -19,6 +19,7 @@ import io
 import os
 import re
 import struct
+import warnings
 import zlib
 from typing import Any
 
@@ -86,6 +87,9 @@ def check_pixels(width: int, height: int) -> None:
     pixels = max(1, width) * max(1, height)
     if limit is not None and pixels > 2 * limit:
         raise ImageTooLarge(pixels, 2 * limit)
+    if limit is not None and pixels > limit:  # PIL warns between the limit and twice it
+        warnings.warn(f"Image size ({pixels} pixels) exceeds limit of {limit} pixels, could be decompression bomb "
+                      "DOS attack.", PILImage.DecompressionBombWarning, stacklevel=2)
 
 
 def _spng_decode(d: bytes) -> np.ndarray | None:
