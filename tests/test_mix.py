@@ -242,7 +242,7 @@ def test_bad_options_name_the_argument_and_the_fix():
         dfn.mix([a, b], [1, 1], stop="first")
     with pytest.raises(TypeError, match="window must be an int"):
         dfn.mix([a, b], [1, 1], window=10.0)
-    with pytest.raises(TypeError, match="takes EagerSource and StreamingSource"):
+    with pytest.raises(TypeError, match="a mixture takes source states"):
         dfn.mix([a, {"x": np.zeros(3)}], [1, 1])
     with pytest.raises(ValueError, match="10 records, fewer than its 11 slots"):
         dfn.mix([a, b], [1, 1], stop="first_exhausted", window=22)
@@ -267,3 +267,27 @@ def test_a_cursor_of_another_mixture_or_an_edited_one_is_refused():
     other["children"][0]["fingerprint"] = "elsewhere"
     with pytest.raises(ValueError, match="source 0 of the mixture: .*fingerprint"):
         dfn.restore_cursor(build(), other)
+
+
+def test_packed_streams_mix_and_resume():
+    def build():
+        parts = []
+        for base, n in ((0, 40), (1000, 30)):
+            lens = (np.arange(n) % 5 + 1).astype(np.int32)
+            tokens = np.where(np.arange(5)[None] < lens[:, None], base + np.arange(n)[:, None], 0).astype(np.int32)
+            parts.append(dfn.pack(dfn.from_arrays({"t": tokens, "t_length": lens}), {"t": 8}, num_bins=2))
+        return dfn.mix(parts, [1, 1], window=4)
+
+    state, whole = build(), []
+    for _ in range(6):
+        state, b = dfn.get_batch(state, 5)
+        whole.append(b["t"])
+    whole = np.concatenate(whole)
+    assert np.bincount((whole[:28].max(1) >= 1000).astype(int)).tolist() == [14, 14]  # 7 windows of 2 + 2
+    s = build()
+    s, first = dfn.get_batch(s, 13)
+    s = dfn.restore_cursor(build(), json.loads(json.dumps(dfn.cursor(s))))
+    s, rest = dfn.get_batch(s, 17)
+    assert np.array_equal(np.concatenate([first["t"], rest["t"]]), whole)
+    with pytest.raises(TypeError, match="is itself a mixture"):
+        dfn.mix([build(), corpus(4, 0)], [1, 1])

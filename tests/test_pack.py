@@ -186,3 +186,24 @@ def test_a_cursor_of_other_packing_is_refused():
         dfn.restore_cursor(dfn.pack(source, {"inputs": 16, "targets": 8}, num_bins=2), dfn.cursor(state))
     with pytest.raises(ValueError, match="lengths"):
         dfn.restore_cursor(dfn.pack(source, {"inputs": 20, "targets": 8}, num_bins=4), dfn.cursor(state))
+
+
+def test_a_mixture_packs_as_its_records_do_and_resumes_exactly():
+    # The LM recipe: mix two corpora 70/30, then pack the mixed stream.
+    def build():
+        a = dfn.from_arrays(token_rows(50, seed=1), shuffle=True, seed=1)
+        b = dfn.from_arrays(token_rows(30, seed=2))
+        return dfn.mix([a, b], [0.7, 0.3], seed=4, window=10)
+
+    lengths = {"inputs": 32, "targets": 16}
+    _, records = take(build(), 10, 40)  # 400 mixed records, more than one epoch of the mixture
+    _, packed = take(dfn.pack(build(), lengths, num_bins=4), 20, 3)
+    theirs = grain_rows(records, lengths, 4, 60, repeat=False)
+    for k in theirs:
+        assert np.array_equal(packed[k], theirs[k]), k
+    state, _ = dfn.get_batch(dfn.pack(build(), lengths, num_bins=4), 7)
+    resumed = dfn.restore_cursor(dfn.pack(build(), lengths, num_bins=4), json.loads(json.dumps(dfn.cursor(state))))
+    _, a = take(state, 9, 3)
+    _, b = take(resumed, 9, 3)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert np.array_equal(packed["inputs"][7:34], a["inputs"])

@@ -38,6 +38,7 @@ from .._state import cursors
 from .._state import tracing
 from .._streaming.source import EndOfStream, StreamingSource
 from .layout import consumed, epoch_length, quotas_of, select
+from .positions import moved, position, put_scalar
 
 PyTree = Any
 STOPS = ("never", "first_exhausted", "all_exhausted")
@@ -65,7 +66,7 @@ class Mixture(contract.Source):
 
 
 def _check_child(k: int, child: Any) -> bool:
-    """Returns whether child ``k`` reads on the host (a stream); raises for states a mixture cannot take."""
+    """Returns whether child ``k`` reads on the host (not eager); raises for states a mixture cannot take."""
     if isinstance(child, EagerSource):
         if child.partitions != 1 or child.placement.kind != "device":
             raise ValueError(
@@ -73,17 +74,24 @@ def _check_child(k: int, child: Any) -> bool:
                 "gathers each child's rows in one place. Build the child with partitions=1 and placement='device'."
             )
         return False
-    if isinstance(child, StreamingSource):
-        if child.partitions != 1:
-            raise ValueError(
-                f"mix: source {k} is a stream with partitions={child.partitions}; a mixture reads each child in its "
-                "own order. Build the stream with partitions=1."
-            )
-        return True
-    raise TypeError(
-        f"mix: source {k} is a {type(child).__name__}; a mixture takes EagerSource and StreamingSource states "
-        "(dfn.from_arrays, dfn.from_hf, dfn.from_tfds, dfn.from_backend). Mix the sources, then apply stages."
-    )
+    if isinstance(child, Mixture):
+        raise TypeError(
+            f"mix: source {k} is itself a mixture; mix all the sources in one dfn.mix (the weights of a nested "
+            "mixture's sources multiply by its own weight)."
+        )
+    if not isinstance(child, contract.Source):
+        raise TypeError(
+            f"mix: source {k} is a {type(child).__name__}; a mixture takes source states: EagerSource, "
+            "StreamingSource (dfn.from_arrays, dfn.from_hf, dfn.from_tfds, dfn.from_backend) or a packed stream "
+            "(dfn.pack)."
+        )
+    if getattr(child, "partitions", 1) != 1:
+        raise ValueError(
+            f"mix: source {k} is a stream with partitions={child.partitions}; a mixture reads each child in its "
+            "own order. Build the stream with partitions=1."
+        )
+    # Any other state (a stream, a packed stream) serves its next records by get_batch, on the host.
+    return True
 
 
 def _spec_fields(spec: PyTree) -> dict[str, tuple]:
@@ -123,8 +131,8 @@ def mix(sources: Sequence[Any], weights: Sequence[float], seed: int = 0, stop: s
     holds each source's cursor, so resume is exact.
 
     Arguments:
-        sources: ``EagerSource`` and ``StreamingSource`` states (``partitions=1``) whose
-            records share one element spec.
+        sources: ``EagerSource`` and ``StreamingSource`` states (``partitions=1``) or packed
+            streams (``dfn.pack``) whose records share one element spec.
         weights: one positive number per source.
         seed: an int in ``[0, 2**32)`` keying the layout of the windows.
         stop: ``"never"`` (the default: sources cycle their epochs for ever),
@@ -224,12 +232,6 @@ def _eager_batch(state: Mixture, size: int) -> tuple[Mixture, PyTree]:
     return tracing.replace(state, children=children, index=index, epoch=epoch), batch
 
 
-def _put_scalar(like: Any, value: int) -> Any:
-    # An eager child's cursor lives on its device; a stream's on the host.
-    arr = np.asarray(value, np.int32)
-    return jax.device_put(arr, like.sharding) if isinstance(like, jax.Array) else arr
-
-
 def _host_batch(state: Mixture, size: int) -> tuple[Mixture, PyTree]:
     _check_end(state, size)
     sel = select(int(state.index), int(state.epoch), int(state.seed), size, state.quotas, state.num_records)
@@ -240,17 +242,14 @@ def _host_batch(state: Mixture, size: int) -> tuple[Mixture, PyTree]:
         if m == 0:
             children.append(child)
             parts.append(None)
-        elif isinstance(child, StreamingSource):
+        elif not isinstance(child, EagerSource):
             child, part = contract.get_batch(child, m)
             children.append(child)
             parts.append(part)
         else:
             # A fixed size keeps one compiled gather per child; the first m rows are the ones served.
             part = jax.tree.map(lambda x: np.asarray(x)[:m], contract.get_batch_at(child, child.index, size))
-            total = int(child.index) + m
-            epoch, index = int(child.epoch) + total // child.num_records, total % child.num_records
-            children.append(tracing.replace(child, index=_put_scalar(child.index, index),
-                                            epoch=_put_scalar(child.epoch, epoch)))
+            children.append(moved(child, m))
             parts.append(part)
     spec = contract.element_spec(state.children[0])
     masks = [sel == k for k in range(len(parts))]
@@ -379,6 +378,23 @@ def _(state: Mixture):
     return None
 
 
+def advance(state: Mixture, records: int) -> Mixture:
+    """Returns the mixture moved on by ``records`` outputs without reading them (on the host).
+
+    Each eager or streaming child moves by what it serves meanwhile, ``c_k(P + records) - c_k(P)``.
+    """
+    here = _consumed(state)
+    epoch, index = divmod(position(state) + records, state.num_records)
+    new = tracing.replace(state, index=put_scalar(state.index, index), epoch=put_scalar(state.epoch, epoch))
+    delta = _consumed(new) - here
+    children = []
+    for k, (child, d) in enumerate(zip(state.children, delta.tolist())):
+        if d and not isinstance(child, (EagerSource, StreamingSource)):
+            raise TypeError(f"mix: source {k} ({type(child).__name__}) cannot move without reading its records.")
+        children.append(moved(child, d) if d else child)
+    return tracing.replace(new, children=tuple(children))
+
+
 # ----------------------------------------------------------------------------- cursor
 
 
@@ -387,8 +403,7 @@ def _consumed(state: Mixture) -> np.ndarray:
 
 
 def _child_position(child: Any) -> int | None:
-    n = contract.num_records(child)
-    return None if n is None else int(child.epoch) * n + int(child.index)
+    return None if contract.num_records(child) is None else position(child)
 
 
 @contract.cursor.register
@@ -413,7 +428,7 @@ def _(state: Mixture, cursor: dict[str, Any]):
             raise type(e)(f"restore_cursor: source {k} of the mixture: {e}") from None
     # Each child's position is its start plus what the mixture's position makes it serve.
     here = _consumed(state)
-    new = tracing.replace(state, index=_put_scalar(state.index, index), epoch=_put_scalar(state.epoch, epoch),
+    new = tracing.replace(state, index=put_scalar(state.index, index), epoch=put_scalar(state.epoch, epoch),
                           children=tuple(children))
     there = _consumed(new)
     for k, (old, child) in enumerate(zip(state.children, children)):
@@ -428,4 +443,4 @@ def _(state: Mixture, cursor: dict[str, Any]):
     return new
 
 
-__all__ = ["Mixture", "mix"]
+__all__ = ["Mixture", "mix", "advance"]

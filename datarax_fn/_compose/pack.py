@@ -28,6 +28,8 @@ from .._state import contract
 from .._state import cursors
 from .._state import tracing
 from .._streaming.source import EndOfStream, StreamingSource
+from .mix import Mixture, advance
+from .positions import moved, position
 
 PyTree = Any
 
@@ -108,8 +110,9 @@ def pack(source: Any, lengths: Mapping[str, int], *, num_bins: int = 16, read: i
     records (see the guide on composing for every difference).
 
     Arguments:
-        source: an ``EagerSource`` or ``StreamingSource`` (``partitions=1``, known length) whose
-            records are a flat dict; every field is packed or is a packed field's length.
+        source: an ``EagerSource`` or ``StreamingSource`` (``partitions=1``, known length), or a
+            mixture of them (``dfn.mix``), whose records are a flat dict; every field is packed or
+            is a packed field's length.
         lengths: field name -> row length, e.g. ``{"tokens": 1024}``.
         num_bins: rows packed at once (grain's ``num_packing_bins``): more rows pack tighter.
         read: records read from the source per call.
@@ -127,10 +130,13 @@ def pack(source: Any, lengths: Mapping[str, int], *, num_bins: int = 16, read: i
     assert rows["tokens_positions"].tolist() == [[0, 1, 2, 0], [0, 1, 0, 0]]
     ```
     """
-    if not isinstance(source, (EagerSource, StreamingSource)):
+    if not isinstance(source, (EagerSource, StreamingSource, Mixture)):
         raise TypeError(f"pack: source must be an EagerSource or StreamingSource (dfn.from_arrays, dfn.from_hf, "
-                        f"dfn.from_tfds, dfn.from_backend); got {type(source).__name__}.")
-    if source.partitions != 1:
+                        f"dfn.from_tfds, dfn.from_backend) or a mixture of them (dfn.mix); got {type(source).__name__}.")
+    if isinstance(source, Mixture) and any(not isinstance(c, (EagerSource, StreamingSource)) for c in source.children):
+        raise TypeError("pack: a mixture of packed streams is packed already; pack each source, then mix them, or "
+                        "mix the sources, then pack the mixture.")
+    if getattr(source, "partitions", 1) != 1:
         raise ValueError(f"pack: source has partitions={source.partitions}; packing reads one stream in order. "
                          "Build it with partitions=1.")
     if contract.num_records(source) is None:
@@ -152,7 +158,8 @@ def pack(source: Any, lengths: Mapping[str, int], *, num_bins: int = 16, read: i
     for key, size in checked:
         if spec[key].shape == () and f"{key}_length" in spec:
             raise ValueError(f"pack: field {key!r} is a scalar but has {key}_length; pass a list field.")
-    key = (type(source).__name__, repr(contract.cursor(source).get("fingerprint")), checked, int(num_bins))
+    stream = {k: v for k, v in contract.cursor(source).items() if k not in ("index", "epoch", "children")}
+    key = (type(source).__name__, repr(sorted(stream.items())), checked, int(num_bins))
     return Packed(source=source, row=np.zeros((), np.int64), lengths=checked, num_bins=int(num_bins),
                   read=int(read), groups=_Groups(key))
 
@@ -160,27 +167,15 @@ def pack(source: Any, lengths: Mapping[str, int], *, num_bins: int = 16, read: i
 # ----------------------------------------------------------------------------- reading the source
 
 
-def _position(child: Any) -> int:
-    return int(child.epoch) * contract.num_records(child) + int(child.index)
-
-
-def _scalar(like: Any, value: int) -> Any:
-    arr = np.asarray(value, np.int32)
-    return jax.device_put(arr, like.sharding) if isinstance(like, jax.Array) else arr
-
-
 def _moved(child: Any, records: int) -> Any:
     """Returns ``child`` moved on by ``records`` without reading them."""
-    epoch, index = divmod(_position(child) + records, contract.num_records(child))
-    if epoch > checks.INT32_MAX:
-        raise ValueError("pack: the source's epoch counter passed 2**31 - 1; start from a fresh state.")
-    return tracing.replace(child, index=_scalar(child.index, index), epoch=_scalar(child.epoch, epoch))
+    return advance(child, records) if isinstance(child, Mixture) else moved(child, records)
 
 
 def _read(state: Packed, child: Any, count: int) -> dict[str, np.ndarray]:
     """Returns up to ``count`` records of ``child`` from its position (fewer only at the stream's end)."""
     cache = state.groups
-    here = _position(child)
+    here = position(child)
     if cache.buffer is not None:
         first, records, after = cache.buffer
         held = len(next(iter(records.values())))
@@ -258,7 +253,7 @@ def _check_fit(lens: np.ndarray, lengths: tuple[tuple[str, int], ...], position:
 def _group(state: Packed, child: Any) -> tuple[dict[str, np.ndarray], int]:
     """Returns ``(rows, records)``: the packed rows of the group starting at ``child``'s position, and
     how many source records it holds."""
-    here = _position(child)
+    here = position(child)
     cache = state.groups.groups
     if here in cache:
         return cache[here]
