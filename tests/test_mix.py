@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import datarax_fn as dfn
-from conftest import run_fresh
+from conftest import RangeBackend, run_fresh
+from process_group import run_group
 
 
 def corpus(n: int, base: int, shuffle: bool = False, seed: int = 0) -> dfn.EagerSource:
@@ -291,3 +292,34 @@ def test_packed_streams_mix_and_resume():
     assert np.array_equal(np.concatenate([first["t"], rest["t"]]), whole)
     with pytest.raises(TypeError, match="is itself a mixture"):
         dfn.mix([build(), corpus(4, 0)], [1, 1])
+
+
+@pytest.mark.slow
+def test_a_mixture_continues_its_global_stream_across_2_then_1_then_4_processes():
+    # Real jax.distributed groups (tests/distributed_worker.py, source "mix"); each process computes
+    # the whole batch from the same state and keeps its devices' rows.
+    spec = {"sources": ["mix"], "records": 20, "partitions": 1, "seed": 11, "size": 4}
+    x = 100 + np.arange(20, dtype=np.int32)
+    eager = dfn.from_arrays({"x": x, "y": {"z": (2 * x).astype(np.float32)}}, shuffle=True, seed=11)
+    state = dfn.mix([eager, dfn.from_backend(RangeBackend(20, 3), shuffle=True, seed=11)], [2, 1], seed=11, window=6)
+    want = []
+    for _ in range(6):
+        state, batch = dfn.get_batch(state, 4)
+        want.append(np.asarray(batch["x"]).tolist())
+
+    def merged(results):
+        out = []
+        for step in range(len(results[0]["mix"]["rows"])):
+            rows = {}
+            for r in results:
+                rows.update(dict(map(tuple, r["mix"]["rows"][step])))
+            out.append([rows[i] for i in range(4)])
+        assert all(r["mix"]["cursor"] == results[0]["mix"]["cursor"] for r in results)
+        return out, results[0]["mix"]["cursor"]
+
+    got, cursor = merged(run_group({**spec, "devices": 2, "steps": 2}, 2))
+    assert got == want[:2]
+    got, cursor = merged(run_group({**spec, "devices": 1, "steps": 2, "cursors": {"mix": cursor}}, 1))
+    assert got == want[2:4]
+    got, cursor = merged(run_group({**spec, "devices": 1, "steps": 2, "cursors": {"mix": cursor}}, 4))
+    assert got == want[4:6] and cursor == dfn.cursor(state)
