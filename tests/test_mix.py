@@ -323,3 +323,30 @@ def test_a_mixture_continues_its_global_stream_across_2_then_1_then_4_processes(
     assert got == want[2:4]
     got, cursor = merged(run_group({**spec, "devices": 1, "steps": 2, "cursors": {"mix": cursor}}, 4))
     assert got == want[4:6] and cursor == dfn.cursor(state)
+
+
+def test_fill_missing_fills_absent_fields_with_zeros_and_a_mask_eagerly_in_jit_and_on_the_host():
+    def build(on_host):
+        a = dfn.from_arrays({"id": np.arange(6, dtype=np.int32), "label": 10 + np.arange(6, dtype=np.int32)})
+        b = stream(4, 1000) if on_host else corpus(4, 1000)   # records {"id", "x"}: no label; a has no x
+        return dfn.mix([a, b], [1, 1], window=2, fill_missing=True)
+
+    with pytest.raises(ValueError, match="or pass fill_missing=True"):
+        dfn.mix([build(False).children[0], corpus(4, 1000)], [1, 1])
+    state = build(False)
+    assert list(dfn.element_spec(state)) == ["id", "label", "x", "label_present", "x_present"]
+    _, eager = dfn.get_batch(state, 6)
+    _, jitted = jax.jit(lambda s: dfn.get_batch(s, 6))(state)
+    _, host = dfn.get_batch(build(True), 6)
+    for batch in (eager, jitted, host):
+        batch = {k: np.asarray(v) for k, v in batch.items()}
+        from_b = batch["id"] >= 1000
+        assert from_b.sum() == 3
+        assert batch["label_present"].tolist() == (~from_b).tolist() and batch["x_present"].tolist() == from_b.tolist()
+        assert batch["label"][from_b].tolist() == [0, 0, 0] and batch["label"][~from_b].tolist() == [10, 11, 12]
+        assert batch["x"][~from_b].tolist() == [[0, 0]] * 3 and batch["x"][from_b].tolist() == [[1000, 1000]] * 3
+    clash = dfn.from_arrays({"id": np.arange(4, dtype=np.int32), "x": np.zeros((4, 3), np.float32)})
+    with pytest.raises(ValueError, match=r"field \['x'\] is \(2,\) float32 in an earlier source and \(3,\)"):
+        dfn.mix([corpus(4, 0), build(False).children[0], clash], [1, 1, 1], fill_missing=True)
+    with pytest.raises(TypeError, match="fill_missing must be a bool"):
+        dfn.mix([corpus(4, 0), corpus(4, 0)], [1, 1], fill_missing="yes")

@@ -39,6 +39,7 @@ from .._state import tracing
 from .._streaming.source import EndOfStream, StreamingSource
 from .layout import consumed, epoch_length, quotas_of, select
 from .positions import moved, position, put_scalar
+from .specs import check_specs, has_fields, mixed_spec
 
 PyTree = Any
 STOPS = ("never", "first_exhausted", "all_exhausted")
@@ -60,6 +61,7 @@ class Mixture(contract.Source):
     stop: str = eqx.field(static=True)
     num_records: int = eqx.field(static=True)
     on_host: bool = eqx.field(static=True)
+    filled: tuple[str, ...] = eqx.field(static=True, default=())
 
 
 # ----------------------------------------------------------------------------- building
@@ -94,33 +96,8 @@ def _check_child(k: int, child: Any) -> bool:
     return True
 
 
-def _spec_fields(spec: PyTree) -> dict[str, tuple]:
-    flat, _ = jax.tree_util.tree_flatten_with_path(spec)
-    return {jax.tree_util.keystr(p): (tuple(s.shape), np.dtype(s.dtype)) for p, s in flat}
-
-
-def _check_specs(children: Sequence[Any]) -> None:
-    first = _spec_fields(contract.element_spec(children[0]))
-    problems = []
-    for k, child in enumerate(children[1:], 1):
-        other = _spec_fields(contract.element_spec(child))
-        if missing := sorted(set(first) - set(other)):
-            problems.append(f"source {k} lacks {missing}")
-        if extra := sorted(set(other) - set(first)):
-            problems.append(f"source {k} has {extra}, which source 0 lacks")
-        for name in sorted(set(first) & set(other)):
-            if first[name] != other[name]:
-                (s0, d0), (s1, d1) = first[name], other[name]
-                problems.append(f"field {name} is {s0} {d0} in source 0 and {s1} {d1} in source {k}")
-    if problems:
-        raise ValueError(
-            "mix: every source must give records of one element spec; " + "; ".join(problems)
-            + ". Make them agree before mixing (same fields, max_length, image size and dtypes; dfn.cast)."
-        )
-
-
 def mix(sources: Sequence[Any], weights: Sequence[float], seed: int = 0, stop: str = "never", *,
-        window: int = 100) -> Mixture:
+        window: int = 100, fill_missing: bool = False) -> Mixture:
     """Returns a mixture of ``sources`` drawn in proportion to ``weights``: a state like any other.
 
     Output position ``P`` comes from a source that is a keyed function of ``(seed, P)``: in
@@ -142,6 +119,9 @@ def mix(sources: Sequence[Any], weights: Sequence[float], seed: int = 0, stop: s
             smaller sources cycle meanwhile). Inside ``jit`` an ended stream is an error.
         window: positions per window; every weight must earn at least one (``window >=
             sum(w) / min(w)``), and proportions are exact to ``1 / window`` in every window.
+        fill_missing: sources of dict records may lack top-level fields others have: each such
+            field ``f`` is filled with zeros where absent, and a bool ``f_present`` says where
+            it is real. Fields present in several sources must still agree in shape and dtype.
 
     Returns:
         a ``Mixture``; ``num_records`` is the length of one epoch (for ``"never"``: whole windows
@@ -173,14 +153,16 @@ def mix(sources: Sequence[Any], weights: Sequence[float], seed: int = 0, stop: s
     if len(quotas) != len(sources):
         raise ValueError(f"mix: {len(sources)} sources need {len(sources)} weights; got {len(quotas)}.")
     on_host = any([_check_child(k, c) for k, c in enumerate(sources)])
-    _check_specs(sources)
+    if not isinstance(fill_missing, (bool, np.bool_)):
+        raise TypeError(f"mix: fill_missing must be a bool; got {type(fill_missing).__name__} {fill_missing!r}.")
+    filled = check_specs(sources, bool(fill_missing))
     n = epoch_length(quotas, [contract.num_records(c) for c in sources], stop)
     if on_host:
         index, epoch, seed_ = np.zeros((), np.int32), np.zeros((), np.int32), np.asarray(seed, np.uint32)
     else:
         put = lambda v, t: jax.device_put(np.asarray(v, t))  # noqa: E731  (no XLA compile, as in from_arrays)
         index, epoch, seed_ = put(0, np.int32), put(0, np.int32), put(seed, np.uint32)
-    return Mixture(children=tuple(sources), index=index, epoch=epoch, seed=seed_, quotas=quotas, stop=stop,
+    return Mixture(children=tuple(sources), index=index, epoch=epoch, seed=seed_, quotas=quotas, stop=stop, filled=filled,
                    num_records=n, on_host=on_host)
 
 
@@ -205,13 +187,30 @@ def _moved(child: EagerSource, count: Any) -> tuple[Any, Any]:
     return (total % n).astype(jnp.int32), child.epoch + (total // n).astype(jnp.int32)
 
 
-@functools.partial(tracing.jit_unless_traced, static_argnames=("size", "quotas", "n", "stop"))
-def _eager_step(children, index, epoch, seed, size, quotas, n, stop):
+def _combine(children: tuple, parts: list, sel: Any, rank: Any, filled: tuple[str, ...], size: int) -> PyTree:
+    """Returns the batch whose row r is row ``rank[r]`` of ``parts[sel[r]]`` (inside jit)."""
+    pick = lambda *xs: jnp.stack(xs)[sel, rank]  # noqa: E731
+    if not filled:
+        return jax.tree.map(pick, *parts)
+    out = {}
+    for key, spec in mixed_spec(children, filled).items():
+        if key.endswith("_present") and key[: -len("_present")] in filled:
+            continue
+        zeros = jax.tree.map(lambda t: jnp.zeros((size, *t.shape), t.dtype), spec)
+        out[key] = jax.tree.map(pick, *[p[key] if key in p else zeros for p in parts])
+    has = has_fields(children, filled)
+    for j, key in enumerate(filled):
+        out[f"{key}_present"] = jnp.asarray(has[:, j])[sel]
+    return out
+
+
+@functools.partial(tracing.jit_unless_traced, static_argnames=("size", "quotas", "n", "stop", "filled"))
+def _eager_step(children, index, epoch, seed, size, quotas, n, stop, filled):
     sel = select(index, epoch, seed, size, quotas, n)
     onehot = (sel[:, None] == jnp.arange(len(quotas))[None, :]).astype(jnp.int32)
     rank = jnp.take_along_axis(jnp.cumsum(onehot, 0) - onehot, sel[:, None], 1)[:, 0]
     parts = [contract.get_batch_at(c, c.index, size) for c in children]
-    batch = jax.tree.map(lambda *xs: jnp.stack(xs)[sel, rank], *parts)
+    batch = _combine(children, parts, sel, rank, filled, size)
     counts = onehot.sum(0)
     moved = tuple(_moved(c, counts[k]) for k, c in enumerate(children))
     total = index.astype(jnp.uint32) + jnp.uint32(size)
@@ -227,7 +226,8 @@ def _eager_batch(state: Mixture, size: int) -> tuple[Mixture, PyTree]:
     if not tracing.is_traced(state.index):
         _check_end(state, size)
     moved, index, epoch, batch = _eager_step(state.children, state.index, state.epoch, state.seed, size=size,
-                                             quotas=state.quotas, n=state.num_records, stop=state.stop)
+                                             quotas=state.quotas, n=state.num_records, stop=state.stop,
+                                             filled=state.filled)
     children = tuple(tracing.replace(c, index=i, epoch=e) for c, (i, e) in zip(state.children, moved))
     return tracing.replace(state, children=children, index=index, epoch=epoch), batch
 
@@ -251,17 +251,22 @@ def _host_batch(state: Mixture, size: int) -> tuple[Mixture, PyTree]:
             part = jax.tree.map(lambda x: np.asarray(x)[:m], contract.get_batch_at(child, child.index, size))
             children.append(moved(child, m))
             parts.append(part)
-    spec = contract.element_spec(state.children[0])
     masks = [sel == k for k in range(len(parts))]
+    present = {f"{key}_present": has_fields(state.children, state.filled)[:, j][sel]
+               for j, key in enumerate(state.filled)}
 
     def leaf(path, s):
-        out = np.empty((size, *s.shape), s.dtype)
+        name = getattr(path[0], "key", None)
+        if name in present:
+            return present[name]
+        # Zeros where a source lacks the field (fill_missing); every row is written otherwise.
+        out = (np.zeros if state.filled else np.empty)((size, *s.shape), s.dtype)
         for mask, part in zip(masks, parts):
-            if part is not None:
+            if part is not None and (name not in state.filled or name in part):
                 out[mask] = _at(part, path)
         return out
 
-    batch = jax.tree_util.tree_map_with_path(leaf, spec)
+    batch = jax.tree_util.tree_map_with_path(leaf, mixed_spec(state.children, state.filled))
     total = int(state.index) + size
     epoch, index = int(state.epoch) + total // state.num_records, total % state.num_records
     return tracing.replace(state, children=tuple(children), index=np.asarray(index, np.int32),
@@ -289,8 +294,8 @@ def _(state: Mixture, size: int, key: Any = None):
     return _eager_batch(state, size)
 
 
-@functools.partial(tracing.jit_unless_traced, static_argnames=("size", "quotas", "n"))
-def _eager_at(children, index, epoch, seed, start, size, quotas, n):
+@functools.partial(tracing.jit_unless_traced, static_argnames=("size", "quotas", "n", "filled"))
+def _eager_at(children, index, epoch, seed, start, size, quotas, n, filled):
     # Each child starts where it stands plus what it serves between `index` and `start`, both
     # within this epoch's windows: whole windows by quota, the partial ones by their slots.
     window = sum(quotas)
@@ -309,7 +314,7 @@ def _eager_at(children, index, epoch, seed, start, size, quotas, n):
     onehot = (sel[:, None] == jnp.arange(len(quotas))[None, :]).astype(jnp.int32)
     rank = jnp.take_along_axis(jnp.cumsum(onehot, 0) - onehot, sel[:, None], 1)[:, 0]
     parts = [contract.get_batch_at(c, c.index + ahead[k], size) for k, c in enumerate(children)]
-    return jax.tree.map(lambda *xs: jnp.stack(xs)[sel, rank], *parts)
+    return _combine(children, parts, sel, rank, filled, size)
 
 
 @contract.get_batch_at.register
@@ -331,7 +336,7 @@ def _(state: Mixture, start: Any, size: int, key: Any = None):
         raise ValueError(f"get_batch_at: a mixture reads within its epoch of {state.num_records} records; "
                          f"got start={int(start)}.")
     return _eager_at(state.children, state.index, state.epoch, state.seed, start, size=size,
-                     quotas=state.quotas, n=state.num_records)
+                     quotas=state.quotas, n=state.num_records, filled=state.filled)
 
 
 @contract.get_global_batch.register
@@ -348,7 +353,7 @@ def _(state: Mixture, global_size: int, sharding: jax.sharding.Sharding):
 
 @contract.element_spec.register
 def _(state: Mixture):
-    return contract.element_spec(state.children[0])
+    return mixed_spec(state.children, state.filled)
 
 
 @contract.num_records.register
