@@ -220,22 +220,44 @@ def _record_lengths(records: dict[str, np.ndarray], lengths: tuple[tuple[str, in
     return np.stack(out, 1)
 
 
-def _first_fit(lens: np.ndarray, caps: list[int], num_bins: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Returns ``(bin, offsets, placed)``: grain's first fit over the records' lengths until one fits nowhere."""
-    free = [[0] * num_bins for _ in caps]
-    bins, offsets = [], []
-    fields = range(len(caps))
-    for rec in lens.tolist():
-        for b in range(num_bins):
-            if all(free[f][b] + rec[f] <= caps[f] for f in fields):
-                break
-        else:
-            break
-        bins.append(b)
-        offsets.append([free[f][b] for f in fields])
-        for f in fields:
-            free[f][b] += rec[f]
-    return np.asarray(bins, np.int64), np.asarray(offsets, np.int64).reshape(-1, len(caps)), len(bins)
+class _FirstFit:
+    """Grain's first fit, fed records in pieces: each goes to the first row where every field fits."""
+
+    def __init__(self, caps: list[int], num_bins: int):
+        self.room = [[c] * num_bins for c in caps]  # values each row can still take, per field
+        self.caps, self.caps0 = caps, caps[0]
+        self.bins: list[int] = []
+        self.offsets: list[list[int]] = []
+        self.closed = False  # a record fit nowhere: the group is complete
+
+    def add(self, lens: np.ndarray) -> None:
+        """Places the records of ``lens`` (records x fields) in order, until one fits nowhere."""
+        room, bins, offsets = self.room, self.bins, self.offsets
+        if len(room) == 1:  # one packed field: the common case, a tight scan for the first row with room
+            only = room[0]
+            for (need,) in lens.tolist():
+                for b, left in enumerate(only):
+                    if left >= need:
+                        break
+                else:
+                    self.closed = True
+                    return
+                bins.append(b)
+                offsets.append([self.caps0 - left])
+                only[b] = left - need
+            return
+        fields = range(len(room))
+        for rec in lens.tolist():
+            for b in range(len(room[0])):
+                if all(room[f][b] >= rec[f] for f in fields):
+                    break
+            else:
+                self.closed = True
+                return
+            bins.append(b)
+            offsets.append([self.caps[f] - room[f][b] for f in fields])
+            for f in fields:
+                room[f][b] -= rec[f]
 
 
 def _check_fit(lens: np.ndarray, lengths: tuple[tuple[str, int], ...], position: int, n: int) -> None:
@@ -257,20 +279,26 @@ def _group(state: Packed, child: Any) -> tuple[dict[str, np.ndarray], int]:
     cache = state.groups.groups
     if here in cache:
         return cache[here]
-    caps = [size for _, size in state.lengths]
-    want = state.num_bins * 2
+    fit = _FirstFit([size for _, size in state.lengths], state.num_bins)
+    want, done = state.num_bins * 2, 0
     while True:
         records = _read(state, child, want)
         got = len(next(iter(records.values()))) if records else 0
         if not got:
             raise EndOfStream("pack: the source ended; no records are left to pack.")
         lens = _record_lengths(records, state.lengths)
-        _check_fit(lens, state.lengths, here, contract.num_records(child))
-        bins, offsets, placed = _first_fit(lens, caps, state.num_bins)
-        if placed < got or got < want:  # closed by a record that fits nowhere, or the stream ended
+        _check_fit(lens[done:], state.lengths, here + done, contract.num_records(child))
+        fit.add(lens[done:])
+        if fit.closed or got < want:  # closed by a record that fits nowhere, or the stream ended
             break
-        want *= 2
+        done, want = got, want * 2
+    placed = len(fit.bins)
+    bins, offsets = np.asarray(fit.bins, np.int64), np.asarray(fit.offsets, np.int64).reshape(placed, -1)
     rows = int(bins.max()) + 1  # first fit fills rows in order: the used rows are a prefix
+    # Segment ids count the records of each row in the order they joined it: 1, 2, ...
+    joined = np.argsort(bins, kind="stable")
+    order = np.empty(placed, np.int64)
+    order[joined] = np.arange(placed) - np.searchsorted(bins[joined], bins[joined]) + 1
     out = {}
     for f, (key, size) in enumerate(state.lengths):
         x, counts = records[key][:placed], lens[:placed, f]
@@ -283,11 +311,6 @@ def _group(state: Packed, child: Any) -> tuple[dict[str, np.ndarray], int]:
         col = offsets[rec, f] + within
         values = np.zeros((rows, size, *x.shape[2:]), x.dtype)
         values[row, col] = x[rec, within]
-        # Segment ids count the records of each row in the order they joined it.
-        order = np.zeros(placed, np.int64)
-        for b in range(rows):
-            mine = np.flatnonzero(bins == b)
-            order[mine] = np.arange(1, len(mine) + 1)
         segments = np.zeros((rows, size), np.int32)
         segments[row, col] = order[rec]
         positions = np.zeros((rows, size), np.int32)
