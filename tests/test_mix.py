@@ -350,3 +350,14 @@ def test_fill_missing_fills_absent_fields_with_zeros_and_a_mask_eagerly_in_jit_a
         dfn.mix([corpus(4, 0), build(False).children[0], clash], [1, 1, 1], fill_missing=True)
     with pytest.raises(TypeError, match="fill_missing must be a bool"):
         dfn.mix([corpus(4, 0), corpus(4, 0)], [1, 1], fill_missing="yes")
+
+
+def test_a_pipeline_runs_its_stages_over_a_mixture_in_scan():
+    def build():
+        return dfn.mix([corpus(14, 0, shuffle=True), corpus(6, 1000)], [0.7, 0.3], seed=2, window=10)
+
+    _, ids = walk(build(), 10, 3)
+    pipe = dfn.Pipeline(build(), batch_size=10)
+    pipe, total, firsts = dfn.scan(pipe, lambda c, b: (c + b["id"].sum(), b["id"][0]), jax.numpy.int32(0), length=3)
+    assert int(total) == int(ids.sum()) and np.asarray(firsts).tolist() == ids[::10].tolist()
+    assert dfn.cursor(pipe)["source"]["kind"] == "mix"

@@ -17,6 +17,9 @@ records of its epoch; ``"all_exhausted"`` after the first whole window by which 
 served its whole epoch (smaller children cycle into their next epochs meanwhile);
 ``"never"`` never ends (its epochs are as long as ``"all_exhausted"``'s, and children cycle
 their epochs for ever).
+
+The module holds the state, both ways of taking a batch (the eager kernel and the host path)
+and the cursor, which share the layout's invariants; that is why it runs past 400 lines.
 """
 
 from __future__ import annotations
