@@ -213,6 +213,10 @@ def test_stop_modes_set_the_epoch_and_end_the_stream():
     assert ids[ids < 1000].tolist() == (np.arange(120) % 10).tolist()
     with pytest.raises(Exception, match="mixture ended"):
         jax.jit(lambda s: dfn.get_batch(s, 8))(state)
+    with pytest.raises(Exception, match="mixture ended"):  # a batch of exactly two epochs passes the end too
+        jax.jit(lambda s: dfn.get_batch(s, 40))(first)
+    _, whole = jax.jit(lambda s: dfn.get_batch(s, 20))(first)  # exactly one epoch: the last batch that fits
+    assert np.asarray(whole["id"]).shape == (20,)
 
 
 def test_differing_element_specs_name_every_field():

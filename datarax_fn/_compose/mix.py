@@ -220,7 +220,8 @@ def _eager_step(children, index, epoch, seed, size, quotas, n, stop, filled):
     new_index = (total % jnp.uint32(n)).astype(jnp.int32)
     new_epoch = epoch + (total // jnp.uint32(n)).astype(jnp.int32)
     if stop != "never":
-        new_epoch = eqx.error_if(new_epoch, (new_epoch > 0) & ((new_index > 0) | (epoch > 0)),
+        # Ended when the position after the batch passes N (the epoch's end): (epoch, index) > (1, 0).
+        new_epoch = eqx.error_if(new_epoch, (new_epoch > 1) | ((new_epoch == 1) & (new_index > 0)),
                                  f"mix: the mixture ended (stop={stop!r}) after {n} records; no short batch.")
     return moved, new_index, new_epoch, batch
 
