@@ -73,7 +73,7 @@ def mix_memory(a, b) -> dict:
     import grain.python as gp
 
     # Each mixture owns its sources: jit_step donates the data of the state it steps.
-    sources = lambda: [dfn.from_arrays(a, shuffle=True, seed=1), dfn.from_arrays(b, shuffle=True, seed=2)]  # noqa: E731
+    sources = lambda: [dfn.from_arrays(a, shuffle=True, seed=1), dfn.from_arrays(b, shuffle=True, seed=2)]
     box = {"eager": dfn.mix(sources(), [0.7, 0.3]), "jit": dfn.mix(sources(), [0.7, 0.3])}
     step = dfn.jit_step(lambda s: dfn.get_batch(s, B))
 
@@ -85,7 +85,7 @@ def mix_memory(a, b) -> dict:
         box["jit"], batch = step(box["jit"])
         return batch
 
-    rows = lambda x: [{k: v[i] for k, v in x.items()} for i in range(len(x["tokens"]))]  # noqa: E731
+    rows = lambda x: [{k: v[i] for k, v in x.items()} for i in range(len(x["tokens"]))]
     ga = gp.MapDataset.source(rows(a)).shuffle(seed=1)
     gb = gp.MapDataset.source(rows(b)).shuffle(seed=2)
     grain_next = cycle(lambda: gp.MapDataset.mix([ga, gb], [0.7, 0.3]).batch(B))
@@ -127,7 +127,9 @@ def mix_stream(a, b, tmp: str) -> dict:
 def pack(a) -> tuple[dict, dict]:
     """Returns ``({loader: next_rows}, {loader: records per row})``."""
     import grain.python as gp
-    from grain._src.python.dataset.transformations.packing import FirstFitPackIterDataset
+    from grain._src.python.dataset.transformations.packing import (
+        FirstFitPackIterDataset,
+    )
 
     box = [dfn.pack(dfn.from_arrays(a), {"tokens": ROW}, num_bins=BINS)]
 
@@ -138,7 +140,7 @@ def pack(a) -> tuple[dict, dict]:
     records = [{"tokens": t} for t in (np.asarray(x, np.int32) for x in lists(a))]
     ds = gp.MapDataset.source(records).repeat().to_iter_dataset()
     it = iter(FirstFitPackIterDataset(ds, length_struct={"tokens": ROW}, num_packing_bins=BINS, shuffle_bins=False))
-    theirs = lambda: [next(it) for _ in range(B)]  # noqa: E731
+    theirs = lambda: [next(it) for _ in range(B)]
     fill = float(np.mean(a["tokens_length"]))
     return {"datarax_fn pack": ours, "grain FirstFitPackIterDataset": theirs}, fill
 
@@ -153,7 +155,7 @@ def main() -> None:
         packers, mean_len = pack(a)
         scenarios["pack"] = (packers, B)
         for scenario, (fns, per_call) in scenarios.items():
-            samples = interleaved({k: (lambda f=f: rate(f, per_call, seconds)) for k, f in fns.items()}, repeats)
+            samples = interleaved({k: (lambda f=f, n=per_call: rate(f, n, seconds)) for k, f in fns.items()}, repeats)
             for loader, s in samples.items():
                 unit = "rows/s" if scenario == "pack" else "records/s"
                 note = f"about {ROW / mean_len:.1f} records per row (fill 1 row: {ROW} tokens)" if scenario == "pack" else ""

@@ -7,11 +7,12 @@ import json
 import jax
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from conftest import RangeBackend, run_fresh
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from process_group import run_group
 
 import datarax_fn as dfn
-from conftest import RangeBackend, run_fresh
-from process_group import run_group
 
 
 def corpus(n: int, base: int, shuffle: bool = False, seed: int = 0) -> dfn.EagerSource:
@@ -108,7 +109,7 @@ def test_jit_and_scan_give_the_eager_stream():
     assert np.array_equal(np.concatenate(got), expected)
     _, scanned = jax.lax.scan(lambda s, _: dfn.get_batch(s, 16), state, None, length=6)
     assert np.array_equal(np.asarray(scanned["id"]).reshape(-1), expected)
-    donated, b = dfn.jit_step(lambda s: dfn.get_batch(s, 16))(state)
+    _, b = dfn.jit_step(lambda s: dfn.get_batch(s, 16))(state)
     assert np.array_equal(np.asarray(b["id"]), expected[:16])
 
 
@@ -131,7 +132,7 @@ def test_resume_from_any_cursor_continues_the_uninterrupted_stream(sizes, seed, 
         return dfn.mix([corpus(23, 0, shuffle=True, seed=1), corpus(11, 1000), last], [3, 2, 1],
                        seed=seed, window=12)
 
-    state, whole = walk(build(), 7, 40)
+    _, whole = walk(build(), 7, 40)
     s, got = build(), []
     for size in sizes:
         s = dfn.restore_cursor(build(), json.loads(json.dumps(dfn.cursor(s))))

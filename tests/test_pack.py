@@ -7,10 +7,11 @@ import json
 import jax
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from conftest import run_fresh
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import datarax_fn as dfn
-from conftest import run_fresh
 
 N, WIDTH = 300, 12
 
@@ -30,7 +31,9 @@ def token_rows(n: int = N, seed: int = 0) -> dict[str, np.ndarray]:
 def grain_rows(rows: dict[str, np.ndarray], lengths: dict, num_bins: int, count: int | None, repeat: bool = True):
     """Returns grain's ``FirstFitPackIterDataset(shuffle_bins=False)`` rows over the same records."""
     import grain.python as gp
-    from grain._src.python.dataset.transformations.packing import FirstFitPackIterDataset
+    from grain._src.python.dataset.transformations.packing import (
+        FirstFitPackIterDataset,
+    )
 
     keys = list(lengths)
     records = [{k: (rows[k][i, : rows[f"{k}_length"][i]] if f"{k}_length" in rows else rows[k][i]) for k in keys}
@@ -90,7 +93,7 @@ def test_a_scalar_field_packs_one_value_per_record_as_grain_does():
 
 def test_a_stream_packs_as_the_eager_source_and_ends_with_grains_last_rows(token_parquet):
     lengths = {"inputs": 32, "targets": 16}
-    load = lambda streaming, **kw: dfn.from_hf(str(token_parquet), split="train", streaming=streaming,  # noqa: E731
+    load = lambda streaming, **kw: dfn.from_hf(str(token_parquet), split="train", streaming=streaming,
                                               max_length=WIDTH, **kw)
     _, eager = take(dfn.pack(load(False), lengths, num_bins=8), 40, 4)
     _, stream = take(dfn.pack(load(True, chunk_size=64), lengths, num_bins=8, read=50), 40, 4)
@@ -155,7 +158,7 @@ def test_a_record_longer_than_its_row_names_the_field_the_record_and_the_fix():
     at = int(np.flatnonzero(rows["inputs_length"] > 10)[0])
     with pytest.raises(ValueError, match=rf"field 'inputs' of the record at stream position {at} .* Raise lengths"):
         dfn.get_batch(dfn.pack(source, {"inputs": 10, "targets": 8}), 4)
-    state, batch = dfn.get_batch(dfn.pack(source, {"inputs": WIDTH, "targets": 8}), 4)  # the fix
+    _, batch = dfn.get_batch(dfn.pack(source, {"inputs": WIDTH, "targets": 8}), 4)  # the fix
     assert batch["inputs"].shape == (4, WIDTH)
 
 

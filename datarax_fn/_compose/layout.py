@@ -15,8 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._state import checks
-from .._state import tracing
+from .._state import checks, tracing
 from .._state.shuffle import permute
 
 

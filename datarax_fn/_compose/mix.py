@@ -35,10 +35,7 @@ import numpy as np
 
 from .._eager.source import EagerSource
 from .._layout.partitions import process_rows
-from .._state import checks
-from .._state import contract
-from .._state import cursors
-from .._state import tracing
+from .._state import checks, contract, cursors, tracing
 from .._streaming.source import EndOfStream, StreamingSource
 from .layout import consumed, epoch_length, quotas_of, select
 from .positions import moved, position, put_scalar
@@ -155,7 +152,8 @@ def mix(sources: Sequence[Any], weights: Sequence[float], seed: int = 0, stop: s
     quotas = quotas_of(weights, int(window))
     if len(quotas) != len(sources):
         raise ValueError(f"mix: {len(sources)} sources need {len(sources)} weights; got {len(quotas)}.")
-    on_host = any([_check_child(k, c) for k, c in enumerate(sources)])
+    reads_on_host = [_check_child(k, c) for k, c in enumerate(sources)]  # checks every source, not just up to one
+    on_host = any(reads_on_host)
     if not isinstance(fill_missing, (bool, np.bool_)):
         raise TypeError(f"mix: fill_missing must be a bool; got {type(fill_missing).__name__} {fill_missing!r}.")
     filled = check_specs(sources, bool(fill_missing))
@@ -163,7 +161,7 @@ def mix(sources: Sequence[Any], weights: Sequence[float], seed: int = 0, stop: s
     if on_host:
         index, epoch, seed_ = np.zeros((), np.int32), np.zeros((), np.int32), np.asarray(seed, np.uint32)
     else:
-        put = lambda v, t: jax.device_put(np.asarray(v, t))  # noqa: E731  (no XLA compile, as in from_arrays)
+        put = lambda v, t: jax.device_put(np.asarray(v, t))  # NumPy scalars: no XLA compile, as in from_arrays
         index, epoch, seed_ = put(0, np.int32), put(0, np.int32), put(seed, np.uint32)
     return Mixture(children=tuple(sources), index=index, epoch=epoch, seed=seed_, quotas=quotas, stop=stop, filled=filled,
                    num_records=n, on_host=on_host)
@@ -192,7 +190,7 @@ def _moved(child: EagerSource, count: Any) -> tuple[Any, Any]:
 
 def _combine(children: tuple, parts: list, sel: Any, rank: Any, filled: tuple[str, ...], size: int) -> PyTree:
     """Returns the batch whose row r is row ``rank[r]`` of ``parts[sel[r]]`` (inside jit)."""
-    pick = lambda *xs: jnp.stack(xs)[sel, rank]  # noqa: E731
+    pick = lambda *xs: jnp.stack(xs)[sel, rank]
     if not filled:
         return jax.tree.map(pick, *parts)
     out = {}
@@ -200,7 +198,7 @@ def _combine(children: tuple, parts: list, sel: Any, rank: Any, filled: tuple[st
         if key.endswith("_present") and key[: -len("_present")] in filled:
             continue
         zeros = jax.tree.map(lambda t: jnp.zeros((size, *t.shape), t.dtype), spec)
-        out[key] = jax.tree.map(pick, *[p[key] if key in p else zeros for p in parts])
+        out[key] = jax.tree.map(pick, *[p.get(key, zeros) for p in parts])
     has = has_fields(children, filled)
     for j, key in enumerate(filled):
         out[f"{key}_present"] = jnp.asarray(has[:, j])[sel]
@@ -252,7 +250,7 @@ def _host_batch(state: Mixture, size: int) -> tuple[Mixture, PyTree]:
             parts.append(part)
         else:
             # A fixed size keeps one compiled gather per child; the first m rows are the ones served.
-            part = jax.tree.map(lambda x: np.asarray(x)[:m], contract.get_batch_at(child, child.index, size))
+            part = jax.tree.map(lambda x, m=m: np.asarray(x)[:m], contract.get_batch_at(child, child.index, size))
             children.append(moved(child, m))
             parts.append(part)
     masks = [sel == k for k in range(len(parts))]
@@ -452,4 +450,4 @@ def _(state: Mixture, cursor: dict[str, Any]):
     return new
 
 
-__all__ = ["Mixture", "mix", "advance"]
+__all__ = ["Mixture", "advance", "mix"]

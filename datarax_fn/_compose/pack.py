@@ -23,10 +23,7 @@ import jax
 import numpy as np
 
 from .._eager.source import EagerSource
-from .._state import checks
-from .._state import contract
-from .._state import cursors
-from .._state import tracing
+from .._state import checks, contract, cursors, tracing
 from .._streaming.source import EndOfStream, StreamingSource
 from .mix import Mixture, advance
 from .positions import moved, position
@@ -40,7 +37,7 @@ class _Groups:
     Only caches work (the output depends on the state alone); compares by what fixes the packing.
     """
 
-    __slots__ = ("key", "groups", "buffer")
+    __slots__ = ("buffer", "groups", "key")
 
     def __init__(self, key: tuple):
         self.key = key
@@ -416,7 +413,7 @@ def _(state: Packed, cursor: dict[str, Any]):
     expected = {**_stream_key(state), "seed": int(state.source.seed), "epoch": 0}
     row, _ = cursors.check_cursor(cursor, "pack", expected, None)
     if not isinstance(cursor.get("source"), dict):
-        raise ValueError("restore_cursor: a packed cursor holds its source's cursor under 'source'; pass the dict "
+        raise TypeError("restore_cursor: a packed cursor holds its source's cursor under 'source'; pass the dict "
                          "dfn.cursor(state) returned.")
     try:
         child = contract.restore_cursor(state.source, cursor["source"])

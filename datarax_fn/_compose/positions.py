@@ -7,9 +7,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from .._state import checks
-from .._state import contract
-from .._state import tracing
+from .._state import checks, contract, tracing
 
 
 def put_scalar(like: Any, value: int) -> Any:
