@@ -366,3 +366,20 @@ def test_a_pipeline_runs_its_stages_over_a_mixture_in_scan():
     pipe, total, firsts = dfn.scan(pipe, lambda c, b: (c + b["id"].sum(), b["id"][0]), jax.numpy.int32(0), length=3)
     assert int(total) == int(ids.sum()) and np.asarray(firsts).tolist() == ids[::10].tolist()
     assert dfn.cursor(pipe)["source"]["kind"] == "mix"
+
+
+@settings(max_examples=40, deadline=None)
+@given(weights=st.lists(st.integers(1, 9), min_size=1, max_size=5), seed=st.integers(0, 2**32 - 1),
+       start=st.integers(0, 10_000), size=st.integers(1, 300), window=st.integers(1, 40))
+def test_a_batch_never_needs_more_rows_of_a_source_than_it_gathers(weights, seed, start, size, window):
+    # An eager batch gathers most_rows(...) rows per source, not `size`: the layout must never
+    # put more positions of one source in a batch, wherever the batch starts.
+    from datarax_fn._compose.layout import select
+    from datarax_fn._compose.mix import most_rows
+
+    window = max(window, sum(weights))
+    quotas = dfn.mix([corpus(4, 0)] * len(weights), weights, window=window).quotas
+    n = window * 7
+    epoch, index = divmod(start, n)
+    counts = np.bincount(select(index, epoch, seed, size, quotas, n), minlength=len(quotas))
+    assert np.all(counts <= most_rows(quotas, size))

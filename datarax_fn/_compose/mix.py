@@ -188,17 +188,36 @@ def _moved(child: EagerSource, count: Any) -> tuple[Any, Any]:
     return (total % n).astype(jnp.int32), child.epoch + (total // n).astype(jnp.int32)
 
 
-def _combine(children: tuple, parts: list, sel: Any, rank: Any, filled: tuple[str, ...], size: int) -> PyTree:
+def most_rows(quotas: tuple[int, ...], size: int) -> list[int]:
+    """Returns the most rows each child can serve in ``size`` consecutive positions.
+
+    They touch at most ``(size - 1) // W + 2`` windows (windows align across epochs, which are
+    whole windows), and child ``k`` owns ``quotas[k]`` positions of each: a batch gathers that
+    many rows of each child, not ``size`` (which matters for many children).
+    """
+    windows = (size - 1) // sum(quotas) + 2
+    return [min(size, q * windows) for q in quotas]
+
+
+def _gather(children: tuple, starts: list, quotas: tuple[int, ...], size: int) -> list:
+    return [contract.get_batch_at(c, start, m) for c, start, m in zip(children, starts, most_rows(quotas, size))]
+
+
+def _combine(children: tuple, parts: list, sel: Any, rank: Any, filled: tuple[str, ...]) -> PyTree:
     """Returns the batch whose row r is row ``rank[r]`` of ``parts[sel[r]]`` (inside jit)."""
-    pick = lambda *xs: jnp.stack(xs)[sel, rank]
+    heights = [len(jax.tree.leaves(p)[0]) for p in parts]
+    offsets = jnp.asarray(np.concatenate([[0], np.cumsum(heights)[:-1]]).astype(np.int32))
+    rows = offsets[sel] + rank
+    pick = lambda *xs: jnp.concatenate(xs)[rows]
     if not filled:
         return jax.tree.map(pick, *parts)
     out = {}
     for key, spec in mixed_spec(children, filled).items():
         if key.endswith("_present") and key[: -len("_present")] in filled:
             continue
-        zeros = jax.tree.map(lambda t: jnp.zeros((size, *t.shape), t.dtype), spec)
-        out[key] = jax.tree.map(pick, *[p.get(key, zeros) for p in parts])
+        fill = [p[key] if key in p else jax.tree.map(lambda t, h=h: jnp.zeros((h, *t.shape), t.dtype), spec)
+                for p, h in zip(parts, heights)]
+        out[key] = jax.tree.map(pick, *fill)
     has = has_fields(children, filled)
     for j, key in enumerate(filled):
         out[f"{key}_present"] = jnp.asarray(has[:, j])[sel]
@@ -210,8 +229,8 @@ def _eager_step(children, index, epoch, seed, size, quotas, n, stop, filled):
     sel = select(index, epoch, seed, size, quotas, n)
     onehot = (sel[:, None] == jnp.arange(len(quotas))[None, :]).astype(jnp.int32)
     rank = jnp.take_along_axis(jnp.cumsum(onehot, 0) - onehot, sel[:, None], 1)[:, 0]
-    parts = [contract.get_batch_at(c, c.index, size) for c in children]
-    batch = _combine(children, parts, sel, rank, filled, size)
+    parts = _gather(children, [c.index for c in children], quotas, size)
+    batch = _combine(children, parts, sel, rank, filled)
     counts = onehot.sum(0)
     moved = tuple(_moved(c, counts[k]) for k, c in enumerate(children))
     total = index.astype(jnp.uint32) + jnp.uint32(size)
@@ -315,8 +334,8 @@ def _eager_at(children, index, epoch, seed, start, size, quotas, n, filled):
     sel = select(start, epoch, seed, size, quotas, n)
     onehot = (sel[:, None] == jnp.arange(len(quotas))[None, :]).astype(jnp.int32)
     rank = jnp.take_along_axis(jnp.cumsum(onehot, 0) - onehot, sel[:, None], 1)[:, 0]
-    parts = [contract.get_batch_at(c, c.index + ahead[k], size) for k, c in enumerate(children)]
-    return _combine(children, parts, sel, rank, filled, size)
+    parts = _gather(children, [c.index + ahead[k] for k, c in enumerate(children)], quotas, size)
+    return _combine(children, parts, sel, rank, filled)
 
 
 @contract.get_batch_at.register
