@@ -11,6 +11,9 @@ record), all padded with zeros to the field's length.
 A group is a pure function of the source position where it starts, so the state is that
 position (the source state itself) plus the rows of its group already served: resume re-reads
 at most one group. Packing runs on the host, for eager and streaming sources alike.
+
+The state, its read-ahead cache, first fit and the generic functions share the group's
+invariants, so they stay in one module (just past 400 lines).
 """
 
 from __future__ import annotations
