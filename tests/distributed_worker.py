@@ -2,7 +2,8 @@
 
 Argument: a JSON spec with ``process_id``, ``processes``, ``port``, ``devices`` (CPU devices
 of this process), ``sources`` (names: ``"range"``, a partitioned stream over a RangeBackend;
-``"eager"``, the sharded eager mode; ``"global"``, the global eager mode; ``"hf"``, ``from_hf`` streaming the parquet file
+``"eager"``, the sharded eager mode; ``"global"``, the global eager mode; ``"mix"``, a mixture
+of a global eager source and a stream; ``"hf"``, ``from_hf`` streaming the parquet file
 ``parquet`` with ``HF_HOME`` ``hf_home``), ``records``, ``partitions``, ``seed``, ``size``,
 ``steps``, optional ``cursors`` (one per source) to restore and ``try_one_partition`` (also
 try an unpartitioned stream and report the error); ``fail_process`` names a process that exits
@@ -79,6 +80,12 @@ def build(name, spec):
 
         backend.open_partition = logged
         return state, lambda: read
+    if name == "mix":  # a 2:1 mixture of a global eager source (ids 100..) and a stream: every process reads it all
+        x = 100 + np.arange(n, dtype=np.int32)
+        eager = dfn.from_arrays({"x": x, "y": {"z": (2 * x).astype(np.float32)}}, shuffle=True, seed=seed)
+        state = dfn.mix([eager, dfn.from_backend(RangeBackend(n, 3), shuffle=True, seed=seed)], [2, 1], seed=seed,
+                        window=6)
+        return state, lambda: []
     raise ValueError(f"unknown source {name!r}")
 
 

@@ -169,6 +169,7 @@ LAYERS = [
     {"_layout"},                 # partitions, placement over devices and processes, the batch gather
     {"_eager", "_streaming"},    # the two kinds of source state
     {"_pipeline"},               # pipeline, stages, statistics, moving batches to devices
+    {"_compose"},                # mixtures and packing over the states
     {"_loaders"},                # HF and TFDS adapters onto the two states
     {"_digits"},                 # the bundled dataset
     {"_cli"},                    # the command line: demo and the benchmark runner

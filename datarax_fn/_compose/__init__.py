@@ -1,0 +1,1 @@
+"""Composing sources: mixtures of several sources and packing of variable-length sequences."""
