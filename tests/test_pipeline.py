@@ -252,3 +252,77 @@ def test_streaming_source_pipeline_iterates_on_the_host():
     # the same cursor replays the same batches
     p1, first = dfn.step(pipe)
     chex.assert_trees_all_equal(dfn.step(pipe)[1], first)
+
+
+# ----------------------------------------------------------------------------- one iterate, one get_batch
+
+
+@settings(max_examples=10, deadline=None)
+@given(n=st.integers(1, 13), size=st.integers(1, 6), shuffle=st.booleans(), epochs=st.integers(1, 2), start=st.integers(0, 12))
+def test_iterate_remainder_means_the_same_on_a_source_and_a_pipeline(n, size, shuffle, epochs, start):
+    source = dfn.from_arrays({"x": np.arange(n, dtype=np.int32)}, shuffle=shuffle, seed=1)
+    source = dfn.restore_cursor(source, {**dfn.cursor(source), "index": start % n})
+    pipe = dfn.Pipeline(source, (), size)
+    for remainder in ("straddle", "drop", "pad", "partial"):
+        plain = [(int(s.index), jax.tree.map(np.asarray, b)) for s, b in dfn.iterate(source, size, epochs=epochs, remainder=remainder)]
+        piped = [(int(p.index), jax.tree.map(np.asarray, b)) for p, b in dfn.iterate(pipe, epochs=epochs, remainder=remainder)]
+        assert len(plain) == len(piped), remainder
+        for (i, a), (j, b) in zip(plain, piped):
+            assert i == j and a.keys() == b.keys()
+            for k in a:
+                np.testing.assert_array_equal(a[k], b[k])
+    # the defaults: a source straddles, a pipeline drops
+    assert len(list(dfn.iterate(source, size, epochs=epochs))) == len(list(dfn.iterate(source, size, epochs=epochs, remainder="straddle")))
+    assert len(list(dfn.iterate(pipe, epochs=epochs))) == len(list(dfn.iterate(pipe, epochs=epochs, remainder="drop")))
+
+
+def test_iterate_pads_a_plain_source_and_a_stream():
+    source = dfn.from_arrays({"x": np.arange(5, dtype=np.int32)})
+    padded = [b for _, b in dfn.iterate(source, 4, remainder="pad")]
+    assert [b["x"].tolist() for b in padded] == [[0, 1, 2, 3], [4, 0, 0, 0]]
+    assert [b["mask"].tolist() for b in padded] == [[True] * 4, [True, False, False, False]]
+    import datasets
+
+    stream = dfn.from_hf(datasets.Dataset.from_dict({"x": list(range(5))}), streaming=True)
+    got = [(b["x"].tolist(), b["mask"].tolist()) for _, b in dfn.iterate(stream, 4, remainder="pad")]
+    assert got == [([0, 1, 2, 3], [True] * 4), ([4, 0, 0, 0], [True, False, False, False])]
+    assert [b["x"].tolist() for _, b in dfn.iterate(stream, 4, remainder="partial")] == [[0, 1, 2, 3], [4]]
+    stream.close()
+
+
+def test_iterate_option_errors_name_the_fix():
+    source = dfn.from_arrays({"x": np.arange(5, dtype=np.int32)})
+    with pytest.raises(TypeError, match="size is required"):
+        dfn.iterate(source)
+    with pytest.raises(ValueError, match="remainder must be one of"):
+        dfn.iterate(source, 2, remainder="nope")
+
+
+def test_get_batch_on_a_pipeline_is_step():
+    pipe = make()
+    for _ in range(3):  # across the epoch boundary (23 records, batch 5)
+        new, want = dfn.step(pipe)
+        moved, got = dfn.get_batch(pipe, 5)
+        chex.assert_trees_all_equal(got, want)
+        assert (int(moved.index), int(moved.epoch)) == (int(new.index), int(new.epoch))
+        pipe = new
+    _, part = dfn.get_batch(pipe, 3)  # another size: the next 3 records through the stages
+    assert part["x"].tolist() == dfn.step(pipe)[1]["x"].tolist()[:3]
+
+
+def test_generic_functions_a_pipeline_lacks_name_what_to_use():
+    pipe = make()
+    with pytest.raises(TypeError, match=r"dfn.step\(pipeline\)"):
+        dfn.get_batch(pipe, 5, jax.random.key(0))
+    with pytest.raises(TypeError, match=r"get_batch_at\(pipeline.source"):
+        dfn.get_batch_at(pipe, 0, 5)
+    with pytest.raises(TypeError, match=r"get_global_batch\(pipeline.source"):
+        dfn.get_global_batch(pipe, 4, None)
+    with pytest.raises(TypeError, match="does not implement get_batch") as info:
+
+        class Bare(dfn.Source):
+            pass
+
+        dfn.get_batch(Bare(), 2)
+    assert "got Bare" not in str(info.value)
+

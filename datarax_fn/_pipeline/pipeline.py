@@ -110,7 +110,7 @@ class Pipeline(contract.Source):
 
     def __iter__(self) -> Iterator[PyTree]:
         """Yields the batches of one epoch from the current position (remainder dropped)."""
-        for _, batch in iterate(self, epochs=1, remainder="drop"):
+        for _, batch in contract.iterate(self, epochs=1, remainder="drop"):
             yield batch
 
 
@@ -147,9 +147,10 @@ def _run_stages(pipe: Pipeline, batch: PyTree, epoch: Any, position: Any) -> PyT
 def step(pipeline: Pipeline) -> tuple[Pipeline, PyTree]:
     """Returns ``(new_pipeline, batch)``: the next ``batch_size`` records through the stages.
 
-    Pure: the same pipeline always gives the same batch. Works eagerly (the stages run
-    in one cached ``jit``) and inside ``jit`` / ``lax.scan`` / ``lax.fori_loop`` for
-    in-memory sources; a streaming source's pipeline steps on the host.
+    The same as ``dfn.get_batch(pipeline, pipeline.batch_size)``. Pure: the same
+    pipeline always gives the same batch. Works eagerly (the stages run in one cached
+    ``jit``) and inside ``jit`` / ``lax.scan`` / ``lax.fori_loop`` for in-memory
+    sources; a streaming source's pipeline steps on the host.
 
     Arguments:
         pipeline: a ``dfn.Pipeline``.
@@ -158,97 +159,75 @@ def step(pipeline: Pipeline) -> tuple[Pipeline, PyTree]:
         ``(new_pipeline, batch)``; the batch is what the stages return.
     """
     if not isinstance(pipeline, Pipeline):
-        raise TypeError(f"step: expected a dfn.Pipeline; got {type(pipeline).__name__}.")
-    epoch, position = _position(pipeline.source)
-    source, batch = contract.get_batch(pipeline.source, pipeline.batch_size)
-    return _replace(pipeline, source=source), _run_stages(pipeline, batch, epoch, position)
+        raise TypeError(
+            f"step: expected a dfn.Pipeline; got {type(pipeline).__name__}. For a source state use "
+            "dfn.get_batch(state, size), or wrap it: dfn.Pipeline(state, stages, batch_size)."
+        )
+    return _read(pipeline, pipeline.batch_size)
+
+
+def _read(pipe: Pipeline, size: int) -> tuple[Pipeline, PyTree]:
+    epoch, position = _position(pipe.source)
+    source, batch = contract.get_batch(pipe.source, size)
+    return _replace(pipe, source=source), _run_stages(pipe, batch, epoch, position)
+
+
+@contract.get_batch.register
+def _(state: Pipeline, size: int, key: Any = None):
+    """The next ``size`` records through the stages; ``size=batch_size`` is ``dfn.step``.
+
+    ```python
+    import numpy as np, datarax_fn as dfn
+    pipe = dfn.Pipeline(dfn.from_arrays({"x": np.arange(6, dtype=np.int32)}),
+                        [dfn.apply_to_keys(lambda x: x * 10, "x")], batch_size=4)
+    _, batch = dfn.get_batch(pipe, 4)
+    assert batch["x"].tolist() == dfn.step(pipe)[1]["x"].tolist() == [0, 10, 20, 30]
+    ```
+    """
+    if key is not None:
+        raise TypeError(
+            "get_batch: a Pipeline reads its source's stream in order and has no keyed sampling; "
+            "draw from the source, dfn.get_batch(pipeline.source, size, key), and apply "
+            "pipeline.stages yourself, or use dfn.step(pipeline)."
+        )
+    return _read(state, checks.check_size(size))
+
+
+@contract.get_batch_at.register
+def _(state: Pipeline, start: Any, size: int, key: Any = None):
+    raise TypeError(
+        "get_batch_at: a Pipeline steps through its stream (its stage keys follow the stream position); "
+        "read records by position from its source, dfn.get_batch_at(pipeline.source, start, size), or "
+        "step with dfn.step(pipeline) / dfn.get_batch(pipeline, size)."
+    )
+
+
+@contract.get_global_batch.register
+def _(state: Pipeline, global_size: int, sharding: Any):
+    raise TypeError(
+        "get_global_batch: a Pipeline does not lay out global batches yet; read the global batch from "
+        "its source, dfn.get_global_batch(pipeline.source, global_size, sharding), and apply "
+        "pipeline.stages inside your jitted step."
+    )
+
 
 # ----------------------------------------------------------------------------- host iteration
 
 
-def _mask(batch: PyTree, valid: int, size: int) -> PyTree:
-    if not isinstance(batch, Mapping):
-        raise TypeError(
-            f"iterate(remainder='pad') adds a 'mask' entry, so batches must be dicts; got {type(batch).__name__}."
-        )
-    if "mask" in batch:
-        raise ValueError("iterate(remainder='pad'): the batch already has a 'mask' key; rename it in a stage.")
-    return {**batch, "mask": jnp.arange(size) < valid}
-
-
-def _pad_rows(batch: PyTree, size: int) -> PyTree:
-    def pad(x):
-        x = jnp.asarray(x)
-        return jnp.concatenate([x, jnp.zeros((size - x.shape[0], *x.shape[1:]), x.dtype)])
-
-    return jax.tree.map(pad, batch)
-
-
-def iterate(
-    pipeline: Pipeline, size: int | None = None, *, epochs: int = 1, remainder: str = "drop"
-) -> Iterator[tuple[Pipeline, PyTree]]:
-    """Yields ``(pipeline, batch)`` pairs over whole epochs, for plain Python loops.
-
-    Walks from the current position to the end of its epoch, then ``epochs - 1`` more
-    epochs. An epoch's last ``num_records % batch_size`` records are handled by
-    ``remainder``:
-
-    - ``"drop"``: skipped; every batch is full;
-    - ``"pad"``: returned as a full-size batch whose extra rows are zeros, and every
-      batch gets a bool ``"mask"`` of valid rows, so an eval step never recompiles;
-    - ``"partial"``: returned as a shorter batch (one more compile).
-
-    Each yielded pipeline is the state after its batch, ready to checkpoint. Also
-    available as ``dfn.iterate(pipeline, ...)``.
-
-    Arguments:
-        pipeline: a ``dfn.Pipeline`` over a source of known length.
-        size: must be None or the pipeline's ``batch_size``.
-        epochs: how many epochs to walk.
-        remainder: ``"drop"``, ``"pad"`` or ``"partial"``.
-
-    Returns:
-        an iterator of ``(pipeline_after_batch, batch)``.
-    """
-    if size is not None and size != pipeline.batch_size:
+@contract.iterate_defaults.register
+def _(state: Pipeline, size: int | None):
+    if size is not None and size != state.batch_size:
         raise ValueError(
-            f"iterate: this pipeline's batch_size is {pipeline.batch_size}; got size={size}. "
+            f"iterate: this pipeline's batch_size is {state.batch_size}; got size={size}. "
             "Leave size out, or build the pipeline with the batch size you want."
         )
-    if remainder not in _REMAINDERS:
-        raise ValueError(f"iterate: remainder must be one of {_REMAINDERS}; got {remainder!r}.")
-    epochs = checks.check_epochs(epochs)
-    n = contract.num_records(pipeline.source)
-    if n is None:
-        raise ValueError(
-            "iterate: the source has unknown length, so epochs have no known remainder; use "
-            "dfn.iterate(pipeline.source, size) or dfn.step in a loop."
-        )
-    return _iterate(pipeline, n, epochs, remainder)
-
-
-def _iterate(pipe: Pipeline, n: int, epochs: int, remainder: str) -> Iterator[tuple[Pipeline, PyTree]]:
-    size = pipe.batch_size
-    for _ in range(epochs):
-        full, rem = divmod(n - int(_position(pipe.source)[1]), size)
-        for _ in range(full):
-            pipe, batch = step(pipe)
-            yield pipe, (_mask(batch, size, size) if remainder == "pad" else batch)
-        if not rem:
-            continue
-        epoch, position = _position(pipe.source)
-        source, raw = contract.get_batch(pipe.source, rem)
-        pipe = _replace(pipe, source=source)
-        if remainder == "partial":
-            yield pipe, _run_stages(pipe, raw, epoch, position)
-        elif remainder == "pad":
-            batch = _run_stages(pipe, _pad_rows(raw, size), epoch, position)
-            yield pipe, _mask(batch, rem, size)
+    return state.batch_size, "drop"
 
 
 @contract.iterate.register
-def _(state: Pipeline, size: int | None = None, *, epochs: int = 1, remainder: str = "drop"):
-    return iterate(state, size, epochs=epochs, remainder=remainder)
+def _(state: Pipeline, size: int | None = None, *, epochs: int = 1):
+    """``remainder="straddle"`` on a pipeline: ``dfn.step`` until ``epochs`` epochs of records are seen."""
+    return contract.iterate_batches(state, state.batch_size, epochs)
 
 
 # ----------------------------------------------------------------------------- generic functions
@@ -305,4 +284,4 @@ def _(state: Pipeline, cursor: dict[str, Any]):
     return _replace(state, source=contract.restore_cursor(state.source, cursor["source"]))
 
 
-__all__ = ["Pipeline", "step", "iterate", "stage_key", "stages_key"]
+__all__ = ["Pipeline", "step", "stage_key", "stages_key"]
