@@ -326,3 +326,82 @@ def test_generic_functions_a_pipeline_lacks_name_what_to_use():
         dfn.get_batch(Bare(), 2)
     assert "got Bare" not in str(info.value)
 
+
+# ----------------------------------------------------------------------------- stage fingerprints
+
+
+def _lambda_pipe(stage):
+    return dfn.Pipeline(dfn.from_arrays({"x": np.arange(8, dtype=np.int32)}), [stage], batch_size=2)
+
+
+def scaled(factor):
+    return lambda batch, key: {"x": batch["x"] * factor}
+
+
+def test_a_cursor_is_refused_on_stages_that_compute_something_else():
+    saved = dfn.cursor(dfn.step(_lambda_pipe(lambda b, k: {"x": b["x"] * 2}))[0])
+    with pytest.raises(ValueError, match="stages"):  # the same shape of code, another constant
+        dfn.restore_cursor(_lambda_pipe(lambda b, k: {"x": b["x"] * 3}), saved)
+    restored = dfn.restore_cursor(_lambda_pipe(lambda b, k: {"x": b["x"] * 2}), saved)
+    assert dfn.step(restored)[1]["x"].tolist() == [4, 6]
+    # closed-over values and defaults are part of what a stage computes
+    with pytest.raises(ValueError, match="stages"):
+        dfn.restore_cursor(_lambda_pipe(scaled(3)), dfn.cursor(_lambda_pipe(scaled(2))))
+    dfn.restore_cursor(_lambda_pipe(scaled(2)), dfn.cursor(_lambda_pipe(scaled(2))))
+
+    def with_default(batch, key, factor=2):
+        return {"x": batch["x"] * factor}
+
+    def other_default(batch, key, factor=3):
+        return {"x": batch["x"] * factor}
+
+    other_default.__code__ = with_default.__code__.replace(co_name="other_default")
+    with pytest.raises(ValueError, match="stages"):
+        dfn.restore_cursor(_lambda_pipe(other_default), dfn.cursor(_lambda_pipe(with_default)))
+
+
+def test_stage_fingerprints_ignore_line_numbers_and_hold_across_processes(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, jax.numpy as jnp, datarax_fn as dfn\n"
+        "SHIFT = 5\n"
+        "def shift(batch, key):\n"
+        "    return {'x': batch['x'] + SHIFT}\n"
+        "stages = [dfn.cast('x'), lambda b, k: {'x': jnp.tanh(b['x'])}, shift, dfn.random_flip('x', axis=0)]\n"
+        "pipe = dfn.Pipeline(dfn.from_arrays({'x': np.arange(8, dtype=np.int32)}), stages, batch_size=2)\n"
+        "print(dfn.cursor(pipe)['stages'])\n"
+    )
+    digests = []
+    for i, text in enumerate([code, "\n\n\n" + code]):
+        (tmp_path / f"p{i}.py").write_text(text)
+        out = subprocess.run([sys.executable, str(tmp_path / f"p{i}.py")], capture_output=True, text=True, check=True)
+        digests.append(out.stdout.split()[-1])
+    namespace: dict = {}
+    exec(compile(code.replace("print(", "digest = ("), "in_process", "exec"), namespace)  # noqa: S102
+    assert digests[0] == digests[1] == namespace["digest"]
+    (tmp_path / "p2.py").write_text(code.replace("SHIFT = 5", "SHIFT = 6"))  # a global it reads
+    out = subprocess.run([sys.executable, str(tmp_path / "p2.py")], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] != digests[0]
+
+
+def test_stages_that_cannot_be_fingerprinted_are_refused_until_named():
+    import threading
+
+    lock = threading.Lock()
+
+    def guarded(batch, key):
+        with lock:
+            return batch
+
+    with pytest.raises(ValueError, match=r"'lock' holds a lock.*dfn.named_stage"):
+        dfn.cursor(_lambda_pipe(guarded))
+    named = _lambda_pipe(dfn.named_stage(guarded, "guarded-v1"))
+    moved = dfn.step(named)[0]
+    restored = dfn.restore_cursor(_lambda_pipe(dfn.named_stage(guarded, "guarded-v1")), dfn.cursor(moved))
+    assert int(restored.index) == 2
+    with pytest.raises(ValueError, match="stages"):
+        dfn.restore_cursor(_lambda_pipe(dfn.named_stage(guarded, "guarded-v2")), dfn.cursor(moved))
+    with pytest.raises(TypeError, match="non-empty str"):
+        dfn.named_stage(guarded, "")

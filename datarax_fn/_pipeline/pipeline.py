@@ -12,23 +12,21 @@ The pipeline is a valid ``jit`` argument and ``lax.scan`` / ``lax.fori_loop`` ca
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import xxhash
 from jaxtyping import Array, UInt32
 
 from .._state import checks
 from .._state import contract
 from .._state import cursors
 from .._state import tracing
-from .._eager.source import hash_arrays
 from . import statistics
 from .elementwise import bind_stats
+from .fingerprint import Unfingerprintable, fingerprint
 from .stages import Chain, as_stage, chain
 from .statistics import Statistics
 
@@ -259,10 +257,20 @@ def _(state: Pipeline):
 
 
 def stages_key(stages: Chain) -> str:
-    """Returns a digest of the stages: their types, static options and parameter values."""
-    # Function reprs carry a per-process address; the name identifies the function.
-    structure = re.sub(r" at 0x[0-9a-f]+", "", str(jax.tree.structure(stages)))
-    return f"{xxhash.xxh3_64_hexdigest(structure.encode())}:{hash_arrays(jax.tree.leaves(stages))}"
+    """Returns a digest of what the stages compute: code, closed-over values, parameters.
+
+    Raises ``ValueError`` naming the value and ``dfn.named_stage`` as the fix when a
+    stage holds something whose computation cannot be read.
+    """
+    try:
+        return fingerprint(stages, "pipeline.stages")
+    except Unfingerprintable as err:
+        raise ValueError(
+            f"cursor: a pipeline cursor identifies its stages by what they compute, but {err.path} holds "
+            f"a {err.value_type}, whose computation cannot be read. Wrap that stage as "
+            "dfn.named_stage(stage, 'a-name-v1') so the cursor records the name instead (change the "
+            "name whenever the stage's output changes)."
+        ) from None
 
 
 def _stream_key(state: Pipeline) -> dict[str, Any]:
