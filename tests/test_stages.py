@@ -64,10 +64,25 @@ def test_cast_and_scale_match_numpy():
 def test_one_hot_matches_numpy():
     out = dfn.one_hot("label", 10)(BATCH)["label"]
     np.testing.assert_array_equal(out, np.eye(10, dtype=np.float32)[LABELS])
-    # out-of-range labels give all-zero rows
-    np.testing.assert_array_equal(dfn.one_hot("label", 3)({"label": np.array([5, 1])})["label"], [[0, 0, 0], [0, 1, 0]])
+    assert dfn.one_hot("label", np.int64(3))({"label": np.array([2])})["label"].tolist() == [[0, 0, 1]]
     with pytest.raises(ValueError, match="num_classes"):
         dfn.one_hot("label", 0)
+    with pytest.raises(TypeError, match="num_classes"):
+        dfn.one_hot("label", 3.0)
+
+
+@pytest.mark.parametrize("bad", [5, 3, -1])
+def test_one_hot_refuses_a_label_out_of_range_eagerly_and_under_jit(bad):
+    stage = dfn.one_hot("label", 3)
+    batch = {"label": np.array([1, bad, 0])}
+    with pytest.raises(Exception, match=r"one_hot: key 'label' holds a label outside \[0, 3\)"):
+        jax.block_until_ready(stage(batch))
+    pipe = dfn.Pipeline(dfn.from_arrays({"label": np.array([0, 1, bad, 2], np.int32)}), [stage], batch_size=4)
+    with pytest.raises(Exception, match="Raise num_classes to cover every label"):  # the fix is in the message
+        jax.block_until_ready(jax.jit(dfn.step)(pipe))
+    fixed = dfn.Pipeline(pipe.source, [dfn.one_hot("label", max(bad, 2) + 1 if bad >= 0 else 3)], batch_size=4)
+    if bad >= 0:  # the fix the message names works
+        assert jax.jit(dfn.step)(fixed)[1]["label"].argmax(-1).tolist() == [0, 1, bad, 2]
 
 
 @pytest.mark.parametrize("p", [0.0, 0.5, 1.0])

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -144,7 +145,7 @@ def cast(keys: str | Sequence[str] | None = None, *, dtype: Any = "float32", sca
 
 
 class OneHot(Stage):
-    """Integer labels to one-hot vectors (out-of-range labels give all-zero rows)."""
+    """Integer labels to one-hot vectors; a label outside ``[0, num_classes)`` raises."""
 
     keys: tuple[str, ...] | None = eqx.field(static=True)
     num_classes: int = eqx.field(static=True)
@@ -154,7 +155,15 @@ class OneHot(Stage):
         keys = select(batch, self.keys, "one_hot")
         out = dict(batch)
         for k in keys:
-            out[k] = jax.nn.one_hot(batch[k], self.num_classes, dtype=self.dtype)
+            labels = jnp.asarray(batch[k])
+            # jax.nn.one_hot maps such a label to an all-zero row: a silently lost label.
+            outside = jnp.any((labels < 0) | (labels >= self.num_classes))
+            labels = eqx.error_if(
+                labels, outside,
+                f"one_hot: key {k!r} holds a label outside [0, {self.num_classes}). Raise num_classes to "
+                f"cover every label, or map the labels into range first (e.g. dfn.apply_to_keys(fn, {k!r})).",
+            )
+            out[k] = jax.nn.one_hot(labels, self.num_classes, dtype=self.dtype)
         return out
 
 
@@ -175,9 +184,11 @@ def one_hot(keys: str | Sequence[str], num_classes: int, *, dtype: Any = "float3
     assert out["label"].tolist() == [[0, 0, 1], [1, 0, 0]]
     ```
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"one_hot: num_classes must be a Python int >= 1; got {num_classes!r}.")
-    return OneHot(as_keys(keys, "one_hot"), num_classes, np.dtype(dtype).name)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+        raise TypeError(f"one_hot: num_classes must be an int >= 1; got {type(num_classes).__name__} {num_classes!r}.")
+    if num_classes < 1:
+        raise ValueError(f"one_hot: num_classes must be an int >= 1; got num_classes={num_classes!r}.")
+    return OneHot(as_keys(keys, "one_hot"), int(num_classes), np.dtype(dtype).name)
 
 
 def bind_stats(stage: Stage, stats: Any) -> Stage:
