@@ -37,6 +37,7 @@ from ._pipeline.stages import apply_to_keys as apply_to_keys, chain as chain
 from ._pipeline.fingerprint import named_stage as named_stage
 from ._pipeline.elementwise import cast as cast, normalize as normalize, one_hot as one_hot
 from ._pipeline.geometric import random_crop as random_crop, random_flip as random_flip
+from ._pipeline.geometric import random_resized_crop as random_resized_crop
 from ._pipeline.statistics import Statistics as Statistics
 from ._pipeline.pipeline import Pipeline as Pipeline, step as step
 from ._pipeline.scan import scan as scan, scan_epoch as scan_epoch, steps_per_epoch as steps_per_epoch

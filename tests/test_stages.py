@@ -189,3 +189,82 @@ def test_pipeline_modules_stay_short_or_say_why():
         if text.count("\n") > 400 and "long because" not in text.split('"""')[1]:
             long.append(f"{path.name}: {text.count(chr(10))} lines")
     assert long == []
+
+
+# ----------------------------------------------------------------------------- random_resized_crop
+
+
+def _np_resize(a: np.ndarray, size: tuple[int, int], antialias: bool) -> np.ndarray:
+    """Linear resize of an (H, W, ...) array with half-pixel centres, in float64 NumPy."""
+    for axis, out in enumerate(size):
+        n = a.shape[axis]
+        step = n / out
+        width = max(step, 1.0) if antialias else 1.0
+        sample = (np.arange(out) + 0.5) * step - 0.5
+        w = np.maximum(0.0, 1.0 - np.abs(sample[:, None] - np.arange(n)[None, :]) / width)
+        w /= w.sum(1, keepdims=True)
+        a = np.moveaxis(np.tensordot(w, np.moveaxis(a, axis, 0), axes=1), 0, axis)
+    return a
+
+
+@pytest.mark.parametrize("antialias", [True, False])
+def test_random_resized_crop_equals_crop_then_resize_in_numpy(antialias):
+    from datarax_fn._pipeline.geometric import resized_crop_boxes
+    from datarax_fn._pipeline.stages import row_keys
+
+    images = np.random.default_rng(1).integers(0, 256, (6, 20, 30, 3), np.uint8)
+    key = jax.random.key(4)
+    out = dfn.random_resized_crop("image", (9, 13), antialias=antialias)({"image": images}, key)["image"]
+    assert out.dtype == np.float32
+    boxes = np.asarray(resized_crop_boxes(row_keys(key, 6), 20, 30, (0.08, 1.0), (3 / 4, 4 / 3)))
+    assert len({tuple(b) for b in boxes}) > 1  # the rows got different boxes
+    for row, (top, left, h, w) in enumerate(boxes):
+        assert 0 <= top and top + h <= 20 and 0 <= left and left + w <= 30 and h > 0 and w > 0
+        want = _np_resize(images[row, top:top + h, left:left + w].astype(np.float64), (9, 13), antialias)
+        np.testing.assert_allclose(np.asarray(out[row]), want, rtol=0, atol=2e-3)
+
+
+def test_random_resized_crop_boxes_follow_scale_ratio_and_the_centred_fallback():
+    from datarax_fn._pipeline.geometric import resized_crop_boxes
+
+    keys = jax.random.split(jax.random.key(0), 400)
+    boxes = np.asarray(resized_crop_boxes(keys, 64, 64, (0.25, 0.5), (0.5, 2.0)))
+    area = boxes[:, 2] * boxes[:, 3] / 64**2
+    aspect = boxes[:, 3] / boxes[:, 2]
+    assert area.min() > 0.2 and area.max() < 0.56 and aspect.min() > 0.45 and aspect.max() < 2.2
+    assert (boxes[:, 0] + boxes[:, 2] <= 64).all() and (boxes[:, 1] + boxes[:, 3] <= 64).all()
+    # nothing fits a ratio-2 box covering the whole square: the centred crop, ratio clamped
+    fallback = np.asarray(resized_crop_boxes(keys[:3], 40, 40, (1.0, 1.0), (2.0, 2.0)))
+    assert fallback.tolist() == [[10, 0, 20, 40]] * 3
+    # the whole image at its own ratio: the stage is a plain resize
+    images = np.random.default_rng(2).random((2, 12, 18, 1)).astype(np.float32)
+    out = dfn.random_resized_crop(None, (6, 9), scale=(1.0, 1.0), ratio=(1.5, 1.5))({"x": images}, keys[0])["x"]
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(np.asarray(out), np.stack([_np_resize(i.astype(np.float64), (6, 9), True) for i in images]),
+                               rtol=0, atol=1e-5)
+
+
+def test_random_resized_crop_shares_a_box_across_keys_and_runs_in_a_pipeline():
+    images = np.random.default_rng(3).integers(0, 256, (8, 16, 16, 3), np.uint8)
+    stage = dfn.random_resized_crop(["image", "copy"], 8)
+    out = stage({"image": images, "copy": images.copy()}, jax.random.key(1))
+    np.testing.assert_array_equal(out["image"], out["copy"])
+    pipe = dfn.Pipeline(dfn.from_arrays({"image": images}), [dfn.random_resized_crop("image", 8)], batch_size=4)
+    _, eager = dfn.step(pipe)
+    _, jitted = jax.jit(dfn.step)(pipe)
+    np.testing.assert_array_equal(eager["image"], jitted["image"])
+    assert eager["image"].shape == (4, 8, 8, 3)
+
+
+def test_random_resized_crop_option_errors():
+    with pytest.raises(TypeError, match="size"):
+        dfn.random_resized_crop("image", "big")
+    with pytest.raises(ValueError, match="scale"):
+        dfn.random_resized_crop("image", 8, scale=(0.5, 0.2))
+    with pytest.raises(ValueError, match="ratio"):
+        dfn.random_resized_crop("image", 8, ratio=(0.0, 1.0))
+    with pytest.raises(TypeError, match="scale"):
+        dfn.random_resized_crop("image", 8, scale=0.5)
+    with pytest.raises(ValueError, match="needs a jax.random key"):
+        dfn.random_resized_crop("image", 8)({"image": np.zeros((1, 4, 4, 1))})
+    assert dfn.random_resized_crop("image", np.int64(8)).size == (8, 8)

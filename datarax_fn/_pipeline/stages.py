@@ -130,6 +130,18 @@ def need_key(key: Any, name: str) -> None:
         )
 
 
+def row_keys(key: Any, rows: int) -> jax.Array:
+    """Returns one ``jax.random`` key per row: ``key`` split ``rows`` ways.
+
+    Drawing each row's decision from its own key (``vmap`` over the keys) gives a row
+    the same decision whatever it is batched with.
+    """
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)
+    return jax.random.split(key, rows)
+
+
 def batch_rows(batch: Batch, keys: tuple[str, ...], name: str) -> int:
     """Returns the leading batch size shared by ``keys``, or raises naming the sizes."""
     sizes = {k: jnp.shape(batch[k])[0] if jnp.ndim(batch[k]) else None for k in keys}
