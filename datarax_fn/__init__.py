@@ -34,6 +34,7 @@ from ._eager.global_batch import data_sharding as data_sharding
 from ._layout.placement import local_records as local_records
 from ._eager.place import from_local_partitions as from_local_partitions, place as place
 from ._pipeline.stages import apply_to_keys as apply_to_keys, chain as chain
+from ._pipeline.stages import row_keys as row_keys
 from ._pipeline.fingerprint import named_stage as named_stage
 from ._pipeline.elementwise import cast as cast, normalize as normalize, one_hot as one_hot
 from ._pipeline.geometric import random_crop as random_crop, random_flip as random_flip

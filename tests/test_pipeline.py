@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import datarax_fn as dfn
-from datarax_fn._pipeline.pipeline import stage_key
+from datarax_fn._pipeline.pipeline import record_keys
 
 N = 23
 DATA = {"x": np.arange(N, dtype=np.int32), "image": np.arange(N * 4 * 4, dtype=np.uint8).reshape(N, 4, 4, 1)}
@@ -35,7 +35,7 @@ def test_step_is_get_batch_then_stages_with_a_position_key():
     source = pipe.source
     new, batch = dfn.step(pipe)
     src2, raw = dfn.get_batch(source, 5)
-    want = pipe.stages(raw, stage_key(pipe.seed, source.epoch, source.index))
+    want = pipe.stages(raw, record_keys(pipe.seed, source.epoch, source.index, 5, N))
     chex.assert_trees_all_equal(batch, want)
     assert int(new.source.index) == int(src2.index) == 10
     # pure: stepping the same pipeline again gives the same batch
@@ -102,7 +102,7 @@ def test_stage_keys_depend_on_position_only_not_on_history():
     jumped = eqx.tree_at(lambda p: p.source.index, jumped, jnp.int32(15))
     chex.assert_trees_all_equal(dfn.step(walked)[1], dfn.step(jumped)[1])
     # a different position gives different augmentations of the same records
-    data = [np.asarray(jax.random.key_data(stage_key(s, e, p))) for s, e, p in [(0, 0, 5), (0, 1, 5), (0, 0, 6), (1, 0, 5)]]
+    data = [np.asarray(jax.random.key_data(record_keys(s, e, p, 1, None)[0])) for s, e, p in [(0, 0, 5), (0, 1, 5), (0, 0, 6), (1, 0, 5)]]
     assert len({d.tobytes() for d in data}) == 4
 
 
@@ -405,3 +405,43 @@ def test_stages_that_cannot_be_fingerprinted_are_refused_until_named():
         dfn.restore_cursor(_lambda_pipe(dfn.named_stage(guarded, "guarded-v2")), dfn.cursor(moved))
     with pytest.raises(TypeError, match="non-empty str"):
         dfn.named_stage(guarded, "")
+
+
+# ----------------------------------------------------------------------------- per-record keys
+
+
+def _augmented_stream(batch_size, records, shuffle=True, n=12):
+    images = np.arange(n * 2 * 3, dtype=np.float32).reshape(n, 2, 3, 1)
+    source = dfn.from_arrays({"image": images, "id": np.arange(n, dtype=np.int32)}, shuffle=shuffle, seed=5)
+    pipe = dfn.Pipeline(source, [dfn.random_flip("image"), dfn.random_crop("image", padding=1)], batch_size)
+    out = []
+    while sum(len(b["id"]) for b in out) < records:
+        pipe, batch = dfn.step(pipe)
+        out.append(jax.tree.map(np.asarray, batch))
+    return {k: np.concatenate([b[k] for b in out])[:records] for k in out[0]}
+
+
+def test_a_record_gets_the_same_flip_at_batch_sizes_4_and_6():
+    flips = {}
+    for size in (4, 6):
+        images = np.arange(12 * 2 * 3, dtype=np.float32).reshape(12, 2, 3, 1)
+        pipe = dfn.Pipeline(dfn.from_arrays({"image": images}), [dfn.random_flip("image")], size)
+        rows = []
+        for _ in range(12 // size):
+            pipe, batch = dfn.step(pipe)
+            rows.append(np.asarray(batch["image"]))
+        got = np.concatenate(rows)
+        flips[size] = [int(not np.array_equal(g, x)) for g, x in zip(got, images)]
+    assert flips[4] == flips[6]
+    assert 0 < sum(flips[4]) < 12  # some records flipped, some not
+
+
+@settings(max_examples=6, deadline=None)
+@given(sizes=st.lists(st.sampled_from([1, 2, 3, 5, 7, 12]), min_size=2, max_size=2, unique=True), shuffle=st.booleans())
+def test_augmentations_follow_the_record_not_the_batch(sizes, shuffle):
+    # 30 records: two and a half epochs of 12, so batches straddle epoch boundaries
+    a, b = (_augmented_stream(size, 30, shuffle) for size in sizes)
+    np.testing.assert_array_equal(a["id"], b["id"])
+    np.testing.assert_array_equal(a["image"], b["image"])
+    # a record is augmented afresh each epoch: its first and second visit differ somewhere
+    assert not np.array_equal(a["image"][:12], a["image"][12:24][np.argsort(a["id"][12:24])][a["id"][:12]])

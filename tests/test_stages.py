@@ -268,3 +268,23 @@ def test_random_resized_crop_option_errors():
     with pytest.raises(ValueError, match="needs a jax.random key"):
         dfn.random_resized_crop("image", 8)({"image": np.zeros((1, 4, 4, 1))})
     assert dfn.random_resized_crop("image", np.int64(8)).size == (8, 8)
+
+
+def test_a_stage_written_for_one_key_gets_the_per_row_fix_in_a_pipeline():
+    def noisy(batch, key):
+        return {"x": batch["x"] + jax.random.normal(key, batch["x"].shape)}
+
+    assert noisy({"x": jnp.zeros(3)}, KEY)["x"].shape == (3,)  # one key: works on its own
+    pipe = dfn.Pipeline(dfn.from_arrays({"x": np.zeros(6, np.float32)}), [noisy], batch_size=3)
+    with pytest.raises((TypeError, ValueError), match=r"one key per row \(shape \(3,\)\).*jax.vmap"):
+        dfn.step(pipe)
+
+    def per_row(batch, key):
+        keys = dfn.row_keys(key, len(batch["x"]))
+        return {"x": batch["x"] + jax.vmap(lambda k: jax.random.normal(k))(keys)}
+
+    fixed = dfn.Pipeline(pipe.source, [per_row], batch_size=3)
+    two = dfn.Pipeline(pipe.source, [per_row], batch_size=2)
+    np.testing.assert_array_equal(dfn.step(fixed)[1]["x"][:2], dfn.step(two)[1]["x"])  # per record
+    with pytest.raises(ValueError, match="one key or 3 keys"):
+        dfn.row_keys(jax.random.split(KEY, 2), 3)

@@ -20,8 +20,8 @@ from .stages import Stage, as_keys, batch_rows, need_key, record_axis, row_keys,
 
 
 def flip_mask(key: Any, rows: int, p: float) -> jax.Array:
-    """Returns the bool ``(rows,)`` flip decisions ``random_flip`` draws from ``key``."""
-    return jax.random.bernoulli(key, p, (rows,))
+    """Returns the bool ``(rows,)`` flip decisions ``random_flip`` draws, one per row's key."""
+    return jax.vmap(lambda k: jax.random.bernoulli(k, p))(row_keys(key, rows))
 
 
 class RandomFlip(Stage):
@@ -64,8 +64,9 @@ def random_flip(keys: str | Sequence[str] | None = None, *, axis: int = -2, p: f
 
 
 def crop_offsets(key: Any, rows: int, limits: tuple[int, int]) -> jax.Array:
-    """Returns the int32 ``(rows, 2)`` crop corners ``random_crop`` draws from ``key``."""
-    return jax.random.randint(key, (rows, 2), 0, jnp.asarray(limits, jnp.int32) + 1, dtype=jnp.int32)
+    """Returns the int32 ``(rows, 2)`` crop corners ``random_crop`` draws, one per row's key."""
+    high = jnp.asarray(limits, jnp.int32) + 1
+    return jax.vmap(lambda k: jax.random.randint(k, (2,), 0, high, dtype=jnp.int32))(row_keys(key, rows))
 
 
 class RandomCrop(Stage):

@@ -1,10 +1,10 @@
 """The pipeline: a source state, a chain of stages and a batch size, as one PyTree.
 
 ``step(pipeline) -> (pipeline, batch)`` reads the next ``batch_size`` records of the
-source's stream and runs the stages on them. A stochastic stage's key is derived from
-``(seed, epoch, position)`` of the source *before* the batch, so augmentations depend
-only on where the batch sits in the stream: they replay exactly after a resume, and
-do not depend on how many steps ran in this process.
+source's stream and runs the stages on them. The stages get one key per record,
+derived from ``(seed, epoch, index)`` of that record in the stream, so a record's
+augmentation depends only on where it sits in the stream: not on the batch size, the
+batch it lands in, how many steps ran in this process, or a resume.
 
 The pipeline is a valid ``jit`` argument and ``lax.scan`` / ``lax.fori_loop`` carry;
 ``dfn.scan`` and ``dfn.scan_epoch`` (in ``scan``) keep the dataset out of the carry.
@@ -12,6 +12,7 @@ The pipeline is a valid ``jit`` argument and ``lax.scan`` / ``lax.fori_loop`` ca
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -124,22 +125,36 @@ def _position(source: Any) -> tuple[Any, Any]:
     return source.epoch, source.index
 
 
-def stage_key(seed: Any, epoch: Any, position: Any) -> jax.Array:
-    """Returns the key a pipeline hands its stages for the batch starting at ``(epoch, position)``."""
-    key = jax.random.key(jnp.asarray(seed, jnp.uint32))
-    key = jax.random.fold_in(key, jnp.asarray(epoch).astype(jnp.uint32))
-    return jax.random.fold_in(key, jnp.asarray(position).astype(jnp.uint32))
+def record_keys(seed: Any, epoch: Any, index: Any, rows: int, num_records: int | None) -> jax.Array:
+    """Returns the ``(rows,)`` keys a pipeline hands its stages for a batch starting at ``(epoch, index)``.
+
+    Row ``r`` is the record at stream position ``index + r``: with ``N = num_records``
+    it sits at index ``(index + r) % N`` of epoch ``epoch + (index + r) // N``, and its
+    key is ``fold_in(fold_in(key(seed), that epoch), that index)``. A stream of unknown
+    length keys a batch's rows in its starting epoch.
+    """
+    base = jax.random.key(jnp.asarray(seed, jnp.uint32))
+    position = jnp.asarray(index).astype(jnp.int32) + jnp.arange(rows, dtype=jnp.int32)
+    epochs = jnp.broadcast_to(jnp.asarray(epoch).astype(jnp.int32), (rows,))
+    if num_records is not None:
+        epochs, position = epochs + position // num_records, position % num_records
+
+    def one(e, i):
+        return jax.random.fold_in(jax.random.fold_in(base, e.astype(jnp.uint32)), i.astype(jnp.uint32))
+
+    return jax.vmap(one)(epochs, position)
 
 
-@tracing.jit_unless_traced
-def _apply(stages: Chain, batch: PyTree, seed: Any, epoch: Any, position: Any) -> PyTree:
-    return stages(batch, stage_key(seed, epoch, position))
+@functools.partial(tracing.jit_unless_traced, static_argnames=("num_records",))
+def _apply(stages: Chain, batch: PyTree, seed: Any, epoch: Any, position: Any, num_records: int | None) -> PyTree:
+    rows = jax.tree.leaves(batch)[0].shape[0]
+    return stages(batch, record_keys(seed, epoch, position, rows, num_records))
 
 
 def _run_stages(pipe: Pipeline, batch: PyTree, epoch: Any, position: Any) -> PyTree:
     if not pipe.stages.stages:
         return batch
-    return _apply(pipe.stages, batch, pipe.seed, epoch, position)
+    return _apply(pipe.stages, batch, pipe.seed, epoch, position, num_records=contract.num_records(pipe.source))
 
 
 def step(pipeline: Pipeline) -> tuple[Pipeline, PyTree]:
@@ -242,7 +257,8 @@ def _(state: Pipeline):
     spec = contract.element_spec(state.source)
     batch = jax.tree.map(lambda s: jax.ShapeDtypeStruct((state.batch_size, *s.shape), s.dtype), spec)
     epoch, position = _position(state.source)
-    out = jax.eval_shape(_apply, state.stages, batch, state.seed, epoch, position)
+    n = contract.num_records(state.source)
+    out = jax.eval_shape(functools.partial(_apply, num_records=n), state.stages, batch, state.seed, epoch, position)
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), out)
 
 
@@ -292,4 +308,4 @@ def _(state: Pipeline, cursor: dict[str, Any]):
     return _replace(state, source=contract.restore_cursor(state.source, cursor["source"]))
 
 
-__all__ = ["Pipeline", "step", "stage_key", "stages_key"]
+__all__ = ["Pipeline", "record_keys", "step", "stages_key"]

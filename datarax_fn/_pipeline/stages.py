@@ -8,7 +8,10 @@ wrapped in a Module that holds them as static fields.
 Every built-in stage works on a batch dict ``{key: array with a leading batch axis}``,
 is jittable, and is vmap-safe: it uses only the shapes it is given, so
 ``jax.vmap(stage)(stacked_batches, keys)`` equals applying it to each batch.
-Stochastic stages draw one decision per row from the key they are handed.
+Stochastic stages draw each row's decision from that row's own key. A ``dfn.Pipeline``
+hands a stage one key per row (shape ``(rows,)``), derived from the pipeline's seed and
+each record's place in the stream, so a record's augmentation does not depend on the
+batch it lands in; called with one key, a stage splits it per row (``row_keys``).
 
 This module holds the stage protocol, ``chain``, ``apply_to_keys`` and the helpers every
 stage shares; the built-in stages live by concept in ``elementwise`` (cast, normalize,
@@ -17,6 +20,7 @@ one_hot) and ``geometric`` (flips and crops).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -41,18 +45,43 @@ class FnStage(Stage):
     fn: Callable = eqx.field(static=True)
 
     def __call__(self, batch, key=None):
-        return self.fn(batch, key)
+        with _per_row_key_hint(key):
+            return self.fn(batch, key)
 
 
 class Chain(Stage):
-    """Applies ``stages`` in order; stage ``i`` gets ``jax.random.fold_in(key, i)``."""
+    """Applies ``stages`` in order; stage ``i`` gets ``fold_in(key, i)`` (per row for row keys)."""
 
     stages: tuple
 
     def __call__(self, batch, key=None):
         for i, stage in enumerate(self.stages):
-            batch = stage(batch, None if key is None else jax.random.fold_in(key, i))
+            batch = stage(batch, None if key is None else fold_in(key, i))
         return batch
+
+
+def fold_in(key: Any, data: int) -> jax.Array:
+    """Returns ``jax.random.fold_in(key, data)``, applied to each key of a ``(rows,)`` key array."""
+    key = as_typed_key(key)
+    if key.ndim == 0:
+        return jax.random.fold_in(key, data)
+    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(key, data)
+
+
+@contextlib.contextmanager
+def _per_row_key_hint(key: Any):
+    """Adds the fix to JAX's error when a function written for one key gets one per row."""
+    try:
+        yield
+    except (TypeError, ValueError) as err:  # JAX raises either, by version
+        if key is None or "single key" not in str(err) or jnp.ndim(key) == 0:
+            raise
+        raise type(err)(
+            f"{err}\nA dfn.Pipeline hands a stage one key per row (shape {jnp.shape(key)}), so a record's "
+            "augmentation does not depend on its batch. Draw per row, e.g. "
+            "jax.vmap(lambda k, x: x + jax.random.normal(k, x.shape))(key, batch['x']), or use "
+            "key[0] for one draw per batch."
+        ) from None
 
 
 def as_stage(stage: Any) -> Stage:
@@ -126,20 +155,47 @@ def need_key(key: Any, name: str) -> None:
     if key is None:
         raise ValueError(
             f"{name} is stochastic and needs a jax.random key; call it as stage(batch, key), or "
-            "run it inside a dfn.Pipeline, which derives one from (seed, epoch, position)."
+            "run it inside a dfn.Pipeline, which derives one per record from (seed, epoch, position)."
         )
 
 
-def row_keys(key: Any, rows: int) -> jax.Array:
-    """Returns one ``jax.random`` key per row: ``key`` split ``rows`` ways.
-
-    Drawing each row's decision from its own key (``vmap`` over the keys) gives a row
-    the same decision whatever it is batched with.
-    """
-    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+def as_typed_key(key: Any) -> jax.Array:
+    """Returns ``key`` as a typed key array (legacy ``uint32`` keys are wrapped)."""
+    key = key if isinstance(key, jax.Array) else jnp.asarray(key)
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.wrap_key_data(key)
-    return jax.random.split(key, rows)
+    return key
+
+
+def row_keys(key: Any, rows: int) -> jax.Array:
+    """Returns one ``jax.random`` key per row, shape ``(rows,)``, for a stage to ``vmap`` over.
+
+    ``key`` is either the per-row keys a ``dfn.Pipeline`` hands its stages (returned as
+    they are) or one key (split ``rows`` ways). Drawing each row's randomness from its
+    own key is what makes a record's augmentation independent of its batch.
+
+    Arguments:
+        key: one key, or ``rows`` keys.
+        rows: the batch size.
+
+    Returns:
+        a typed key array of shape ``(rows,)``.
+
+    ```python
+    import jax, datarax_fn as dfn
+    def jitter(batch, key):
+        keys = dfn.row_keys(key, len(batch["x"]))
+        return {"x": batch["x"] + jax.vmap(lambda k: jax.random.normal(k))(keys)}
+    out = jitter({"x": jax.numpy.zeros(3)}, jax.random.key(0))
+    assert out["x"].shape == (3,)
+    ```
+    """
+    key = as_typed_key(key)
+    if key.ndim == 0:
+        return jax.random.split(key, rows)
+    if key.shape != (rows,):
+        raise ValueError(f"row_keys: expected one key or {rows} keys (one per row); got keys of shape {key.shape}.")
+    return key
 
 
 def batch_rows(batch: Batch, keys: tuple[str, ...], name: str) -> int:
@@ -171,7 +227,8 @@ class ApplyToKeys(Stage):
         for k in keys:
             if self.with_key:
                 need_key(key, "apply_to_keys(with_key=True)")
-                out[k] = self.fn(batch[k], key)
+                with _per_row_key_hint(key):
+                    out[k] = self.fn(batch[k], key)
             else:
                 out[k] = self.fn(batch[k])
         return out
