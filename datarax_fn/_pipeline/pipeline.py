@@ -134,15 +134,15 @@ def record_keys(seed: Any, epoch: Any, index: Any, rows: int, num_records: int |
     length keys a batch's rows in its starting epoch.
     """
     base = jax.random.key(jnp.asarray(seed, jnp.uint32))
+    epoch = jnp.asarray(epoch).astype(jnp.int32)
     position = jnp.asarray(index).astype(jnp.int32) + jnp.arange(rows, dtype=jnp.int32)
-    epochs = jnp.broadcast_to(jnp.asarray(epoch).astype(jnp.int32), (rows,))
+    ahead = jnp.zeros((rows,), jnp.int32)  # how many epochs past `epoch` each row lies
     if num_records is not None:
-        epochs, position = epochs + position // num_records, position % num_records
-
-    def one(e, i):
-        return jax.random.fold_in(jax.random.fold_in(base, e.astype(jnp.uint32)), i.astype(jnp.uint32))
-
-    return jax.vmap(one)(epochs, position)
+        ahead, position = position // num_records, position % num_records
+    # The few epochs a batch spans get their keys once; each row then costs one hash.
+    spans = 1 if num_records is None else (rows - 1) // num_records + 2
+    epoch_keys = jax.vmap(lambda e: jax.random.fold_in(base, e.astype(jnp.uint32)))(epoch + jnp.arange(spans))
+    return jax.vmap(lambda a, i: jax.random.fold_in(epoch_keys[a], i.astype(jnp.uint32)))(ahead, position)
 
 
 @functools.partial(tracing.jit_unless_traced, static_argnames=("num_records",))
