@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import datarax_fn as dfn
+from conftest import run_fresh
 from datarax_fn._pipeline.pipeline import record_keys
 
 N = 23
@@ -360,10 +361,7 @@ def test_a_cursor_is_refused_on_stages_that_compute_something_else():
         dfn.restore_cursor(_lambda_pipe(other_default), dfn.cursor(_lambda_pipe(with_default)))
 
 
-def test_stage_fingerprints_ignore_line_numbers_and_hold_across_processes(tmp_path):
-    import subprocess
-    import sys
-
+def test_stage_fingerprints_ignore_line_numbers_and_hold_across_processes():
     code = (
         "import numpy as np, jax.numpy as jnp, datarax_fn as dfn\n"
         "SHIFT = 5\n"
@@ -373,17 +371,13 @@ def test_stage_fingerprints_ignore_line_numbers_and_hold_across_processes(tmp_pa
         "pipe = dfn.Pipeline(dfn.from_arrays({'x': np.arange(8, dtype=np.int32)}), stages, batch_size=2)\n"
         "print(dfn.cursor(pipe)['stages'])\n"
     )
-    digests = []
-    for i, text in enumerate([code, "\n\n\n" + code]):
-        (tmp_path / f"p{i}.py").write_text(text)
-        out = subprocess.run([sys.executable, str(tmp_path / f"p{i}.py")], capture_output=True, text=True, check=True)
-        digests.append(out.stdout.split()[-1])
+    # another process, the code three lines lower, then the global it reads changed
+    out = run_fresh("\n\n\n" + code + "SHIFT = 6\nprint(dfn.cursor(pipe)['stages'])\n")
+    moved, shifted = out.stdout.split()[-2:]
     namespace: dict = {}
     exec(compile(code.replace("print(", "digest = ("), "in_process", "exec"), namespace)  # noqa: S102
-    assert digests[0] == digests[1] == namespace["digest"]
-    (tmp_path / "p2.py").write_text(code.replace("SHIFT = 5", "SHIFT = 6"))  # a global it reads
-    out = subprocess.run([sys.executable, str(tmp_path / "p2.py")], capture_output=True, text=True, check=True)
-    assert out.stdout.split()[-1] != digests[0]
+    assert moved == namespace["digest"]
+    assert shifted != moved
 
 
 def test_stages_that_cannot_be_fingerprinted_are_refused_until_named():
@@ -436,8 +430,8 @@ def test_a_record_gets_the_same_flip_at_batch_sizes_4_and_6():
     assert 0 < sum(flips[4]) < 12  # some records flipped, some not
 
 
-@settings(max_examples=6, deadline=None)
-@given(sizes=st.lists(st.sampled_from([1, 2, 3, 5, 7, 12]), min_size=2, max_size=2, unique=True), shuffle=st.booleans())
+@settings(max_examples=4, deadline=None)
+@given(sizes=st.lists(st.sampled_from([2, 5, 7, 12]), min_size=2, max_size=2, unique=True), shuffle=st.booleans())
 def test_augmentations_follow_the_record_not_the_batch(sizes, shuffle):
     # 30 records: two and a half epochs of 12, so batches straddle epoch boundaries
     a, b = (_augmented_stream(size, 30, shuffle) for size in sizes)
