@@ -439,3 +439,20 @@ def test_augmentations_follow_the_record_not_the_batch(sizes, shuffle):
     np.testing.assert_array_equal(a["image"], b["image"])
     # a record is augmented afresh each epoch: its first and second visit differ somewhere
     assert not np.array_equal(a["image"][:12], a["image"][12:24][np.argsort(a["id"][12:24])][a["id"][:12]])
+
+
+class Scale:
+    """A callable object as a stage: its class's code and its attributes identify it."""
+
+    def __init__(self, factor):
+        self.factor = factor
+
+    def __call__(self, batch, key):
+        return {"x": batch["x"] * self.factor}
+
+
+def test_callable_objects_are_fingerprinted_by_their_class_code_and_attributes():
+    saved = dfn.cursor(dfn.step(_lambda_pipe(Scale(2)))[0])
+    assert int(dfn.restore_cursor(_lambda_pipe(Scale(2)), saved).index) == 2
+    with pytest.raises(ValueError, match="stages"):
+        dfn.restore_cursor(_lambda_pipe(Scale(3)), saved)

@@ -4,8 +4,9 @@ Two lambdas have the same repr, so a structural digest cannot tell
 ``lambda b, k: {"x": b["x"] * 2}`` from ``... * 3``. ``fingerprint`` hashes what a
 stage computes instead: for a Python function its bytecode, constants, names, defaults,
 closure values and the globals it reads (functions of its own module recursively; other
-modules' objects by their import name); for a Module its type and fields; arrays by
-dtype, shape and bytes. Line numbers and addresses are left out, so moving a function in
+modules' objects by their import name); for a Module its type and fields; for a
+callable object its class's ``__call__`` and its attributes; arrays by dtype, shape and
+bytes. Line numbers and addresses are left out, so moving a function in
 its file keeps its fingerprint. Bytecode differs between Python versions, so a cursor
 saved under another version is refused (name the stages to carry it over).
 
@@ -162,6 +163,13 @@ def _feed_value(h: Any, obj: Any, path: str, seen: list[int]) -> None:
         h.update(f"import:{obj.__name__};".encode())
     elif _importable(obj):  # a class, a builtin or a library function: by its import name
         h.update(f"import:{_name(obj)};".encode())
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type) and _importable(type(obj)):
+        # A callable object of the user's class: its class's __call__ and its attributes.
+        h.update(f"object:{_name(type(obj))};".encode())
+        call = getattr(type(obj), "__call__", None)
+        if isinstance(call, types.FunctionType):
+            _feed_function(h, call, f"{path}.__call__", seen)
+        _feed(h, vars(obj), f"{path}.__dict__", seen)
     else:
         raise Unfingerprintable(path, obj)
 
