@@ -33,23 +33,15 @@ from ._state.jit import DatasetCopyWarning as DatasetCopyWarning, jit_step as ji
 from ._eager.global_batch import data_sharding as data_sharding
 from ._layout.placement import local_records as local_records
 from ._eager.place import from_local_partitions as from_local_partitions, place as place
-from ._pipeline.stages import (
-    Statistics as Statistics,
-    apply_to_keys as apply_to_keys,
-    cast as cast,
-    chain as chain,
-    normalize as normalize,
-    one_hot as one_hot,
-    random_crop as random_crop,
-    random_flip as random_flip,
-)
-from ._pipeline.pipeline import (
-    Pipeline as Pipeline,
-    scan as scan,
-    scan_epoch as scan_epoch,
-    step as step,
-    steps_per_epoch as steps_per_epoch,
-)
+from ._pipeline.stages import apply_to_keys as apply_to_keys, chain as chain
+from ._pipeline.stages import row_keys as row_keys
+from ._pipeline.fingerprint import named_stage as named_stage
+from ._pipeline.elementwise import cast as cast, normalize as normalize, one_hot as one_hot
+from ._pipeline.geometric import random_crop as random_crop, random_flip as random_flip
+from ._pipeline.geometric import random_resized_crop as random_resized_crop
+from ._pipeline.statistics import Statistics as Statistics
+from ._pipeline.pipeline import Pipeline as Pipeline, step as step
+from ._pipeline.scan import scan as scan, scan_epoch as scan_epoch, steps_per_epoch as steps_per_epoch
 from ._pipeline.statistics import compute_statistics as compute_statistics
 from ._pipeline.to_device import (
     collect_to_array as collect_to_array,

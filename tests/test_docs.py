@@ -162,3 +162,18 @@ def test_mkdocs_build_strict(tmp_path):
     for page in nav_pages():
         built = tmp_path / "site" / ("index.html" if page == "index.md" else page.removesuffix(".md") + "/index.html")
         assert built.exists(), f"{page} was not built"
+
+
+def test_docs_name_the_class_end_of_stream_really_is():
+    # "`dfn.EndOfStream` (a `StopIteration`)" sent readers to `except StopIteration:`,
+    # which never catches it: every "(a `X`)" said of it must be one of its bases.
+    import builtins
+    import re
+
+    claims = []
+    for page in PAGES:
+        for match in re.finditer(r"EndOfStream`\s+\(an?\s+`(\w+)`", page.read_text()):
+            base = getattr(builtins, match.group(1), None)
+            if base is None or not issubclass(dfn.EndOfStream, base):
+                claims.append(f"{page.name}: EndOfStream is not a {match.group(1)}")
+    assert claims == []

@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import datarax_fn as dfn
-from datarax_fn._pipeline.pipeline import stage_key
+from conftest import run_fresh
+from datarax_fn._pipeline.pipeline import record_keys
 
 N = 23
 DATA = {"x": np.arange(N, dtype=np.int32), "image": np.arange(N * 4 * 4, dtype=np.uint8).reshape(N, 4, 4, 1)}
@@ -35,7 +36,7 @@ def test_step_is_get_batch_then_stages_with_a_position_key():
     source = pipe.source
     new, batch = dfn.step(pipe)
     src2, raw = dfn.get_batch(source, 5)
-    want = pipe.stages(raw, stage_key(pipe.seed, source.epoch, source.index))
+    want = pipe.stages(raw, record_keys(pipe.seed, source.epoch, source.index, 5, N))
     chex.assert_trees_all_equal(batch, want)
     assert int(new.source.index) == int(src2.index) == 10
     # pure: stepping the same pipeline again gives the same batch
@@ -102,7 +103,7 @@ def test_stage_keys_depend_on_position_only_not_on_history():
     jumped = eqx.tree_at(lambda p: p.source.index, jumped, jnp.int32(15))
     chex.assert_trees_all_equal(dfn.step(walked)[1], dfn.step(jumped)[1])
     # a different position gives different augmentations of the same records
-    data = [np.asarray(jax.random.key_data(stage_key(s, e, p))) for s, e, p in [(0, 0, 5), (0, 1, 5), (0, 0, 6), (1, 0, 5)]]
+    data = [np.asarray(jax.random.key_data(record_keys(s, e, p, 1, None)[0])) for s, e, p in [(0, 0, 5), (0, 1, 5), (0, 0, 6), (1, 0, 5)]]
     assert len({d.tobytes() for d in data}) == 4
 
 
@@ -252,3 +253,206 @@ def test_streaming_source_pipeline_iterates_on_the_host():
     # the same cursor replays the same batches
     p1, first = dfn.step(pipe)
     chex.assert_trees_all_equal(dfn.step(pipe)[1], first)
+
+
+# ----------------------------------------------------------------------------- one iterate, one get_batch
+
+
+@settings(max_examples=10, deadline=None)
+@given(n=st.integers(1, 13), size=st.integers(1, 6), shuffle=st.booleans(), epochs=st.integers(1, 2), start=st.integers(0, 12))
+def test_iterate_remainder_means_the_same_on_a_source_and_a_pipeline(n, size, shuffle, epochs, start):
+    source = dfn.from_arrays({"x": np.arange(n, dtype=np.int32)}, shuffle=shuffle, seed=1)
+    source = dfn.restore_cursor(source, {**dfn.cursor(source), "index": start % n})
+    pipe = dfn.Pipeline(source, (), size)
+    for remainder in ("straddle", "drop", "pad", "partial"):
+        plain = [(int(s.index), jax.tree.map(np.asarray, b)) for s, b in dfn.iterate(source, size, epochs=epochs, remainder=remainder)]
+        piped = [(int(p.index), jax.tree.map(np.asarray, b)) for p, b in dfn.iterate(pipe, epochs=epochs, remainder=remainder)]
+        assert len(plain) == len(piped), remainder
+        for (i, a), (j, b) in zip(plain, piped):
+            assert i == j and a.keys() == b.keys()
+            for k in a:
+                np.testing.assert_array_equal(a[k], b[k])
+    # the defaults: a source straddles, a pipeline drops
+    assert len(list(dfn.iterate(source, size, epochs=epochs))) == len(list(dfn.iterate(source, size, epochs=epochs, remainder="straddle")))
+    assert len(list(dfn.iterate(pipe, epochs=epochs))) == len(list(dfn.iterate(pipe, epochs=epochs, remainder="drop")))
+
+
+def test_iterate_pads_a_plain_source_and_a_stream():
+    source = dfn.from_arrays({"x": np.arange(5, dtype=np.int32)})
+    padded = [b for _, b in dfn.iterate(source, 4, remainder="pad")]
+    assert [b["x"].tolist() for b in padded] == [[0, 1, 2, 3], [4, 0, 0, 0]]
+    assert [b["mask"].tolist() for b in padded] == [[True] * 4, [True, False, False, False]]
+    import datasets
+
+    stream = dfn.from_hf(datasets.Dataset.from_dict({"x": list(range(5))}), streaming=True)
+    got = [(b["x"].tolist(), b["mask"].tolist()) for _, b in dfn.iterate(stream, 4, remainder="pad")]
+    assert got == [([0, 1, 2, 3], [True] * 4), ([4, 0, 0, 0], [True, False, False, False])]
+    assert [b["x"].tolist() for _, b in dfn.iterate(stream, 4, remainder="partial")] == [[0, 1, 2, 3], [4]]
+    stream.close()
+
+
+def test_iterate_option_errors_name_the_fix():
+    source = dfn.from_arrays({"x": np.arange(5, dtype=np.int32)})
+    with pytest.raises(TypeError, match="size is required"):
+        dfn.iterate(source)
+    with pytest.raises(ValueError, match="remainder must be one of"):
+        dfn.iterate(source, 2, remainder="nope")
+
+
+def test_get_batch_on_a_pipeline_is_step():
+    pipe = make()
+    for _ in range(3):  # across the epoch boundary (23 records, batch 5)
+        new, want = dfn.step(pipe)
+        moved, got = dfn.get_batch(pipe, 5)
+        chex.assert_trees_all_equal(got, want)
+        assert (int(moved.index), int(moved.epoch)) == (int(new.index), int(new.epoch))
+        pipe = new
+    _, part = dfn.get_batch(pipe, 3)  # another size: the next 3 records through the stages
+    assert part["x"].tolist() == dfn.step(pipe)[1]["x"].tolist()[:3]
+
+
+def test_generic_functions_a_pipeline_lacks_name_what_to_use():
+    pipe = make()
+    with pytest.raises(TypeError, match=r"dfn.step\(pipeline\)"):
+        dfn.get_batch(pipe, 5, jax.random.key(0))
+    with pytest.raises(TypeError, match=r"get_batch_at\(pipeline.source"):
+        dfn.get_batch_at(pipe, 0, 5)
+    with pytest.raises(TypeError, match=r"get_global_batch\(pipeline.source"):
+        dfn.get_global_batch(pipe, 4, None)
+    with pytest.raises(TypeError, match="does not implement get_batch") as info:
+
+        class Bare(dfn.Source):
+            pass
+
+        dfn.get_batch(Bare(), 2)
+    assert "got Bare" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------- stage fingerprints
+
+
+def _lambda_pipe(stage):
+    return dfn.Pipeline(dfn.from_arrays({"x": np.arange(8, dtype=np.int32)}), [stage], batch_size=2)
+
+
+def scaled(factor):
+    return lambda batch, key: {"x": batch["x"] * factor}
+
+
+def test_a_cursor_is_refused_on_stages_that_compute_something_else():
+    saved = dfn.cursor(dfn.step(_lambda_pipe(lambda b, k: {"x": b["x"] * 2}))[0])
+    with pytest.raises(ValueError, match="stages"):  # the same shape of code, another constant
+        dfn.restore_cursor(_lambda_pipe(lambda b, k: {"x": b["x"] * 3}), saved)
+    restored = dfn.restore_cursor(_lambda_pipe(lambda b, k: {"x": b["x"] * 2}), saved)
+    assert dfn.step(restored)[1]["x"].tolist() == [4, 6]
+    # closed-over values and defaults are part of what a stage computes
+    with pytest.raises(ValueError, match="stages"):
+        dfn.restore_cursor(_lambda_pipe(scaled(3)), dfn.cursor(_lambda_pipe(scaled(2))))
+    dfn.restore_cursor(_lambda_pipe(scaled(2)), dfn.cursor(_lambda_pipe(scaled(2))))
+
+    def with_default(batch, key, factor=2):
+        return {"x": batch["x"] * factor}
+
+    def other_default(batch, key, factor=3):
+        return {"x": batch["x"] * factor}
+
+    other_default.__code__ = with_default.__code__.replace(co_name="other_default")
+    with pytest.raises(ValueError, match="stages"):
+        dfn.restore_cursor(_lambda_pipe(other_default), dfn.cursor(_lambda_pipe(with_default)))
+
+
+def test_stage_fingerprints_ignore_line_numbers_and_hold_across_processes():
+    code = (
+        "import numpy as np, jax.numpy as jnp, datarax_fn as dfn\n"
+        "SHIFT = 5\n"
+        "def shift(batch, key):\n"
+        "    return {'x': batch['x'] + SHIFT}\n"
+        "stages = [dfn.cast('x'), lambda b, k: {'x': jnp.tanh(b['x'])}, shift, dfn.random_flip('x', axis=0)]\n"
+        "pipe = dfn.Pipeline(dfn.from_arrays({'x': np.arange(8, dtype=np.int32)}), stages, batch_size=2)\n"
+        "print(dfn.cursor(pipe)['stages'])\n"
+    )
+    # another process, the code three lines lower, then the global it reads changed
+    out = run_fresh("\n\n\n" + code + "SHIFT = 6\nprint(dfn.cursor(pipe)['stages'])\n")
+    moved, shifted = out.stdout.split()[-2:]
+    namespace: dict = {}
+    exec(compile(code.replace("print(", "digest = ("), "in_process", "exec"), namespace)  # noqa: S102
+    assert moved == namespace["digest"]
+    assert shifted != moved
+
+
+def test_stages_that_cannot_be_fingerprinted_are_refused_until_named():
+    import threading
+
+    lock = threading.Lock()
+
+    def guarded(batch, key):
+        with lock:
+            return batch
+
+    with pytest.raises(ValueError, match=r"'lock' holds a lock.*dfn.named_stage"):
+        dfn.cursor(_lambda_pipe(guarded))
+    named = _lambda_pipe(dfn.named_stage(guarded, "guarded-v1"))
+    moved = dfn.step(named)[0]
+    restored = dfn.restore_cursor(_lambda_pipe(dfn.named_stage(guarded, "guarded-v1")), dfn.cursor(moved))
+    assert int(restored.index) == 2
+    with pytest.raises(ValueError, match="stages"):
+        dfn.restore_cursor(_lambda_pipe(dfn.named_stage(guarded, "guarded-v2")), dfn.cursor(moved))
+    with pytest.raises(TypeError, match="non-empty str"):
+        dfn.named_stage(guarded, "")
+
+
+# ----------------------------------------------------------------------------- per-record keys
+
+
+def _augmented_stream(batch_size, records, shuffle=True, n=12):
+    images = np.arange(n * 2 * 3, dtype=np.float32).reshape(n, 2, 3, 1)
+    source = dfn.from_arrays({"image": images, "id": np.arange(n, dtype=np.int32)}, shuffle=shuffle, seed=5)
+    pipe = dfn.Pipeline(source, [dfn.random_flip("image"), dfn.random_crop("image", padding=1)], batch_size)
+    out = []
+    while sum(len(b["id"]) for b in out) < records:
+        pipe, batch = dfn.step(pipe)
+        out.append(jax.tree.map(np.asarray, batch))
+    return {k: np.concatenate([b[k] for b in out])[:records] for k in out[0]}
+
+
+def test_a_record_gets_the_same_flip_at_batch_sizes_4_and_6():
+    flips = {}
+    for size in (4, 6):
+        images = np.arange(12 * 2 * 3, dtype=np.float32).reshape(12, 2, 3, 1)
+        pipe = dfn.Pipeline(dfn.from_arrays({"image": images}), [dfn.random_flip("image")], size)
+        rows = []
+        for _ in range(12 // size):
+            pipe, batch = dfn.step(pipe)
+            rows.append(np.asarray(batch["image"]))
+        got = np.concatenate(rows)
+        flips[size] = [int(not np.array_equal(g, x)) for g, x in zip(got, images)]
+    assert flips[4] == flips[6]
+    assert 0 < sum(flips[4]) < 12  # some records flipped, some not
+
+
+@settings(max_examples=4, deadline=None)
+@given(sizes=st.lists(st.sampled_from([2, 5, 7, 12]), min_size=2, max_size=2, unique=True), shuffle=st.booleans())
+def test_augmentations_follow_the_record_not_the_batch(sizes, shuffle):
+    # 30 records: two and a half epochs of 12, so batches straddle epoch boundaries
+    a, b = (_augmented_stream(size, 30, shuffle) for size in sizes)
+    np.testing.assert_array_equal(a["id"], b["id"])
+    np.testing.assert_array_equal(a["image"], b["image"])
+    # a record is augmented afresh each epoch: its first and second visit differ somewhere
+    assert not np.array_equal(a["image"][:12], a["image"][12:24][np.argsort(a["id"][12:24])][a["id"][:12]])
+
+
+class Scale:
+    """A callable object as a stage: its class's code and its attributes identify it."""
+
+    def __init__(self, factor):
+        self.factor = factor
+
+    def __call__(self, batch, key):
+        return {"x": batch["x"] * self.factor}
+
+
+def test_callable_objects_are_fingerprinted_by_their_class_code_and_attributes():
+    saved = dfn.cursor(dfn.step(_lambda_pipe(Scale(2)))[0])
+    assert int(dfn.restore_cursor(_lambda_pipe(Scale(2)), saved).index) == 2
+    with pytest.raises(ValueError, match="stages"):
+        dfn.restore_cursor(_lambda_pipe(Scale(3)), saved)

@@ -116,3 +116,8 @@ def test_precomputed_statistics_skip_the_computation():
     np.testing.assert_array_equal(dfn.step(pipe)[1]["x"], [[0.0, 0.5], [1.0, 2.5]])
     with pytest.raises(ValueError, match="same keys"):
         dfn.Statistics(mean={"x": 0.0}, std={"y": 1.0})
+
+
+def test_statistics_live_with_their_computation():
+    # The type and the function that builds it are one concept: one module.
+    assert dfn.Statistics.__module__ == dfn.compute_statistics.__module__ == "datarax_fn._pipeline.statistics"

@@ -1,37 +1,35 @@
 """The pipeline: a source state, a chain of stages and a batch size, as one PyTree.
 
 ``step(pipeline) -> (pipeline, batch)`` reads the next ``batch_size`` records of the
-source's stream and runs the stages on them. A stochastic stage's key is derived from
-``(seed, epoch, position)`` of the source *before* the batch, so augmentations depend
-only on where the batch sits in the stream: they replay exactly after a resume, and
-do not depend on how many steps ran in this process.
+source's stream and runs the stages on them. The stages get one key per record,
+derived from ``(seed, epoch, index)`` of that record in the stream, so a record's
+augmentation depends only on where it sits in the stream: not on the batch size, the
+batch it lands in, how many steps ran in this process, or a resume.
 
 The pipeline is a valid ``jit`` argument and ``lax.scan`` / ``lax.fori_loop`` carry;
-``scan`` and ``scan_epoch`` keep the dataset out of the scan carry, so it is never
-copied.
+``dfn.scan`` and ``dfn.scan_epoch`` (in ``scan``) keep the dataset out of the carry.
 """
 
 from __future__ import annotations
 
 import functools
-import re
-import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import xxhash
 from jaxtyping import Array, UInt32
 
 from .._state import checks
 from .._state import contract
 from .._state import cursors
 from .._state import tracing
-from .._eager.source import EagerSource, hash_arrays
-from .._state.jit import DatasetCopyWarning
-from .stages import Chain, Statistics, as_stage, bind_stats, chain
+from . import statistics
+from .elementwise import bind_stats
+from .fingerprint import Unfingerprintable, fingerprint
+from .stages import Chain, as_stage, chain
+from .statistics import Statistics
 
 PyTree = Any
 _REMAINDERS = ("drop", "pad", "partial")
@@ -111,7 +109,7 @@ class Pipeline(contract.Source):
 
     def __iter__(self) -> Iterator[PyTree]:
         """Yields the batches of one epoch from the current position (remainder dropped)."""
-        for _, batch in iterate(self, epochs=1, remainder="drop"):
+        for _, batch in contract.iterate(self, epochs=1, remainder="drop"):
             yield batch
 
 
@@ -127,30 +125,45 @@ def _position(source: Any) -> tuple[Any, Any]:
     return source.epoch, source.index
 
 
-def stage_key(seed: Any, epoch: Any, position: Any) -> jax.Array:
-    """Returns the key a pipeline hands its stages for the batch starting at ``(epoch, position)``."""
-    key = jax.random.key(jnp.asarray(seed, jnp.uint32))
-    key = jax.random.fold_in(key, jnp.asarray(epoch).astype(jnp.uint32))
-    return jax.random.fold_in(key, jnp.asarray(position).astype(jnp.uint32))
+def record_keys(seed: Any, epoch: Any, index: Any, rows: int, num_records: int | None) -> jax.Array:
+    """Returns the ``(rows,)`` keys a pipeline hands its stages for a batch starting at ``(epoch, index)``.
+
+    Row ``r`` is the record at stream position ``index + r``: with ``N = num_records``
+    it sits at index ``(index + r) % N`` of epoch ``epoch + (index + r) // N``, and its
+    key is ``fold_in(fold_in(key(seed), that epoch), that index)``. A stream of unknown
+    length keys a batch's rows in its starting epoch.
+    """
+    base = jax.random.key(jnp.asarray(seed, jnp.uint32))
+    epoch = jnp.asarray(epoch).astype(jnp.int32)
+    position = jnp.asarray(index).astype(jnp.int32) + jnp.arange(rows, dtype=jnp.int32)
+    ahead = jnp.zeros((rows,), jnp.int32)  # how many epochs past `epoch` each row lies
+    if num_records is not None:
+        ahead, position = position // num_records, position % num_records
+    # The few epochs a batch spans get their keys once; each row then costs one hash.
+    spans = 1 if num_records is None else (rows - 1) // num_records + 2
+    epoch_keys = jax.vmap(lambda e: jax.random.fold_in(base, e.astype(jnp.uint32)))(epoch + jnp.arange(spans))
+    return jax.vmap(lambda a, i: jax.random.fold_in(epoch_keys[a], i.astype(jnp.uint32)))(ahead, position)
 
 
-@tracing.jit_unless_traced
-def _apply(stages: Chain, batch: PyTree, seed: Any, epoch: Any, position: Any) -> PyTree:
-    return stages(batch, stage_key(seed, epoch, position))
+@functools.partial(tracing.jit_unless_traced, static_argnames=("num_records",))
+def _apply(stages: Chain, batch: PyTree, seed: Any, epoch: Any, position: Any, num_records: int | None) -> PyTree:
+    rows = jax.tree.leaves(batch)[0].shape[0]
+    return stages(batch, record_keys(seed, epoch, position, rows, num_records))
 
 
 def _run_stages(pipe: Pipeline, batch: PyTree, epoch: Any, position: Any) -> PyTree:
     if not pipe.stages.stages:
         return batch
-    return _apply(pipe.stages, batch, pipe.seed, epoch, position)
+    return _apply(pipe.stages, batch, pipe.seed, epoch, position, num_records=contract.num_records(pipe.source))
 
 
 def step(pipeline: Pipeline) -> tuple[Pipeline, PyTree]:
     """Returns ``(new_pipeline, batch)``: the next ``batch_size`` records through the stages.
 
-    Pure: the same pipeline always gives the same batch. Works eagerly (the stages run
-    in one cached ``jit``) and inside ``jit`` / ``lax.scan`` / ``lax.fori_loop`` for
-    in-memory sources; a streaming source's pipeline steps on the host.
+    The same as ``dfn.get_batch(pipeline, pipeline.batch_size)``. Pure: the same
+    pipeline always gives the same batch. Works eagerly (the stages run in one cached
+    ``jit``) and inside ``jit`` / ``lax.scan`` / ``lax.fori_loop`` for in-memory
+    sources; a streaming source's pipeline steps on the host.
 
     Arguments:
         pipeline: a ``dfn.Pipeline``.
@@ -159,204 +172,75 @@ def step(pipeline: Pipeline) -> tuple[Pipeline, PyTree]:
         ``(new_pipeline, batch)``; the batch is what the stages return.
     """
     if not isinstance(pipeline, Pipeline):
-        raise TypeError(f"step: expected a dfn.Pipeline; got {type(pipeline).__name__}.")
-    epoch, position = _position(pipeline.source)
-    source, batch = contract.get_batch(pipeline.source, pipeline.batch_size)
-    return _replace(pipeline, source=source), _run_stages(pipeline, batch, epoch, position)
-
-
-def steps_per_epoch(pipeline: Pipeline) -> int:
-    """Returns ``max(1, num_records // batch_size)``: the steps ``scan_epoch`` runs.
-
-    Arguments:
-        pipeline: a ``dfn.Pipeline`` over a source of known length.
-
-    Returns:
-        the number of full batches in one epoch (at least 1).
-    """
-    n = contract.num_records(pipeline.source)
-    if n is None:
-        raise ValueError(
-            "steps_per_epoch: the source has unknown length (num_records is None); use "
-            "dfn.scan(pipeline, step_fn, carry, length=...) with an explicit length."
+        raise TypeError(
+            f"step: expected a dfn.Pipeline; got {type(pipeline).__name__}. For a source state use "
+            "dfn.get_batch(state, size), or wrap it: dfn.Pipeline(state, stages, batch_size)."
         )
-    return max(1, n // pipeline.batch_size)
+    return _read(pipeline, pipeline.batch_size)
 
 
-# ----------------------------------------------------------------------------- scan
+def _read(pipe: Pipeline, size: int) -> tuple[Pipeline, PyTree]:
+    epoch, position = _position(pipe.source)
+    source, batch = contract.get_batch(pipe.source, size)
+    return _replace(pipe, source=source), _run_stages(pipe, batch, epoch, position)
 
 
-def _split_data(pipe: Pipeline) -> tuple[Pipeline, Any]:
-    """Takes an eager source's dataset out of the pipeline, so it is never a carry."""
-    if isinstance(pipe.source, EagerSource):
-        return _replace(pipe, source=tracing.replace(pipe.source, data=None)), pipe.source.data
-    return pipe, None
-
-
-def _join_data(pipe: Pipeline, data: Any) -> Pipeline:
-    if data is None:
-        return pipe
-    return _replace(pipe, source=tracing.replace(pipe.source, data=data))
-
-
-@functools.partial(tracing.jit_unless_traced, static_argnames=("step_fn", "length"))
-def _scan(light: Pipeline, data: Any, step_fn: Callable, carry: Any, length: int):
-    def body(c, _):
-        light, carry = c
-        pipe, batch = step(_join_data(light, data))
-        carry, out = step_fn(carry, batch)
-        return (_split_data(pipe)[0], carry), out
-
-    (light, carry), outs = jax.lax.scan(body, (light, carry), None, length=length)
-    return light, carry, outs
-
-
-def scan(pipeline: Pipeline, step_fn: Callable, carry: Any, length: int) -> tuple[Pipeline, Any, Any]:
-    """Returns ``(pipeline, carry, outs)`` after ``length`` steps under ``lax.scan``.
-
-    ``step_fn(carry, batch) -> (carry, out)`` as in ``lax.scan``; ``outs`` stacks the
-    ``out`` of every step. The dataset is a constant of the loop, not part of its carry,
-    so it is never copied. Call it inside your own ``jit`` (donate the pipeline, e.g.
-    with ``dfn.jit_step``) or outside any ``jit``: it then compiles once per
-    ``(step_fn, length)`` and shapes. ``step_fn`` must be hashable (a function, not a
-    fresh lambda per call) for that cache to hit.
-
-    Arguments:
-        pipeline: a ``dfn.Pipeline`` over an eager source.
-        step_fn: ``step_fn(carry, batch) -> (carry, out)``, hashable.
-        carry: the initial carry.
-        length: the number of steps, a static Python int.
-
-    Returns:
-        ``(pipeline, carry, outs)``.
+@contract.get_batch.register
+def _(state: Pipeline, size: int, key: Any = None):
+    """The next ``size`` records through the stages; ``size=batch_size`` is ``dfn.step``.
 
     ```python
-    import jax.numpy as jnp, numpy as np, datarax_fn as dfn
-    pipe = dfn.Pipeline(dfn.from_arrays({"x": np.arange(8, dtype=np.int32)}), batch_size=2)
-    def add(total, batch):
-        return total + batch["x"].sum(), batch["x"][0]
-    pipe, total, firsts = dfn.scan(pipe, add, jnp.int32(0), length=4)
-    assert int(total) == 28 and firsts.tolist() == [0, 2, 4, 6]
+    import numpy as np, datarax_fn as dfn
+    pipe = dfn.Pipeline(dfn.from_arrays({"x": np.arange(6, dtype=np.int32)}),
+                        [dfn.apply_to_keys(lambda x: x * 10, "x")], batch_size=4)
+    _, batch = dfn.get_batch(pipe, 4)
+    assert batch["x"].tolist() == dfn.step(pipe)[1]["x"].tolist() == [0, 10, 20, 30]
     ```
     """
-    if not isinstance(pipeline, Pipeline):
-        raise TypeError(f"scan: expected a dfn.Pipeline; got {type(pipeline).__name__}.")
-    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
-        raise ValueError(f"scan: length must be a static Python int >= 0; got {length!r}.")
-    light, data = _split_data(pipeline)
-    with warnings.catch_warnings():
-        if not tracing.is_traced(pipeline, carry):
-            # Our own jit never returns the dataset, so the copy warning does not apply.
-            warnings.simplefilter("ignore", DatasetCopyWarning)
-        light, carry, outs = _scan(light, data, step_fn=step_fn, carry=carry, length=length)
-    return _join_data(light, data), carry, outs
+    if key is not None:
+        raise TypeError(
+            "get_batch: a Pipeline reads its source's stream in order and has no keyed sampling; "
+            "draw from the source, dfn.get_batch(pipeline.source, size, key), and apply "
+            "pipeline.stages yourself, or use dfn.step(pipeline)."
+        )
+    return _read(state, checks.check_size(size))
 
 
-def scan_epoch(pipeline: Pipeline, step_fn: Callable, carry: Any) -> tuple[Pipeline, Any, Any]:
-    """Returns ``(pipeline, carry, outs)`` after one epoch's worth of steps under ``lax.scan``.
+@contract.get_batch_at.register
+def _(state: Pipeline, start: Any, size: int, key: Any = None):
+    raise TypeError(
+        "get_batch_at: a Pipeline steps through its stream (its stage keys follow the stream position); "
+        "read records by position from its source, dfn.get_batch_at(pipeline.source, start, size), or "
+        "step with dfn.step(pipeline) / dfn.get_batch(pipeline, size)."
+    )
 
-    One epoch is ``steps_per_epoch(pipeline) = num_records // batch_size`` steps; as in
-    the source's stream, the records left over start the next call's first batch, so
-    every record is still seen once per epoch on average and no batch is short. See
-    ``dfn.scan`` for ``step_fn``.
 
-    Arguments:
-        pipeline: a ``dfn.Pipeline`` over an eager source.
-        step_fn: as in ``dfn.scan``.
-        carry: the initial carry.
-
-    Returns:
-        ``(pipeline, carry, outs)``.
-    """
-    return scan(pipeline, step_fn, carry, steps_per_epoch(pipeline))
+@contract.get_global_batch.register
+def _(state: Pipeline, global_size: int, sharding: Any):
+    raise TypeError(
+        "get_global_batch: a Pipeline does not lay out global batches yet; read the global batch from "
+        "its source, dfn.get_global_batch(pipeline.source, global_size, sharding), and apply "
+        "pipeline.stages inside your jitted step."
+    )
 
 
 # ----------------------------------------------------------------------------- host iteration
 
 
-def _mask(batch: PyTree, valid: int, size: int) -> PyTree:
-    if not isinstance(batch, Mapping):
-        raise TypeError(
-            f"iterate(remainder='pad') adds a 'mask' entry, so batches must be dicts; got {type(batch).__name__}."
-        )
-    if "mask" in batch:
-        raise ValueError("iterate(remainder='pad'): the batch already has a 'mask' key; rename it in a stage.")
-    return {**batch, "mask": jnp.arange(size) < valid}
-
-
-def _pad_rows(batch: PyTree, size: int) -> PyTree:
-    def pad(x):
-        x = jnp.asarray(x)
-        return jnp.concatenate([x, jnp.zeros((size - x.shape[0], *x.shape[1:]), x.dtype)])
-
-    return jax.tree.map(pad, batch)
-
-
-def iterate(
-    pipeline: Pipeline, size: int | None = None, *, epochs: int = 1, remainder: str = "drop"
-) -> Iterator[tuple[Pipeline, PyTree]]:
-    """Yields ``(pipeline, batch)`` pairs over whole epochs, for plain Python loops.
-
-    Walks from the current position to the end of its epoch, then ``epochs - 1`` more
-    epochs. An epoch's last ``num_records % batch_size`` records are handled by
-    ``remainder``:
-
-    - ``"drop"``: skipped; every batch is full;
-    - ``"pad"``: returned as a full-size batch whose extra rows are zeros, and every
-      batch gets a bool ``"mask"`` of valid rows, so an eval step never recompiles;
-    - ``"partial"``: returned as a shorter batch (one more compile).
-
-    Each yielded pipeline is the state after its batch, ready to checkpoint. Also
-    available as ``dfn.iterate(pipeline, ...)``.
-
-    Arguments:
-        pipeline: a ``dfn.Pipeline`` over a source of known length.
-        size: must be None or the pipeline's ``batch_size``.
-        epochs: how many epochs to walk.
-        remainder: ``"drop"``, ``"pad"`` or ``"partial"``.
-
-    Returns:
-        an iterator of ``(pipeline_after_batch, batch)``.
-    """
-    if size is not None and size != pipeline.batch_size:
+@contract.iterate_defaults.register
+def _(state: Pipeline, size: int | None):
+    if size is not None and size != state.batch_size:
         raise ValueError(
-            f"iterate: this pipeline's batch_size is {pipeline.batch_size}; got size={size}. "
+            f"iterate: this pipeline's batch_size is {state.batch_size}; got size={size}. "
             "Leave size out, or build the pipeline with the batch size you want."
         )
-    if remainder not in _REMAINDERS:
-        raise ValueError(f"iterate: remainder must be one of {_REMAINDERS}; got {remainder!r}.")
-    epochs = checks.check_epochs(epochs)
-    n = contract.num_records(pipeline.source)
-    if n is None:
-        raise ValueError(
-            "iterate: the source has unknown length, so epochs have no known remainder; use "
-            "dfn.iterate(pipeline.source, size) or dfn.step in a loop."
-        )
-    return _iterate(pipeline, n, epochs, remainder)
-
-
-def _iterate(pipe: Pipeline, n: int, epochs: int, remainder: str) -> Iterator[tuple[Pipeline, PyTree]]:
-    size = pipe.batch_size
-    for _ in range(epochs):
-        full, rem = divmod(n - int(_position(pipe.source)[1]), size)
-        for _ in range(full):
-            pipe, batch = step(pipe)
-            yield pipe, (_mask(batch, size, size) if remainder == "pad" else batch)
-        if not rem:
-            continue
-        epoch, position = _position(pipe.source)
-        source, raw = contract.get_batch(pipe.source, rem)
-        pipe = _replace(pipe, source=source)
-        if remainder == "partial":
-            yield pipe, _run_stages(pipe, raw, epoch, position)
-        elif remainder == "pad":
-            batch = _run_stages(pipe, _pad_rows(raw, size), epoch, position)
-            yield pipe, _mask(batch, rem, size)
+    return state.batch_size, "drop"
 
 
 @contract.iterate.register
-def _(state: Pipeline, size: int | None = None, *, epochs: int = 1, remainder: str = "drop"):
-    return iterate(state, size, epochs=epochs, remainder=remainder)
+def _(state: Pipeline, size: int | None = None, *, epochs: int = 1):
+    """``remainder="straddle"`` on a pipeline: ``dfn.step`` until ``epochs`` epochs of records are seen."""
+    return contract.iterate_batches(state, state.batch_size, epochs)
 
 
 # ----------------------------------------------------------------------------- generic functions
@@ -373,7 +257,8 @@ def _(state: Pipeline):
     spec = contract.element_spec(state.source)
     batch = jax.tree.map(lambda s: jax.ShapeDtypeStruct((state.batch_size, *s.shape), s.dtype), spec)
     epoch, position = _position(state.source)
-    out = jax.eval_shape(_apply, state.stages, batch, state.seed, epoch, position)
+    n = contract.num_records(state.source)
+    out = jax.eval_shape(functools.partial(_apply, num_records=n), state.stages, batch, state.seed, epoch, position)
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), out)
 
 
@@ -382,11 +267,26 @@ def _(state: Pipeline):
     return contract.dataset_info(state.source)
 
 
+@statistics.unstaged.register
+def _(state: Pipeline):
+    return state.source
+
+
 def stages_key(stages: Chain) -> str:
-    """Returns a digest of the stages: their types, static options and parameter values."""
-    # Function reprs carry a per-process address; the name identifies the function.
-    structure = re.sub(r" at 0x[0-9a-f]+", "", str(jax.tree.structure(stages)))
-    return f"{xxhash.xxh3_64_hexdigest(structure.encode())}:{hash_arrays(jax.tree.leaves(stages))}"
+    """Returns a digest of what the stages compute: code, closed-over values, parameters.
+
+    Raises ``ValueError`` naming the value and ``dfn.named_stage`` as the fix when a
+    stage holds something whose computation cannot be read.
+    """
+    try:
+        return fingerprint(stages, "pipeline.stages")
+    except Unfingerprintable as err:
+        raise ValueError(
+            f"cursor: a pipeline cursor identifies its stages by what they compute, but {err.path} holds "
+            f"a {err.value_type}, whose computation cannot be read. Wrap that stage as "
+            "dfn.named_stage(stage, 'a-name-v1') so the cursor records the name instead (change the "
+            "name whenever the stage's output changes)."
+        ) from None
 
 
 def _stream_key(state: Pipeline) -> dict[str, Any]:
@@ -408,4 +308,4 @@ def _(state: Pipeline, cursor: dict[str, Any]):
     return _replace(state, source=contract.restore_cursor(state.source, cursor["source"]))
 
 
-__all__ = ["Pipeline", "step", "scan", "scan_epoch", "iterate", "steps_per_epoch", "stage_key", "stages_key"]
+__all__ = ["Pipeline", "record_keys", "step", "stages_key"]

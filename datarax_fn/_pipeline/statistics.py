@@ -13,20 +13,62 @@ which is exact in real arithmetic and keeps float32 error at the level of one ch
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .._state import contract
 from .._eager.source import EagerSource
-from .pipeline import Pipeline
-from .stages import Statistics
 
 PyTree = Any
 _REDUCTIONS = ("mean", "sum", "min", "max")
+
+
+class Statistics(eqx.Module):
+    """Per-key ``mean``, ``std`` (population, ``ddof=0``), ``min`` and ``max`` of a dataset.
+
+    Each field is a dict ``{key: array}``; arrays have shape ``(C,)`` for per-channel
+    statistics (reduced over every axis but the last) or ``()``. ``count`` is the
+    number of records they were computed over. Build one yourself
+    to skip the computation (the configs' ``precomputed_stats``):
+
+    ```python
+    import datarax_fn as dfn
+    stats = dfn.Statistics(mean={"image": [0.5]}, std={"image": [0.25]})
+    assert stats.mean["image"].shape == (1,)
+    ```
+    """
+
+    mean: dict
+    std: dict
+    min: dict | None
+    max: dict | None
+    count: jax.Array
+
+    def __init__(self, mean: Mapping, std: Mapping, min: Mapping | None = None, max: Mapping | None = None, count: int = 0):
+        if set(mean) != set(std):
+            raise ValueError(f"Statistics: mean and std must cover the same keys; got {sorted(mean)} and {sorted(std)}.")
+        self.mean = {k: jnp.asarray(v, jnp.float32) for k, v in mean.items()}
+        self.std = {k: jnp.asarray(v, jnp.float32) for k, v in std.items()}
+        self.min = None if min is None else {k: jnp.asarray(v) for k, v in min.items()}
+        self.max = None if max is None else {k: jnp.asarray(v) for k, v in max.items()}
+        # A leaf, not static: statistics of another dataset size keep the tree structure.
+        self.count = jnp.asarray(count, jnp.int32)
+
+
+@functools.singledispatch
+def unstaged(state: Any) -> Any:
+    """Returns the state whose records ``compute_statistics`` reads: ``state`` itself.
+
+    A ``dfn.Pipeline`` registers its source here (stages are not applied); the pipeline
+    module imports this one for ``Statistics``, so it cannot be imported back.
+    """
+    return state
 
 
 def _select(data: PyTree, keys: Sequence[str] | None) -> dict:
@@ -180,8 +222,7 @@ def compute_statistics(
     assert np.allclose(stats.mean["x"], x.mean(0)) and np.allclose(stats.std["x"], x.std(0))
     ```
     """
-    if isinstance(source, Pipeline):
-        source = source.source
+    source = unstaged(source)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"compute_statistics: batch_size must be an int >= 1; got {batch_size!r}.")
     if batch_stats_fn is not None and reduction not in _REDUCTIONS:

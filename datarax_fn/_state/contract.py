@@ -35,10 +35,13 @@ new one plugs in by subclassing ``dfn.Source`` and registering its implementatio
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 from .checks import check_epochs, check_size
 
@@ -122,6 +125,12 @@ class Static:
 
 
 def _unsupported(fn_name: str, state: Any) -> TypeError:
+    if isinstance(state, Source):
+        # A state, just not one that implements this function: say so instead of listing it.
+        return TypeError(
+            f"{fn_name}: {type(state).__name__} does not implement {fn_name}; a state type that registers "
+            f"{fn_name} does: @dfn.{fn_name}.register({type(state).__name__})."
+        )
     return TypeError(
         f"{fn_name}: expected a datarax_fn source state (EagerSource, StreamingSource, Pipeline or "
         f"a dfn.Source subclass that registers {fn_name}); got {type(state).__name__}. Build one "
@@ -248,30 +257,131 @@ def num_records(state: Any) -> int | None:
 
 
 @functools.singledispatch
-def iterate(state: Any, size: int, *, epochs: int = 1) -> Iterator[tuple[Any, PyTree]]:
+def iterate(state: Any, size: int | None = None, *, epochs: int = 1) -> Iterator[tuple[Any, PyTree]]:
     """Returns an iterator of ``(state, batch)`` pairs, for plain Python loops on the host.
 
-    Walks ``epochs * num_records(state)`` records from the state's position in
-    ``ceil(epochs * N / size)`` batches of ``size``; the last batch straddles into the
-    next epoch instead of being dropped or short. Each yielded state is the one after
-    its batch, ready to checkpoint. A stream of unknown length walks until ``epochs``
-    more epochs have started, or until it ends.
+    ``remainder`` says what happens at the end of an epoch, with one meaning for every
+    state:
+
+    - ``"straddle"`` (a source's default): walks ``epochs * num_records(state)``
+      records from the state's position in ``ceil(epochs * N / size)`` batches of
+      ``size``; the last batch straddles into the next epoch instead of being dropped
+      or short. A stream of unknown length walks until ``epochs`` more epochs have
+      started, or until it ends.
+    - ``"drop"`` (a ``dfn.Pipeline``'s default): walks to the end of the current
+      epoch, then ``epochs - 1`` whole epochs; each epoch's last ``N % size`` records
+      are read and skipped, so every batch is full.
+    - ``"pad"``: as ``"drop"``, but those records come as a full-size batch padded
+      with zero rows, and every batch gets a bool ``"mask"`` of its valid rows, so an
+      evaluation step compiles once.
+    - ``"partial"``: as ``"drop"``, but those records come as one shorter batch.
+
+    Each yielded state is the one after its batch, ready to checkpoint. On a
+    ``dfn.Pipeline`` the batches are its stages' output and ``size`` defaults to its
+    ``batch_size``. A new state type registers its ``"straddle"`` walk
+    (``@dfn.iterate.register(MyState)``, taking ``(state, size, *, epochs)``); the
+    other modes are built on ``get_batch`` and ``num_records`` for every state.
 
     Arguments:
-        state: a source state.
-        size: records per batch.
+        state: a source state or a ``dfn.Pipeline``.
+        size: records per batch (a pipeline: None or its ``batch_size``).
         epochs: how many epochs to walk.
+        remainder: ``"straddle"``, ``"drop"``, ``"pad"`` or ``"partial"``; None: the
+            state's default.
 
     Returns:
         an iterator of ``(state_after_batch, batch)``.
 
     ```python
     import numpy as np, datarax_fn as dfn
-    pairs = list(dfn.iterate(dfn.from_arrays({"x": np.arange(5, dtype=np.int32)}), 2))
+    source = dfn.from_arrays({"x": np.arange(5, dtype=np.int32)})
+    pairs = list(dfn.iterate(source, 2))
     assert [b["x"].tolist() for _, b in pairs] == [[0, 1], [2, 3], [4, 0]]
+    padded = [b for _, b in dfn.iterate(source, 2, remainder="pad")]
+    assert [b["x"].tolist() for b in padded] == [[0, 1], [2, 3], [4, 0]]
+    assert [b["mask"].tolist() for b in padded] == [[True, True], [True, True], [True, False]]
     ```
     """
     raise _unsupported("iterate", state)
+
+
+REMAINDERS = ("straddle", "drop", "pad", "partial")
+
+
+@functools.singledispatch
+def iterate_defaults(state: Any, size: int | None) -> tuple[int, str]:
+    """Returns ``(size, remainder)`` that ``iterate`` uses when they are left out.
+
+    A source needs an explicit ``size`` and straddles epochs; a ``dfn.Pipeline``
+    registers its ``batch_size`` and ``"drop"``.
+    """
+    if size is None:
+        raise TypeError(
+            f"iterate: size is required for a {type(state).__name__} (records per batch); "
+            "e.g. dfn.iterate(state, 32), or wrap it in dfn.Pipeline(state, stages, batch_size)."
+        )
+    return size, "straddle"
+
+
+_iterate_straddling = iterate
+
+
+@functools.wraps(_iterate_straddling)  # keeps .register / .registry / .dispatch of the generic
+def iterate(state: Any, size: int | None = None, *, epochs: int = 1, remainder: str | None = None):
+    if not isinstance(remainder, (str, type(None))) or (remainder is not None and remainder not in REMAINDERS):
+        raise ValueError(f"iterate: remainder must be one of {REMAINDERS} or None; got {remainder!r}.")
+    size, default = iterate_defaults(state, size)
+    remainder = default if remainder is None else remainder
+    if remainder == "straddle":
+        return _iterate_straddling(state, size, epochs=epochs)
+    size = check_size(size, "iterate")
+    epochs = check_epochs(epochs)
+    n = num_records(state)
+    if n is None:
+        raise ValueError(
+            f"iterate(remainder={remainder!r}): the stream's length is unknown, so its epochs have no "
+            "known last batch. Use remainder='straddle', which walks until the stream ends."
+        )
+    return _walk_epochs(state, size, epochs, remainder, n)
+
+
+def _walk_epochs(state: Any, size: int, epochs: int, remainder: str, n: int) -> Iterator[tuple[Any, PyTree]]:
+    for _ in range(epochs):
+        full, rem = divmod(n - int(state.index), size)
+        for _ in range(full):
+            state, batch = get_batch(state, size)
+            yield state, (with_mask(batch, size, size) if remainder == "pad" else batch)
+        if not rem:
+            continue
+        state, batch = get_batch(state, rem)  # read even when dropped: the next epoch starts after it
+        if remainder == "partial":
+            yield state, batch
+        elif remainder == "pad":
+            yield state, with_mask(pad_rows(batch, size), rem, size)
+
+
+def with_mask(batch: PyTree, valid: int, size: int) -> PyTree:
+    """Returns ``batch`` with a bool ``"mask"`` entry: True on its first ``valid`` of ``size`` rows."""
+    if not isinstance(batch, Mapping):
+        raise TypeError(
+            f"iterate(remainder='pad') adds a 'mask' entry, so batches must be dicts; got {type(batch).__name__}."
+        )
+    if "mask" in batch:
+        raise ValueError("iterate(remainder='pad'): the batch already has a 'mask' key; rename it (or use a stage).")
+    # The mask lives where the batch does: on device for eager batches, on the host for streams.
+    xp = jnp if any(isinstance(x, jax.Array) for x in jax.tree.leaves(batch)) else np
+    return {**batch, "mask": xp.arange(size) < valid}
+
+
+def pad_rows(batch: PyTree, size: int) -> PyTree:
+    """Returns ``batch`` with zero rows appended to every leaf up to ``size`` rows."""
+
+    def pad(x):
+        xp = jnp if isinstance(x, jax.Array) else np
+        x = xp.asarray(x)
+        return xp.concatenate([x, xp.zeros((size - x.shape[0], *x.shape[1:]), x.dtype)])
+
+    return jax.tree.map(pad, batch)
 
 
 @functools.singledispatch
