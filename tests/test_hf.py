@@ -450,3 +450,27 @@ def test_missing_value_inside_a_list_names_the_row_and_dropping_it_works():
     _, batch = dfn.get_batch(state, 2)
     np.testing.assert_array_equal(np.asarray(batch["x"]), [[1, 2], [4, 0]])
     np.testing.assert_array_equal(np.asarray(batch["x_length"]), [2, 1])
+
+
+@pytest.mark.parametrize("derive", ["filter", "map"])
+def test_sources_over_one_iterable_dataset_each_own_their_iteration(tmp_path, derive):
+    hd.Dataset.from_dict({"id": list(range(3000))}).to_parquet(str(tmp_path / "t.parquet"), batch_size=500)
+    ids_ = hd.load_dataset("parquet", data_files=str(tmp_path / "t.parquet"), split="train", streaming=True,
+                           cache_dir=str(tmp_path / "c"))
+    ds = ids_.filter(lambda r: r["id"] % 3 != 0) if derive == "filter" else ids_.map(lambda r: {"twice": 2 * r["id"]})
+    hf_own = [r["id"] for r in ds]  # HF's own records, in order
+    make = lambda: dfn.from_hf(ds, streaming=True, chunk_size=16)  # noqa: E731 (the docs' pattern)
+    first = make()
+    for _ in range(10):
+        first, _ = dfn.get_batch(first, 30)
+    saved = dfn.cursor(first)
+    resumed = dfn.restore_cursor(make(), saved)
+    a, b = [], []
+    for _ in range(20):  # both read at once: their readers run side by side
+        first, x = dfn.get_batch(first, 30)
+        resumed, y = dfn.get_batch(resumed, 30)
+        a += ids(x)
+        b += ids(y)
+    first.close()
+    resumed.close()
+    assert a == b == hf_own[300:900]

@@ -321,6 +321,30 @@ def _seek_reader(resharded: Any, ends: np.ndarray, first: int, n: int, chunk: in
     return read_range
 
 
+def _own(stream: Any) -> Any:
+    """Returns a copy of an ``IterableDataset`` whose iteration state is its own.
+
+    HF keeps the progress of an iteration on the examples-iterable objects themselves (their
+    ``_state_dict``, reset by every new iteration and read back by ``map`` / ``filter`` to
+    resume), and ``select_columns`` / ``with_format`` / ``shard`` copies share those objects.
+    Two readers over one object (two sources built from it, two partitions, a probe and a
+    reader) would step on each other's positions, so every reader iterates its own copy.
+    The copy shares the hub filesystem's process-wide cache (each ``IterableDataset`` holds a
+    reference to it, and other readers' threads grow it while this one copies).
+    """
+    from huggingface_hub import HfFileSystem  # a dependency of datasets
+
+    cache = getattr(HfFileSystem, "_cache", None)
+    try:
+        return copy.deepcopy(stream, {} if cache is None else {id(cache): cache})
+    except Exception as err:  # noqa: BLE001 (any failure means the stream cannot be owned)
+        raise ValueError(
+            f"from_hf: cannot copy this IterableDataset ({type(err).__name__}: {err}), and sources sharing one "
+            "would read each other's positions. Build it from data files or a Dataset (load_dataset(..., "
+            "streaming=True) on the files), or pass a Dataset with streaming=True."
+        ) from err
+
+
 def _replay_reader(stream: Any, first: int, last: int | None, chunk: int) -> Callable:
     """Returns ``read_range(lo, hi)`` that iterates the stream from its start (json, csv, text,
     and streams whose rows have no metadata): a resume costs every row before ``lo``."""
@@ -328,7 +352,7 @@ def _replay_reader(stream: Any, first: int, last: int | None, chunk: int) -> Cal
     def read_range(lo: int, hi: int | None) -> Any:
         skip = first + lo
         left = None if hi is None and last is None else (hi if hi is not None else last - first) - lo
-        for table in stream.iter(batch_size=chunk):
+        for table in _own(stream).iter(batch_size=chunk):
             if skip >= len(table):
                 skip -= len(table)
                 continue
@@ -374,6 +398,8 @@ def _streaming(ds: Any, cfg: HFStreamingConfig) -> Any:
     import datasets as hd  # lazy: datasets is optional and slow to import
 
     kind: Callable = _map_backend if isinstance(ds, hd.Dataset) else _replay_backend
+    if isinstance(ds, hd.IterableDataset):
+        ds = _own(ds)  # resolving the features below may iterate it
     return bk.streaming_source(kind(ds, *_fields(ds, cfg), cfg), cfg, _label(cfg))
 
 
