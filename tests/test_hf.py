@@ -474,3 +474,100 @@ def test_sources_over_one_iterable_dataset_each_own_their_iteration(tmp_path, de
     first.close()
     resumed.close()
     assert a == b == hf_own[300:900]
+
+
+# ----------------------------------------------------------------------------- changed and damaged files
+
+
+def _three_files(folder, first=0):
+    folder.mkdir(exist_ok=True)
+    for i in range(3):
+        rows = list(range(first + 1000 * i, first + 1000 * (i + 1)))
+        hd.Dataset.from_dict({"id": rows}).to_parquet(str(folder / f"train-{i}.parquet"), batch_size=250)
+
+
+@pytest.mark.parametrize("path", ["row-group seek", "replay"])
+def test_parquet_rewritten_during_a_stream_is_refused_naming_it(tmp_path, path):
+    _three_files(tmp_path / "pq")
+    if path == "replay":  # a mapped stream has no row-group seek: HF's own iteration reads the files
+        ds = hd.load_dataset(str(tmp_path / "pq"), split="train", streaming=True, cache_dir=str(tmp_path / "c"))
+        state = dfn.from_hf(ds.map(lambda r: r), streaming=True, chunk_size=16, prefetch=1)
+    else:
+        state = dfn.from_hf(str(tmp_path / "pq"), "train", streaming=True, chunk_size=16, prefetch=1,
+                            cache_dir=str(tmp_path / "c"))
+    state, first = dfn.get_batch(state, 30)
+    assert ids(first) == list(range(30))
+    hd.Dataset.from_dict({"id": list(range(7, 1007))}).to_parquet(str(tmp_path / "pq" / "train-2.parquet"))
+    with pytest.raises(RuntimeError, match=r"train-2\.parquet: the data file changed since the source was built"):
+        for _ in range(100):  # the rewritten file is the third: reached after 2000 records
+            state, _ = dfn.get_batch(state, 30)
+    state.close()
+
+
+def _damage(path, at, flips=20):
+    b = bytearray(path.read_bytes())
+    for k in range(at, at + flips):
+        b[k] ^= 0xFF
+    path.write_bytes(bytes(b))
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_damaged_parquet_errors_name_the_file(tmp_path, streaming):
+    _three_files(tmp_path / "pq")
+    bad = tmp_path / "pq" / "train-1.parquet"
+    _damage(bad, len(bad.read_bytes()) // 2)  # inside a page: pyarrow's error names no file
+    with pytest.raises(ValueError, match=re.escape(str(bad)) + ": reading the data file failed") as err:
+        state = dfn.from_hf(str(tmp_path / "pq"), "train", streaming=streaming, chunk_size=64,
+                            cache_dir=str(tmp_path / "c"))
+        for _ in range(10):
+            state, _ = dfn.get_batch(state, 400)
+    assert isinstance(err.value.__cause__, OSError)  # pyarrow's own error stays the cause
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_parquet_page_checksums_are_verified(tmp_path, streaming):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "pq").mkdir()
+    f = tmp_path / "pq" / "train.parquet"
+    pq.write_table(pa.table({"x": np.arange(1000, dtype=np.int64)}), str(f), compression="NONE", write_page_checksum=True)
+    _damage(f, len(f.read_bytes()) // 2, flips=1)  # one value's bits: unverified, it reads as another value
+    assert (pq.read_table(str(f))["x"].to_numpy() != np.arange(1000)).sum() == 1
+    with pytest.raises(ValueError, match=re.escape(str(f)) + ".*CRC checksum verification failed"):
+        state = dfn.from_hf(str(tmp_path / "pq"), "train", streaming=streaming, cache_dir=str(tmp_path / "c"))
+        dfn.get_batch(state, 1000)
+
+
+NO_NETWORK = textwrap.dedent(
+    """
+    import socket, sys, datarax_fn as dfn
+
+    attempts = []
+
+    def refuse(*a, **k):  # libraries swallow errors of their own pings: record each attempt
+        attempts.append(repr(a[:2]))
+        raise OSError("network attempt")
+
+    socket.getaddrinfo = refuse
+    socket.socket.connect = refuse
+    folder, cache = sys.argv[1], sys.argv[2]
+    n = [len(dfn.from_hf("parquet", "train", data_files=folder + "/train.parquet", streaming=False, cache_dir=cache,
+                         include_keys=["id"])),
+         len(dfn.from_hf(folder, "train", streaming=False, cache_dir=cache + "2", include_keys=["id"]))]
+    s = dfn.from_hf("parquet", "train", data_files=folder + "/train.parquet", streaming=True, cache_dir=cache,
+                    include_keys=["id"])
+    n.append(dfn.get_batch(s, 3)[1]["id"].tolist())
+    s.close()
+    print(attempts)
+    print(n)
+    """
+)
+
+
+def test_local_data_makes_no_network_attempt_without_the_offline_variables(parquet_folder, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    run = subprocess.run([sys.executable, "-c", NO_NETWORK, str(parquet_folder), str(tmp_path / "c")],
+                         capture_output=True, text=True, timeout=120, env={**env, "JAX_PLATFORMS": "cpu"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-2:] == ["[]", "[60, 60, [0, 1, 2]]"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import inspect
 import os
 import sys
 import threading
@@ -71,7 +72,7 @@ class HFStreamingConfig(StreamingOptions, HFEagerConfig):
 # ----------------------------------------------------------------------------- loading
 
 
-_OFFLINE_LOCK = threading.Lock()
+_OFFLINE_LOCK = threading.RLock()  # re-entered when _offline and _no_load_count nest
 
 
 @contextlib.contextmanager
@@ -172,13 +173,13 @@ def _load(cfg: HFEagerConfig, streaming: bool) -> Any:
     base = cfg.split
     if streaming:  # HF streams whole splits only: the slice is applied while reading
         base = _split_name(cfg.split)
-    kwargs: dict[str, Any] = dict(name=cfg.config_name, split=base, data_dir=cfg.data_dir, data_files=cfg.data_files,
-                                  revision=cfg.revision, cache_dir=cfg.cache_dir, streaming=streaming)
+    kwargs: dict[str, Any] = dict(name=cfg.config_name, data_dir=cfg.data_dir, data_files=cfg.data_files,
+                                  revision=cfg.revision, cache_dir=cfg.cache_dir)
     if cfg.local_files_only:
         kwargs["download_config"] = hd.DownloadConfig(local_files_only=True, cache_dir=cfg.cache_dir)
     kwargs.update(cfg.download_kwargs or {})
-    with _offline(cfg.local_files_only):
-        ds = hd.load_dataset(cfg.name, **kwargs)
+    with _offline(cfg.local_files_only), _no_load_count(_local_data(cfg)):
+        ds = hd.load_dataset(cfg.name, split=base, streaming=True, **kwargs) if streaming else _prepared(cfg.name, base, kwargs)
     if isinstance(ds, (hd.DatasetDict, hd.IterableDatasetDict)):
         if base not in ds:
             raise ValueError(f"{cfg.name!r}: split={cfg.split!r} is not there; available splits are {list(ds)}.")
@@ -186,6 +187,67 @@ def _load(cfg: HFEagerConfig, streaming: bool) -> Any:
     if isinstance(ds, hd.Dataset) and not len(ds):
         raise bk.empty_split_error(repr(cfg.name), cfg.split)
     return ds
+
+
+def _prepared(path: str, split: str, kwargs: dict[str, Any]) -> Any:
+    """Returns ``load_dataset(path, split=split, **kwargs)``, run step by step as ``load_dataset``
+    does (builder, ``download_and_prepare``, ``as_dataset``) so that the builder's file reader
+    verifies parquet page checksums and names the file it fails on."""
+    import datasets as hd  # lazy: datasets is optional and slow to import
+    from datasets.utils.info_utils import is_small_dataset  # load_dataset's own in-memory rule
+
+    prepare = set(inspect.signature(hd.DatasetBuilder.download_and_prepare).parameters) - {"self"}
+    build = set(inspect.signature(hd.load_dataset_builder).parameters)
+    kwargs = dict(kwargs)
+    keep = kwargs.pop("keep_in_memory", None)
+    if kwargs.pop("save_infos", False):
+        kwargs["verification_mode"] = "all_checks"
+    builder = hd.load_dataset_builder(path, **{k: v for k, v in kwargs.items() if k in build or k not in prepare})
+    _verify_pages(builder)
+    for name in ("_generate_tables", "_generate_examples"):
+        if hasattr(builder, name):
+            setattr(builder, name, _checked_reader(getattr(builder, name), None))
+    options = {k: v for k, v in kwargs.items() if k in prepare}
+    options.setdefault("verification_mode", hd.VerificationMode.BASIC_CHECKS)
+    try:
+        builder.download_and_prepare(**options)
+    except hd.exceptions.DatasetGenerationError as err:
+        if isinstance(err.__cause__, bk.DamagedFileError):  # HF's wrapper names no file; ours does
+            raise err.__cause__ from err.__cause__.__cause__
+        raise
+    return builder.as_dataset(split=split, in_memory=keep if keep is not None else is_small_dataset(builder.info.dataset_size))
+
+
+def _local_data(cfg: HFEagerConfig) -> bool:
+    """Returns whether the config names local data only: a local folder, or a packaged builder
+    (``"parquet"``, ``"csv"``...) over data files that are all local paths."""
+    if os.path.isdir(cfg.name):
+        return True
+    files = cfg.data_files
+    if files is None:
+        return False
+    paths = [p for v in (files.values() if isinstance(files, Mapping) else [files])
+             for p in ([v] if isinstance(v, (str, os.PathLike)) else v)]
+    return bool(paths) and all("://" not in str(p) for p in paths)
+
+
+@contextlib.contextmanager
+def _no_load_count(enabled: bool):
+    """Skips ``datasets``' download-count ping (a HEAD request to its S3 bucket, made whenever a
+    builder module is resolved unless offline) inside the block: local data makes no network
+    attempt. ``datasets.config`` is set, not the environment, and restored on exit."""
+    if not enabled:
+        yield
+        return
+    import datasets.config as dc  # lazy: datasets is optional and slow to import
+
+    with _OFFLINE_LOCK:
+        saved = dc.HF_UPDATE_DOWNLOAD_COUNTS
+        dc.HF_UPDATE_DOWNLOAD_COUNTS = False
+        try:
+            yield
+        finally:
+            dc.HF_UPDATE_DOWNLOAD_COUNTS = saved
 
 
 # ----------------------------------------------------------------------------- schema and columns
@@ -253,15 +315,79 @@ def _map_backend(ds: Any, fields: dict, opts: dict, cfg: HFStreamingConfig) -> b
     return bk.RandomAccessBackend(read, len(ds), conv, data=data, split=cfg.split, info=_info(ds.info, conv.meta), cfg=cfg)
 
 
-def _data_files(ds: Any) -> list[str]:
-    """Returns the files an ``IterableDataset`` reads (from its innermost examples iterable)."""
+def _file_reader(ds: Any) -> Any:
+    """Returns the innermost examples iterable of an ``IterableDataset``: the one that opens the
+    data files (HF's ``ArrowExamplesIterable`` / ``ExamplesIterable``, their ``kwargs["files"]``
+    listing the files), or None.
+
+    HF has no public view of a stream's files; the chain of ``ex_iterable`` attributes is the
+    one way to them. tests/test_hf.py::test_hf_stream_internals_the_loader_reads_are_there
+    fails when HF moves them.
+    """
     it, seen = getattr(ds, "_ex_iterable", None), 0
     while it is not None and seen < 32:
-        files = (getattr(it, "kwargs", None) or {}).get("files")
-        if files is not None:
-            return [str(f) for f in files]
+        if "files" in (getattr(it, "kwargs", None) or {}):
+            return it
         it, seen = getattr(it, "ex_iterable", None), seen + 1
-    return []
+    return None
+
+
+def _data_files(ds: Any) -> list[str]:
+    """Returns the files an ``IterableDataset`` reads (from its innermost examples iterable)."""
+    it = _file_reader(ds)
+    return [str(f) for f in it.kwargs["files"] or ()] if it is not None else []
+
+
+def _checked_reader(fn: Callable, identity: bk.FileIdentity | None) -> Callable:
+    """Returns HF's file reader ``fn`` (a builder's ``_generate_tables`` / ``_generate_examples``,
+    called once per shard with the shard's ``files``) that checks each file's identity as it
+    opens it and names the file (and row group) when the reader fails on it."""
+
+    def read_files(**kwargs: Any) -> Any:
+        files = [str(f) for f in kwargs.get("files") or ()]
+        for f in files if identity is not None else ():
+            identity.check(f)
+        groups = kwargs.get("row_groups_list")
+        items = fn(**kwargs)
+        while True:
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            except Exception as err:  # noqa: BLE001 (any reader failure: the file is what the user can fix)
+                # When preparing, HF hands all files at once in a tracked_list that remembers the one being read.
+                current = getattr(kwargs.get("files"), "last_item", None)
+                named = [str(current)] if current is not None else files
+                one = len(files) == 1 and groups and groups[0] is not None and len(groups[0]) == 1
+                raise bk.damaged_file_error(" / ".join(named) or "a data file", err,
+                                            f"row group {groups[0][0]}" if one else "") from err
+            yield item
+
+    return read_files
+
+
+def _verify_pages(builder: Any) -> None:
+    """Makes HF's parquet builder verify page checksums (pyarrow skips them by default, so a
+    flipped bit in a page that carries a CRC would decode to other values)."""
+    from datasets.packaged_modules.parquet.parquet import Parquet  # HF's own parquet reader
+
+    if isinstance(builder, Parquet) and getattr(builder.config, "fragment_scan_options", "") is None:
+        import pyarrow.dataset as pds  # a dependency of datasets
+
+        builder.config.fragment_scan_options = pds.ParquetFragmentScanOptions(page_checksum_verification=True)
+
+
+def _guard_files(ds: Any, identity: bk.FileIdentity) -> Any:
+    """Returns ``ds`` (an owned copy) whose file reader checks each file's identity when it opens
+    it, verifies parquet page checksums and names the file in the errors of a damaged one."""
+    it = _file_reader(ds)
+    name = next((a for a in ("generate_tables_fn", "generate_examples_fn") if hasattr(it, a)), None)
+    if name is None:
+        return ds
+    fn = getattr(it, name)
+    _verify_pages(getattr(fn, "__self__", None))
+    setattr(it, name, _checked_reader(fn, identity))
+    return ds
 
 
 def _parquet_row_groups(stream: Any) -> tuple[Any, np.ndarray] | None:
@@ -293,8 +419,11 @@ def _parquet_row_groups(stream: Any) -> tuple[Any, np.ndarray] | None:
     lengths = []
     for f, (g,) in zip(files, groups):
         if f not in meta:
-            with opener(f, "rb") as fh:
-                meta[f] = pq.ParquetFile(fh).metadata
+            try:
+                with opener(f, "rb") as fh:
+                    meta[f] = pq.ParquetFile(fh).metadata
+            except Exception as err:  # noqa: BLE001 (a footer pyarrow cannot read: name the file)
+                raise bk.damaged_file_error(str(f), err, "its footer (the parquet metadata)") from err
         lengths.append(meta[f].row_group(g).num_rows)
     return resharded, np.asarray(lengths, np.int64)
 
@@ -370,8 +499,13 @@ def _replay_reader(stream: Any, first: int, last: int | None, chunk: int) -> Cal
 
 def _replay_backend(ds: Any, fields: dict, opts: dict, cfg: HFStreamingConfig) -> bk.Backend:
     where = repr(cfg.name)
+    files = bk.file_stats(_data_files(ds))
+    identity = bk.FileIdentity(files)
     stream = ds.select_columns(_top(fields)).with_format("arrow")
     groups = _parquet_row_groups(stream)
+    if groups is not None:  # reshard made its own file readers
+        groups = (_guard_files(groups[0], identity), groups[1])
+    stream = _guard_files(_own(stream), identity)
     if groups is not None:
         ends = np.concatenate([[0], np.cumsum(groups[1])])
         total = int(ends[-1])
@@ -389,7 +523,7 @@ def _replay_backend(ds: Any, fields: dict, opts: dict, cfg: HFStreamingConfig) -
     if probe is None:
         raise bk.empty_split_error(where, cfg.split)
     conv = bk.converter(fields, opts, probe, static=True)
-    data = (cfg.name, cfg.config_name, cfg.revision, cfg.data_files, bk.file_stats(_data_files(ds)))
+    data = (cfg.name, cfg.config_name, cfg.revision, cfg.data_files, files)
     return bk.ReplayBackend(bk.range_by_range(read_range), n, conv, shard_bounds=bounds, data=data, split=cfg.split,
                             info=_info(ds.info, conv.meta), cfg=cfg)
 
