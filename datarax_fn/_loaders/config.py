@@ -86,7 +86,8 @@ def keys(v: Any) -> tuple[str, ...]:
         raise _Bad(TypeError, want)
     if not all(isinstance(k, str) for k in v):
         raise _Bad(TypeError, want)
-    return tuple(v)
+    # A set's iteration order is not its value: sorted, two configs from equal sets are equal.
+    return tuple(sorted(v)) if isinstance(v, (set, frozenset)) else tuple(v)
 
 
 def max_length(v: Any) -> Any:
