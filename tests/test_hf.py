@@ -571,3 +571,25 @@ def test_local_data_makes_no_network_attempt_without_the_offline_variables(parqu
                          capture_output=True, text=True, timeout=120, env={**env, "JAX_PLATFORMS": "cpu"})
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip().splitlines()[-2:] == ["[]", "[60, 60, [0, 1, 2]]"]
+
+
+def test_from_hf_takes_load_datasets_forms(tmp_path):
+    folder = tmp_path / "two_configs"
+    for config, first in (("small", 0), ("big", 100)):
+        (folder / config).mkdir(parents=True)
+        hd.Dataset.from_dict({"id": list(range(first, first + 4))}).to_parquet(str(folder / config / "train.parquet"))
+    (folder / "README.md").write_text(
+        "---\nconfigs:\n- config_name: small\n  data_files: small/*.parquet\n  default: true\n- config_name: big\n  data_files: big/*.parquet\n---\n"
+    )
+    kw = dict(streaming=False, cache_dir=str(tmp_path / "c"))
+    want = ids(dfn.from_hf(str(folder), "train", config_name="big", **kw).data)
+    assert want == [100, 101, 102, 103]
+    for state in (dfn.from_hf(str(folder), "big", split="train", **kw),  # load_dataset(path, name, split=)
+                  dfn.from_hf(str(folder), name="big", split="train", **kw),
+                  dfn.from_hf(path=str(folder), name="big", split="train", **kw)):
+        assert ids(state.data) == want
+    assert ids(dfn.from_hf(str(folder), "train", **kw).data) == [0, 1, 2, 3]  # the second positional is the split
+    with pytest.raises(TypeError, match="config is given more than once.*config_name="):
+        dfn.from_hf(str(folder), "big", split="train", name="small", **kw)
+    with pytest.raises(TypeError, match="dataset is given twice"):
+        dfn.from_hf(str(folder), path=str(folder), split="train", **kw)

@@ -572,15 +572,53 @@ def _estimate(ds: Any, cfg: HFEagerConfig) -> int:
     return cv.estimate_nbytes(bk.converter(fields, opts, bk.probe_of(columns), static=False), columns)
 
 
-def from_hf(name: Any, split: str | None = None, *, streaming: bool | None = None, memory_budget: int | None = None,
-            **options: Any) -> Any:
+def _load_dataset_forms(name: Any, split: Any, options: dict[str, Any]) -> tuple[Any, Any]:
+    """Returns ``(dataset, split)`` from ``from_hf``'s arguments, taking ``load_dataset``'s forms too.
+
+    ``from_hf(path, name, split=...)``, ``from_hf(path, name=..., split=...)`` and
+    ``from_hf(path=..., name=..., split=...)`` mean what they mean to ``load_dataset``: ``name``
+    is the config (``config_name``). ``from_hf(dataset, split)`` keeps its meaning (the second
+    positional is the split unless ``split=`` is also given), and ``name=`` alone names the dataset.
+    Moves the config into ``options["config_name"]``.
+    """
+    path, kw_name, kw_split = options.pop("path", None), options.pop("name", None), options.pop("split", None)
+    if path is not None:
+        if name is not None:
+            raise TypeError(f"from_hf: the dataset is given twice, {name!r} and path={path!r}; pass one of them.")
+        name = path
+    elif name is None and kw_name is not None:
+        name, kw_name = kw_name, None
+    if name is None:
+        raise TypeError("from_hf: name the dataset: from_hf(path, split, ...) with a hub name, a folder, a builder "
+                        "('parquet', 'csv', 'json') with data_files=, or a Dataset object.")
+    configs = {}
+    if kw_split is not None:
+        if split is not None:
+            configs["the second positional argument"] = split  # load_dataset(path, name, split=...)
+        split = kw_split
+    if kw_name is not None:
+        configs["name="] = kw_name
+    if options.get("config_name") is not None:
+        configs["config_name="] = options["config_name"]
+    if len(configs) > 1:
+        raise TypeError(f"from_hf: the config is given more than once ({', '.join(f'{k} {v!r}' for k, v in configs.items())}); "
+                        "pass it once, as config_name= (load_dataset's name=).")
+    if configs:
+        options["config_name"] = next(iter(configs.values()))
+    return name, split
+
+
+def from_hf(name: Any = None, split: str | None = None, /, *, streaming: bool | None = None,
+            memory_budget: int | None = None, **options: Any) -> Any:
     """Returns an ``EagerSource`` or a ``StreamingSource`` for an HF split.
 
     Arguments:
       name: a hub name, a folder, a builder name with ``data_files=``, or a ``datasets.Dataset``
-        / ``DatasetDict`` / ``IterableDataset`` object.
+        / ``DatasetDict`` / ``IterableDataset`` object (``path=`` also names it).
       split: a split expression (``"test"``, ``"train[:10%]"``, ``"train[5:20]"``); for a
-        ``Dataset`` object its own split (default: all of it).
+        ``Dataset`` object its own split (default: all of it). ``load_dataset``'s forms work
+        too: ``from_hf(path, config, split=...)`` and ``from_hf(path, name=config, split=...)``
+        take the config as ``config_name``.
       streaming: ``True`` streams, ``False`` loads eagerly, ``None`` loads eagerly when the
         decoded split fits ``memory_budget`` bytes (default: half the available memory).
       **options: the ``HFStreamingConfig`` options.
@@ -597,6 +635,7 @@ def from_hf(name: Any, split: str | None = None, *, streaming: bool | None = Non
     """
     import datasets as hd  # lazy: datasets is optional and slow to import
 
+    name, split = _load_dataset_forms(name, split, options)
     streaming, memory_budget = check_mode("from_hf", streaming, memory_budget)
     obj = None
     if not isinstance(name, (str, os.PathLike)):
