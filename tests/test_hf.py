@@ -593,3 +593,40 @@ def test_from_hf_takes_load_datasets_forms(tmp_path):
         dfn.from_hf(str(folder), "big", split="train", name="small", **kw)
     with pytest.raises(TypeError, match="dataset is given twice"):
         dfn.from_hf(str(folder), path=str(folder), split="train", **kw)
+
+
+def _squad_like():
+    rows = [("what is %d" % i, "context %d" % i, {"text": ["ans%d" % i], "answer_start": [i % 7]}) for i in range(24)]
+    return hd.Dataset.from_dict({"question": [r[0] for r in rows], "context": [r[1] for r in rows],
+                                 "answers": [r[2] for r in rows]})
+
+
+def prepare_train_features(examples):  # written for ds.map(f, batched=True), as run_qa's is
+    if type(examples["question"]) is not list or not all(isinstance(q, str) for q in examples["question"]):
+        raise TypeError("text input must be of type str (single example) or list[str] (batch)")  # as HF tokenizers say
+    starts = [a["answer_start"][0] for a in examples["answers"]]
+    return {"input_ids": [[ord(c) for c in q] for q in examples["question"]], "start_positions": starts,
+            "end_positions": [s + len(a["text"][0]) for s, a in zip(starts, examples["answers"])]}
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_hf_preprocessing_runs_verbatim_with_transform_format_hf(streaming):
+    ds = _squad_like()
+    ref = ds.map(prepare_train_features, batched=True, remove_columns=ds.column_names)
+    with pytest.raises(TypeError, match="list\\[str\\]") as err:  # the default layout: NumPy object arrays
+        dfn.from_hf(ds, transform=prepare_train_features, streaming=streaming, max_length={"input_ids": 12})
+    assert "transform_format='hf'" in "\n".join(getattr(err.value, "__notes__", []))
+    state = dfn.from_hf(ds, transform=prepare_train_features, transform_format="hf", streaming=streaming,
+                        max_length={"input_ids": 12}, chunk_size=10)
+    state, batch = dfn.get_batch(state, 24)
+    for key in ("start_positions", "end_positions"):
+        np.testing.assert_array_equal(np.asarray(batch[key]), np.asarray(ref[key]))
+    want = np.zeros((24, 12), np.int64)
+    for i, row in enumerate(ref["input_ids"]):
+        want[i, : len(row)] = row
+    np.testing.assert_array_equal(np.asarray(batch["input_ids"]), want)
+    np.testing.assert_array_equal(np.asarray(batch["input_ids_length"]), [len(r) for r in ref["input_ids"]])
+    if streaming:
+        state.close()
+    with pytest.raises(ValueError, match="transform_format must be one of"):
+        dfn.from_hf(ds, transform=prepare_train_features, transform_format="datasets")

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .batch_layout import TRANSFORM_FORMATS, with_format
+
 logger = logging.getLogger("datarax_fn")
 
 IMAGE_MODES = ("L", "LA", "RGB", "RGBA", "I;16", "I", "F")  # the conversion layer's modes
@@ -119,6 +121,14 @@ def image_mode(v: Any) -> Any:
     return dict(v) if isinstance(v, Mapping) else v
 
 
+def transform_format(v: Any) -> str:
+    if not isinstance(v, str):
+        raise _Bad(TypeError, f"one of {TRANSFORM_FORMATS}")
+    if v not in TRANSFORM_FORMATS:
+        raise _Bad(ValueError, f"one of {TRANSFORM_FORMATS}")
+    return v
+
+
 def data_files(v: Any) -> Any:
     if isinstance(v, os.PathLike):
         return os.fspath(v)
@@ -179,6 +189,7 @@ class LoaderConfig:
     seed: int = option(0, seed_value)
     local_files_only: bool = option(False, flag)
     transform: Callable[[dict], dict] | None = option(None, function, optional=True)
+    transform_format: str = option("columns", transform_format)
     max_length: int | Mapping[str, Any] | None = option(None, max_length, optional=True)
     truncate: bool = option(False, flag)
     image_mode: str | Mapping[str, str] | None = option(None, image_mode, optional=True)
@@ -207,7 +218,7 @@ class StreamingOptions:
 def conversion_options(cfg: LoaderConfig) -> dict[str, Any]:
     """Returns the conversion options of a config, as the conversion layer takes them."""
     return dict(max_length=cfg.max_length, truncate=cfg.truncate, image_mode=cfg.image_mode,
-                transform=cfg.transform, num_threads=cfg.num_threads)
+                transform=with_format(cfg.transform, cfg.transform_format), num_threads=cfg.num_threads)
 
 
 def configs_from_options(
