@@ -567,3 +567,21 @@ def test_damaged_tfrecord_error_names_the_file_and_record(toy_dirs, tmp_path, st
         for _ in range(4):
             state, _ = dfn.get_batch(state, 10)
     assert type(err.value.__cause__).__name__ == "DataLossError"  # TensorFlow's own error stays the cause
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_default_mode_decides_from_metadata_and_a_sample(digits_dirs, fmt, monkeypatch, caplog):
+    import datarax_fn._loaders.tfds as loader
+
+    read = []
+    for name in ("tf_columns", "rows_to_columns"):  # every record a TFDS source reads passes one of these
+        real = getattr(loader, name)
+        monkeypatch.setattr(loader, name, lambda *a, real=real: read.append(len(a[0]) if isinstance(a[0], list)
+                                                                          else int(next(iter(a[0].values())).shape[0]))
+                            or real(*a))
+    with caplog.at_level(logging.INFO, logger="datarax_fn"):
+        state = dfn.from_tfds("dfn_digits", "train", data_dir=digits_dirs[fmt], memory_budget=0, chunk_size=64)
+    assert isinstance(state, dfn.StreamingSource)
+    assert sum(read) <= 256 + 64  # the sample and the stream's first chunk, not the 1,500 records
+    assert "1,500 records from the metadata, sized from the first 256; nothing else was read" in caplog.text
+    state.close()

@@ -389,6 +389,20 @@ def probe_of(columns: Columns, rows: int = 256) -> Columns:
     return slice_rows(columns, 0, min(rows, num_rows(columns)))
 
 
+SAMPLE_ROWS = 256  # the first records that stand for the split when the mode is decided
+
+
+def sampled_nbytes(fields: Mapping[str, Any], opts: Mapping[str, Any], sample: Columns | None,
+                   n: int | None) -> tuple[int | None, str]:
+    """Returns ``(bytes, how)``: the decoded size of ``n`` records estimated from ``sample``, the
+    split's first records (None when ``n`` or the sample is unknown: the split then streams)."""
+    k = 0 if sample is None else num_rows(sample)
+    if n is None or not k:
+        return None, "the metadata gives no record count" if n is None else "no record could be read"
+    size = cv.estimate_nbytes(converter(fields, opts, probe_of(sample), static=False), sample)
+    return int(size * n / k), f"{n:,} records from the metadata, sized from the first {k}; nothing else was read"
+
+
 def empty_split_error(what: str, split: Any) -> ValueError:
     return ValueError(f"{what}: split={str(split)!r} has no records; pick a split or slice that selects at least one.")
 
@@ -431,5 +445,5 @@ def streaming_source(backend: Backend, cfg: Any, name: str) -> StreamingSource:
 
 __all__ = [
     "Backend", "RandomAccessBackend", "ReplayBackend", "concat_rows", "converter", "digest", "eager_source", "probe_of",
-    "DamagedFileError", "FileIdentity", "damaged_file_error", "empty_split_error", "file_stats", "num_rows", "range_by_range", "select", "slice_rows", "streaming_source", "take_rows",
+    "DamagedFileError", "FileIdentity", "damaged_file_error", "empty_split_error", "file_stats", "num_rows", "range_by_range", "sampled_nbytes", "select", "slice_rows", "streaming_source", "take_rows",
 ]

@@ -301,13 +301,20 @@ def check_mode(owner: str, streaming: Any, budget: Any) -> tuple[bool | None, in
     return (None if streaming is None else bool(streaming)), budget
 
 
-def decide(owner: str, label: str, streaming: bool | None, budget: int | None, estimate: Callable[[], int | None]) -> bool:
-    """Returns True to stream: as asked, else when ``estimate()`` bytes exceed the budget; logs why."""
+def decide(owner: str, label: str, streaming: bool | None, budget: int | None, estimate: Callable[[], Any]) -> bool:
+    """Returns True to stream: as asked, else when ``estimate()`` bytes exceed the budget; logs why.
+
+    ``estimate()`` returns the bytes (None: unknown), or ``(bytes, how they were estimated)``.
+    """
     if streaming is not None:
         stream, reason = streaming, f"streaming={streaming} was asked for"
     else:
-        eager, reason = choose_mode(estimate(), memory_budget() if budget is None else budget)
+        nbytes, how = estimate(), None
+        if isinstance(nbytes, tuple):
+            nbytes, how = nbytes
+        eager, reason = choose_mode(nbytes, memory_budget() if budget is None else budget)
         stream = not eager
+        reason += f" ({how})" if how else ""
     logger.info("%s(%s): %s, because %s", owner, label, "streaming" if stream else "eager", reason)
     return stream
 

@@ -572,6 +572,24 @@ def _estimate(ds: Any, cfg: HFEagerConfig) -> int:
     return cv.estimate_nbytes(bk.converter(fields, opts, bk.probe_of(columns), static=False), columns)
 
 
+def _sampled_estimate(ds: Any, cfg: HFStreamingConfig) -> tuple[int | None, str]:
+    """Returns the decoded size of an HF stream's split from its metadata (parquet footers or the
+    split info give the record count) and its first ``SAMPLE_ROWS`` records; nothing else is read."""
+    ds = _own(ds)
+    fields, opts = _fields(ds, cfg)
+    stream = ds.select_columns(_top(fields)).with_format("arrow")
+    groups = _parquet_row_groups(stream)
+    if groups is not None:
+        total: int | None = int(groups[1].sum())
+    else:
+        known = (getattr(ds.info, "splits", None) or {}).get(_split_name(cfg.split))
+        total = int(known.num_examples) if known is not None and known.num_examples else None
+    first, last = _bounds(cfg.split, total, None, repr(cfg.name))[1:]
+    n = None if total is None and last is None else (last if last is not None else total) - first
+    sample = next(_replay_reader(stream, first, last, bk.SAMPLE_ROWS)(0, min(bk.SAMPLE_ROWS, n or bk.SAMPLE_ROWS)), None)
+    return bk.sampled_nbytes(fields, opts, sample, n)
+
+
 def _load_dataset_forms(name: Any, split: Any, options: dict[str, Any]) -> tuple[Any, Any]:
     """Returns ``(dataset, split)`` from ``from_hf``'s arguments, taking ``load_dataset``'s forms too.
 
@@ -620,7 +638,10 @@ def from_hf(name: Any = None, split: str | None = None, /, *, streaming: bool | 
         too: ``from_hf(path, config, split=...)`` and ``from_hf(path, name=config, split=...)``
         take the config as ``config_name``.
       streaming: ``True`` streams, ``False`` loads eagerly, ``None`` loads eagerly when the
-        decoded split fits ``memory_budget`` bytes (default: half the available memory).
+        decoded split fits ``memory_budget`` bytes (default: half the available memory). For a
+        name, the size is estimated before anything is prepared: the record count from the
+        parquet footers or the split info, each record sized from the first 256 (an unknown
+        count streams); a ``Dataset`` object is sized from all its rows (its longest included).
       **options: the ``HFStreamingConfig`` options.
 
     Returns:
@@ -660,6 +681,12 @@ def from_hf(name: Any = None, split: str | None = None, /, *, streaming: bool | 
     if streaming:
         decide("from_hf", label, True, memory_budget, lambda: None)
         return _streaming(obj, scfg) if obj is not None else HFStreamingSource(scfg)
+    if streaming is None and obj is None:  # decide before preparing: from the metadata and the first rows
+        ds = _load(scfg, streaming=True)
+        if isinstance(ds, hd.IterableDataset):
+            if decide("from_hf", label, None, memory_budget, lambda: _sampled_estimate(ds, scfg)):
+                return _streaming(ds, scfg)
+            return _eager(_load(ecfg, streaming=False), ecfg)
     ds = obj if obj is not None else _load(ecfg, streaming=False)
     if decide("from_hf", label, streaming, memory_budget, lambda: _estimate(ds, ecfg)):
         return _streaming(ds, scfg)

@@ -445,8 +445,9 @@ def from_tfds(name: str, split: Any = "train", *, streaming: bool | None = None,
       name: the TFDS dataset, e.g. ``"mnist"``.
       split: a split expression (``"train[:10%]"``, ``"train+test"``) or a ``tfds.core.ReadInstruction``.
       streaming: ``True`` streams, ``False`` loads eagerly, ``None`` decides from the split's
-        decoded size (read from the data) against ``memory_budget`` bytes (default: half the
-        available memory), as ``from_hf`` does.
+        decoded size against ``memory_budget`` bytes (default: half the available memory): its
+        record count from the split info, each record sized from the first 256 (nothing else
+        is read); an unknown count streams.
       **options: the ``TFDSStreamingConfig`` options.
 
     Returns:
@@ -459,16 +460,21 @@ def from_tfds(name: str, split: Any = "train", *, streaming: bool | None = None,
         decide("from_tfds", f"{name}, {split}", True, memory_budget, lambda: None)
         return TFDSStreamingSource(scfg)
     plan = _plan(ecfg)
-    read: list = []
-
-    def estimate() -> int:
-        read.append(_read_all(plan, ecfg))
-        return cv.estimate_nbytes(bk.converter(plan.fields, plan.opts, bk.probe_of(read[0]), static=False), read[0])
-
-    if decide("from_tfds", f"{name}, {split}", streaming, memory_budget, estimate):
-        read.clear()
+    if decide("from_tfds", f"{name}, {split}", streaming, memory_budget, lambda: _estimate(plan, ecfg)):
         return bk.streaming_source(_backend(plan, scfg), scfg, _label(scfg))
-    return _eager(plan, ecfg, read[0] if read else None)
+    return _eager(plan, ecfg)
+
+
+def _estimate(plan: _Plan, cfg: TFDSEagerConfig) -> tuple[int | None, str]:
+    """Returns the split's decoded size from its metadata (the record count) and its first records."""
+    k = min(plan.n, bk.SAMPLE_ROWS) if plan.n else bk.SAMPLE_ROWS
+    if plan.array_record:
+        source = _data_source(plan, cfg)
+        rows = source.__getitems__(list(range(min(k, len(source)))))
+        sample = rows_to_columns(rows, plan.fields) if rows else None
+    else:
+        sample = next((tf_columns(b, plan.fields) for b in _tfrecords(plan, _tf_dataset(plan, cfg).take(k), k, cfg.split)), None)
+    return bk.sampled_nbytes(plan.fields, plan.opts, sample, plan.n or None)
 
 
 __all__ = ["TFDSEagerConfig", "TFDSEagerSource", "TFDSStreamingConfig", "TFDSStreamingSource", "from_tfds"]
