@@ -651,3 +651,32 @@ def test_default_mode_decides_from_metadata_and_a_sample(tmp_path, monkeypatch, 
     read.clear()
     eager = dfn.from_hf(str(folder), "train", memory_budget=2**30, cache_dir=str(tmp_path / "c"))
     assert isinstance(eager, dfn.EagerSource) and ids(eager.data) == list(range(5000))
+
+
+def test_hf_stream_internals_the_loader_reads_are_there(parquet_folder):
+    # The loader leans on HF internals that have no public form (each is named where it is used):
+    # fail here, loudly, when a datasets release moves one.
+    import datasets.config as dc
+    import datasets.iterable_dataset as hi
+    from datasets.packaged_modules.parquet.parquet import Parquet
+    from datasets.utils.track import tracked_list
+    from huggingface_hub import HfFileSystem
+
+    import datarax_fn._loaders.hf as loader
+
+    ds = hd.load_dataset("parquet", data_files=str(parquet_folder / "train.parquet"), split="train", streaming=True)
+    mapped = ds.map(lambda r: r)
+    reader = loader._file_reader(mapped)  # _ex_iterable, then .ex_iterable down to the reader of the files
+    assert isinstance(reader, hi.ArrowExamplesIterable) and reader.kwargs["files"]
+    assert isinstance(reader.generate_tables_fn.__self__, Parquet)  # the builder, its config: page checksums
+    assert hasattr(reader.generate_tables_fn.__self__.config, "fragment_scan_options")
+    assert isinstance(mapped._ex_iterable._state_dict, (dict, type(None)))  # iteration state lives on the iterables
+    resharded = ds.select_columns(["id"]).reshard()._ex_iterable
+    assert isinstance(resharded, hi.SelectColumnsIterable) and resharded.ex_iterable.kwargs["row_groups_list"]
+    assert isinstance(HfFileSystem._cache, dict)  # shared, not copied, when a stream is deep-copied
+    assert hasattr(dc, "HF_UPDATE_DOWNLOAD_COUNTS")  # the download-count ping local data skips
+    files = tracked_list(["a", "b"])
+    reading = iter(files)
+    next(reading)
+    assert files.last_item == "a"  # the file being prepared, named when it fails
+    assert hd.ReadInstruction.from_spec("train[:3]")._relative_instructions[0].to == 3  # split expressions

@@ -395,7 +395,8 @@ def _parquet_row_groups(stream: Any) -> tuple[Any, np.ndarray] | None:
 
     None unless the rows can be counted from parquet metadata: the stream must read parquet
     files through HF's parquet builder without ``filters`` and without ``map`` / ``filter`` /
-    ``shuffle`` / ``skip`` / node splits of its own (those streams are replayed).
+    ``shuffle`` / ``skip`` / node splits of its own (those streams are replayed). The row groups
+    each shard reads are HF internals (``row_groups_list``); the internals test checks them.
     """
     import datasets.iterable_dataset as hi  # lazy: datasets is optional and slow to import
     import pyarrow.parquet as pq  # a dependency of datasets
@@ -460,6 +461,7 @@ def _own(stream: Any) -> Any:
     reader) would step on each other's positions, so every reader iterates its own copy.
     The copy shares the hub filesystem's process-wide cache (each ``IterableDataset`` holds a
     reference to it, and other readers' threads grow it while this one copies).
+    tests/test_hf.py::test_hf_stream_internals_the_loader_reads_are_there checks these internals.
     """
     from huggingface_hub import HfFileSystem  # a dependency of datasets
 
