@@ -633,14 +633,14 @@ def test_hf_preprocessing_runs_verbatim_with_transform_format_hf(streaming):
 
 
 def test_default_mode_decides_from_metadata_and_a_sample(tmp_path, monkeypatch, caplog):
-    import datarax_fn._loaders.hf as loader
+    import datarax_fn._loaders.hf_stream as loader
 
     folder = tmp_path / "pq"
     folder.mkdir()
     hd.Dataset.from_dict({"id": list(range(5000))}).to_parquet(str(folder / "train.parquet"), batch_size=1000)
     read = []
-    real = loader._columns  # every table an HF source reads passes here
-    monkeypatch.setattr(loader, "_columns", lambda t: read.append(t.num_rows) or real(t))
+    real = loader.table_columns  # every table an HF source reads passes here
+    monkeypatch.setattr(loader, "table_columns", lambda t: read.append(t.num_rows) or real(t))
     with caplog.at_level(logging.INFO, logger="datarax_fn"):
         state = dfn.from_hf(str(folder), "train", memory_budget=0, chunk_size=64, cache_dir=str(tmp_path / "c"))
     assert isinstance(state, dfn.StreamingSource)
@@ -662,11 +662,11 @@ def test_hf_stream_internals_the_loader_reads_are_there(parquet_folder):
     from datasets.utils.track import tracked_list
     from huggingface_hub import HfFileSystem
 
-    import datarax_fn._loaders.hf as loader
+    import datarax_fn._loaders.hf_stream as loader
 
     ds = hd.load_dataset("parquet", data_files=str(parquet_folder / "train.parquet"), split="train", streaming=True)
     mapped = ds.map(lambda r: r)
-    reader = loader._file_reader(mapped)  # _ex_iterable, then .ex_iterable down to the reader of the files
+    reader = loader.file_reader(mapped)  # _ex_iterable, then .ex_iterable down to the reader of the files
     assert isinstance(reader, hi.ArrowExamplesIterable) and reader.kwargs["files"]
     assert isinstance(reader.generate_tables_fn.__self__, Parquet)  # the builder, its config: page checksums
     assert hasattr(reader.generate_tables_fn.__self__.config, "fragment_scan_options")

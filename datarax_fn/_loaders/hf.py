@@ -13,7 +13,6 @@ import copy
 import dataclasses
 import inspect
 import os
-import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -22,6 +21,7 @@ import numpy as np
 
 from .. import _convert as cv
 from . import backends as bk
+from . import hf_stream as hs
 from .config import (
     LoaderConfig,
     StreamingOptions,
@@ -203,10 +203,10 @@ def _prepared(path: str, split: str, kwargs: dict[str, Any]) -> Any:
     if kwargs.pop("save_infos", False):
         kwargs["verification_mode"] = "all_checks"
     builder = hd.load_dataset_builder(path, **{k: v for k, v in kwargs.items() if k in build or k not in prepare})
-    _verify_pages(builder)
+    hs.verify_pages(builder)
     for name in ("_generate_tables", "_generate_examples"):
         if hasattr(builder, name):
-            setattr(builder, name, _checked_reader(getattr(builder, name), None))
+            setattr(builder, name, hs.checked_reader(getattr(builder, name), None))
     options = {k: v for k, v in kwargs.items() if k in prepare}
     options.setdefault("verification_mode", hd.VerificationMode.BASIC_CHECKS)
     try:
@@ -276,10 +276,6 @@ def _top(fields: Mapping[str, Any]) -> list[str]:
     return list(dict.fromkeys(p.split(".")[0] for p in cv.read_paths(fields)))
 
 
-def _columns(table: Any) -> bk.Columns:
-    return {k: table.column(k) for k in table.column_names}
-
-
 def _info(info: Any, meta: Mapping[str, Any]) -> Any:
     """Returns a copy of the DatasetInfo whose Audio features carry the decoded sampling rate."""
     import datasets as hd  # lazy: datasets is optional and slow to import
@@ -298,7 +294,7 @@ def _label(cfg: HFEagerConfig) -> str:
 
 def _eager(ds: Any, cfg: HFEagerConfig) -> Any:
     fields, opts = _fields(ds, cfg)
-    columns = _columns(ds.select_columns(_top(fields)).with_format("arrow")[:])
+    columns = hs.table_columns(ds.select_columns(_top(fields)).with_format("arrow")[:])
     return bk.eager_source(columns, fields, opts, cfg, name=_label(cfg), info=lambda meta: _info(ds.info, meta))
 
 
@@ -308,206 +304,22 @@ def _map_backend(ds: Any, fields: dict, opts: dict, cfg: HFStreamingConfig) -> b
     def read(idx: np.ndarray) -> bk.Columns:
         lo = int(idx[0])
         contiguous = idx[-1] - lo == len(idx) - 1 and (len(idx) < 2 or bool((np.diff(idx) == 1).all()))
-        return _columns(arrow[lo : lo + len(idx)] if contiguous else arrow[idx.tolist()])
+        return hs.table_columns(arrow[lo : lo + len(idx)] if contiguous else arrow[idx.tolist()])
 
     conv = bk.converter(fields, opts, read(np.arange(min(cfg.chunk_size, len(ds)))), static=True)
     data = (ds._fingerprint, bk.file_stats(f["filename"] for f in ds.cache_files))  # noqa: SLF001
     return bk.RandomAccessBackend(read, len(ds), conv, data=data, split=cfg.split, info=_info(ds.info, conv.meta), cfg=cfg)
 
 
-def _file_reader(ds: Any) -> Any:
-    """Returns the innermost examples iterable of an ``IterableDataset``: the one that opens the
-    data files (HF's ``ArrowExamplesIterable`` / ``ExamplesIterable``, their ``kwargs["files"]``
-    listing the files), or None.
-
-    HF has no public view of a stream's files; the chain of ``ex_iterable`` attributes is the
-    one way to them. tests/test_hf.py::test_hf_stream_internals_the_loader_reads_are_there
-    fails when HF moves them.
-    """
-    it, seen = getattr(ds, "_ex_iterable", None), 0
-    while it is not None and seen < 32:
-        if "files" in (getattr(it, "kwargs", None) or {}):
-            return it
-        it, seen = getattr(it, "ex_iterable", None), seen + 1
-    return None
-
-
-def _data_files(ds: Any) -> list[str]:
-    """Returns the files an ``IterableDataset`` reads (from its innermost examples iterable)."""
-    it = _file_reader(ds)
-    return [str(f) for f in it.kwargs["files"] or ()] if it is not None else []
-
-
-def _checked_reader(fn: Callable, identity: bk.FileIdentity | None) -> Callable:
-    """Returns HF's file reader ``fn`` (a builder's ``_generate_tables`` / ``_generate_examples``,
-    called once per shard with the shard's ``files``) that checks each file's identity as it
-    opens it and names the file (and row group) when the reader fails on it."""
-
-    def read_files(**kwargs: Any) -> Any:
-        files = [str(f) for f in kwargs.get("files") or ()]
-        for f in files if identity is not None else ():
-            identity.check(f)
-        groups = kwargs.get("row_groups_list")
-        items = fn(**kwargs)
-        while True:
-            try:
-                item = next(items)
-            except StopIteration:
-                return
-            except Exception as err:  # noqa: BLE001 (any reader failure: the file is what the user can fix)
-                # When preparing, HF hands all files at once in a tracked_list that remembers the one being read.
-                current = getattr(kwargs.get("files"), "last_item", None)
-                named = [str(current)] if current is not None else files
-                one = len(files) == 1 and groups and groups[0] is not None and len(groups[0]) == 1
-                raise bk.damaged_file_error(" / ".join(named) or "a data file", err,
-                                            f"row group {groups[0][0]}" if one else "") from err
-            yield item
-
-    return read_files
-
-
-def _verify_pages(builder: Any) -> None:
-    """Makes HF's parquet builder verify page checksums (pyarrow skips them by default, so a
-    flipped bit in a page that carries a CRC would decode to other values)."""
-    from datasets.packaged_modules.parquet.parquet import Parquet  # HF's own parquet reader
-
-    if isinstance(builder, Parquet) and getattr(builder.config, "fragment_scan_options", "") is None:
-        import pyarrow.dataset as pds  # a dependency of datasets
-
-        builder.config.fragment_scan_options = pds.ParquetFragmentScanOptions(page_checksum_verification=True)
-
-
-def _guard_files(ds: Any, identity: bk.FileIdentity) -> Any:
-    """Returns ``ds`` (an owned copy) whose file reader checks each file's identity when it opens
-    it, verifies parquet page checksums and names the file in the errors of a damaged one."""
-    it = _file_reader(ds)
-    name = next((a for a in ("generate_tables_fn", "generate_examples_fn") if hasattr(it, a)), None)
-    if name is None:
-        return ds
-    fn = getattr(it, name)
-    _verify_pages(getattr(fn, "__self__", None))
-    setattr(it, name, _checked_reader(fn, identity))
-    return ds
-
-
-def _parquet_row_groups(stream: Any) -> tuple[Any, np.ndarray] | None:
-    """Returns ``(stream resharded to one shard per parquet row group, each row group's rows)``.
-
-    None unless the rows can be counted from parquet metadata: the stream must read parquet
-    files through HF's parquet builder without ``filters`` and without ``map`` / ``filter`` /
-    ``shuffle`` / ``skip`` / node splits of its own (those streams are replayed). The row groups
-    each shard reads are HF internals (``row_groups_list``); the internals test checks them.
-    """
-    import datasets.iterable_dataset as hi  # lazy: datasets is optional and slow to import
-    import pyarrow.parquet as pq  # a dependency of datasets
-    from datasets.packaged_modules.parquet.parquet import Parquet  # HF's own parquet reader
-
-    if getattr(stream, "_distributed", None) is not None:
-        return None
-    resharded = stream.reshard()
-    it = resharded._ex_iterable  # noqa: SLF001 (the row groups a shard reads are not public)
-    while isinstance(it, hi.SelectColumnsIterable):
-        it = it.ex_iterable
-    builder = getattr(getattr(it, "generate_tables_fn", None), "__self__", None)
-    if not isinstance(it, hi.ArrowExamplesIterable) or not isinstance(builder, Parquet) or builder.config.filters:
-        return None
-    files, groups = it.kwargs.get("files"), it.kwargs.get("row_groups_list")
-    if not files or groups is None or any(g is None or len(g) != 1 for g in groups) or resharded.num_shards != len(files):
-        return None
-    # The builder's module-level open: xopen (hub, fsspec URLs) when HF streams, else the builtin.
-    opener = getattr(sys.modules[type(builder).__module__], "open", open)
-    meta: dict[str, Any] = {}
-    lengths = []
-    for f, (g,) in zip(files, groups):
-        if f not in meta:
-            try:
-                with opener(f, "rb") as fh:
-                    meta[f] = pq.ParquetFile(fh).metadata
-            except Exception as err:  # noqa: BLE001 (a footer pyarrow cannot read: name the file)
-                raise bk.damaged_file_error(str(f), err, "its footer (the parquet metadata)") from err
-        lengths.append(meta[f].row_group(g).num_rows)
-    return resharded, np.asarray(lengths, np.int64)
-
-
-def _seek_reader(resharded: Any, ends: np.ndarray, first: int, n: int, chunk: int) -> Callable:
-    """Returns ``read_range(lo, hi)`` over row groups: it opens the group holding row ``lo`` (HF's
-    own reader of that shard) and reads on group by group; the split slice is rows ``first + [0, n)``."""
-    shards = len(ends) - 1
-
-    def read_range(lo: int, hi: int | None) -> Any:
-        row, end = first + lo, first + (n if hi is None else hi)
-        k = int(np.searchsorted(ends, row, side="right")) - 1
-        while row < end:
-            skip, stop, at = row - ends[k], min(ends[k + 1], end) - ends[k], 0
-            for table in resharded.shard(num_shards=shards, index=k).iter(batch_size=chunk):
-                a, b = max(skip - at, 0), min(stop - at, len(table))
-                at += len(table)
-                if b > a:
-                    yield _columns(table.slice(a, b - a))
-                if at >= stop:
-                    break
-            row, k = int(ends[k + 1]), k + 1
-
-    return read_range
-
-
-def _own(stream: Any) -> Any:
-    """Returns a copy of an ``IterableDataset`` whose iteration state is its own.
-
-    HF keeps the progress of an iteration on the examples-iterable objects themselves (their
-    ``_state_dict``, reset by every new iteration and read back by ``map`` / ``filter`` to
-    resume), and ``select_columns`` / ``with_format`` / ``shard`` copies share those objects.
-    Two readers over one object (two sources built from it, two partitions, a probe and a
-    reader) would step on each other's positions, so every reader iterates its own copy.
-    The copy shares the hub filesystem's process-wide cache (each ``IterableDataset`` holds a
-    reference to it, and other readers' threads grow it while this one copies).
-    tests/test_hf.py::test_hf_stream_internals_the_loader_reads_are_there checks these internals.
-    """
-    from huggingface_hub import HfFileSystem  # a dependency of datasets
-
-    cache = getattr(HfFileSystem, "_cache", None)
-    try:
-        return copy.deepcopy(stream, {} if cache is None else {id(cache): cache})
-    except Exception as err:  # noqa: BLE001 (any failure means the stream cannot be owned)
-        raise ValueError(
-            f"from_hf: cannot copy this IterableDataset ({type(err).__name__}: {err}), and sources sharing one "
-            "would read each other's positions. Build it from data files or a Dataset (load_dataset(..., "
-            "streaming=True) on the files), or pass a Dataset with streaming=True."
-        ) from err
-
-
-def _replay_reader(stream: Any, first: int, last: int | None, chunk: int) -> Callable:
-    """Returns ``read_range(lo, hi)`` that iterates the stream from its start (json, csv, text,
-    and streams whose rows have no metadata): a resume costs every row before ``lo``."""
-
-    def read_range(lo: int, hi: int | None) -> Any:
-        skip = first + lo
-        left = None if hi is None and last is None else (hi if hi is not None else last - first) - lo
-        for table in _own(stream).iter(batch_size=chunk):
-            if skip >= len(table):
-                skip -= len(table)
-                continue
-            if skip:
-                table, skip = table.slice(skip), 0
-            if left is not None:
-                table, left = table.slice(0, left), left - min(left, len(table))
-            if len(table):
-                yield _columns(table)
-            if left == 0:
-                return
-
-    return read_range
-
-
 def _replay_backend(ds: Any, fields: dict, opts: dict, cfg: HFStreamingConfig) -> bk.Backend:
     where = repr(cfg.name)
-    files = bk.file_stats(_data_files(ds))
+    files = bk.file_stats(hs.stream_files(ds))
     identity = bk.FileIdentity(files)
     stream = ds.select_columns(_top(fields)).with_format("arrow")
-    groups = _parquet_row_groups(stream)
+    groups = hs.parquet_row_groups(stream)
     if groups is not None:  # reshard made its own file readers
-        groups = (_guard_files(groups[0], identity), groups[1])
-    stream = _guard_files(_own(stream), identity)
+        groups = (hs.guard_files(groups[0], identity), groups[1])
+    stream = hs.guard_files(hs.own(stream), identity)
     if groups is not None:
         ends = np.concatenate([[0], np.cumsum(groups[1])])
         total = int(ends[-1])
@@ -518,9 +330,9 @@ def _replay_backend(ds: Any, fields: dict, opts: dict, cfg: HFStreamingConfig) -
     first, last = _bounds(cfg.split, total, None, where)[1:]
     n = last - first if last is not None else (None if total is None else total - first)
     if groups is not None:
-        read_range, bounds = _seek_reader(groups[0], ends, first, n, cfg.chunk_size), np.clip(ends - first, 0, n)
+        read_range, bounds = hs.seek_reader(groups[0], ends, first, n, cfg.chunk_size), np.clip(ends - first, 0, n)
     else:
-        read_range, bounds = _replay_reader(stream, first, last, cfg.chunk_size), None
+        read_range, bounds = hs.replay_reader(stream, first, last, cfg.chunk_size), None
     probe = next(read_range(0, None if n is None else min(n, cfg.chunk_size)), None)
     if probe is None:
         raise bk.empty_split_error(where, cfg.split)
@@ -535,7 +347,7 @@ def _streaming(ds: Any, cfg: HFStreamingConfig) -> Any:
 
     kind: Callable = _map_backend if isinstance(ds, hd.Dataset) else _replay_backend
     if isinstance(ds, hd.IterableDataset):
-        ds = _own(ds)  # resolving the features below may iterate it
+        ds = hs.own(ds)  # resolving the features below may iterate it
     return bk.streaming_source(kind(ds, *_fields(ds, cfg), cfg), cfg, _label(cfg))
 
 
@@ -570,17 +382,17 @@ def HFStreamingSource(config: HFStreamingConfig) -> Any:  # noqa: N802 (called l
 
 def _estimate(ds: Any, cfg: HFEagerConfig) -> int:
     fields, opts = _fields(ds, cfg)
-    columns = _columns(ds.select_columns(_top(fields)).with_format("arrow")[:])
+    columns = hs.table_columns(ds.select_columns(_top(fields)).with_format("arrow")[:])
     return cv.estimate_nbytes(bk.converter(fields, opts, bk.probe_of(columns), static=False), columns)
 
 
 def _sampled_estimate(ds: Any, cfg: HFStreamingConfig) -> tuple[int | None, str]:
     """Returns the decoded size of an HF stream's split from its metadata (parquet footers or the
     split info give the record count) and its first ``SAMPLE_ROWS`` records; nothing else is read."""
-    ds = _own(ds)
+    ds = hs.own(ds)
     fields, opts = _fields(ds, cfg)
     stream = ds.select_columns(_top(fields)).with_format("arrow")
-    groups = _parquet_row_groups(stream)
+    groups = hs.parquet_row_groups(stream)
     if groups is not None:
         total: int | None = int(groups[1].sum())
     else:
@@ -588,7 +400,7 @@ def _sampled_estimate(ds: Any, cfg: HFStreamingConfig) -> tuple[int | None, str]
         total = int(known.num_examples) if known is not None and known.num_examples else None
     first, last = _bounds(cfg.split, total, None, repr(cfg.name))[1:]
     n = None if total is None and last is None else (last if last is not None else total) - first
-    sample = next(_replay_reader(stream, first, last, bk.SAMPLE_ROWS)(0, min(bk.SAMPLE_ROWS, n or bk.SAMPLE_ROWS)), None)
+    sample = next(hs.replay_reader(stream, first, last, bk.SAMPLE_ROWS)(0, min(bk.SAMPLE_ROWS, n or bk.SAMPLE_ROWS)), None)
     return bk.sampled_nbytes(fields, opts, sample, n)
 
 
