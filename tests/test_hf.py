@@ -680,3 +680,12 @@ def test_hf_stream_internals_the_loader_reads_are_there(parquet_folder):
     next(reading)
     assert files.last_item == "a"  # the file being prepared, named when it fails
     assert hd.ReadInstruction.from_spec("train[:3]")._relative_instructions[0].to == 3  # split expressions
+
+
+def test_dataset_info_carries_the_image_mode_a_stream_decided():
+    import datarax_fn._loaders.hf as loader
+
+    ds = hd.Dataset.from_dict({"im": [png(np.zeros((2, 2), np.uint8))], "n": [1]},
+                              features=hd.Features({"im": hd.Image(), "n": hd.Value("int64")}))
+    info = loader._info(ds.info, {"im": {"image_mode": "L", "image_mode_probed_rows": 1}})  # the converter's meta
+    assert info.features["im"] == hd.Image(mode="L") and ds.info.features["im"].mode is None  # a copy

@@ -277,7 +277,9 @@ def _top(fields: Mapping[str, Any]) -> list[str]:
 
 
 def _info(info: Any, meta: Mapping[str, Any]) -> Any:
-    """Returns a copy of the DatasetInfo whose Audio features carry the decoded sampling rate."""
+    """Returns a copy of the DatasetInfo whose features carry what conversion decided: an Audio
+    feature the decoded sampling rate, an Image feature without a mode the mode a stream's
+    first images decided (``image_mode`` in the converter's ``meta``)."""
     import datasets as hd  # lazy: datasets is optional and slow to import
 
     info = copy.deepcopy(info)
@@ -285,6 +287,8 @@ def _info(info: Any, meta: Mapping[str, Any]) -> Any:
         f = info.features.get(key) if info.features is not None else None
         if isinstance(f, hd.Audio) and f.sampling_rate is None and "sampling_rate" in m:
             info.features[key] = hd.Audio(sampling_rate=m["sampling_rate"], decode=f.decode)
+        if isinstance(f, hd.Image) and f.mode is None and "image_mode" in m:
+            info.features[key] = hd.Image(mode=m["image_mode"], decode=f.decode)
     return info
 
 
