@@ -7,6 +7,9 @@ audio arrive encoded (``tfds.decode.SkipDecoding``), so the conversion layer dec
 same way for every backend and file format; dropped features are skipped by the decoders.
 
 TensorFlow is imported lazily, only on the tf.data paths, and kept off GPUs.
+
+Over 400 lines: the configs, the split plan, both readers and ``from_tfds`` share the plan
+and the config's split expression; the row-level helpers already live in ``tfds_columns``.
 """
 
 from __future__ import annotations
