@@ -15,6 +15,9 @@ Both implement ``open_partition`` over the canonical partitions of ``_layout.par
 A backend only supplies raw column chunks; conversion, the element spec and the fingerprint
 are shared here. Columns are dicts keyed by field name whose values are pyarrow arrays,
 NumPy arrays, Python lists, or dicts of those.
+
+Over 400 lines: both backend kinds and the shared eager tail use one fingerprint, one
+conversion step and the file checks; splitting them would spread one contract over files.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from .._layout.partitions import check_partitions, partition_offsets
 from .._state.shuffle import permute
 from .._streaming.source import StreamingSource, make_streaming
 from .. import _convert as cv
+from .._convert.columns import is_arrow, rows_of, slice_rows  # one row counter, one slicer, one Arrow test
 from .config import conversion_options
 from .replay_order import tape
 
@@ -40,37 +44,13 @@ Columns = dict[str, Any]
 # ----------------------------------------------------------------------------- columns
 
 
-def _is_arrow(col: Any) -> bool:
-    return hasattr(col, "take") and hasattr(col, "slice") and not isinstance(col, np.ndarray)
-
-
-def num_rows(columns: Mapping[str, Any]) -> int:
-    """Returns the number of rows of a columns dict (its first leaf's length)."""
-    for v in columns.values():
-        return num_rows(v) if isinstance(v, Mapping) else len(v)
-    return 0
-
-
-def slice_rows(columns: Mapping[str, Any], lo: int, hi: int) -> Columns:
-    """Returns rows ``[lo, hi)`` of every column (Arrow slices and NumPy views: no copy)."""
-    out: Columns = {}
-    for k, v in columns.items():
-        if isinstance(v, Mapping):
-            out[k] = slice_rows(v, lo, hi)
-        elif _is_arrow(v):
-            out[k] = v.slice(lo, hi - lo)
-        else:
-            out[k] = v[lo:hi]
-    return out
-
-
 def take_rows(columns: Mapping[str, Any], idx: np.ndarray) -> Columns:
     """Returns the rows ``idx`` of every column, in that order."""
     out: Columns = {}
     for k, v in columns.items():
         if isinstance(v, Mapping):
             out[k] = take_rows(v, idx)
-        elif _is_arrow(v):
+        elif is_arrow(v):
             out[k] = v.take(idx)
         elif isinstance(v, np.ndarray):
             out[k] = v[idx]
@@ -88,7 +68,7 @@ def concat_rows(parts: list[Mapping[str, Any]]) -> Columns:
         vals = [p[k] for p in parts]
         if isinstance(v, Mapping):
             out[k] = concat_rows(vals)
-        elif _is_arrow(v):
+        elif is_arrow(v):
             import pyarrow as pa  # a dependency of both backends; only Arrow columns get here
 
             out[k] = pa.chunked_array([c for x in vals for c in (x.chunks if hasattr(x, "chunks") else [x])])
@@ -110,7 +90,7 @@ def _windows(chunks: Iterable[Columns], sizes: Iterable[int]) -> Iterator[Column
             if chunk is None:
                 break
             pending.append(chunk)
-            have += num_rows(chunk)
+            have += rows_of(chunk)
         if not have:
             return
         joined, take = concat_rows(pending), min(size, have)
@@ -137,6 +117,47 @@ def file_stats(paths: Iterable[str]) -> list[tuple]:
         except OSError:
             out.append((p,))
     return out
+
+
+class FileIdentity:
+    """The ``(size, mtime_ns)`` of each local data file as the source was built.
+
+    ``check(path)`` runs where a reader opens a file: a file rewritten since the build would
+    switch the data in the middle of a stream (the fingerprint only refuses stale cursors).
+    """
+
+    def __init__(self, stats: Iterable[tuple]):
+        self.recorded = {s[0]: s[1:] for s in stats if len(s) == 3}
+
+    def check(self, path: str) -> None:
+        """Raises ``RuntimeError`` naming ``path`` when its size or mtime differ from the build's."""
+        was = self.recorded.get(str(path))
+        if was is None:
+            return
+        try:
+            st = os.stat(path)
+            now: tuple = (st.st_size, st.st_mtime_ns)
+        except OSError as err:
+            raise RuntimeError(f"{path}: the data file is gone since the source was built ({err}). "
+                               "Restore the file or rebuild the source.") from err
+        if now != was:
+            raise RuntimeError(
+                f"{path}: the data file changed since the source was built (size {was[0]} -> {now[0]} bytes, "
+                f"mtime_ns {was[1]} -> {now[1]}); reading on would mix two versions of the data. Rebuild the "
+                "source (cursors taken before the change are refused by the fingerprint)."
+            )
+
+
+class DamagedFileError(ValueError):
+    """A data file a backend could not read; the message names the file, the cause is the backend's error."""
+
+
+def damaged_file_error(path: str, err: BaseException, where: str = "") -> DamagedFileError:
+    """Returns the error for a file a backend could not read: it names the file (and ``where``
+    inside it, when known); raise it ``from err`` so the backend's own error stays the cause."""
+    at = f" at {where}" if where else ""
+    return DamagedFileError(f"{path}: reading the data file failed{at} ({type(err).__name__}: {err}). The file is damaged "
+                      "or truncated: replace it, or leave it out of the data files.")
 
 
 def _spec_summary(spec: Any) -> Any:
@@ -269,10 +290,10 @@ class ReplayBackend(Backend):
         if not self.shuffle:
             row = lo + start
             for cols in self.read_ranges([(lo + start, hi)]):
-                for first in range(0, num_rows(cols), self.chunk_size):
+                for first in range(0, rows_of(cols), self.chunk_size):
                     part = slice_rows(cols, first, first + self.chunk_size)
-                    yield self.convert(part, np.arange(row, row + num_rows(part)))
-                    row += num_rows(part)
+                    yield self.convert(part, np.arange(row, row + rows_of(part)))
+                    row += rows_of(part)
             return
         t = tape(self.shard_bounds, lo, hi, self.window, seed, epoch)
         k0, at = t.window_at(start)
@@ -293,7 +314,7 @@ class ReplayBackend(Backend):
         ends = np.cumsum([hi - lo for lo, hi in pieces]) if known else np.array([np.iinfo(np.int64).max])
         at = 0
         for cols in self.read_ranges(pieces):
-            pos = np.arange(at, at + num_rows(cols))
+            pos = np.arange(at, at + rows_of(cols))
             j = np.searchsorted(ends, pos, side="right")
             yield {**cols, _ROW: firsts[j] + pos - np.where(j > 0, ends[j - 1], 0)}
             at = int(pos[-1]) + 1 if len(pos) else at
@@ -345,7 +366,21 @@ def converter(fields: Mapping[str, Any], opts: Mapping[str, Any], probe: Columns
 
 def probe_of(columns: Columns, rows: int = 256) -> Columns:
     """Returns the first rows of ``columns``: the probe that fixes a transform's output spec."""
-    return slice_rows(columns, 0, min(rows, num_rows(columns)))
+    return slice_rows(columns, 0, min(rows, rows_of(columns)))
+
+
+SAMPLE_ROWS = 256  # the first records that stand for the split when the mode is decided
+
+
+def sampled_nbytes(fields: Mapping[str, Any], opts: Mapping[str, Any], sample: Columns | None,
+                   n: int | None) -> tuple[int | None, str]:
+    """Returns ``(bytes, how)``: the decoded size of ``n`` records estimated from ``sample``, the
+    split's first records (None when ``n`` or the sample is unknown: the split then streams)."""
+    k = 0 if sample is None else rows_of(sample)
+    if n is None or not k:
+        return None, "the metadata gives no record count" if n is None else "no record could be read"
+    size = cv.estimate_nbytes(converter(fields, opts, probe_of(sample), static=False), sample)
+    return int(size * n / k), f"{n:,} records from the metadata, sized from the first {k}; nothing else was read"
 
 
 def empty_split_error(what: str, split: Any) -> ValueError:
@@ -355,10 +390,10 @@ def empty_split_error(what: str, split: Any) -> ValueError:
 def eager_source(columns: Columns, fields: Mapping[str, Any], opts: Mapping[str, Any], cfg: Any, *, name: str,
                  info: Callable[[Mapping[str, Any]], Any]) -> EagerSource:
     """Returns an ``EagerSource`` of the converted ``columns`` (the whole split); ``info(conv.meta)`` is its info."""
-    if not num_rows(columns):
+    if not rows_of(columns):
         raise empty_split_error(name, cfg.split)
-    check_partitions(cfg.partitions, num_rows(columns), name)
-    n = num_rows(columns)
+    check_partitions(cfg.partitions, rows_of(columns), name)
+    n = rows_of(columns)
     conv = converter(fields, opts, probe_of(columns), static=False)
     bar = None
     if cfg.progress or (cfg.progress is None and n >= 20_000 and any(isinstance(f, cv.Image) for f in fields.values())):
@@ -376,7 +411,7 @@ def eager_source(columns: Columns, fields: Mapping[str, Any], opts: Mapping[str,
     fresh = cfg.transform is None
     if fresh:
         arrays = cv.owned_arrays(arrays)
-    elif not num_rows(arrays):
+    elif not rows_of(arrays):
         raise ValueError(f"{name}: the transform returned no rows; an eager source needs at least one record.")
     return from_arrays(arrays, shuffle=cfg.shuffle, seed=cfg.seed, name=name, info=info(conv.meta), copy=not fresh,
                        partitions=cfg.partitions)
@@ -390,5 +425,5 @@ def streaming_source(backend: Backend, cfg: Any, name: str) -> StreamingSource:
 
 __all__ = [
     "Backend", "RandomAccessBackend", "ReplayBackend", "concat_rows", "converter", "digest", "eager_source", "probe_of",
-    "empty_split_error", "file_stats", "num_rows", "range_by_range", "select", "slice_rows", "streaming_source", "take_rows",
+    "DamagedFileError", "FileIdentity", "damaged_file_error", "empty_split_error", "file_stats", "range_by_range", "sampled_nbytes", "select", "streaming_source", "take_rows",
 ]

@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import inspect
 import os
-import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import _convert as cv
 from . import backends as bk
+from . import hf_stream as hs
 from .config import (
     LoaderConfig,
     StreamingOptions,
@@ -71,7 +72,7 @@ class HFStreamingConfig(StreamingOptions, HFEagerConfig):
 # ----------------------------------------------------------------------------- loading
 
 
-_OFFLINE_LOCK = threading.Lock()
+_OFFLINE_LOCK = threading.RLock()  # re-entered when _offline and _no_load_count nest
 
 
 @contextlib.contextmanager
@@ -172,13 +173,13 @@ def _load(cfg: HFEagerConfig, streaming: bool) -> Any:
     base = cfg.split
     if streaming:  # HF streams whole splits only: the slice is applied while reading
         base = _split_name(cfg.split)
-    kwargs: dict[str, Any] = dict(name=cfg.config_name, split=base, data_dir=cfg.data_dir, data_files=cfg.data_files,
-                                  revision=cfg.revision, cache_dir=cfg.cache_dir, streaming=streaming)
+    kwargs: dict[str, Any] = dict(name=cfg.config_name, data_dir=cfg.data_dir, data_files=cfg.data_files,
+                                  revision=cfg.revision, cache_dir=cfg.cache_dir)
     if cfg.local_files_only:
         kwargs["download_config"] = hd.DownloadConfig(local_files_only=True, cache_dir=cfg.cache_dir)
     kwargs.update(cfg.download_kwargs or {})
-    with _offline(cfg.local_files_only):
-        ds = hd.load_dataset(cfg.name, **kwargs)
+    with _offline(cfg.local_files_only), _no_load_count(_local_data(cfg)):
+        ds = hd.load_dataset(cfg.name, split=base, streaming=True, **kwargs) if streaming else _prepared(cfg.name, base, kwargs)
     if isinstance(ds, (hd.DatasetDict, hd.IterableDatasetDict)):
         if base not in ds:
             raise ValueError(f"{cfg.name!r}: split={cfg.split!r} is not there; available splits are {list(ds)}.")
@@ -186,6 +187,67 @@ def _load(cfg: HFEagerConfig, streaming: bool) -> Any:
     if isinstance(ds, hd.Dataset) and not len(ds):
         raise bk.empty_split_error(repr(cfg.name), cfg.split)
     return ds
+
+
+def _prepared(path: str, split: str, kwargs: dict[str, Any]) -> Any:
+    """Returns ``load_dataset(path, split=split, **kwargs)``, run step by step as ``load_dataset``
+    does (builder, ``download_and_prepare``, ``as_dataset``) so that the builder's file reader
+    verifies parquet page checksums and names the file it fails on."""
+    import datasets as hd  # lazy: datasets is optional and slow to import
+    from datasets.utils.info_utils import is_small_dataset  # load_dataset's own in-memory rule
+
+    prepare = set(inspect.signature(hd.DatasetBuilder.download_and_prepare).parameters) - {"self"}
+    build = set(inspect.signature(hd.load_dataset_builder).parameters)
+    kwargs = dict(kwargs)
+    keep = kwargs.pop("keep_in_memory", None)
+    if kwargs.pop("save_infos", False):
+        kwargs["verification_mode"] = "all_checks"
+    builder = hd.load_dataset_builder(path, **{k: v for k, v in kwargs.items() if k in build or k not in prepare})
+    hs.verify_pages(builder)
+    for name in ("_generate_tables", "_generate_examples"):
+        if hasattr(builder, name):
+            setattr(builder, name, hs.checked_reader(getattr(builder, name), None))
+    options = {k: v for k, v in kwargs.items() if k in prepare}
+    options.setdefault("verification_mode", hd.VerificationMode.BASIC_CHECKS)
+    try:
+        builder.download_and_prepare(**options)
+    except hd.exceptions.DatasetGenerationError as err:
+        if isinstance(err.__cause__, bk.DamagedFileError):  # HF's wrapper names no file; ours does
+            raise err.__cause__ from err.__cause__.__cause__
+        raise
+    return builder.as_dataset(split=split, in_memory=keep if keep is not None else is_small_dataset(builder.info.dataset_size))
+
+
+def _local_data(cfg: HFEagerConfig) -> bool:
+    """Returns whether the config names local data only: a local folder, or a packaged builder
+    (``"parquet"``, ``"csv"``...) over data files that are all local paths."""
+    if os.path.isdir(cfg.name):
+        return True
+    files = cfg.data_files
+    if files is None:
+        return False
+    paths = [p for v in (files.values() if isinstance(files, Mapping) else [files])
+             for p in ([v] if isinstance(v, (str, os.PathLike)) else v)]
+    return bool(paths) and all("://" not in str(p) for p in paths)
+
+
+@contextlib.contextmanager
+def _no_load_count(enabled: bool):
+    """Skips ``datasets``' download-count ping (a HEAD request to its S3 bucket, made whenever a
+    builder module is resolved unless offline) inside the block: local data makes no network
+    attempt. ``datasets.config`` is set, not the environment, and restored on exit."""
+    if not enabled:
+        yield
+        return
+    import datasets.config as dc  # lazy: datasets is optional and slow to import
+
+    with _OFFLINE_LOCK:
+        saved = dc.HF_UPDATE_DOWNLOAD_COUNTS
+        dc.HF_UPDATE_DOWNLOAD_COUNTS = False
+        try:
+            yield
+        finally:
+            dc.HF_UPDATE_DOWNLOAD_COUNTS = saved
 
 
 # ----------------------------------------------------------------------------- schema and columns
@@ -214,12 +276,10 @@ def _top(fields: Mapping[str, Any]) -> list[str]:
     return list(dict.fromkeys(p.split(".")[0] for p in cv.read_paths(fields)))
 
 
-def _columns(table: Any) -> bk.Columns:
-    return {k: table.column(k) for k in table.column_names}
-
-
 def _info(info: Any, meta: Mapping[str, Any]) -> Any:
-    """Returns a copy of the DatasetInfo whose Audio features carry the decoded sampling rate."""
+    """Returns a copy of the DatasetInfo whose features carry what conversion decided: an Audio
+    feature the decoded sampling rate, an Image feature without a mode the mode a stream's
+    first images decided (``image_mode`` in the converter's ``meta``)."""
     import datasets as hd  # lazy: datasets is optional and slow to import
 
     info = copy.deepcopy(info)
@@ -227,6 +287,8 @@ def _info(info: Any, meta: Mapping[str, Any]) -> Any:
         f = info.features.get(key) if info.features is not None else None
         if isinstance(f, hd.Audio) and f.sampling_rate is None and "sampling_rate" in m:
             info.features[key] = hd.Audio(sampling_rate=m["sampling_rate"], decode=f.decode)
+        if isinstance(f, hd.Image) and f.mode is None and "image_mode" in m:
+            info.features[key] = hd.Image(mode=m["image_mode"], decode=f.decode)
     return info
 
 
@@ -236,7 +298,7 @@ def _label(cfg: HFEagerConfig) -> str:
 
 def _eager(ds: Any, cfg: HFEagerConfig) -> Any:
     fields, opts = _fields(ds, cfg)
-    columns = _columns(ds.select_columns(_top(fields)).with_format("arrow")[:])
+    columns = hs.table_columns(ds.select_columns(_top(fields)).with_format("arrow")[:])
     return bk.eager_source(columns, fields, opts, cfg, name=_label(cfg), info=lambda meta: _info(ds.info, meta))
 
 
@@ -246,108 +308,22 @@ def _map_backend(ds: Any, fields: dict, opts: dict, cfg: HFStreamingConfig) -> b
     def read(idx: np.ndarray) -> bk.Columns:
         lo = int(idx[0])
         contiguous = idx[-1] - lo == len(idx) - 1 and (len(idx) < 2 or bool((np.diff(idx) == 1).all()))
-        return _columns(arrow[lo : lo + len(idx)] if contiguous else arrow[idx.tolist()])
+        return hs.table_columns(arrow[lo : lo + len(idx)] if contiguous else arrow[idx.tolist()])
 
     conv = bk.converter(fields, opts, read(np.arange(min(cfg.chunk_size, len(ds)))), static=True)
     data = (ds._fingerprint, bk.file_stats(f["filename"] for f in ds.cache_files))  # noqa: SLF001
     return bk.RandomAccessBackend(read, len(ds), conv, data=data, split=cfg.split, info=_info(ds.info, conv.meta), cfg=cfg)
 
 
-def _data_files(ds: Any) -> list[str]:
-    """Returns the files an ``IterableDataset`` reads (from its innermost examples iterable)."""
-    it, seen = getattr(ds, "_ex_iterable", None), 0
-    while it is not None and seen < 32:
-        files = (getattr(it, "kwargs", None) or {}).get("files")
-        if files is not None:
-            return [str(f) for f in files]
-        it, seen = getattr(it, "ex_iterable", None), seen + 1
-    return []
-
-
-def _parquet_row_groups(stream: Any) -> tuple[Any, np.ndarray] | None:
-    """Returns ``(stream resharded to one shard per parquet row group, each row group's rows)``.
-
-    None unless the rows can be counted from parquet metadata: the stream must read parquet
-    files through HF's parquet builder without ``filters`` and without ``map`` / ``filter`` /
-    ``shuffle`` / ``skip`` / node splits of its own (those streams are replayed).
-    """
-    import datasets.iterable_dataset as hi  # lazy: datasets is optional and slow to import
-    import pyarrow.parquet as pq  # a dependency of datasets
-    from datasets.packaged_modules.parquet.parquet import Parquet  # HF's own parquet reader
-
-    if getattr(stream, "_distributed", None) is not None:
-        return None
-    resharded = stream.reshard()
-    it = resharded._ex_iterable  # noqa: SLF001 (the row groups a shard reads are not public)
-    while isinstance(it, hi.SelectColumnsIterable):
-        it = it.ex_iterable
-    builder = getattr(getattr(it, "generate_tables_fn", None), "__self__", None)
-    if not isinstance(it, hi.ArrowExamplesIterable) or not isinstance(builder, Parquet) or builder.config.filters:
-        return None
-    files, groups = it.kwargs.get("files"), it.kwargs.get("row_groups_list")
-    if not files or groups is None or any(g is None or len(g) != 1 for g in groups) or resharded.num_shards != len(files):
-        return None
-    # The builder's module-level open: xopen (hub, fsspec URLs) when HF streams, else the builtin.
-    opener = getattr(sys.modules[type(builder).__module__], "open", open)
-    meta: dict[str, Any] = {}
-    lengths = []
-    for f, (g,) in zip(files, groups):
-        if f not in meta:
-            with opener(f, "rb") as fh:
-                meta[f] = pq.ParquetFile(fh).metadata
-        lengths.append(meta[f].row_group(g).num_rows)
-    return resharded, np.asarray(lengths, np.int64)
-
-
-def _seek_reader(resharded: Any, ends: np.ndarray, first: int, n: int, chunk: int) -> Callable:
-    """Returns ``read_range(lo, hi)`` over row groups: it opens the group holding row ``lo`` (HF's
-    own reader of that shard) and reads on group by group; the split slice is rows ``first + [0, n)``."""
-    shards = len(ends) - 1
-
-    def read_range(lo: int, hi: int | None) -> Any:
-        row, end = first + lo, first + (n if hi is None else hi)
-        k = int(np.searchsorted(ends, row, side="right")) - 1
-        while row < end:
-            skip, stop, at = row - ends[k], min(ends[k + 1], end) - ends[k], 0
-            for table in resharded.shard(num_shards=shards, index=k).iter(batch_size=chunk):
-                a, b = max(skip - at, 0), min(stop - at, len(table))
-                at += len(table)
-                if b > a:
-                    yield _columns(table.slice(a, b - a))
-                if at >= stop:
-                    break
-            row, k = int(ends[k + 1]), k + 1
-
-    return read_range
-
-
-def _replay_reader(stream: Any, first: int, last: int | None, chunk: int) -> Callable:
-    """Returns ``read_range(lo, hi)`` that iterates the stream from its start (json, csv, text,
-    and streams whose rows have no metadata): a resume costs every row before ``lo``."""
-
-    def read_range(lo: int, hi: int | None) -> Any:
-        skip = first + lo
-        left = None if hi is None and last is None else (hi if hi is not None else last - first) - lo
-        for table in stream.iter(batch_size=chunk):
-            if skip >= len(table):
-                skip -= len(table)
-                continue
-            if skip:
-                table, skip = table.slice(skip), 0
-            if left is not None:
-                table, left = table.slice(0, left), left - min(left, len(table))
-            if len(table):
-                yield _columns(table)
-            if left == 0:
-                return
-
-    return read_range
-
-
 def _replay_backend(ds: Any, fields: dict, opts: dict, cfg: HFStreamingConfig) -> bk.Backend:
     where = repr(cfg.name)
+    files = bk.file_stats(hs.stream_files(ds))
+    identity = bk.FileIdentity(files)
     stream = ds.select_columns(_top(fields)).with_format("arrow")
-    groups = _parquet_row_groups(stream)
+    groups = hs.parquet_row_groups(stream)
+    if groups is not None:  # reshard made its own file readers
+        groups = (hs.guard_files(groups[0], identity), groups[1])
+    stream = hs.guard_files(hs.own(stream), identity)
     if groups is not None:
         ends = np.concatenate([[0], np.cumsum(groups[1])])
         total = int(ends[-1])
@@ -358,14 +334,14 @@ def _replay_backend(ds: Any, fields: dict, opts: dict, cfg: HFStreamingConfig) -
     first, last = _bounds(cfg.split, total, None, where)[1:]
     n = last - first if last is not None else (None if total is None else total - first)
     if groups is not None:
-        read_range, bounds = _seek_reader(groups[0], ends, first, n, cfg.chunk_size), np.clip(ends - first, 0, n)
+        read_range, bounds = hs.seek_reader(groups[0], ends, first, n, cfg.chunk_size), np.clip(ends - first, 0, n)
     else:
-        read_range, bounds = _replay_reader(stream, first, last, cfg.chunk_size), None
+        read_range, bounds = hs.replay_reader(stream, first, last, cfg.chunk_size), None
     probe = next(read_range(0, None if n is None else min(n, cfg.chunk_size)), None)
     if probe is None:
         raise bk.empty_split_error(where, cfg.split)
     conv = bk.converter(fields, opts, probe, static=True)
-    data = (cfg.name, cfg.config_name, cfg.revision, cfg.data_files, bk.file_stats(_data_files(ds)))
+    data = (cfg.name, cfg.config_name, cfg.revision, cfg.data_files, files)
     return bk.ReplayBackend(bk.range_by_range(read_range), n, conv, shard_bounds=bounds, data=data, split=cfg.split,
                             info=_info(ds.info, conv.meta), cfg=cfg)
 
@@ -374,6 +350,8 @@ def _streaming(ds: Any, cfg: HFStreamingConfig) -> Any:
     import datasets as hd  # lazy: datasets is optional and slow to import
 
     kind: Callable = _map_backend if isinstance(ds, hd.Dataset) else _replay_backend
+    if isinstance(ds, hd.IterableDataset):
+        ds = hs.own(ds)  # resolving the features below may iterate it
     return bk.streaming_source(kind(ds, *_fields(ds, cfg), cfg), cfg, _label(cfg))
 
 
@@ -408,21 +386,80 @@ def HFStreamingSource(config: HFStreamingConfig) -> Any:  # noqa: N802 (called l
 
 def _estimate(ds: Any, cfg: HFEagerConfig) -> int:
     fields, opts = _fields(ds, cfg)
-    columns = _columns(ds.select_columns(_top(fields)).with_format("arrow")[:])
+    columns = hs.table_columns(ds.select_columns(_top(fields)).with_format("arrow")[:])
     return cv.estimate_nbytes(bk.converter(fields, opts, bk.probe_of(columns), static=False), columns)
 
 
-def from_hf(name: Any, split: str | None = None, *, streaming: bool | None = None, memory_budget: int | None = None,
-            **options: Any) -> Any:
+def _sampled_estimate(ds: Any, cfg: HFStreamingConfig) -> tuple[int | None, str]:
+    """Returns the decoded size of an HF stream's split from its metadata (parquet footers or the
+    split info give the record count) and its first ``SAMPLE_ROWS`` records; nothing else is read."""
+    ds = hs.own(ds)
+    fields, opts = _fields(ds, cfg)
+    stream = ds.select_columns(_top(fields)).with_format("arrow")
+    groups = hs.parquet_row_groups(stream)
+    if groups is not None:
+        total: int | None = int(groups[1].sum())
+    else:
+        known = (getattr(ds.info, "splits", None) or {}).get(_split_name(cfg.split))
+        total = int(known.num_examples) if known is not None and known.num_examples else None
+    first, last = _bounds(cfg.split, total, None, repr(cfg.name))[1:]
+    n = None if total is None and last is None else (last if last is not None else total) - first
+    sample = next(hs.replay_reader(stream, first, last, bk.SAMPLE_ROWS)(0, min(bk.SAMPLE_ROWS, n or bk.SAMPLE_ROWS)), None)
+    return bk.sampled_nbytes(fields, opts, sample, n)
+
+
+def _load_dataset_forms(name: Any, split: Any, options: dict[str, Any]) -> tuple[Any, Any]:
+    """Returns ``(dataset, split)`` from ``from_hf``'s arguments, taking ``load_dataset``'s forms too.
+
+    ``from_hf(path, name, split=...)``, ``from_hf(path, name=..., split=...)`` and
+    ``from_hf(path=..., name=..., split=...)`` mean what they mean to ``load_dataset``: ``name``
+    is the config (``config_name``). ``from_hf(dataset, split)`` keeps its meaning (the second
+    positional is the split unless ``split=`` is also given), and ``name=`` alone names the dataset.
+    Moves the config into ``options["config_name"]``.
+    """
+    path, kw_name, kw_split = options.pop("path", None), options.pop("name", None), options.pop("split", None)
+    if path is not None:
+        if name is not None:
+            raise TypeError(f"from_hf: the dataset is given twice, {name!r} and path={path!r}; pass one of them.")
+        name = path
+    elif name is None and kw_name is not None:
+        name, kw_name = kw_name, None
+    if name is None:
+        raise TypeError("from_hf: name the dataset: from_hf(path, split, ...) with a hub name, a folder, a builder "
+                        "('parquet', 'csv', 'json') with data_files=, or a Dataset object.")
+    configs = {}
+    if kw_split is not None:
+        if split is not None:
+            configs["the second positional argument"] = split  # load_dataset(path, name, split=...)
+        split = kw_split
+    if kw_name is not None:
+        configs["name="] = kw_name
+    if options.get("config_name") is not None:
+        configs["config_name="] = options["config_name"]
+    if len(configs) > 1:
+        raise TypeError(f"from_hf: the config is given more than once ({', '.join(f'{k} {v!r}' for k, v in configs.items())}); "
+                        "pass it once, as config_name= (load_dataset's name=).")
+    if configs:
+        options["config_name"] = next(iter(configs.values()))
+    return name, split
+
+
+def from_hf(name: Any = None, split: str | None = None, /, *, streaming: bool | None = None,
+            memory_budget: int | None = None, **options: Any) -> Any:
     """Returns an ``EagerSource`` or a ``StreamingSource`` for an HF split.
 
     Arguments:
       name: a hub name, a folder, a builder name with ``data_files=``, or a ``datasets.Dataset``
-        / ``DatasetDict`` / ``IterableDataset`` object.
+        / ``DatasetDict`` / ``IterableDataset`` object (``path=`` also names it).
       split: a split expression (``"test"``, ``"train[:10%]"``, ``"train[5:20]"``); for a
-        ``Dataset`` object its own split (default: all of it).
+        ``Dataset`` object its own split (default: all of it). ``load_dataset``'s forms work
+        too: ``from_hf(path, config, split=...)`` and ``from_hf(path, name=config, split=...)``
+        take the config as ``config_name``.
       streaming: ``True`` streams, ``False`` loads eagerly, ``None`` loads eagerly when the
-        decoded split fits ``memory_budget`` bytes (default: half the available memory).
+        decoded split fits ``memory_budget`` bytes (default: half the available memory). For a
+        name, the size is estimated before anything is prepared: the record count from the
+        parquet footers or the split info, each record sized from the first 256 (an unknown
+        count streams); a ``Dataset`` object is sized from all its rows (its longest included).
       **options: the ``HFStreamingConfig`` options.
 
     Returns:
@@ -437,6 +474,7 @@ def from_hf(name: Any, split: str | None = None, *, streaming: bool | None = Non
     """
     import datasets as hd  # lazy: datasets is optional and slow to import
 
+    name, split = _load_dataset_forms(name, split, options)
     streaming, memory_budget = check_mode("from_hf", streaming, memory_budget)
     obj = None
     if not isinstance(name, (str, os.PathLike)):
@@ -461,6 +499,12 @@ def from_hf(name: Any, split: str | None = None, *, streaming: bool | None = Non
     if streaming:
         decide("from_hf", label, True, memory_budget, lambda: None)
         return _streaming(obj, scfg) if obj is not None else HFStreamingSource(scfg)
+    if streaming is None and obj is None:  # decide before preparing: from the metadata and the first rows
+        ds = _load(scfg, streaming=True)
+        if isinstance(ds, hd.IterableDataset):
+            if decide("from_hf", label, None, memory_budget, lambda: _sampled_estimate(ds, scfg)):
+                return _streaming(ds, scfg)
+            return _eager(_load(ecfg, streaming=False), ecfg)
     ds = obj if obj is not None else _load(ecfg, streaming=False)
     if decide("from_hf", label, streaming, memory_budget, lambda: _estimate(ds, ecfg)):
         return _streaming(ds, scfg)
