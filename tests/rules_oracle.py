@@ -15,6 +15,8 @@ import numpy as np
 
 from dataset_factory import MODE_CHANNELS, Array, Aud, Bin, Img, Label, Num, Picture, Seq, Str, Struct, decode_image, decode_wav
 
+STREAM_PROBE_ROWS = 7  # test_differential's chunk_size: a stream decides an undeclared image mode from its first chunk
+
 
 # ----------------------------------------------------------------------------- the schema's leaves
 
@@ -127,12 +129,38 @@ class Rows:
     def equal_lengths(self, leaf: Leaf) -> bool:
         return all(len(s) <= 1 for s in self.level_sizes(leaf))
 
-    def modes(self, leaf: Leaf) -> str:
-        """Returns the smallest mode holding every image of ``leaf`` (rule 7's promotion)."""
-        found = {_image_mode(v) for v in self.base_values(leaf)}
+    def modes(self, leaf: Leaf, first: int | None = None) -> str:
+        """Returns the smallest mode holding every image of ``leaf`` (rule 7's promotion), or
+        those of its ``first`` rows (a stream's probe)."""
+        found = {_image_mode(v) for v in self.values[leaf.dotted][:first] if v is not None}
         colour = bool(found & {"RGB", "RGBA"})
         alpha = bool(found & {"LA", "RGBA"})
         return ("RGB" if colour else "L") + ("A" if alpha else "")
+
+    def stream_mode(self, leaf: Leaf) -> str:
+        """Returns the mode a stream holds an undeclared image field in: its probe's (rule 7)."""
+        return self.modes(leaf, STREAM_PROBE_ROWS)
+
+    def lossy_rows(self, leaf: Leaf, mode: str) -> list[int]:
+        """Returns the rows whose image ``mode`` cannot hold without losing colour or alpha."""
+        c, out = MODE_CHANNELS[mode], []
+        for i, v in enumerate(self.values[leaf.dotted]):
+            if v is None:
+                continue
+            a = _pixels(v)
+            colour = a.shape[2] in (3, 4) and c in (1, 2) and not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 1], a[..., 2]))
+            alpha = a.shape[2] in (2, 4) and c in (1, 3) and not (a[..., -1] == 255).all()
+            if colour or alpha:
+                out.append(i)
+        return out
+
+
+def _pixels(v: Any) -> np.ndarray:
+    """Returns an image value's pixels as (H, W, C)."""
+    if isinstance(v, Picture):
+        v = v.pixels if v.pixels.dtype != np.uint8 or not v.encoded else decode_image(v.encoded)
+    a = np.asarray(v)
+    return a[..., None] if a.ndim == 2 else a
 
 
 def _image_mode(v: Any) -> str:
@@ -257,7 +285,11 @@ def issues(rows: Rows, leaf: Leaf, streaming: bool, opts: Options) -> list[Issue
         elif not leaf.textual and not rows.equal_lengths(leaf):
             found.append(Issue("rule 5 (eager: ragged non-text rows of unequal length need max_length)", "max_length"))
     if isinstance(leaf.base, Img) and leaf.base.mode is None and streaming and leaf.dotted not in opts.image_mode:
-        found.append(Issue("rule 7 (streaming: an image without a declared mode needs image_mode)", "image_mode"))
+        # Rule 7: a stream decides the mode from its probe, and raises for a later image it
+        # cannot hold without loss.
+        lossy = rows.lossy_rows(leaf, rows.stream_mode(leaf))
+        if lossy:
+            found.append(Issue("rule 7 (streaming: an image the probed mode cannot hold without loss)", "image_mode", (lossy[0],)))
     return found
 
 
@@ -270,7 +302,7 @@ def _length_name(name: str, k: int) -> str:
     return f"{name}_length" if k == 0 else f"{name}_length_{k}"
 
 
-def expected_leaves(rows: Rows, opts: Options, got: dict) -> dict[tuple, np.ndarray]:
+def expected_leaves(rows: Rows, opts: Options, got: dict, streaming: bool = False) -> dict[tuple, np.ndarray]:
     """Returns ``{output path: array}`` the rules give for the split, length leaves included.
 
     A level that is empty in every row may pad to 0 or 1 (``got`` says which was chosen).
@@ -280,7 +312,7 @@ def expected_leaves(rows: Rows, opts: Options, got: dict) -> dict[tuple, np.ndar
         if opts.excluded(leaf):
             continue
         ml = opts.max_length.get(leaf.dotted)
-        arr, lens = _padded(rows, leaf, opts, getattr(got.get(leaf.path), "shape", ()))
+        arr, lens = _padded(rows, leaf, opts, getattr(got.get(leaf.path), "shape", ()), streaming)
         out[leaf.path] = arr
         if ml is not None or leaf.textual or not rows.equal_lengths(leaf):  # rule 5: no length leaf when stacked
             for k, a in enumerate(lens):
@@ -288,9 +320,11 @@ def expected_leaves(rows: Rows, opts: Options, got: dict) -> dict[tuple, np.ndar
     return out
 
 
-def _padded(rows: Rows, leaf: Leaf, opts: Options, shape: tuple) -> tuple[np.ndarray, list[np.ndarray]]:
+def _padded(rows: Rows, leaf: Leaf, opts: Options, shape: tuple, streaming: bool) -> tuple[np.ndarray, list[np.ndarray]]:
     """Returns the zero-padded array of ``leaf`` and one length array per ragged level (rule 5)."""
-    mode = leaf.base.mode or opts.image_mode.get(leaf.dotted) or rows.modes(leaf) if isinstance(leaf.base, Img) else None
+    mode = None
+    if isinstance(leaf.base, Img):
+        mode = leaf.base.mode or opts.image_mode.get(leaf.dotted) or (rows.stream_mode(leaf) if streaming else rows.modes(leaf))
     ml = opts.max_length.get(leaf.dotted)
     ragged = list((ml,) if isinstance(ml, int) else ml) if ml is not None else rows.needed(leaf)
     dims, r = [], 0

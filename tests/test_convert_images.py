@@ -209,6 +209,7 @@ def test_jpeg_with_exif_orientation_or_cmyk_is_decoded_like_hf():
 def test_plain_png_and_jpeg_take_the_library_decoders():
     assert decoders.decode_fast(png(RGB)) is not None and decoders.decode_fast(jpeg(RGB)) is not None
     assert decoders.decode_fast(png(LA)) is None  # libspng has no 8-bit grey+alpha output
+    assert decoders._libspng() is not None  # libspng's symbols inside pyspng's extension (ctypes) moved
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -279,3 +280,187 @@ def test_memory_estimate_reads_image_headers_exactly():
     conv = cv.Converter({"im": cv.Image()})
     assert cv.estimate_nbytes(conv, {"im": col}) == conv({"im": col})["im"].nbytes == 3 * 6 * 5 * 3
     assert cv.estimate_nbytes({"im": cv.Image((6, 5, 1))}, {"im": col}) == 3 * 6 * 5
+
+
+# ----------------------------------------------------------------------------- damaged files
+
+def flipped(data: bytes, bit: int) -> bytes:
+    out = bytearray(data)
+    out[bit // 8] ^= 1 << (bit % 8)
+    return bytes(out)
+
+
+def pil_or_error(data: bytes) -> np.ndarray | None:
+    """Returns PIL's pixels (as HF's reader decodes them), or None where PIL refuses the file."""
+    try:
+        a = decoders.decode_pil(data)
+    except (OSError, ValueError, SyntaxError):
+        return None
+    return a[:, :, None] if a.ndim == 2 else a
+
+
+def assert_like_pil_on_every_bit_flip(data: bytes) -> int:
+    """Checks that every single-bit flip of ``data`` decodes to PIL's pixels or raises naming
+    the field and row where PIL refuses it; returns how many flips PIL refused."""
+    refused = 0
+    for bit in range(len(data) * 8):
+        bad = flipped(data, bit)
+        want = pil_or_error(bad)
+        if want is None:
+            refused += 1
+            with pytest.raises(ValueError, match=r"field 'im': row 3 is not a readable image"):
+                images.decode(bad, "im", 3)
+        else:
+            assert np.array_equal(images.decode(bad, "im", 3), want), bit
+    return refused
+
+
+def test_png_bit_flips_are_refused_where_pil_refuses_them():
+    smooth = np.linspace(0, 255, 32 * 32 * 3).reshape(32, 32, 3).astype(np.uint8)
+    data = png(smooth)
+    assert decoders.decode_fast(data) is not None  # the library path is the one under test
+    assert assert_like_pil_on_every_bit_flip(data) > 500
+    # One flipped bit inside the compressed pixels, its chunk CRC rewritten to match: only the
+    # zlib adler32 can tell, and PIL checks it.
+    start = data.index(b"IDAT") - 4
+    length = struct.unpack_from(">I", data, start)[0]
+    body = flipped(data, (start + 8 + length // 2) * 8)[start + 4 : start + 8 + length]
+    forged = data[:start + 4] + body + struct.pack(">I", zlib.crc32(body)) + data[start + 12 + length:]
+    assert pil_or_error(forged) is None
+    with pytest.raises(ValueError, match="row 3 is not a readable image"):
+        images.decode(forged, "im", 3)
+
+
+def test_jpeg_bit_flips_are_refused_where_pil_refuses_them():
+    import cv2
+
+    a = np.linspace(0, 255, 16 * 24 * 3).reshape(16, 24, 3).astype(np.uint8)
+    data = jpeg(a, quality=90)
+    assert decoders.decode_fast(data) is not None
+    assert assert_like_pil_on_every_bit_flip(data) > 300
+    # OpenCV stops after the last pixel row: a lost end-of-image marker still gives it pixels.
+    cut_eoi = flipped(data, (len(data) - 1) * 8)
+    assert cv2.imdecode(np.frombuffer(cut_eoi, np.uint8), cv2.IMREAD_UNCHANGED) is not None
+    assert pil_or_error(cut_eoi) is None and decoders.decode_fast(cut_eoi) is None
+
+
+def test_damaged_image_in_a_real_dataset_names_the_field_and_row():
+    good = png(RGB)
+    start = good.index(b"IDAT") + 4
+    bad = flipped(good, (start + 10) * 8)
+    assert pil_or_error(bad) is None
+    with pytest.raises(ValueError, match=r"field 'im': row 42 is not a readable image.*exclude_keys=\['im'\]"):
+        cv.Converter({"im": cv.Image()})({"im": [good, bad]}, row0=41)
+    ds = hf_dataset({"im": [good, good, bad]}, {"im": hd.Image()})
+    with pytest.raises(ValueError, match=r"field 'im': row 2 is not a readable image"):
+        cv.Converter(cv.fields_from_hf(ds.features))(arrow_columns(ds))
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """Returns a valid-looking grey PNG of a few hundred bytes declaring ``width x height``."""
+    rows = zlib.compress(b"\x00" * (width + 1) * 16)  # a few rows only: the rest is missing
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + (
+        _chunk(b"IDAT", rows) + _chunk(b"IEND", b""))
+
+
+def test_a_png_bomb_is_refused_from_its_header_naming_the_row_and_the_limit():
+    bomb = bomb_png(100_000, 100_000)  # 10^10 pixels declared in 2 KB
+    assert len(bomb) < 2048
+    with pytest.raises(PIL.Image.DecompressionBombError):
+        PIL.Image.open(io.BytesIO(bomb))
+    with pytest.raises(ValueError, match=r"field 'im': row 6 declares an image of 10000000000 pixels.*"
+                                         r"PIL.Image.MAX_IMAGE_PIXELS = 5000000000 \(or None"):
+        cv.Converter({"im": cv.Image()})({"im": [png(GREY), bomb]}, row0=5)
+    with pytest.raises(ValueError, match=r"'im': row 1 declares an image of 10000000000 pixels"):
+        cv.estimate_nbytes({"im": cv.Image()}, {"im": [png(GREY), bomb]})
+
+
+@pytest.mark.parametrize("kind", ["png", "jpeg", "grey+alpha png"])
+def test_pil_pixel_limit_holds_in_every_decoder_and_the_named_fix_works(kind, monkeypatch):
+    data = {"png": png(RGB), "jpeg": jpeg(RGB), "grey+alpha png": png(LA)}[kind]  # fast, fast, PIL
+    want = pil_pixels(data)
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 14)  # 6x5 = 30 pixels > 2 * 14
+    with pytest.raises(ValueError, match=r"'im': row 2 declares an image of 30 pixels, over PIL's limit of 28 .*"
+                                         r"MAX_IMAGE_PIXELS = 15 "):
+        cv.Converter({"im": cv.Image()})({"im": [data, data]}, row0=2)
+    with pytest.raises(ValueError, match=r"'im': row 0 declares an image of 30 pixels"):
+        images.decode(data, "im", 0)
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 15)  # the fix the message names
+    with pytest.warns(PIL.Image.DecompressionBombWarning, match="30 pixels"):  # as PIL warns, up to twice the limit
+        assert np.array_equal(convert({"im": [data]}, {"im": cv.Image()})["im"][0], want)
+
+
+def test_image_mode_naming_a_field_that_is_not_an_image_is_an_error_naming_the_key():
+    import datarax_fn as dfn
+
+    rows = {"im": [png(GREY)], "text": ["a"], "meta": [{"n": 1}], "s": [{"im": png(RGB)}]}
+    feats = {"im": hd.Image(), "text": hd.Value("string"), "meta": {"n": hd.Value("int32")}, "s": {"im": hd.Image()}}
+    ds = hf_dataset(rows, feats)
+    fields = cv.fields_from_hf(ds.features)
+    with pytest.raises(ValueError, match=r"image_mode: key 'text' is a text field, not an image; image_mode applies "
+                                         r"only to images \(\['im', 's.im'\]\). Drop 'text'"):
+        dfn.from_hf(ds, streaming=False, shuffle=False, image_mode={"text": "RGB"})
+    with pytest.raises(ValueError, match=r"key 'meta' holds no image"):
+        cv.Converter(fields, image_mode={"meta": "L"})
+    with pytest.raises(ValueError, match=r"key 'meta.n' is a tensor field"):
+        cv.Converter(fields, image_mode={"meta.n": "L"})
+    with pytest.raises(ValueError, match=r"key 'nope' names no field"):
+        cv.Converter(fields, image_mode={"nope": "L"})
+    out = cv.Converter(fields, image_mode={"s": "L", "im": "RGB"})(arrow_columns(ds))  # a struct holding an image
+    assert out["s"]["im"].shape == (1, 6, 5, 1) and out["im"].shape == (1, 6, 5, 3)
+    assert np.array_equal(out["s"]["im"][0], pil_pixels(png(RGB), "L"))
+
+
+# ----------------------------------------------------------------------------- undeclared modes in streams
+
+def test_streaming_an_image_without_a_mode_takes_it_from_the_first_images(caplog):
+    import logging
+
+    import datarax_fn as dfn
+
+    digits = RNG.integers(0, 256, (70, 6, 5), dtype=np.uint8)  # MNIST's shape on the hub: Image() of grey PNGs
+    ds = hf_dataset({"im": [png(d) for d in digits]}, {"im": hd.Image()})
+    with caplog.at_level(logging.INFO, logger="datarax_fn"):
+        state = dfn.from_hf(ds, streaming=True, shuffle=False)
+    assert "field 'im' declares no image mode; the stream holds its images as 'L', decided from its first 64" in caplog.text
+    assert dfn.element_spec(state)["im"].shape == (6, 5, 1)
+    _, batch = dfn.get_batch(state, 70)
+    assert np.array_equal(np.asarray(batch["im"])[..., 0], np.stack(ds.with_format("numpy")["im"]))
+
+
+def test_probed_mode_promotes_later_images_losslessly_and_refuses_loss(monkeypatch):
+    monkeypatch.setattr(images, "PROBE_IMAGES", 2)
+    grey_rgb = np.repeat(GREY[..., None], 3, -1)  # colour channels, grey pixels
+    opaque = np.concatenate([RGB, np.full((6, 5, 1), 255, np.uint8)], -1)
+    palette = PIL.Image.fromarray(RGB).convert("P")  # decoded as RGB
+    fields = {"im": cv.Image()}
+
+    def stream(first: list, later: list) -> dict:
+        conv = cv.Converter(fields, static=True, probe={"im": first})
+        return conv, conv({"im": later}, row0=10)
+
+    conv, out = stream([png(GREY), png(GREY)], [png(grey_rgb), png(GREY)])
+    assert conv.meta["im"] == {"image_mode": "L", "image_mode_probed_rows": 2}
+    assert np.array_equal(out["im"][0, ..., 0], GREY) and conv.element_spec["im"].shape == (6, 5, 1)
+    conv, out = stream([png(RGB), png(GREY)], [png(GREY), png(opaque), png(np.asarray(palette.convert("RGB")))])
+    assert conv.meta["im"]["image_mode"] == "RGB"
+    assert np.array_equal(out["im"][0], grey_rgb) and np.array_equal(out["im"][1], RGB)
+    _, out = stream([png(RGB)], [palette])
+    assert np.array_equal(out["im"][0], np.asarray(palette.convert("RGB")))
+    _, out = stream([png(LA)], [png(GREY)])
+    assert np.array_equal(out["im"][0], np.concatenate([GREY[..., None], np.full((6, 5, 1), 255, np.uint8)], -1))
+    for first, later, lost, fix in [([png(GREY)], png(RGB), "colour", "RGB"), ([png(RGB)], png(RGBA), "transparency", "RGBA"),
+                                    ([png(GREY)], png(LA), "transparency", "LA"), ([png(LA)], png(RGB), "colour", "RGBA")]:
+        with pytest.raises(ValueError, match=rf"field 'im': row 11 .*decided from its first 1 images.*lose its {lost}\. "
+                                             rf"Pass image_mode=\{{'im': '{fix}'\}}"):
+            stream(first, [png(GREY), later])
+        ref = cv.Converter(fields, static=True, probe={"im": first}, image_mode={"im": fix})({"im": [later]})["im"][0]
+        assert np.array_equal(ref, pil_pixels(later, fix))  # the fix the message names
+
+
+def test_probe_image_mode_is_the_smallest_lossless_mode():
+    u16 = np.zeros((2, 2, 1), np.uint16)
+    assert images.probe_image_mode([GREY[..., None], RGB]) == "RGB"
+    assert images.probe_image_mode([LA, GREY[..., None]]) == "LA"
+    with pytest.raises(ValueError, match=r"field 'x': .*a uint16 image with 1 channel\(s\).*image_mode=\{'x': 'I;16'\}"):
+        images.probe_image_mode([RGB, u16], "x")  # as an eager load of 16-bit grey asks

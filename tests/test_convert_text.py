@@ -70,6 +70,21 @@ def test_lists_of_strings_pad_per_level_like_squad_answers():
     assert got == ref
 
 
+def test_decode_text_gives_a_list_of_strings_per_row_for_lists_of_strings():
+    rows = {"answers": [{"text": ["ab", "cde"]}, {"text": []}, {"text": ["é", "", "x"]}]}
+    feats = {"answers": {"text": hd.List(hd.Value("string"))}}
+    ref = [r["answers"]["text"] for r in hf_dataset(rows, feats)]
+    out = hf_convert(rows, feats)
+    assert dfn.decode_text(out, "answers.text") == ref == [["ab", "cde"], [], ["é", "", "x"]]
+    one = {k: v[2] for k, v in out["answers"].items()}  # a record, without the batch axis
+    assert dfn.decode_text(one, "text") == [["é", "", "x"]]  # a batch of one
+    fixed = convert({"t": [["a", "bc"], ["", "d"]]}, {"t": cv.Sequence(cv.Text(), 2)})  # no length leaf for the list
+    assert dfn.decode_text(fixed, "t") == [["a", "bc"], ["", "d"]]
+    nested = convert({"t": [[["a"], ["b", "cd"]], []]}, {"t": cv.Sequence(cv.Sequence(cv.Text()))})
+    assert dfn.decode_text(nested, "t") == [[["a"], ["b", "cd"]], []]
+    assert dfn.decode_text({k: v[0] for k, v in convert({"s": ["hé"]}, {"s": cv.Text()}).items()}, "s") == ["hé"]
+
+
 def test_lists_of_strings_take_a_max_length_per_level_and_conll_tokens_stream():
     fields = {"tokens": cv.Sequence(cv.Text())}
     with pytest.raises(ValueError, match=r"'tokens' is ragged \(2 variable-length.*max_length=\{'tokens': \(L0, L1\)\}"):
@@ -117,3 +132,44 @@ def test_estimate_covers_the_longest_text_row():
 def test_arrow_columns_from_with_format_match_python_rows():
     ds = hf_dataset({"s": ["ä", "bc"]}, {"s": hd.Value("large_string")})
     assert dfn.decode_text(cv.Converter(cv.fields_from_hf(ds.features))(arrow_columns(ds)), "s") == ds["s"]
+
+
+def test_truncating_long_texts_keeps_temporaries_near_the_output():
+    import tracemalloc
+
+    # 4 MB of text cut to 64 bytes a row: the old code indexed every byte (8 bytes of int64
+    # each, several times over); now the temporaries are the size of the output.
+    texts = pa.array(["é" * 50_000 + "x"] * 40, pa.large_string())
+    lists = pa.array([["ab" * 20_000, "é" * 30_000, "c"]] * 40, pa.list_(pa.large_string()))
+    conv = cv.Converter({"t": cv.Text(), "l": cv.Sequence(cv.Text())}, max_length={"t": 64, "l": (2, 8)}, truncate=True)
+    tracemalloc.start()
+    try:
+        out = conv({"t": texts, "l": lists})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert dfn.decode_text(out, "t") == ["é" * 32] * 40
+    assert dfn.decode_text(out, "l") == [["abababab", "éééé"]] * 40
+    assert peak < 512 * 1024, peak  # the input is 7.6 MB
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.text(max_size=12), max_size=4), min_size=1, max_size=6), st.integers(1, 4),
+       st.integers(1, 10))
+def test_truncated_lists_of_strings_keep_the_prefixes_that_fit(rows, k, limit):
+    out = convert({"l": rows}, {"l": cv.Sequence(cv.Text())}, max_length={"l": (k, limit)}, truncate=True)
+    want = np.zeros((len(rows), k, limit), np.uint8)  # the kept bytes, zero-padded
+    strings = [[] for _ in rows]
+    for i, row in enumerate(rows):
+        for j, text in enumerate(row[:k]):
+            kept = max(c for c in range(len(text) + 1) if len(text[:c].encode()) <= limit)
+            strings[i].append(text[:kept])
+            want[i, j, : len(text[:kept].encode())] = list(text[:kept].encode())
+    assert np.array_equal(out["l"], want) and dfn.decode_text(out, "l") == strings
+
+
+def test_lists_of_empty_lists_pad_to_zero_width():
+    out = convert({"l": [[b""], []]}, {"l": cv.Sequence(cv.Text(binary=True))})
+    assert out["l"].shape == (2, 1, 0) and out["l_length"].tolist() == [1, 0] and out["l_length_1"].tolist() == [[0], [0]]
+    out = convert({"l": [[], []]}, {"l": cv.Sequence(cv.Text())}, max_length={"l": (2, 3)}, truncate=True)
+    assert out["l"].shape == (2, 2, 3) and not out["l"].any()

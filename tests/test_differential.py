@@ -15,11 +15,14 @@ mode and dtype, int16 WAV audio, None) and 1-40 rows, builds real datasets on di
 ``tests/rules_oracle.py`` turns the reference rows into what docs/conversion.md promises: the
 zero-padded arrays, their ``<leaf>_length`` leaves (rule 5), the dtypes (rules 3-8); every output
 leaf, padding included, must equal it exactly, and match ``element_spec`` (rule 1). A load may instead raise ValueError/TypeError naming the field, when the
-rules demand an error (None, int64 overflow without x64, ragged without ``max_length``, streamed
-image without ``image_mode``); the test then applies the fix the message names (``exclude_keys``,
+rules demand an error (None, int64 overflow without x64, ragged without ``max_length``); the test then applies the fix the message names (``exclude_keys``,
 ``jax_enable_x64``, ``max_length``, ``image_mode``) and compares again.
 
-CI runs 200 fixed (derandomized) examples: 140 HF, 35 TFDS, 25 HF-vs-TFDS. Run the long,
+Damaged and hostile images (one bit flipped, the file cut short, a header declaring 60000 x
+60000 pixels) are loaded every HF way: each gives HF's pixels, or a ValueError naming the
+field, and the row where HF's reader refuses the file; never other pixels.
+
+CI runs 208 fixed (derandomized) examples: 140 HF, 35 TFDS, 25 HF-vs-TFDS, 8 damaged. Run the long,
 random fuzz with ``pytest -m fuzz tests/test_differential.py`` (``DFN_FUZZ_EXAMPLES`` examples
 per test, default 300, with shrinking). ``DFN_FUZZ_REPORT=file`` appends every failing case to
 ``file`` and goes on, instead of stopping at the first one.
@@ -32,7 +35,9 @@ import dataclasses
 import inspect
 import os
 import re
+import struct
 import tempfile
+import zlib
 from typing import Any
 
 import chex
@@ -47,7 +52,7 @@ from dataset_factory import (
     MODE_CHANNELS, NUM_DTYPES, Array, Aud, Img, Label, Num, Picture, Seq, Str, Bin, Struct,
     build_hf, build_tfds, decode_image, encode_image,
 )
-from rules_oracle import Options, Rows, expected_leaves, fix_max_length, issues, overflow_rows
+from rules_oracle import STREAM_PROBE_ROWS, Options, Rows, expected_leaves, fix_max_length, issues, overflow_rows
 
 LONG = int(os.environ.get("DFN_FUZZ_EXAMPLES", "300"))
 REPORT = os.environ.get("DFN_FUZZ_REPORT")
@@ -211,7 +216,7 @@ def _chunk_option(config: type) -> str:
     return next(n for n in ("chunk_size", "read_chunk_size") if n in names)
 
 
-CHUNK = 7  # several chunks per split, so nothing can be decided from the first one (rule 1)
+CHUNK = STREAM_PROBE_ROWS  # several chunks per split, so nothing can be decided from the first one (rule 1)
 
 
 def from_tfds(name: str, data_dir: str, streaming: bool, **options: Any) -> Any:
@@ -302,7 +307,7 @@ def load_and_check(built: Built, rows: Rows, form: str, streaming: bool, opts: O
         for leaf in rows.leaves:
             for issue in issues(rows, leaf, streaming, opts):
                 raise AssertionError(f"{where}: {issue.rule}: leaf {leaf.dotted} loaded without the error the rule demands")
-        compare(got, expected_leaves(rows, opts, got), f"{where} {opts.kwargs()} x64={opts.x64}")
+        compare(got, expected_leaves(rows, opts, got, streaming), f"{where} {opts.kwargs()} x64={opts.x64}")
         return opts, got
     raise AssertionError(f"{where}: still failing after applying every named fix; options {opts}")
 
@@ -497,3 +502,98 @@ def test_tfds_loads_equal_tfds_readers(request):
 def test_same_data_gives_same_arrays_in_hf_and_tfds(request):
     """HF, TFDS tfrecord and TFDS array_record give identical arrays, JPEG and audio included."""
     _run(request, datasets("both"), _same_data_case, 25)
+
+
+# ----------------------------------------------------------------------------- damaged and hostile files
+
+_BOMB_SIDE = 60_000  # 3.6e9 pixels declared: over 2 * PIL.Image.MAX_IMAGE_PIXELS
+
+
+def _damaged(data: bytes, kind: str, at: float) -> bytes:
+    """Returns ``data`` with one bit flipped, cut short, or declaring a bomb's size (``at``: where)."""
+    if kind == "flip":
+        bit = int(at * (len(data) * 8 - 1))
+        out = bytearray(data)
+        out[bit // 8] ^= 1 << (bit % 8)
+        return bytes(out)
+    if kind == "cut":
+        return data[: 1 + int(at * (len(data) - 2))]
+    side = struct.pack(">II", _BOMB_SIDE, _BOMB_SIDE)
+    if data[:8] == b"\x89PNG\r\n\x1a\n":  # IHDR's size, its CRC rewritten: a well-formed header
+        ihdr = data[12:16] + side + data[24:29]
+        return data[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + data[33:]
+    sof = next(i for i in range(2, len(data) - 1) if data[i] == 0xFF and data[i + 1] in (0xC0, 0xC1, 0xC2))
+    return data[: sof + 5] + struct.pack(">HH", _BOMB_SIDE, _BOMB_SIDE) + data[sof + 9:]
+
+
+@st.composite
+def damaged_splits(draw):
+    """Returns ``(schema, rows, damaged row)``: 1-4 images of one field, one of them damaged."""
+    fmt = draw(st.sampled_from(["png", "jpeg"]))
+    modes = ("L", "RGB") if fmt == "jpeg" else tuple(MODE_CHANNELS)
+    hw = (draw(st.integers(1, 16)), draw(st.integers(1, 16)))
+    n = draw(st.integers(1, 4))
+    rows = []
+    for _ in range(n):
+        mode = draw(st.sampled_from(modes))
+        pixels = _picture(Img(None, modes, hw), mode, draw(st.integers(0, 2**32 - 1))).pixels
+        rows.append({"im": Picture(pixels, encode_image(pixels[..., 0] if mode == "L" else pixels, fmt), mode)})
+    bad = draw(st.integers(0, n - 1))
+    kind = draw(st.sampled_from(["flip", "flip", "cut", "bomb"]))
+    data = _damaged(rows[bad]["im"].encoded, kind, draw(st.floats(0, 1)))
+    rows[bad] = {"im": Picture(rows[bad]["im"].pixels, data, rows[bad]["im"].mode)}
+    return {"im": Img(None, modes, hw, "uint8", fmt)}, rows, bad, kind
+
+
+def _hf_row_images(built: Built) -> list[Any]:
+    """Returns HF's decoded image of each row, or the exception its reader raises for that row."""
+    import datasets as hd  # heavy backend
+
+    ds = hd.load_dataset("parquet", data_files=built.hf["parquet"], split="train", cache_dir=built.cache)
+    out = []
+    for i in range(len(ds)):
+        try:
+            out.append(ds[i]["im"])
+        except Exception as err:  # noqa: BLE001 (any refusal of the reference reader)
+            out.append(err)
+    return out
+
+
+def _damaged_case(case: tuple) -> None:
+    """Loads a split holding one damaged image every HF way: HF's values, or a ValueError naming
+    the field (and, where HF's reader refuses the image, its row); never other values."""
+    schema, rows, bad, kind = case
+    findings = Findings(schema, len(rows))
+    with tempfile.TemporaryDirectory() as root:
+        built = Built(build_hf(root, schema, rows), None, os.path.join(root, "cache"))
+        ref = _hf_row_images(built)
+        refused = isinstance(ref[bad], Exception)
+        for form, streaming in HF_FORMS:
+            where = f"{kind} at row {bad}: {form} {'streaming' if streaming else 'eager'} (HF {'refuses' if refused else 'reads'} it)"
+            with findings.case():
+                try:
+                    got = read_split(built.load(form, streaming, Options()), len(rows), streaming)
+                except ValueError as err:
+                    named_row = re.search(rf"\brow {bad}\b", str(err))
+                    if "'im'" not in str(err) or (refused and not named_row):
+                        raise AssertionError(f"{where}: the error names not the field and row: {err}") from err
+                    continue
+                if refused:
+                    raise AssertionError(f"{where}: returned pixels for an image HF's reader refuses ({ref[bad]!r})")
+                # Rule 7's promotion over HF's images (palette and CMYK count as colour, as decoded).
+                found = {_EIGHT_BIT.get(r.mode, r.mode) for r in ref}
+                if not found <= set(MODE_CHANNELS):
+                    raise AssertionError(f"{where}: returned pixels for modes {found} that need image_mode")
+                mode = ("RGB" if found & {"RGB", "RGBA"} else "L") + ("A" if found & {"LA", "RGBA"} else "")
+                want = np.stack([np.asarray(r.convert(mode)).reshape(r.size[1], r.size[0], -1) for r in ref])
+                compare(got, {("im",): want}, where)
+    findings.done()
+
+
+_EIGHT_BIT = {"1": "L", "P": "RGB", "PA": "RGBA", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB"}
+
+
+@pytest.mark.fuzz
+def test_damaged_and_hostile_images_give_hf_values_or_a_clear_error(request):
+    """Bit flips, truncation and bombs (a few KB declaring 3.6e9 pixels), in PNG and JPEG."""
+    _run(request, damaged_splits(), _damaged_case, 8)

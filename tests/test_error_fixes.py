@@ -120,13 +120,17 @@ def test_max_length_with_the_wrong_number_of_levels_the_example_works():
     assert int(out["ll"].sum()) == 21
 
 
-def test_streaming_image_without_mode_the_named_image_mode_works():
+def test_streaming_image_without_mode_a_colour_image_after_the_probe_names_image_mode(monkeypatch):
+    from datarax_fn._convert import images
+
+    monkeypatch.setattr(images, "PROBE_IMAGES", 1)  # the mode is decided from row 0 (grey)
     grey = np.arange(6, dtype=np.uint8).reshape(2, 3)
-    ds = ds_of({"im": [png(grey), png(grey + 1)]}, {"im": hd.Image()})
-    with pytest.raises(ValueError, match=r"field 'im': the feature declares no channel count.*image_mode=\{'im': 'RGB'\}"):
-        dfn.from_hf(ds, streaming=True, shuffle=False)
+    colour = np.stack([grey, grey + 1, grey + 2], -1)
+    ds = ds_of({"im": [png(grey), png(colour)]}, {"im": hd.Image()})
+    with pytest.raises(ValueError, match=r"field 'im': row 1 .* would lose its colour. Pass image_mode=\{'im': 'RGB'\}"):
+        load_all(dfn.from_hf(ds, streaming=True, shuffle=False), 2)
     out = load_all(dfn.from_hf(ds, streaming=True, shuffle=False, image_mode={"im": "RGB"}), 2)
-    np.testing.assert_array_equal(out["im"], np.stack([np.repeat(g[..., None], 3, -1) for g in (grey, grey + 1)]))
+    np.testing.assert_array_equal(out["im"], np.stack([np.repeat(grey[..., None], 3, -1), colour]))
 
 
 def test_list_of_images_exclude_keys_works():

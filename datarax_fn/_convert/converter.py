@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import numpy as np
 
+from . import images
 from . import transform as tf
 from .columns import child, rows_of, slice_rows
 from .fields import all_paths, select
@@ -16,6 +18,7 @@ from .plan import Leaf, Options, check_image_mode, check_leaves, check_max_lengt
 from .rules import RULES
 
 _CHUNK = 4096  # rows per transform call when a whole split is converted at once
+logger = logging.getLogger("datarax_fn")
 
 
 @dataclasses.dataclass
@@ -84,7 +87,7 @@ class Converter:
         paths = all_paths(self.fields)
         self.options = Options(
             None if transform is not None else check_max_length(max_length, paths),  # else: the output's
-            _check_bool("truncate", truncate), check_image_mode(image_mode),
+            _check_bool("truncate", truncate), check_image_mode(image_mode, self.fields),
             self.static and transform is None,  # a transform's input may stay ragged
         )
         self.num_threads = None if num_threads is None else int(num_threads)
@@ -117,8 +120,19 @@ class Converter:
                               static=self.static, num_threads=self.num_threads)
 
     def _probe_images(self, probe: Any) -> None:
-        for leaf in self.leaves:
-            if leaf.kind == "image" and None in leaf.dims[:2]:
+        for i, leaf in enumerate(self.leaves):
+            if leaf.kind != "image":
+                continue
+            if leaf.mode is None and leaf.dims[2] is None:
+                if probe is None:
+                    raise ValueError(
+                        f"field {leaf.path!r}: the feature declares no channel count (HF Image() without mode), and "
+                        f"streaming needs one shape for every batch. Pass image_mode={{{leaf.path!r}: 'RGB'}} (or 'L', "
+                        "'LA', 'RGBA'; every image is converted to it as PIL's Image.convert does), or probe= (a first "
+                        "chunk) to decide it from the first images."
+                    )
+                self.leaves[i] = leaf = self._probe_mode(leaf, column_at(probe, leaf.keys, 0, leaf.path))
+            if None in leaf.dims[:2]:
                 if probe is None:
                     raise ValueError(
                         f"field {leaf.path!r}: the feature declares no image size; streaming needs probe= "
@@ -127,6 +141,17 @@ class Converter:
                 col = column_at(probe, leaf.keys, 0, leaf.path)
                 first = RULES["image"](leaf, slice_rows(col, 0, 1), 0, False, self._ctx)[0]
                 self._ctx.image_shape[leaf.path] = first.shape[1:]
+
+    def _probe_mode(self, leaf: Leaf, col: Any) -> Leaf:
+        """Returns ``leaf`` with the mode its first images decide (``images.probe_image_mode``)."""
+        k = min(images.PROBE_IMAGES, rows_of(col))
+        mode = images.probe_image_mode(images.decode_all(slice_rows(col, 0, k), leaf.path, 0, self.num_threads), leaf.path)
+        channels, dtype = images.MODES[mode]
+        logger.info("field %r declares no image mode; the stream holds its images as %r, decided from its first %d "
+                    "images (later ones are converted only without loss; image_mode= sets it).", leaf.path, mode, k)
+        self.meta.setdefault(leaf.path, {}).update(image_mode=mode, image_mode_probed_rows=k)
+        dims = (*leaf.dims[:2], channels)
+        return dataclasses.replace(leaf, mode=mode, dims=dims, sizes=dims, dtype=np.dtype(dtype), probed=k)
 
     def _user(self, columns: Mapping[str, Any], row0: int) -> dict:
         view: dict = {}

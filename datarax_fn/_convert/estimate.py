@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from . import ragged
+from . import decoders, ragged
 from .columns import nested, rows_of, slice_rows
 from .converter import Converter, column_at, converter_for
-from .images import encoded
+from .images import encoded, unreadable
 from .time import to_counts
 
 _IMAGE_SAMPLE = 256  # images whose headers are read (spread over the split)
@@ -26,7 +26,10 @@ def _image_bytes(conv: Converter, leaf: Any, col: Any) -> int:
     biggest = 0
     for i in np.unique(np.linspace(0, n - 1, min(n, _IMAGE_SAMPLE)).astype(int)) if n else ():
         obj = get(int(i))
-        img = PILImage.open(obj if isinstance(obj, str) else io.BytesIO(bytes(obj)))
+        try:
+            img = PILImage.open(obj if isinstance(obj, str) else io.BytesIO(bytes(obj)))
+        except (OSError, SyntaxError, PILImage.DecompressionBombError) as err:
+            raise unreadable(decoders.too_large(err) or err, leaf.path, int(i)) from err
         biggest = max(biggest, img.size[0] * img.size[1] * (c or len(img.getbands())))
     return n * biggest * leaf.dtype.itemsize
 

@@ -20,6 +20,8 @@ from .memory import aligned_empty
 MODES = {"L": (1, "uint8"), "LA": (2, "uint8"), "RGB": (3, "uint8"), "RGBA": (4, "uint8"),
          "I;16": (1, "uint16"), "I": (1, "int32"), "F": (1, "float32")}
 _CHANNEL_MODE = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+_ONE_CHANNEL_MODE = {np.dtype(np.uint16): "I;16", np.dtype(np.int32): "I", np.dtype(np.float32): "F"}
+PROBE_IMAGES = 64  # a stream's first images that decide the mode of an image field declaring none
 
 
 def _arrow_getter(arr: Any, name: str, base: int) -> Callable[[int], Any]:
@@ -81,23 +83,35 @@ def encoded(col: Any, name: str, row0: int) -> tuple[int, Callable[[int], Any]]:
     return len(col), get_py
 
 
+def unreadable(err: Exception, name: str, row: int) -> ValueError:
+    """Returns the error for an image the decoders refuse: too large for PIL's limit, or damaged."""
+    if isinstance(err, decoders.ImageTooLarge):
+        return ValueError(
+            f"field {name!r}: row {row} declares an image of {err.pixels} pixels, over PIL's limit of {err.limit} "
+            f"(2 * PIL.Image.MAX_IMAGE_PIXELS): such a file can exhaust memory (a decompression bomb). If it is trusted, raise the "
+            f"limit before loading: PIL.Image.MAX_IMAGE_PIXELS = {-(-err.pixels // 2)} (or None for no "
+            f"limit); else leave the field out with exclude_keys=[{name!r}]."
+        )
+    return ValueError(
+        f"field {name!r}: row {row} is not a readable image ({err}). Fix the file, or leave the "
+        f"field out with exclude_keys=[{name!r}]."
+    )
+
+
 def decode(obj: Any, name: str, row: int) -> np.ndarray:
     """Returns one image as an ``(H, W, C)`` array in its stored dtype and channels."""
     if isinstance(obj, np.ndarray) or type(obj).__module__.startswith("jax"):
         a = np.asarray(obj)
         return a[:, :, None] if a.ndim == 2 else a
-    if isinstance(obj, (bytes, bytearray, memoryview)):
-        obj = bytes(obj)
-        a = decoders.decode_fast(obj)
-        if a is not None:
-            return a[:, :, None] if a.ndim == 2 else a
     try:
-        a = decoders.decode_pil(obj)
-    except (OSError, ValueError, SyntaxError) as err:
-        raise ValueError(
-            f"field {name!r}: row {row} is not a readable image ({err}). Fix the file, or leave the "
-            f"field out with exclude_keys=[{name!r}]."
-        ) from err
+        a = None
+        if isinstance(obj, (bytes, bytearray, memoryview)):
+            obj = bytes(obj)
+            a = decoders.decode_fast(obj)
+        if a is None:
+            a = decoders.decode_pil(obj)
+    except (OSError, ValueError, SyntaxError) as err:  # ImageTooLarge is a ValueError
+        raise unreadable(err, name, row) from err
     return a[:, :, None] if a.ndim == 2 else a
 
 
@@ -106,7 +120,8 @@ def decode_all(col: Any, name: str, row0: int, threads: int | None) -> list[np.n
     n, get = encoded(col, name, row0)
     first = get(0) if n else None
     png = isinstance(first, (bytes, memoryview)) and bytes(first[:8]) == decoders.PNG_SIG
-    # libspng holds the GIL: threads only pay off for PIL and OpenCV, which release it.
+    # PNG stays on one thread unless asked: libspng (called through ctypes) releases the GIL, but
+    # threads have not been measured to pay off for it as they do for PIL and OpenCV.
     workers = threads or (1 if png else min(8, os.cpu_count() or 1))
     out: list[Any] = [None] * n
     fast = decoders.decode_fast
@@ -114,7 +129,10 @@ def decode_all(col: Any, name: str, row0: int, threads: int | None) -> list[np.n
     def work(lo: int, hi: int) -> None:
         for i in range(lo, hi):
             obj = get(i)
-            a = fast(bytes(obj)) if isinstance(obj, (bytes, memoryview)) else None  # the common case, inlined
+            try:
+                a = fast(bytes(obj)) if isinstance(obj, (bytes, memoryview)) else None  # the common case, inlined
+            except decoders.ImageTooLarge as err:
+                raise unreadable(err, name, row0 + i) from err
             if a is None:
                 a = decode(obj, name, row0 + i)
             out[i] = a if a.ndim == 3 else a[:, :, None]
@@ -138,6 +156,54 @@ def promoted_mode(images: list[np.ndarray]) -> str:
     colour = bool(counts & {3, 4})
     alpha = bool(counts & {2, 4})
     return {(False, False): "L", (False, True): "LA", (True, False): "RGB", (True, True): "RGBA"}[(colour, alpha)]
+
+
+def probe_image_mode(samples: list[np.ndarray], name: str = "image") -> str:
+    """Returns the mode a stream holds an image field in when the feature declares none: the
+    smallest of L, LA, RGB and RGBA holding every sample losslessly (:func:`promoted_mode`).
+
+    Arguments:
+      samples: the field's first decoded images, ``(H, W, C)`` arrays (the converter passes up
+        to ``PROBE_IMAGES`` of the split's first rows).
+      name: the field, for the error.
+
+    Later images are converted to it only without loss (:func:`to_mode_lossless`). Images that
+    are not 8-bit raise naming ``image_mode``, as an eager load does (``I;16`` for 16-bit grey).
+    """
+    odd = next((a for a in samples if a.dtype != np.uint8 or a.shape[2] not in (1, 2, 3, 4)), None)
+    if odd is None and samples:
+        return promoted_mode(samples)
+    mode = _ONE_CHANNEL_MODE.get(odd.dtype, "<its mode>") if odd is not None and odd.shape[2] == 1 else "<its mode>"
+    what = f"a {odd.dtype} image with {odd.shape[2]} channel(s)" if odd is not None else "no image"
+    raise ValueError(
+        f"field {name!r}: the feature declares no image mode and its first images include {what}, which no 8-bit "
+        f"mode holds. Pass image_mode={{{name!r}: {mode!r}}} (one of {sorted(MODES)}), or a transform that converts them."
+    )
+
+
+def to_mode_lossless(a: np.ndarray, mode: str, name: str, row: int, probed: int) -> np.ndarray:
+    """Returns image ``a`` in ``mode`` (decided from the first ``probed`` images) where that
+    loses nothing: grey to colour, an opaque alpha added, colour or alpha dropped only where
+    every pixel is grey or opaque. Else raises naming the row and the ``image_mode`` that holds it."""
+    c, dtype = MODES[mode]
+    if a.shape[2] == c and a.dtype == np.dtype(dtype):
+        return a
+    have, lost = a.shape[2], None
+    if a.dtype != np.uint8 or dtype != "uint8":
+        lost = f"{a.dtype} values"
+    elif have in (3, 4) and c in (1, 2) and not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 1], a[..., 2])):
+        lost = "colour"
+    elif have in (2, 4) and c in (1, 3) and not (a[..., -1] == 255).all():
+        lost = "transparency"
+    if lost is not None:
+        fix = promoted_mode([np.zeros((1, 1, c), np.uint8), a]) if lost != f"{a.dtype} values" else "<its mode>"
+        raise ValueError(
+            f"field {name!r}: row {row} is a {a.dtype} image with {have} channel(s); the stream holds this field in "
+            f"mode {mode!r}, decided from its first {probed} images since the feature declares none, and converting "
+            f"this one would lose its {lost}. Pass image_mode={{{name!r}: {fix!r}}} to hold every image (each is "
+            "converted as PIL's Image.convert does)."
+        )
+    return to_mode(a, mode, name, row)
 
 
 def convertible(a: np.ndarray, mode: str) -> bool:
@@ -172,16 +238,20 @@ def to_mode(a: np.ndarray, mode: str, name: str, row: int) -> np.ndarray:
     return out[:, :, None] if out.ndim == 2 else out
 
 
-def stack(images: list[np.ndarray], mode: str | None, dtype: str, shape: tuple, name: str, row0: int) -> np.ndarray:
+def stack(images: list[np.ndarray], mode: str | None, dtype: str, shape: tuple, name: str, row0: int,
+          probed: int = 0) -> np.ndarray:
     """Returns the images as one ``(N, H, W, C)`` array; ``mode`` None keeps each as decoded.
 
-    Images of different sizes raise (field, row, the two shapes, a resizing transform).
+    ``probed``: the mode was decided from the first ``probed`` images, so only lossless
+    conversions are made. Images of different sizes raise (field, row, the two shapes, a
+    resizing transform).
     """
     want = np.dtype(dtype)
     if mode is not None:
         c, mode_dtype = MODES[mode]
         keep = np.dtype(mode_dtype)
-        images = [a if a.shape[2] == c and a.dtype == keep else to_mode(a, mode, name, row0 + i)
+        images = [a if a.shape[2] == c and a.dtype == keep else
+                  to_mode_lossless(a, mode, name, row0 + i, probed) if probed else to_mode(a, mode, name, row0 + i)
                   for i, a in enumerate(images)]
     first = images[0].shape if images else tuple(d or 0 for d in shape)
     # One pass over the shapes and dtypes in C-speed set building; the per-image loop below

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .dtypes import out_dtype
-from .fields import Audio, Image, Label, Sequence, Struct, Tensor, Text, Time, Unsupported, lookup
+from .fields import Audio, Image, Label, Sequence, Struct, Tensor, Text, Time, Unsupported, leaf_paths, lookup
 from .images import MODES
 
 
@@ -40,6 +40,7 @@ class Leaf:
     sizes: tuple  # padded size of each level: max_length, the declared size, or None (the data's)
     dtype: np.dtype  # output dtype
     mode: str | None = None  # images: the PIL mode every image is converted to (None: promote)
+    probed: int = 0  # images: how many first images decided ``mode`` (0: declared or given); then only lossless conversions
 
     @property
     def ragged(self) -> tuple[bool, ...]:
@@ -79,8 +80,11 @@ def check_max_length(max_length: Any, paths: list[str]) -> Any:
     return one(max_length, "")
 
 
-def check_image_mode(image_mode: Any) -> Any:
-    """Returns ``image_mode`` checked: a PIL mode string for every image, or ``{path: mode}``."""
+def check_image_mode(image_mode: Any, fields: Mapping[str, Any]) -> Any:
+    """Returns ``image_mode`` checked: a PIL mode string for every image, or ``{path: mode}``
+    whose every path is an image of ``fields`` or a struct holding one."""
+    if isinstance(image_mode, Mapping):
+        _check_image_keys(image_mode, fields)
     vals = image_mode.values() if isinstance(image_mode, Mapping) else [image_mode]
     for v in vals:
         if v is not None and not isinstance(v, str):
@@ -88,6 +92,26 @@ def check_image_mode(image_mode: Any) -> Any:
         if v is not None and v not in MODES:
             raise ValueError(f"image_mode must be one of {sorted(MODES)} (or a {{key: mode}} dict); got {v!r}.")
     return dict(image_mode) if isinstance(image_mode, Mapping) else image_mode
+
+
+def _check_image_keys(image_mode: Mapping[str, Any], fields: Mapping[str, Any]) -> None:
+    kinds = {}
+    for path, f in leaf_paths(fields):
+        while isinstance(f, Sequence):
+            f = f.feature
+        kinds[path] = type(f).__name__.lower()
+    images = [p for p, kind in kinds.items() if kind == "image"]
+    for key in image_mode:
+        if not isinstance(key, str):
+            raise TypeError(f"image_mode keys must be dotted-path strings; got {key!r}.")
+        if any(p == key or p.startswith(key + ".") for p in images):
+            continue
+        what = (f"is a {kinds[key]} field, not an image" if key in kinds else
+                "holds no image" if any(p.startswith(key + ".") for p in kinds) else "names no field")
+        raise ValueError(
+            f"image_mode: key {key!r} {what}; image_mode applies only to images ({images or 'there are none'}). "
+            f"Drop {key!r} from image_mode."
+        )
 
 
 def _sizes(path: str, dims: tuple, opts: Options, pad_longest: bool) -> tuple:
@@ -157,13 +181,7 @@ def _plan_image(path, keys, f, outer, opts):
     if mode is None and f.dtype == "uint8" and c in (1, 2, 3, 4):
         mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[c]
     if mode is None and c is None:
-        mode = lookup(opts.image_mode, path)
-        if mode is None and opts.static:
-            raise ValueError(
-                f"field {path!r}: the feature declares no channel count (HF Image() without mode), and "
-                f"streaming needs one shape for every batch. Pass image_mode={{{path!r}: 'RGB'}} (or 'L', "
-                "'LA', 'RGBA'); every image is converted to it as PIL's Image.convert does."
-            )
+        mode = lookup(opts.image_mode, path)  # None in a stream: the converter decides it from its probe
     dtype = MODES[mode][1] if mode is not None else f.dtype
     if mode is not None:
         c = MODES[mode][0]

@@ -77,16 +77,50 @@ def pad(nested: Nested, sizes: tuple[int, ...], ragged: tuple[bool, ...], trunca
             lens = np.zeros((n, *sizes[:d]), np.int32)
             lens[tuple(c[alive] for c in coords)] = keep[alive]
             lengths.append(lens)
-        if d == 0 and len(sizes) == 1 and not over.size:  # the common case: one level, nothing cut
-            width = int(np.prod(inner, dtype=np.int64))
-            _fill(out.reshape(n, size, width), nested.values.reshape(len(nested.values), width), off, counts)
-            return out, lengths
+        if d == last:
+            break
+        # Index the items of the next level (lists or strings, not yet the values).
         parent = np.repeat(np.arange(len(counts)), counts)
         pos = np.arange(len(parent)) - off[parent]
         alive = alive[parent] & (pos < keep[parent])
         coords = [c[parent] for c in coords] + [pos]
-    out[tuple(c[alive] for c in coords)] = nested.values[alive]
+    if len(sizes) == 1 and not over.size:  # the common case: one level, nothing cut
+        width = int(np.prod(inner, dtype=np.int64))
+        _fill(out.reshape(n, sizes[0], width), nested.values.reshape(len(nested.values), width), off, counts)
+        return out, lengths
+    items = np.flatnonzero(alive & (keep > 0))
+    if items.size:  # else every kept list is empty (or the padded shape is): nothing to copy
+        grid = (n, *sizes[:last])
+        slots = np.ravel_multi_index(tuple(c[items] for c in coords), grid) if last else items
+        flat = out.reshape(int(np.prod(grid, dtype=np.int64)), sizes[last], *inner)
+        _copy_prefixes(flat, slots, nested.values, off[items], keep[items])
     return out, lengths
+
+
+def _copy_prefixes(out: np.ndarray, slots: np.ndarray, values: np.ndarray, starts: np.ndarray, keep: np.ndarray) -> None:
+    """Writes ``values[starts[k] : starts[k] + keep[k]]`` to ``out[slots[k], :keep[k]]``.
+
+    Temporaries stay the size of the output, whatever is cut: each prefix is read through a
+    sliding-window view of the values at its start, never through an index per input value (a
+    long document cut to 64 bytes must not cost 8 bytes of index for each byte it drops).
+    """
+    size, m = out.shape[1], len(values)
+    head = np.flatnonzero(starts + size <= m)  # the window of ``size`` values lies inside the values
+    if head.size:
+        windows = np.moveaxis(np.lib.stride_tricks.sliding_window_view(values, size, axis=0), -1, 1)
+        cut = np.arange(size)
+        step = max(1, (4 << 20) // max(1, out[0].nbytes))  # rows per block: about 4 MB of temporaries
+        for lo in range(0, head.size, step):
+            k = head[lo : lo + step]
+            block = windows[starts[k]]  # a copy: (rows, size, *inner)
+            block[cut[None, :] >= keep[k][:, None]] = 0
+            out[slots[k]] = block
+    tail = np.flatnonzero((starts + size > m) & (keep > 0))  # the last items: fewer than ``size`` values follow
+    if tail.size:
+        k = keep[tail]
+        item = np.repeat(np.arange(tail.size), k)
+        pos = np.arange(item.size) - np.repeat(np.cumsum(k) - k, k)
+        out[slots[tail][item], pos] = values[starts[tail][item] + pos]
 
 
 def _fill(out: np.ndarray, values: np.ndarray, off: np.ndarray, counts: np.ndarray) -> None:

@@ -99,7 +99,7 @@ def decoded_images(leaf: Leaf, col: Any, row0: int, ctx: Any) -> tuple[list[np.n
 def _images(leaf: Leaf, col: Any, row0: int, truncate: bool, ctx: Any) -> list[np.ndarray]:
     imgs, mode = decoded_images(leaf, col, row0, ctx)
     shape = ctx.image_shape.get(leaf.path, leaf.dims)
-    return [images.stack(imgs, mode, leaf.dtype.name, shape, leaf.path, row0)]
+    return [images.stack(imgs, mode, leaf.dtype.name, shape, leaf.path, row0, leaf.probed)]
 
 
 def audio_clips(leaf: Leaf, col: Any, row0: int, ctx: Any) -> list[np.ndarray]:
