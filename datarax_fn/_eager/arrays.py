@@ -8,12 +8,17 @@ import jax
 import numpy as np
 import xxhash
 
+from .._layout.ragged_rows import is_ragged
+
 PyTree = Any
 
 
 def leaf_paths(tree: PyTree) -> list[tuple[str, Any]]:
-    """Returns ``(path, leaf)`` of every leaf, the path as ``keystr`` writes it (``<root>`` for a bare array)."""
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    """Returns ``(path, leaf)`` of every leaf, the path as ``keystr`` writes it (``<root>`` for a bare array).
+
+    A field held flat (``RaggedRows``) is one leaf: it has the padded field's shape and dtype.
+    """
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_ragged)
     return [(jax.tree_util.keystr(path) or "<root>", leaf) for path, leaf in flat]
 
 

@@ -20,6 +20,7 @@ from .arrays import check_no_none
 from .source import EagerSource, check_data, placed_source
 from .._layout.partitions import check_partitions, partition_offsets
 from .._layout.placement import gather_to_host, local_partitions, make_placement, put, put_local
+from .._layout.ragged_rows import compact_fields, padded
 
 PyTree = Any
 
@@ -59,7 +60,9 @@ def place(state: EagerSource, placement: str, *, mesh: jax.sharding.Mesh | None 
     where = make_placement(placement, mesh, state.partitions, "place")
     if where == state.placement:
         return state
-    host = gather_to_host(state.data, state.placement, state.num_records, state.partitions)
+    host = gather_to_host(padded(state.data), state.placement, state.num_records, state.partitions)
+    if where.kind == "device" and state.partitions == 1:
+        host = compact_fields(host)  # as from_arrays holds it: text flat, padded per batch
     return placed_source(
         put(host, where, state.num_records, state.partitions, copy=True), where,
         num_records=state.num_records, partitions=state.partitions, shuffle=state.shuffle, seed=int(state.seed),

@@ -32,6 +32,7 @@ from .._layout.placement import (
     stored_records,
 )
 from .._layout.partitions import check_batch_size, check_partitions
+from .._layout.ragged_rows import compact_fields, is_ragged
 from .._state.shuffle import permute
 from .arrays import check_arrays, hash_arrays, leaf_paths
 
@@ -109,7 +110,7 @@ def check_data(state: EagerSource, where: str) -> EagerSource:
     rows = fields["num_records"]
     if fields["placement"].kind == "partitioned":
         rows = stored_records(rows, fields["partitions"], fields["placement"])
-    leaves = jax.tree.leaves(fields["data"])
+    leaves = jax.tree.leaves(fields["data"], is_leaf=is_ragged)
     if leaves and all(getattr(x, "shape", ())[:1] == (rows,) for x in leaves):
         if is_deleted(fields["index"]):  # a donating jit deletes every leaf, the cursor's too
             raise reused_donation(where, "this state")
@@ -191,6 +192,11 @@ def from_arrays(
     partitions = check_partitions(partitions, max(n, 1), "from_arrays")
     where = make_placement(placement, mesh, partitions, "from_arrays")
     fingerprint = fingerprint or hash_arrays(data)
+    if where.kind == "device" and partitions == 1:
+        # Padded text (and lists) held flat: memory follows the data, not its longest row. The
+        # batch gather pads each batch back inside jit, so batches (and the digest above) are
+        # those of the padded arrays.
+        data = compact_fields(data)
     data = put(data, where, n, partitions, copy)
     return placed_source(data, where, num_records=n, partitions=partitions, shuffle=shuffle, seed=seed,
                          name=str(name), info=info, fingerprint=fingerprint)
@@ -320,7 +326,7 @@ def _(state: EagerSource, start: Any, size: int, key: Any = None):
 
 @contract.element_spec.register
 def _(state: EagerSource):
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), state.data)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), state.data, is_leaf=is_ragged)
 
 
 @contract.num_records.register

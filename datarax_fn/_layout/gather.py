@@ -29,6 +29,7 @@ from jax.sharding import PartitionSpec
 from .._state import tracing
 from .partitions import partition_offsets, partition_seed
 from .placement import Placement, padded_length
+from .ragged_rows import is_ragged
 from .._state.shuffle import permute, permute_with_keys, round_keys
 
 PyTree = Any
@@ -113,7 +114,7 @@ def _take_leaf(x: jax.Array, idx: jax.Array, unique: bool) -> jax.Array:
 def take(data: PyTree, idx: jax.Array, unique: bool = False) -> PyTree:
     """Returns the rows ``idx`` of every leaf of ``data``."""
     # Indices are in [0, N) by construction, so the gather skips jnp.take's bounds-fill select.
-    return jax.tree.map(lambda x: _take_leaf(x, idx, unique), data)
+    return jax.tree.map(lambda x: x.take(idx) if is_ragged(x) else _take_leaf(x, idx, unique), data, is_leaf=is_ragged)
 
 
 @functools.partial(tracing.jit_unless_traced, static_argnames=("size", "n", "shuffle"))
@@ -142,10 +143,13 @@ def records_at(data: PyTree, start: Any, size: int, n: int, shuffle: bool, seed:
     s0 = jnp.minimum(local, n - size)
 
     def leaf(x):
+        if is_ragged(x):  # held flat: gather the rows, local .. local + size - 1 wrapping at N
+            rows = local + jnp.arange(size, dtype=jnp.int32)
+            return x.take(jnp.where(rows >= n, rows - n, rows))
         both = jnp.concatenate([jax.lax.dynamic_slice_in_dim(x, s0, size), x[:size]])
         return jax.lax.dynamic_slice_in_dim(both, local - s0, size)
 
-    return jax.tree.map(leaf, data)
+    return jax.tree.map(leaf, data, is_leaf=is_ragged)
 
 
 @functools.partial(tracing.jit_unless_traced, static_argnames=("size", "n"))

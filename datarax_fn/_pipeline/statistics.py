@@ -24,6 +24,7 @@ import numpy as np
 
 from .._state import contract
 from .._eager.source import EagerSource
+from .._layout.ragged_rows import padded
 
 PyTree = Any
 _REDUCTIONS = ("mean", "sum", "min", "max")
@@ -247,7 +248,7 @@ def compute_statistics(
             shift = _shift(data, per_channel)
             return _scan_chunks(data, n, chunk, lambda b: chunk_fn(b, shift), merge), shift
 
-        acc, shift = jax.jit(run)(_select(source.data, keys))
+        acc, shift = jax.jit(run)(padded(_select(source.data, keys)))  # text held flat: its padded rows
     else:
         chunk_jit, merge_jit = jax.jit(chunk_fn), jax.jit(merge)
         state, acc, seen, shift = source, None, 0, None

@@ -13,6 +13,7 @@ from .._state import contract
 from .._eager.source import EagerSource
 from .pipeline import Pipeline
 from .._layout.placement import gather_to_host
+from .._layout.ragged_rows import is_ragged
 from .._streaming.prefetch import Prefetcher
 
 PyTree = Any
@@ -45,7 +46,9 @@ def collect_to_array(source: Any, *, chunk_size: int = 4096) -> PyTree:
         source = source.source
     if isinstance(source, EagerSource):
         if source.placement.kind in ("device", "replicated"):
-            return source.data
+            # Text held flat (RaggedRows) comes back as the padded arrays a batch would hold.
+            return jax.tree.map(lambda x: jax.device_put(np.asarray(x)) if is_ragged(x) else x, source.data,
+                                is_leaf=is_ragged)
         host = gather_to_host(source.data, source.placement, source.num_records, source.partitions)
         return jax.device_put(host)
     n = contract.num_records(source)
