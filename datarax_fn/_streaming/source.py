@@ -52,6 +52,7 @@ from .._layout.partitions import (
     partition_position,
     partition_seed,
 )
+from .prefetch import StreamClosed
 from .reader import Reader, rows
 
 PyTree = Any
@@ -126,7 +127,7 @@ class _Handle:
     stream have equal tree structures.
     """
 
-    __slots__ = ("backend", "key", "reader", "lock", "prefetch", "_spec", "__weakref__")
+    __slots__ = ("backend", "key", "reader", "lock", "closes", "prefetch", "_spec", "__weakref__")
 
     def __init__(self, backend: Any, prefetch: int = 2):
         self.backend = backend
@@ -138,6 +139,7 @@ class _Handle:
         self.key = (type(backend).__module__, type(backend).__qualname__, fingerprint)
         self.reader: Reader | None = None
         self.lock = threading.Lock()
+        self.closes = 0  # close() calls so far: a reader built while one ran is closed at once
         self.prefetch = prefetch
         self._spec = None
 
@@ -153,10 +155,19 @@ class _Handle:
         return self._spec
 
     def close(self) -> None:
-        with self.lock:
-            if self.reader is not None:
-                self.reader.close()
-                self.reader = None
+        # Not under the lock: a get_batch on another thread may hold it while it waits on a
+        # backend that blocks (a stalled filesystem). Closing the reader wakes that read with
+        # StreamClosed, and the read's own error path drops the reader.
+        self.closes += 1
+        reader = self.reader
+        if reader is not None:
+            reader.close()
+        if self.lock.acquire(blocking=False):
+            try:
+                if self.reader is reader:
+                    self.reader = None
+            finally:
+                self.lock.release()
 
     def __repr__(self) -> str:
         return f"Handle({type(self.backend).__name__})"
@@ -185,7 +196,12 @@ class StreamingSource(contract.Source):
     partitions: int = eqx.field(static=True, default=1)
 
     def close(self) -> None:
-        """Stops the prefetch thread now (it also stops when the state is garbage collected)."""
+        """Stops the background reading now; returns at once, also from another thread.
+
+        A ``get_batch`` waiting on the reader meanwhile raises ``StreamClosed``; a backend read
+        still in progress finishes in the background and its result is discarded. Reading also
+        stops when the state is garbage collected and when the program exits.
+        """
         self.backend.close()
 
 
@@ -293,10 +309,14 @@ def _reader(state: StreamingSource, parts: tuple[int, ...], starts: dict[int, tu
     if h.reader is None or h.reader.at != at:
         if h.reader is not None:
             h.reader.close()
+        closes = h.closes
         seeds = {c: partition_seed(int(state.seed), c, state.partitions) for c in parts}
         h.reader = Reader(h.backend, state.partitions, seeds, starts, lengths, state.num_epochs, h.prefetch,
                           state.name)
         h.reader.at = at
+        if h.closes != closes:  # close() ran on another thread before it could see this reader
+            h.reader.close()
+            raise StreamClosed(f"{state.name}: the stream was closed while a read started")
     return h.reader
 
 
