@@ -54,6 +54,7 @@ from .._layout.partitions import (
 )
 from .prefetch import StreamClosed
 from .reader import Reader, rows
+from .workers import check_workers
 
 PyTree = Any
 
@@ -127,9 +128,9 @@ class _Handle:
     stream have equal tree structures.
     """
 
-    __slots__ = ("backend", "key", "reader", "lock", "closes", "prefetch", "_spec", "__weakref__")
+    __slots__ = ("backend", "key", "reader", "lock", "closes", "prefetch", "num_workers", "_spec", "__weakref__")
 
-    def __init__(self, backend: Any, prefetch: int = 2):
+    def __init__(self, backend: Any, prefetch: int = 2, num_workers: int = 1):
         self.backend = backend
         fingerprint = backend.fingerprint()
         if not isinstance(fingerprint, str):
@@ -141,6 +142,7 @@ class _Handle:
         self.lock = threading.Lock()
         self.closes = 0  # close() calls so far: a reader built while one ran is closed at once
         self.prefetch = prefetch
+        self.num_workers = num_workers
         self._spec = None
 
     def __eq__(self, other: object) -> bool:
@@ -214,6 +216,7 @@ def make_streaming(
     num_epochs: int | None = None,
     prefetch: int = 2,
     partitions: int = 1,
+    num_workers: int | None = None,
 ) -> StreamingSource:
     """Returns a ``StreamingSource`` at epoch 0, index 0 over ``backend``.
 
@@ -231,6 +234,11 @@ def make_streaming(
             ``C > 1`` needs ``backend.open_partition`` and a known ``num_records()``, makes
             every batch size a multiple of ``C``, and lets ``dfn.get_global_batch`` read
             only each process's partitions.
+        num_workers: threads that prepare chunks (decode, the loaders' ``transform``, conversion)
+            in parallel, for a backend that yields its chunks as deferred work (the HF and TFDS
+            backends do); ``None``: the cores this process may use (CPU affinity and cgroup
+            quota); ``1``: on the reader thread. The records and their order are the same for
+            every value. With more than one, a ``transform`` runs on several threads at once.
 
     Returns:
         the state; its fingerprint (``backend.fingerprint()``) is read once, here.
@@ -257,7 +265,7 @@ def make_streaming(
         index=np.zeros((), np.int32),
         epoch=np.zeros((), np.int32),
         seed=np.asarray(seed, np.uint32),
-        backend=_Handle(backend, int(prefetch)),
+        backend=_Handle(backend, int(prefetch), check_workers(num_workers, name)),
         shuffle=bool(shuffle),
         name=str(name),
         num_epochs=num_epochs,
@@ -312,7 +320,7 @@ def _reader(state: StreamingSource, parts: tuple[int, ...], starts: dict[int, tu
         closes = h.closes
         seeds = {c: partition_seed(int(state.seed), c, state.partitions) for c in parts}
         h.reader = Reader(h.backend, state.partitions, seeds, starts, lengths, state.num_epochs, h.prefetch,
-                          state.name)
+                          state.name, h.num_workers)
         h.reader.at = at
         if h.closes != closes:  # close() ran on another thread before it could see this reader
             h.reader.close()
