@@ -29,6 +29,7 @@ from ._streaming.source import (
     StreamingSource as StreamingSource,
     make_streaming as from_backend,
 )
+from ._streaming.prefetch import StreamClosed as StreamClosed
 from ._state.jit import DatasetCopyWarning as DatasetCopyWarning, jit_step as jit_step
 from ._eager.global_batch import data_sharding as data_sharding
 from ._layout.placement import local_records as local_records

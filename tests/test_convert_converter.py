@@ -163,3 +163,41 @@ def test_owned_arrays_copies_foreign_buffers_and_keeps_fresh_ones():
     out = cv.owned_arrays({"a": fresh, "b": {"c": foreign}})
     assert out["a"] is fresh and out["b"]["c"] is not foreign and out["b"]["c"].tolist() == [0, 0, 0, 0]
     assert out["b"]["c"].ctypes.data % 64 == 0
+
+
+def test_a_transform_runs_once_per_record_when_the_probe_starts_the_data():
+    # The probe that fixes the output spec used to be transformed again as part of the data:
+    # 856 transform rows for a 600-record split (256 probe rows twice).
+    seen: list = []
+
+    def f(b):
+        seen.extend(b["x"].tolist())
+        return {"y": b["x"] * 2}
+
+    ds = hd.Dataset.from_dict({"x": list(range(600))})
+    s = dfn.from_hf(ds, streaming=False, transform=f)
+    assert sorted(seen) == list(range(600))
+    assert np.asarray(dfn.get_batch_at(s, 0, 600)["y"]).tolist() == [2 * i for i in range(600)]
+    seen.clear()
+    s = dfn.from_hf(ds, streaming=True, transform=f, chunk_size=256, num_workers=1, num_epochs=1)
+    s, b = dfn.get_batch(s, 600)
+    s.close()
+    assert b["y"].tolist() == [2 * i for i in range(600)] and sorted(seen) == list(range(600))
+
+
+def test_a_probe_that_differs_from_the_data_is_not_reused():
+    cols = {"x": pa.array(np.arange(10))}
+    calls: list = []
+
+    def f(b):
+        calls.append(b["x"].tolist())
+        return {"y": b["x"] + 1}
+
+    conv = cv.Converter({"x": cv.Tensor((), "int64")}, transform=f, probe={"x": pa.array([5, 6, 7])}, static=True)
+    assert conv(cols, 0)["y"].tolist() == list(range(1, 11))
+    assert calls == [[5, 6, 7], list(range(10))]
+    same = cv.Converter({"x": cv.Tensor((), "int64")}, transform=f, probe={"x": cols["x"].slice(0, 4)}, static=True)
+    calls.clear()
+    assert same(cols, 0)["y"].tolist() == list(range(1, 11))
+    assert same(cols, 0)["y"].tolist() == list(range(1, 11))  # the probe serves the first call only
+    assert calls == [list(range(4, 10)), list(range(10))]

@@ -97,6 +97,7 @@ class Converter:
         }
         self._ctx = _Context(self.num_threads, {}, self.meta, self.static)
         self._out: Converter | None = None
+        self._probe_out = None
         if transform is not None:
             self._build_output(probe, max_length, truncate)
             return
@@ -109,6 +110,9 @@ class Converter:
             raise ValueError("Converter: a transform needs probe= (a first chunk of columns) to fix the output spec.")
         rows = rows_of(probe[next(iter(self.fields))])
         out = self._apply(probe, 0)
+        # Kept for the first conversion, which usually starts with these very rows: the
+        # transform then runs once per record, as a transform with side effects expects.
+        self._probe_out: tuple | None = (probe, rows, out)
         if self.static and tf.out_rows(out) != rows:
             raise ValueError(
                 f"transform changed the row count ({rows} rows in, {tf.out_rows(out)} out). Streaming "
@@ -201,7 +205,12 @@ class Converter:
         n = rows_of(columns[self.leaves[0].keys[0]])
         step = n if self.static else _CHUNK
         parts = []
-        for lo in range(0, max(n, 1), max(step, 1)):
+        probe, self._probe_out = self._probe_out, None
+        lo = 0
+        if probe is not None and 0 < probe[1] <= n and _same_rows(columns, probe[0], probe[1], self.fields):
+            parts.append(probe[2])
+            lo = probe[1]
+        for lo in range(lo, max(n, 1), max(step, 1)):
             hi = min(lo + step, n)
             chunk = {k: slice_rows(v, lo, hi) for k, v in columns.items()} if (lo, hi) != (0, n) else columns
             out = self._apply(chunk, row0 + lo)
@@ -234,6 +243,28 @@ class Converter:
                 level = [i for i, r in enumerate(leaf.ragged) if r][d]
                 _put(spec, (*leaf.keys[:-1], name), jax.ShapeDtypeStruct(tuple(shape[:level]), np.int32))
         return spec
+
+
+def _same_rows(columns: Mapping[str, Any], probe: Mapping[str, Any], k: int, keys: Any) -> bool:
+    """Returns whether the first ``k`` rows of ``columns`` equal ``probe`` in every column of ``keys``."""
+    import pyarrow as pa  # every backend that probes hands Arrow, NumPy or Python columns
+
+    def same(a: Any, b: Any) -> bool:
+        if isinstance(a, Mapping) or isinstance(b, Mapping):
+            return isinstance(a, Mapping) and isinstance(b, Mapping) and a.keys() == b.keys() and all(
+                same(a[key], b[key]) for key in a)
+        a = slice_rows(a, 0, k)
+        if isinstance(a, (pa.Array, pa.ChunkedArray)) and isinstance(b, (pa.Array, pa.ChunkedArray)):
+            chunked = [x if isinstance(x, pa.ChunkedArray) else pa.chunked_array([x]) for x in (a, b)]
+            return chunked[0].type == chunked[1].type and chunked[0].equals(chunked[1])
+        if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype != object:
+            return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+        try:
+            return type(a) is type(b) and len(a) == len(b) and bool(a == b if isinstance(a, list) else list(a) == list(b))
+        except Exception:  # values that do not compare: not provably the same rows
+            return False
+
+    return all(key in columns and key in probe and same(columns[key], probe[key]) for key in keys)
 
 
 def converter_for(fields_or_conv: Any) -> Converter:

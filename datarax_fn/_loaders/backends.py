@@ -22,6 +22,7 @@ conversion step and the file checks; splitting them would spread one contract ov
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -33,6 +34,7 @@ from .._eager.source import EagerSource, from_arrays
 from .._layout.partitions import check_partitions, partition_offsets
 from .._state.shuffle import permute
 from .._streaming.source import StreamingSource, make_streaming
+from .._streaming.workers import Deferred
 from .. import _convert as cv
 from .._convert.columns import is_arrow, rows_of, slice_rows  # one row counter, one slicer, one Arrow test
 from .config import conversion_options
@@ -208,6 +210,13 @@ class Backend:
                        start: int) -> Iterator[dict[str, np.ndarray]]:
         """Yields converted chunks of partition ``partition`` of ``partitions``, its epoch ``epoch``,
         from its position ``start`` on (``seed`` is the partition's own seed)."""
+        for chunk in self.open_deferred(partition, partitions, epoch, seed, start):
+            yield chunk.run()
+
+    def open_deferred(self, partition: int, partitions: int, epoch: int, seed: int,
+                      start: int) -> Iterator[Deferred]:
+        """Yields the chunks of :meth:`open_partition` as deferred work, read in order here and
+        prepared (taken, decoded, transformed, converted) wherever the streaming reader runs them."""
         raise NotImplementedError
 
     def bounds(self, partition: int, partitions: int) -> tuple[int, int | None]:
@@ -252,14 +261,17 @@ class RandomAccessBackend(Backend):
         super().__init__(conv, n, data, split, info, cfg, order=("random-access", cfg.shuffle))
         self.read = read
 
-    def open_partition(self, partition: int, partitions: int, epoch: int, seed: int,
-                       start: int) -> Iterator[dict[str, np.ndarray]]:
+    def open_deferred(self, partition: int, partitions: int, epoch: int, seed: int,
+                      start: int) -> Iterator[Deferred]:
         lo, hi = self.bounds(partition, partitions)
         n, step = hi - lo, self.chunk_size
         for first in range(start, n, step):
             pos = np.arange(first, min(first + step, n))
             rows = lo + (permute(pos, n, seed, epoch) if self.shuffle else pos)
-            yield self.convert(self.read(rows), rows)
+            yield Deferred(len(rows), functools.partial(self._read_convert, rows))
+
+    def _read_convert(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        return self.convert(self.read(rows), rows)
 
 
 # The split's file-order row of every record, carried through windowing as one more column.
@@ -284,16 +296,17 @@ class ReplayBackend(Backend):
         super().__init__(conv, n, data, split, info, cfg, order=order)
         self.read_ranges, self.window, self.shard_bounds = read_ranges, window, seeks
 
-    def open_partition(self, partition: int, partitions: int, epoch: int, seed: int,
-                       start: int) -> Iterator[dict[str, np.ndarray]]:
+    def open_deferred(self, partition: int, partitions: int, epoch: int, seed: int,
+                      start: int) -> Iterator[Deferred]:
         lo, hi = self.bounds(partition, partitions)
         if not self.shuffle:
             row = lo + start
             for cols in self.read_ranges([(lo + start, hi)]):
                 for first in range(0, rows_of(cols), self.chunk_size):
                     part = slice_rows(cols, first, first + self.chunk_size)
-                    yield self.convert(part, np.arange(row, row + rows_of(part)))
-                    row += rows_of(part)
+                    k = rows_of(part)
+                    yield Deferred(k, functools.partial(self.convert, part, np.arange(row, row + k)))
+                    row += k
             return
         t = tape(self.shard_bounds, lo, hi, self.window, seed, epoch)
         k0, at = t.window_at(start)
@@ -303,8 +316,11 @@ class ReplayBackend(Backend):
             order = t.order(k, len(rows))
             for first in range(skip, len(rows), self.chunk_size):
                 idx = order[first : first + self.chunk_size]
-                yield self.convert(take_rows(win, idx), rows[idx])
+                yield Deferred(len(idx), functools.partial(self._take_convert, win, idx, rows[idx]))
             skip = 0
+
+    def _take_convert(self, win: Columns, idx: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
+        return self.convert(take_rows(win, idx), rows)
 
     def _tape_from(self, t: Any, position: int) -> Iterator[Columns]:
         """Yields the tape's records from ``position`` on, each chunk with its file rows under ``_ROW``."""
@@ -420,7 +436,8 @@ def eager_source(columns: Columns, fields: Mapping[str, Any], opts: Mapping[str,
 def streaming_source(backend: Backend, cfg: Any, name: str) -> StreamingSource:
     """Returns a ``StreamingSource`` at the start of ``backend``'s stream, over ``cfg.partitions`` partitions."""
     return make_streaming(backend, shuffle=cfg.shuffle, seed=cfg.seed, name=name, num_epochs=cfg.num_epochs,
-                          prefetch=cfg.prefetch, partitions=check_partitions(cfg.partitions, backend.num_records(), name))
+                          prefetch=cfg.prefetch, partitions=check_partitions(cfg.partitions, backend.num_records(), name),
+                          num_workers=cfg.num_workers)
 
 
 __all__ = [

@@ -211,6 +211,7 @@ class StreamingOptions:
     streaming: bool = option(True, flag)
     shuffle_buffer_size: int = option(1000, positive)
     prefetch: int = option(2, positive)
+    num_workers: int | None = option(None, positive, optional=True)
     chunk_size: int = option(512, positive)
     num_epochs: int | None = option(None, positive, optional=True)
 

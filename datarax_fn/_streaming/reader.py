@@ -6,7 +6,9 @@ partition is read by its own chain of ``backend.open_partition`` calls, one per 
 (``backend.open`` for an unpartitioned stream); the chains are interleaved on a single
 ``Prefetcher`` thread, always advancing the partition that has produced the fewest records,
 so the thread count does not grow with the number of partitions and the records buffered
-per partition stay within about one chunk of what a batch takes from it.
+per partition stay within about one chunk of what a batch takes from it. A backend with
+``open_deferred`` reads there and leaves each chunk's preparation to ``num_workers``
+worker threads (``workers``); chunks are served in read order whatever the worker count.
 
 A partition's chain reports the end of each epoch, the end of the stream (after
 ``num_epochs``) and its own errors as items; they surface only when a caller takes
@@ -15,6 +17,7 @@ records of that partition, so one partition's failure never changes another's ba
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import heapq
 from collections import deque
 from collections.abc import Iterator
@@ -22,13 +25,16 @@ from typing import Any
 
 import jax
 
-from .prefetch import Prefetcher
+from .prefetch import Prefetcher, StreamClosed
+from .workers import Deferred, prepared
 
 _CHUNK, _EPOCH_END, _DONE, _FAILED = range(4)
 
 
 def rows(chunk: Any) -> int:
-    """Returns the number of records in a chunk (its first leaf's length)."""
+    """Returns the number of records in a chunk (its first leaf's length, or a ``Deferred``'s rows)."""
+    if isinstance(chunk, Deferred):
+        return chunk.rows
     return len(jax.tree.leaves(chunk)[0])
 
 
@@ -36,7 +42,11 @@ def _epochs(backend: Any, part: int, parts: int, seed: int, epoch: int, start: i
             num_epochs: int | None, name: str) -> Iterator[tuple[int, Any]]:
     """Yields ``(_CHUNK, chunk)`` and ``(_EPOCH_END, epoch)`` items of one partition from ``(epoch, start)`` on."""
     while num_epochs is None or epoch < num_epochs:
-        it = backend.open(epoch, seed, start) if parts == 1 else backend.open_partition(part, parts, epoch, seed, start)
+        deferred = getattr(backend, "open_deferred", None)  # chunks whose preparation the workers run
+        if deferred is not None:
+            it = deferred(part, parts, epoch, seed, start)
+        else:
+            it = backend.open(epoch, seed, start) if parts == 1 else backend.open_partition(part, parts, epoch, seed, start)
         got = start
         try:
             for chunk in it:
@@ -49,6 +59,9 @@ def _epochs(backend: Any, part: int, parts: int, seed: int, epoch: int, start: i
                         f"of its partition (file-order records [c * N // C, (c + 1) * N // C))."
                     )
                 if n:
+                    if isinstance(chunk, Deferred) and not chunk.where:
+                        chunk.where = (f"{name}: partition {part} of {parts}, epoch {epoch}, positions "
+                                       f"{got - n}..{got - 1}")
                     yield _CHUNK, chunk
         finally:
             close = getattr(it, "close", None)
@@ -97,7 +110,8 @@ class Reader:
     """
 
     def __init__(self, backend: Any, partitions: int, seeds: dict[int, int], starts: dict[int, tuple[int, int]],
-                 lengths: dict[int, int | None], num_epochs: int | None, prefetch: int, name: str):
+                 lengths: dict[int, int | None], num_epochs: int | None, prefetch: int, name: str,
+                 num_workers: int = 1):
         self.at: Any = None
         self.pos = dict(starts)
         self.pending: dict[int, deque] = {c: deque() for c in starts}
@@ -105,12 +119,13 @@ class Reader:
             c: _epochs(backend, c, partitions, seeds[c], e, p, lengths[c], num_epochs, name)
             for c, (e, p) in starts.items()
         }
-        # One round of chunks over the partitions plus `prefetch` ahead: a batch takes from every
-        # partition, and a shallower queue makes the caller wait on the thread once per chunk
-        # (measured: 1 process over 8 partitions read 3x slower with `prefetch` alone). The caller
-        # also holds about one chunk per partition, so memory is ~(2 * partitions + prefetch) chunks.
-        self.prefetcher = Prefetcher(_interleave(chains), prefetch + len(starts), "datarax_fn-prefetch",
-                                     join_timeout=2.0)
+        # One read-ahead budget for all the partitions: memory stays about `prefetch` chunks
+        # plus the chunk each partition is serving, whatever the partition count (the queue
+        # used to hold a round over the partitions besides, which doubled memory at C = 64).
+        # Chunks in the queue may still be in preparation on the workers: it holds at least
+        # one per worker to keep them all busy.
+        self.prefetcher = Prefetcher(prepared(_interleave(chains), num_workers), max(prefetch, num_workers),
+                                     "datarax_fn-prefetch", join_timeout=2.0)
 
     def close(self) -> None:
         self.prefetcher.close()
@@ -138,6 +153,8 @@ class Reader:
                 self.pending[c].popleft()
                 self.pos[c] = (value + 1, 0)
                 continue
+            if isinstance(value, cf.Future):
+                value = head[1] = self._result(value)
             m = min(k - got, rows(value) - lo)
             parts.append(jax.tree.map(lambda x: x[lo : lo + m], value))
             head[2] += m
@@ -147,6 +164,18 @@ class Reader:
             if head[2] == rows(value):
                 self.pending[c].popleft()
         return parts
+
+    def _result(self, fut: cf.Future) -> Any:
+        # Waits in short steps so that close() from another thread wakes a reader waiting on a
+        # worker (a worker's own read may block, e.g. on a stalled filesystem).
+        while True:
+            try:
+                return fut.result(timeout=0.05)
+            except cf.TimeoutError:
+                if self.prefetcher.closed:
+                    raise StreamClosed(f"{self.prefetcher.name}: the reader was closed while a read waited on it") from None
+            except cf.CancelledError:
+                raise StreamClosed(f"{self.prefetcher.name}: the reader was closed while a read waited on it") from None
 
     def skip_epoch_end(self, c: int) -> bool:
         """Returns True, moving partition ``c`` to its next epoch, when its current epoch has no records left."""

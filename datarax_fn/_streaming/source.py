@@ -52,7 +52,9 @@ from .._layout.partitions import (
     partition_position,
     partition_seed,
 )
+from .prefetch import StreamClosed
 from .reader import Reader, rows
+from .workers import check_workers
 
 PyTree = Any
 
@@ -126,9 +128,9 @@ class _Handle(contract.Static):
     stream have equal tree structures.
     """
 
-    __slots__ = ("backend", "reader", "lock", "prefetch", "_spec", "__weakref__")
+    __slots__ = ("backend", "reader", "lock", "closes", "prefetch", "num_workers", "_spec", "__weakref__")
 
-    def __init__(self, backend: Any, prefetch: int = 2):
+    def __init__(self, backend: Any, prefetch: int = 2, num_workers: int = 1):
         self.backend = backend
         fingerprint = backend.fingerprint()
         if not isinstance(fingerprint, str):
@@ -138,7 +140,9 @@ class _Handle(contract.Static):
         super().__init__(backend, (type(backend).__module__, type(backend).__qualname__, fingerprint))
         self.reader: Reader | None = None
         self.lock = threading.Lock()
+        self.closes = 0  # close() calls so far: a reader built while one ran is closed at once
         self.prefetch = prefetch
+        self.num_workers = num_workers
         self._spec = None
 
     def spec(self) -> PyTree:
@@ -147,10 +151,19 @@ class _Handle(contract.Static):
         return self._spec
 
     def close(self) -> None:
-        with self.lock:
-            if self.reader is not None:
-                self.reader.close()
-                self.reader = None
+        # Not under the lock: a get_batch on another thread may hold it while it waits on a
+        # backend that blocks (a stalled filesystem). Closing the reader wakes that read with
+        # StreamClosed, and the read's own error path drops the reader.
+        self.closes += 1
+        reader = self.reader
+        if reader is not None:
+            reader.close()
+        if self.lock.acquire(blocking=False):
+            try:
+                if self.reader is reader:
+                    self.reader = None
+            finally:
+                self.lock.release()
 
     def __repr__(self) -> str:
         return f"Handle({type(self.backend).__name__})"
@@ -179,7 +192,12 @@ class StreamingSource(contract.Source):
     partitions: int = eqx.field(static=True, default=1)
 
     def close(self) -> None:
-        """Stops the prefetch thread now (it also stops when the state is garbage collected)."""
+        """Stops the background reading now; returns at once, also from another thread.
+
+        A ``get_batch`` waiting on the reader meanwhile raises ``StreamClosed``; a backend read
+        still in progress finishes in the background and its result is discarded. Reading also
+        stops when the state is garbage collected and when the program exits.
+        """
         self.backend.close()
 
 
@@ -192,6 +210,7 @@ def make_streaming(
     num_epochs: int | None = None,
     prefetch: int = 2,
     partitions: int = 1,
+    num_workers: int | None = None,
 ) -> StreamingSource:
     """Returns a ``StreamingSource`` at epoch 0, index 0 over ``backend``.
 
@@ -202,13 +221,18 @@ def make_streaming(
         seed: an int in ``[0, 2**32)``, handed to ``backend.open``.
         name: a label for error messages.
         num_epochs: ``None`` streams forever; ``k`` raises ``dfn.EndOfStream`` after ``k`` epochs.
-        prefetch: chunks read ahead on one background thread (with partitions, about two
-            chunks per partition are held besides: lower the loader's ``chunk_size`` for many
-            partitions of large records).
+        prefetch: chunks read ahead, one budget for all the partitions a process reads (at
+            least ``num_workers``); each partition also holds the chunk it is serving, so
+            lower the loader's ``chunk_size`` for many partitions of large records.
         partitions: the number ``C`` of canonical partitions (see ``docs/distributed.md``);
             ``C > 1`` needs ``backend.open_partition`` and a known ``num_records()``, makes
             every batch size a multiple of ``C``, and lets ``dfn.get_global_batch`` read
             only each process's partitions.
+        num_workers: threads that prepare chunks (decode, the loaders' ``transform``, conversion)
+            in parallel, for a backend that yields its chunks as deferred work (the HF and TFDS
+            backends do); ``None``: the cores this process may use (CPU affinity and cgroup
+            quota); ``1``: on the reader thread. The records and their order are the same for
+            every value. With more than one, a ``transform`` runs on several threads at once.
 
     Returns:
         the state; its fingerprint (``backend.fingerprint()``) is read once, here.
@@ -235,7 +259,7 @@ def make_streaming(
         index=np.zeros((), np.int32),
         epoch=np.zeros((), np.int32),
         seed=np.asarray(seed, np.uint32),
-        backend=_Handle(backend, int(prefetch)),
+        backend=_Handle(backend, int(prefetch), check_workers(num_workers, name)),
         shuffle=checks.check_flag(shuffle, "shuffle", name),
         name=str(name),
         num_epochs=num_epochs,
@@ -287,10 +311,14 @@ def _reader(state: StreamingSource, parts: tuple[int, ...], starts: dict[int, tu
     if h.reader is None or h.reader.at != at:
         if h.reader is not None:
             h.reader.close()
+        closes = h.closes
         seeds = {c: partition_seed(int(state.seed), c, state.partitions) for c in parts}
         h.reader = Reader(h.backend, state.partitions, seeds, starts, lengths, state.num_epochs, h.prefetch,
-                          state.name)
+                          state.name, h.num_workers)
         h.reader.at = at
+        if h.closes != closes:  # close() ran on another thread before it could see this reader
+            h.reader.close()
+            raise StreamClosed(f"{state.name}: the stream was closed while a read started")
     return h.reader
 
 
