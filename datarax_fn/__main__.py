@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -45,16 +46,71 @@ def _summary(batch: Any) -> list[str]:
     return lines
 
 
+_MODES = ("L", "LA", "RGB", "RGBA", "I;16", "I", "F")
+
+
+def _length(text: str) -> tuple[str | None, Any]:
+    """Returns ``(field or None, length)`` of one ``--max-length`` value: ``N``, ``KEY=N`` or ``KEY=N1,N2``."""
+    key, _, value = text.rpartition("=") if "=" in text else (None, "", text)
+    try:
+        lengths = tuple(int(x) for x in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not N, KEY=N or KEY=N1,N2 (one per ragged level)") from None
+    return key or None, lengths[0] if len(lengths) == 1 else lengths
+
+
+def _mode(text: str) -> tuple[str | None, str]:
+    """Returns ``(field or None, mode)`` of one ``--image-mode`` value: ``MODE`` or ``KEY=MODE``."""
+    key, _, mode = text.rpartition("=") if "=" in text else (None, "", text)
+    if mode not in _MODES:
+        raise argparse.ArgumentTypeError(f"{text!r}: the mode must be one of {', '.join(_MODES)} (as MODE or KEY=MODE)")
+    return key or None, mode
+
+
+def _per_field(flag: str, values: list[tuple[str | None, Any]] | None) -> Any:
+    """Returns one value for every field, a ``{field: value}`` dict, or None, from a repeatable flag."""
+    if not values:
+        return None
+    if all(k is None for k, _ in values) and len(values) == 1:
+        return values[0][1]
+    if any(k is None for k, _ in values):
+        raise ValueError(f"{flag}: give one value for every field, or KEY=VALUE once per field, not both; got "
+                         f"{' '.join(f'{flag} ' + (str(v) if k is None else f'{k}={v}') for k, v in values)}.")
+    return {k: v for k, v in values}
+
+
+# The loaders' errors name their Python options; the command line names its flags instead.
+_DICT_OPTION = re.compile(r"\b(max_length|image_mode)=\{([^{}]*)\}")
+_PAIR = re.compile(r"'([^']*)':\s*(?:'([^']*)'|\(([^)]*)\)|([^,]+))")
+_LIST_OPTION = re.compile(r"\b(include_keys|exclude_keys)=\[([^\]]*)\]")
+_VALUE_OPTION = re.compile(r"\b(max_length|image_mode|split|data_dir)=(?:'([^']*)'|([\w;.%:-]+))")
+_QUOTED = re.compile(r"'([^']*)'")
+_FLAG_OPTION = re.compile(r"\b(truncate|streaming)=True\b")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def as_flags(message: str) -> str:
+    """Returns a loader error message with its Python options written as this command's flags."""
+    message = _DICT_OPTION.sub(lambda m: " ".join(
+        f"{_flag(m[1])} {k}={a or t.replace(' ', '') or b.strip()}" for k, a, t, b in _PAIR.findall(m[2])), message)
+    message = _LIST_OPTION.sub(lambda m: f"{_flag(m[1])} {','.join(_QUOTED.findall(m[2]))}", message)
+    message = _VALUE_OPTION.sub(lambda m: f"{_flag(m[1])} {m[2] if m[2] is not None else m[3]}", message)
+    return _FLAG_OPTION.sub(lambda m: _flag(m[1]), message)
+
+
 def _open(args: argparse.Namespace) -> Any:
     kwargs: dict[str, Any] = {"split": args.split}
     if args.data_dir is not None:
         kwargs["data_dir"] = args.data_dir
-    if args.max_length is not None:
-        kwargs["max_length"] = args.max_length
+    if args.max_length:
+        kwargs["max_length"] = _per_field("--max-length", args.max_length)
     if args.truncate:
         kwargs["truncate"] = True
-    if args.image_mode is not None:
-        kwargs["image_mode"] = args.image_mode
+    if args.image_mode:
+        kwargs["image_mode"] = _per_field("--image-mode", args.image_mode)
     if args.include_keys:
         kwargs["include_keys"] = tuple(args.include_keys.split(","))
     if args.exclude_keys:
@@ -80,7 +136,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         t_open = time.perf_counter() - t0
     except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
         # The backends' errors name the field and the fix; show them without a traceback.
-        print(f"datarax-fn inspect {args.backend} {args.name}: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"datarax-fn inspect {args.backend} {args.name}: {type(err).__name__}: {as_flags(str(err))}", file=sys.stderr)
         return 2
     finally:
         logger.removeHandler(capture)
@@ -156,10 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--split", required=True)
     inspect.add_argument("--data-dir", default=None)
     inspect.add_argument("--streaming", action="store_true", help="force streaming (default: eager if it fits memory)")
-    inspect.add_argument("--max-length", type=int, default=None, help="pad ragged fields and text to this length")
+    inspect.add_argument("--max-length", type=_length, action="append", default=None, metavar="[KEY=]N",
+                         help="pad ragged fields and text to N: one N for every field, or KEY=N (KEY=N1,N2 per "
+                              "ragged level), repeated once per field")
     inspect.add_argument("--truncate", action="store_true", help="cut rows longer than --max-length")
-    inspect.add_argument("--image-mode", default=None, choices=("L", "LA", "RGB", "RGBA", "I;16", "I", "F"),
-                         help="channels of images whose feature declares none (needed to stream them)")
+    inspect.add_argument("--image-mode", type=_mode, action="append", default=None, metavar="[KEY=]MODE",
+                         help=f"channels of images whose feature declares none (one of {', '.join(_MODES)}): one "
+                              "MODE for every image field, or KEY=MODE repeated once per field")
     inspect.add_argument("--include-keys", default=None, help="comma-separated fields to keep")
     inspect.add_argument("--exclude-keys", default=None, help="comma-separated fields to drop")
     inspect.add_argument("--batch-size", type=int, default=32)

@@ -66,7 +66,21 @@ def test_inspect_hf_streaming_on_a_never_prepared_folder(parquet_folder, tmp_pat
 def test_inspect_reports_backend_errors_without_a_traceback(parquet_folder, capsys):  # noqa: F811
     assert main(["inspect", "hf", str(parquet_folder), "--split", "train"]) == 2
     err = capsys.readouterr().err
-    assert "ValueError" in err and "max_length" in err
+    assert "ValueError" in err and "--max-length" in err
+
+
+def test_inspect_max_length_per_field_and_errors_name_the_flags(parquet_folder, capsys):  # noqa: F811
+    # Two ragged fields ('text', 'tokens') that need different lengths: one number cannot serve both.
+    base = ["inspect", "hf", str(parquet_folder), "--split", "train", "--streaming", "--batches", "1", "--seconds", "0.1"]
+    assert main(base + ["--max-length", "text=16", "--max-length", "tokens=5", "--image-mode", "image=L"]) == 0
+    out = capsys.readouterr().out
+    assert "['text']: uint8[16]" in out and "['tokens']: int32[5]" in out and "['image']: uint8[6, 5, 1]" in out
+    assert main(base + ["--max-length", "text=16", "--image-mode", "L"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-length tokens=L" in err and "--exclude-keys tokens" in err  # the flags, not Python options
+    assert "max_length=" not in err and "exclude_keys=" not in err
+    assert main(base + ["--max-length", "16", "--max-length", "tokens=5", "--image-mode", "L"]) == 2
+    assert "--max-length: give one value for every field, or KEY=VALUE once per field" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

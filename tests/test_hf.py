@@ -450,3 +450,204 @@ def test_missing_value_inside_a_list_names_the_row_and_dropping_it_works():
     _, batch = dfn.get_batch(state, 2)
     np.testing.assert_array_equal(np.asarray(batch["x"]), [[1, 2], [4, 0]])
     np.testing.assert_array_equal(np.asarray(batch["x_length"]), [2, 1])
+
+
+@pytest.mark.parametrize("derive", ["filter", "map"])
+def test_sources_over_one_iterable_dataset_each_own_their_iteration(tmp_path, derive):
+    hd.Dataset.from_dict({"id": list(range(3000))}).to_parquet(str(tmp_path / "t.parquet"), batch_size=500)
+    ids_ = hd.load_dataset("parquet", data_files=str(tmp_path / "t.parquet"), split="train", streaming=True,
+                           cache_dir=str(tmp_path / "c"))
+    ds = ids_.filter(lambda r: r["id"] % 3 != 0) if derive == "filter" else ids_.map(lambda r: {"twice": 2 * r["id"]})
+    hf_own = [r["id"] for r in ds]  # HF's own records, in order
+    make = lambda: dfn.from_hf(ds, streaming=True, chunk_size=16)  # noqa: E731 (the docs' pattern)
+    first = make()
+    for _ in range(10):
+        first, _ = dfn.get_batch(first, 30)
+    saved = dfn.cursor(first)
+    resumed = dfn.restore_cursor(make(), saved)
+    a, b = [], []
+    for _ in range(20):  # both read at once: their readers run side by side
+        first, x = dfn.get_batch(first, 30)
+        resumed, y = dfn.get_batch(resumed, 30)
+        a += ids(x)
+        b += ids(y)
+    first.close()
+    resumed.close()
+    assert a == b == hf_own[300:900]
+
+
+# ----------------------------------------------------------------------------- changed and damaged files
+
+
+def _three_files(folder, first=0):
+    folder.mkdir(exist_ok=True)
+    for i in range(3):
+        rows = list(range(first + 1000 * i, first + 1000 * (i + 1)))
+        hd.Dataset.from_dict({"id": rows}).to_parquet(str(folder / f"train-{i}.parquet"), batch_size=250)
+
+
+@pytest.mark.parametrize("path", ["row-group seek", "replay"])
+def test_parquet_rewritten_during_a_stream_is_refused_naming_it(tmp_path, path):
+    _three_files(tmp_path / "pq")
+    if path == "replay":  # a mapped stream has no row-group seek: HF's own iteration reads the files
+        ds = hd.load_dataset(str(tmp_path / "pq"), split="train", streaming=True, cache_dir=str(tmp_path / "c"))
+        state = dfn.from_hf(ds.map(lambda r: r), streaming=True, chunk_size=16, prefetch=1)
+    else:
+        state = dfn.from_hf(str(tmp_path / "pq"), "train", streaming=True, chunk_size=16, prefetch=1,
+                            cache_dir=str(tmp_path / "c"))
+    state, first = dfn.get_batch(state, 30)
+    assert ids(first) == list(range(30))
+    hd.Dataset.from_dict({"id": list(range(7, 1007))}).to_parquet(str(tmp_path / "pq" / "train-2.parquet"))
+    with pytest.raises(RuntimeError, match=r"train-2\.parquet: the data file changed since the source was built"):
+        for _ in range(100):  # the rewritten file is the third: reached after 2000 records
+            state, _ = dfn.get_batch(state, 30)
+    state.close()
+
+
+def _damage(path, at, flips=20):
+    b = bytearray(path.read_bytes())
+    for k in range(at, at + flips):
+        b[k] ^= 0xFF
+    path.write_bytes(bytes(b))
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_damaged_parquet_errors_name_the_file(tmp_path, streaming):
+    _three_files(tmp_path / "pq")
+    bad = tmp_path / "pq" / "train-1.parquet"
+    _damage(bad, len(bad.read_bytes()) // 2)  # inside a page: pyarrow's error names no file
+    with pytest.raises(ValueError, match=re.escape(str(bad)) + ": reading the data file failed") as err:
+        state = dfn.from_hf(str(tmp_path / "pq"), "train", streaming=streaming, chunk_size=64,
+                            cache_dir=str(tmp_path / "c"))
+        for _ in range(10):
+            state, _ = dfn.get_batch(state, 400)
+    assert isinstance(err.value.__cause__, OSError)  # pyarrow's own error stays the cause
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_parquet_page_checksums_are_verified(tmp_path, streaming):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "pq").mkdir()
+    f = tmp_path / "pq" / "train.parquet"
+    pq.write_table(pa.table({"x": np.arange(1000, dtype=np.int64)}), str(f), compression="NONE", write_page_checksum=True)
+    _damage(f, len(f.read_bytes()) // 2, flips=1)  # one value's bits: unverified, it reads as another value
+    assert (pq.read_table(str(f))["x"].to_numpy() != np.arange(1000)).sum() == 1
+    with pytest.raises(ValueError, match=re.escape(str(f)) + ".*CRC checksum verification failed"):
+        state = dfn.from_hf(str(tmp_path / "pq"), "train", streaming=streaming, cache_dir=str(tmp_path / "c"))
+        dfn.get_batch(state, 1000)
+
+
+NO_NETWORK = textwrap.dedent(
+    """
+    import socket, sys, datarax_fn as dfn
+
+    attempts = []
+
+    def refuse(*a, **k):  # libraries swallow errors of their own pings: record each attempt
+        attempts.append(repr(a[:2]))
+        raise OSError("network attempt")
+
+    socket.getaddrinfo = refuse
+    socket.socket.connect = refuse
+    folder, cache = sys.argv[1], sys.argv[2]
+    n = [len(dfn.from_hf("parquet", "train", data_files=folder + "/train.parquet", streaming=False, cache_dir=cache,
+                         include_keys=["id"])),
+         len(dfn.from_hf(folder, "train", streaming=False, cache_dir=cache + "2", include_keys=["id"]))]
+    s = dfn.from_hf("parquet", "train", data_files=folder + "/train.parquet", streaming=True, cache_dir=cache,
+                    include_keys=["id"])
+    n.append(dfn.get_batch(s, 3)[1]["id"].tolist())
+    s.close()
+    print(attempts)
+    print(n)
+    """
+)
+
+
+def test_local_data_makes_no_network_attempt_without_the_offline_variables(parquet_folder, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    run = subprocess.run([sys.executable, "-c", NO_NETWORK, str(parquet_folder), str(tmp_path / "c")],
+                         capture_output=True, text=True, timeout=600, env={**env, "JAX_PLATFORMS": "cpu"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-2:] == ["[]", "[60, 60, [0, 1, 2]]"], run.stdout[-2000:]
+
+
+def test_from_hf_takes_load_datasets_forms(tmp_path):
+    folder = tmp_path / "two_configs"
+    for config, first in (("small", 0), ("big", 100)):
+        (folder / config).mkdir(parents=True)
+        hd.Dataset.from_dict({"id": list(range(first, first + 4))}).to_parquet(str(folder / config / "train.parquet"))
+    (folder / "README.md").write_text(
+        "---\nconfigs:\n- config_name: small\n  data_files: small/*.parquet\n  default: true\n- config_name: big\n  data_files: big/*.parquet\n---\n"
+    )
+    kw = dict(streaming=False, cache_dir=str(tmp_path / "c"))
+    want = ids(dfn.from_hf(str(folder), "train", config_name="big", **kw).data)
+    assert want == [100, 101, 102, 103]
+    for state in (dfn.from_hf(str(folder), "big", split="train", **kw),  # load_dataset(path, name, split=)
+                  dfn.from_hf(str(folder), name="big", split="train", **kw),
+                  dfn.from_hf(path=str(folder), name="big", split="train", **kw)):
+        assert ids(state.data) == want
+    assert ids(dfn.from_hf(str(folder), "train", **kw).data) == [0, 1, 2, 3]  # the second positional is the split
+    with pytest.raises(TypeError, match="config is given more than once.*config_name="):
+        dfn.from_hf(str(folder), "big", split="train", name="small", **kw)
+    with pytest.raises(TypeError, match="dataset is given twice"):
+        dfn.from_hf(str(folder), path=str(folder), split="train", **kw)
+
+
+def _squad_like():
+    rows = [("what is %d" % i, "context %d" % i, {"text": ["ans%d" % i], "answer_start": [i % 7]}) for i in range(24)]
+    return hd.Dataset.from_dict({"question": [r[0] for r in rows], "context": [r[1] for r in rows],
+                                 "answers": [r[2] for r in rows]})
+
+
+def prepare_train_features(examples):  # written for ds.map(f, batched=True), as run_qa's is
+    if type(examples["question"]) is not list or not all(isinstance(q, str) for q in examples["question"]):
+        raise TypeError("text input must be of type str (single example) or list[str] (batch)")  # as HF tokenizers say
+    starts = [a["answer_start"][0] for a in examples["answers"]]
+    return {"input_ids": [[ord(c) for c in q] for q in examples["question"]], "start_positions": starts,
+            "end_positions": [s + len(a["text"][0]) for s, a in zip(starts, examples["answers"])]}
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_hf_preprocessing_runs_verbatim_with_transform_format_hf(streaming):
+    ds = _squad_like()
+    ref = ds.map(prepare_train_features, batched=True, remove_columns=ds.column_names)
+    with pytest.raises(TypeError, match="list\\[str\\]") as err:  # the default layout: NumPy object arrays
+        dfn.from_hf(ds, transform=prepare_train_features, streaming=streaming, max_length={"input_ids": 12})
+    assert "transform_format='hf'" in "\n".join(getattr(err.value, "__notes__", []))
+    state = dfn.from_hf(ds, transform=prepare_train_features, transform_format="hf", streaming=streaming,
+                        max_length={"input_ids": 12}, chunk_size=10)
+    state, batch = dfn.get_batch(state, 24)
+    for key in ("start_positions", "end_positions"):
+        np.testing.assert_array_equal(np.asarray(batch[key]), np.asarray(ref[key]))
+    want = np.zeros((24, 12), np.int64)
+    for i, row in enumerate(ref["input_ids"]):
+        want[i, : len(row)] = row
+    np.testing.assert_array_equal(np.asarray(batch["input_ids"]), want)
+    np.testing.assert_array_equal(np.asarray(batch["input_ids_length"]), [len(r) for r in ref["input_ids"]])
+    if streaming:
+        state.close()
+    with pytest.raises(ValueError, match="transform_format must be one of"):
+        dfn.from_hf(ds, transform=prepare_train_features, transform_format="datasets")
+
+
+def test_default_mode_decides_from_metadata_and_a_sample(tmp_path, monkeypatch, caplog):
+    import datarax_fn._loaders.hf as loader
+
+    folder = tmp_path / "pq"
+    folder.mkdir()
+    hd.Dataset.from_dict({"id": list(range(5000))}).to_parquet(str(folder / "train.parquet"), batch_size=1000)
+    read = []
+    real = loader._columns  # every table an HF source reads passes here
+    monkeypatch.setattr(loader, "_columns", lambda t: read.append(t.num_rows) or real(t))
+    with caplog.at_level(logging.INFO, logger="datarax_fn"):
+        state = dfn.from_hf(str(folder), "train", memory_budget=0, chunk_size=64, cache_dir=str(tmp_path / "c"))
+    assert isinstance(state, dfn.StreamingSource)
+    assert sum(read) <= 256 + 64  # the sample and the stream's first chunk, not the 5,000 records
+    assert "5,000 records from the metadata, sized from the first 256; nothing else was read" in caplog.text
+    assert not list((tmp_path / "c").rglob("*.arrow"))  # nothing was prepared to decide
+    state.close()
+    read.clear()
+    eager = dfn.from_hf(str(folder), "train", memory_budget=2**30, cache_dir=str(tmp_path / "c"))
+    assert isinstance(eager, dfn.EagerSource) and ids(eager.data) == list(range(5000))

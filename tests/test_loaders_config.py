@@ -138,3 +138,16 @@ def test_partitions_are_checked_against_the_split_and_give_one_order_eager_and_s
     stream.close()
     backend = dfn.from_hf(ds, streaming=True).backend.backend  # six partitions of one record each
     assert [int(c["x"][0]) for p in range(6) for c in backend.open_partition(p, 6, 0, 0, 0)] == list(range(6))
+
+
+@pytest.mark.parametrize("cls", [dfn.HFEagerConfig, dfn.TFDSStreamingConfig])
+@pytest.mark.parametrize("option", ["include_keys", "exclude_keys"])
+def test_configs_from_equal_sets_are_equal(cls, option):
+    names = [f"feature_{i}" for i in range(12)]
+    grown = set(names) | {f"tmp_{i}" for i in range(500)}  # a larger table: another iteration order
+    grown -= {f"tmp_{i}" for i in range(500)}
+    small = set(reversed(names))
+    assert small == grown and list(small) != list(grown)  # equal sets, iterated in two orders
+    a, b = cls(name="x", **{option: small}), cls(name="x", **{option: grown})
+    assert a == b and hash(a) == hash(b)
+    assert getattr(a, option) == tuple(sorted(names))

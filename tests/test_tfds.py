@@ -550,3 +550,38 @@ def test_lists_of_bytes_keep_trailing_nul_bytes(nested_dirs, fmt, streaming):
         "lb_length_1": np.array([[2, 1, 0], [0, 0, 0], [2, 0, 0]], np.int32),
     }
     chex.assert_trees_all_equal(got, want)
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_damaged_tfrecord_error_names_the_file_and_record(toy_dirs, tmp_path, streaming):
+    import shutil
+
+    root = tmp_path / "toy"
+    shutil.copytree(toy_dirs["tfrecord"], root)
+    (bad,) = root.glob("dfn_toy/*/dfn_toy-train.tfrecord-*")
+    data = bytearray(bad.read_bytes())
+    data[len(data) // 2] ^= 1  # one bit inside a frame: TensorFlow says only "corrupted record at <byte>"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=re.escape(str(bad)) + r": reading the data file failed at record 19 ") as err:
+        state = dfn.from_tfds("dfn_toy", "train", data_dir=str(root), streaming=streaming, max_length=TOY_MAX, chunk_size=8)
+        for _ in range(4):
+            state, _ = dfn.get_batch(state, 10)
+    assert type(err.value.__cause__).__name__ == "DataLossError"  # TensorFlow's own error stays the cause
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_default_mode_decides_from_metadata_and_a_sample(digits_dirs, fmt, monkeypatch, caplog):
+    import datarax_fn._loaders.tfds as loader
+
+    read = []
+    for name in ("tf_columns", "rows_to_columns"):  # every record a TFDS source reads passes one of these
+        real = getattr(loader, name)
+        monkeypatch.setattr(loader, name, lambda *a, real=real: read.append(len(a[0]) if isinstance(a[0], list)
+                                                                          else int(next(iter(a[0].values())).shape[0]))
+                            or real(*a))
+    with caplog.at_level(logging.INFO, logger="datarax_fn"):
+        state = dfn.from_tfds("dfn_digits", "train", data_dir=digits_dirs[fmt], memory_budget=0, chunk_size=64)
+    assert isinstance(state, dfn.StreamingSource)
+    assert sum(read) <= 256 + 64  # the sample and the stream's first chunk, not the 1,500 records
+    assert "1,500 records from the metadata, sized from the first 256; nothing else was read" in caplog.text
+    state.close()

@@ -141,6 +141,47 @@ def file_stats(paths: Iterable[str]) -> list[tuple]:
     return out
 
 
+class FileIdentity:
+    """The ``(size, mtime_ns)`` of each local data file as the source was built.
+
+    ``check(path)`` runs where a reader opens a file: a file rewritten since the build would
+    switch the data in the middle of a stream (the fingerprint only refuses stale cursors).
+    """
+
+    def __init__(self, stats: Iterable[tuple]):
+        self.recorded = {s[0]: s[1:] for s in stats if len(s) == 3}
+
+    def check(self, path: str) -> None:
+        """Raises ``RuntimeError`` naming ``path`` when its size or mtime differ from the build's."""
+        was = self.recorded.get(str(path))
+        if was is None:
+            return
+        try:
+            st = os.stat(path)
+            now: tuple = (st.st_size, st.st_mtime_ns)
+        except OSError as err:
+            raise RuntimeError(f"{path}: the data file is gone since the source was built ({err}). "
+                               "Restore the file or rebuild the source.") from err
+        if now != was:
+            raise RuntimeError(
+                f"{path}: the data file changed since the source was built (size {was[0]} -> {now[0]} bytes, "
+                f"mtime_ns {was[1]} -> {now[1]}); reading on would mix two versions of the data. Rebuild the "
+                "source (cursors taken before the change are refused by the fingerprint)."
+            )
+
+
+class DamagedFileError(ValueError):
+    """A data file a backend could not read; the message names the file, the cause is the backend's error."""
+
+
+def damaged_file_error(path: str, err: BaseException, where: str = "") -> DamagedFileError:
+    """Returns the error for a file a backend could not read: it names the file (and ``where``
+    inside it, when known); raise it ``from err`` so the backend's own error stays the cause."""
+    at = f" at {where}" if where else ""
+    return DamagedFileError(f"{path}: reading the data file failed{at} ({type(err).__name__}: {err}). The file is damaged "
+                      "or truncated: replace it, or leave it out of the data files.")
+
+
 def _spec_summary(spec: Any) -> Any:
     if isinstance(spec, Mapping):
         return sorted((k, _spec_summary(v)) for k, v in spec.items())
@@ -364,6 +405,20 @@ def probe_of(columns: Columns, rows: int = 256) -> Columns:
     return slice_rows(columns, 0, min(rows, num_rows(columns)))
 
 
+SAMPLE_ROWS = 256  # the first records that stand for the split when the mode is decided
+
+
+def sampled_nbytes(fields: Mapping[str, Any], opts: Mapping[str, Any], sample: Columns | None,
+                   n: int | None) -> tuple[int | None, str]:
+    """Returns ``(bytes, how)``: the decoded size of ``n`` records estimated from ``sample``, the
+    split's first records (None when ``n`` or the sample is unknown: the split then streams)."""
+    k = 0 if sample is None else num_rows(sample)
+    if n is None or not k:
+        return None, "the metadata gives no record count" if n is None else "no record could be read"
+    size = cv.estimate_nbytes(converter(fields, opts, probe_of(sample), static=False), sample)
+    return int(size * n / k), f"{n:,} records from the metadata, sized from the first {k}; nothing else was read"
+
+
 def empty_split_error(what: str, split: Any) -> ValueError:
     return ValueError(f"{what}: split={str(split)!r} has no records; pick a split or slice that selects at least one.")
 
@@ -407,5 +462,5 @@ def streaming_source(backend: Backend, cfg: Any, name: str) -> StreamingSource:
 
 __all__ = [
     "Backend", "RandomAccessBackend", "ReplayBackend", "concat_rows", "converter", "digest", "eager_source", "probe_of",
-    "empty_split_error", "file_stats", "num_rows", "range_by_range", "select", "slice_rows", "streaming_source", "take_rows",
+    "DamagedFileError", "FileIdentity", "damaged_file_error", "empty_split_error", "file_stats", "num_rows", "range_by_range", "sampled_nbytes", "select", "slice_rows", "streaming_source", "take_rows",
 ]

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .batch_layout import TRANSFORM_FORMATS, with_format
+
 logger = logging.getLogger("datarax_fn")
 
 IMAGE_MODES = ("L", "LA", "RGB", "RGBA", "I;16", "I", "F")  # the conversion layer's modes
@@ -86,7 +88,8 @@ def keys(v: Any) -> tuple[str, ...]:
         raise _Bad(TypeError, want)
     if not all(isinstance(k, str) for k in v):
         raise _Bad(TypeError, want)
-    return tuple(v)
+    # A set's iteration order is not its value: sorted, two configs from equal sets are equal.
+    return tuple(sorted(v)) if isinstance(v, (set, frozenset)) else tuple(v)
 
 
 def max_length(v: Any) -> Any:
@@ -116,6 +119,14 @@ def image_mode(v: Any) -> Any:
         if x not in IMAGE_MODES:
             raise _Bad(ValueError, want)
     return dict(v) if isinstance(v, Mapping) else v
+
+
+def transform_format(v: Any) -> str:
+    if not isinstance(v, str):
+        raise _Bad(TypeError, f"one of {TRANSFORM_FORMATS}")
+    if v not in TRANSFORM_FORMATS:
+        raise _Bad(ValueError, f"one of {TRANSFORM_FORMATS}")
+    return v
 
 
 def data_files(v: Any) -> Any:
@@ -178,6 +189,7 @@ class LoaderConfig:
     seed: int = option(0, seed_value)
     local_files_only: bool = option(False, flag)
     transform: Callable[[dict], dict] | None = option(None, function, optional=True)
+    transform_format: str = option("columns", transform_format)
     max_length: int | Mapping[str, Any] | None = option(None, max_length, optional=True)
     truncate: bool = option(False, flag)
     image_mode: str | Mapping[str, str] | None = option(None, image_mode, optional=True)
@@ -207,7 +219,7 @@ class StreamingOptions:
 def conversion_options(cfg: LoaderConfig) -> dict[str, Any]:
     """Returns the conversion options of a config, as the conversion layer takes them."""
     return dict(max_length=cfg.max_length, truncate=cfg.truncate, image_mode=cfg.image_mode,
-                transform=cfg.transform, num_threads=cfg.num_threads)
+                transform=with_format(cfg.transform, cfg.transform_format), num_threads=cfg.num_threads)
 
 
 def configs_from_options(
@@ -290,13 +302,20 @@ def check_mode(owner: str, streaming: Any, budget: Any) -> tuple[bool | None, in
     return (None if streaming is None else bool(streaming)), budget
 
 
-def decide(owner: str, label: str, streaming: bool | None, budget: int | None, estimate: Callable[[], int | None]) -> bool:
-    """Returns True to stream: as asked, else when ``estimate()`` bytes exceed the budget; logs why."""
+def decide(owner: str, label: str, streaming: bool | None, budget: int | None, estimate: Callable[[], Any]) -> bool:
+    """Returns True to stream: as asked, else when ``estimate()`` bytes exceed the budget; logs why.
+
+    ``estimate()`` returns the bytes (None: unknown), or ``(bytes, how they were estimated)``.
+    """
     if streaming is not None:
         stream, reason = streaming, f"streaming={streaming} was asked for"
     else:
-        eager, reason = choose_mode(estimate(), memory_budget() if budget is None else budget)
+        nbytes, how = estimate(), None
+        if isinstance(nbytes, tuple):
+            nbytes, how = nbytes
+        eager, reason = choose_mode(nbytes, memory_budget() if budget is None else budget)
         stream = not eager
+        reason += f" ({how})" if how else ""
     logger.info("%s(%s): %s, because %s", owner, label, "streaming" if stream else "eager", reason)
     return stream
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import inspect
 import os
 import sys
 import threading
@@ -71,7 +72,7 @@ class HFStreamingConfig(StreamingOptions, HFEagerConfig):
 # ----------------------------------------------------------------------------- loading
 
 
-_OFFLINE_LOCK = threading.Lock()
+_OFFLINE_LOCK = threading.RLock()  # re-entered when _offline and _no_load_count nest
 
 
 @contextlib.contextmanager
@@ -172,13 +173,13 @@ def _load(cfg: HFEagerConfig, streaming: bool) -> Any:
     base = cfg.split
     if streaming:  # HF streams whole splits only: the slice is applied while reading
         base = _split_name(cfg.split)
-    kwargs: dict[str, Any] = dict(name=cfg.config_name, split=base, data_dir=cfg.data_dir, data_files=cfg.data_files,
-                                  revision=cfg.revision, cache_dir=cfg.cache_dir, streaming=streaming)
+    kwargs: dict[str, Any] = dict(name=cfg.config_name, data_dir=cfg.data_dir, data_files=cfg.data_files,
+                                  revision=cfg.revision, cache_dir=cfg.cache_dir)
     if cfg.local_files_only:
         kwargs["download_config"] = hd.DownloadConfig(local_files_only=True, cache_dir=cfg.cache_dir)
     kwargs.update(cfg.download_kwargs or {})
-    with _offline(cfg.local_files_only):
-        ds = hd.load_dataset(cfg.name, **kwargs)
+    with _offline(cfg.local_files_only), _no_load_count(_local_data(cfg)):
+        ds = hd.load_dataset(cfg.name, split=base, streaming=True, **kwargs) if streaming else _prepared(cfg.name, base, kwargs)
     if isinstance(ds, (hd.DatasetDict, hd.IterableDatasetDict)):
         if base not in ds:
             raise ValueError(f"{cfg.name!r}: split={cfg.split!r} is not there; available splits are {list(ds)}.")
@@ -186,6 +187,67 @@ def _load(cfg: HFEagerConfig, streaming: bool) -> Any:
     if isinstance(ds, hd.Dataset) and not len(ds):
         raise bk.empty_split_error(repr(cfg.name), cfg.split)
     return ds
+
+
+def _prepared(path: str, split: str, kwargs: dict[str, Any]) -> Any:
+    """Returns ``load_dataset(path, split=split, **kwargs)``, run step by step as ``load_dataset``
+    does (builder, ``download_and_prepare``, ``as_dataset``) so that the builder's file reader
+    verifies parquet page checksums and names the file it fails on."""
+    import datasets as hd  # lazy: datasets is optional and slow to import
+    from datasets.utils.info_utils import is_small_dataset  # load_dataset's own in-memory rule
+
+    prepare = set(inspect.signature(hd.DatasetBuilder.download_and_prepare).parameters) - {"self"}
+    build = set(inspect.signature(hd.load_dataset_builder).parameters)
+    kwargs = dict(kwargs)
+    keep = kwargs.pop("keep_in_memory", None)
+    if kwargs.pop("save_infos", False):
+        kwargs["verification_mode"] = "all_checks"
+    builder = hd.load_dataset_builder(path, **{k: v for k, v in kwargs.items() if k in build or k not in prepare})
+    _verify_pages(builder)
+    for name in ("_generate_tables", "_generate_examples"):
+        if hasattr(builder, name):
+            setattr(builder, name, _checked_reader(getattr(builder, name), None))
+    options = {k: v for k, v in kwargs.items() if k in prepare}
+    options.setdefault("verification_mode", hd.VerificationMode.BASIC_CHECKS)
+    try:
+        builder.download_and_prepare(**options)
+    except hd.exceptions.DatasetGenerationError as err:
+        if isinstance(err.__cause__, bk.DamagedFileError):  # HF's wrapper names no file; ours does
+            raise err.__cause__ from err.__cause__.__cause__
+        raise
+    return builder.as_dataset(split=split, in_memory=keep if keep is not None else is_small_dataset(builder.info.dataset_size))
+
+
+def _local_data(cfg: HFEagerConfig) -> bool:
+    """Returns whether the config names local data only: a local folder, or a packaged builder
+    (``"parquet"``, ``"csv"``...) over data files that are all local paths."""
+    if os.path.isdir(cfg.name):
+        return True
+    files = cfg.data_files
+    if files is None:
+        return False
+    paths = [p for v in (files.values() if isinstance(files, Mapping) else [files])
+             for p in ([v] if isinstance(v, (str, os.PathLike)) else v)]
+    return bool(paths) and all("://" not in str(p) for p in paths)
+
+
+@contextlib.contextmanager
+def _no_load_count(enabled: bool):
+    """Skips ``datasets``' download-count ping (a HEAD request to its S3 bucket, made whenever a
+    builder module is resolved unless offline) inside the block: local data makes no network
+    attempt. ``datasets.config`` is set, not the environment, and restored on exit."""
+    if not enabled:
+        yield
+        return
+    import datasets.config as dc  # lazy: datasets is optional and slow to import
+
+    with _OFFLINE_LOCK:
+        saved = dc.HF_UPDATE_DOWNLOAD_COUNTS
+        dc.HF_UPDATE_DOWNLOAD_COUNTS = False
+        try:
+            yield
+        finally:
+            dc.HF_UPDATE_DOWNLOAD_COUNTS = saved
 
 
 # ----------------------------------------------------------------------------- schema and columns
@@ -253,15 +315,79 @@ def _map_backend(ds: Any, fields: dict, opts: dict, cfg: HFStreamingConfig) -> b
     return bk.RandomAccessBackend(read, len(ds), conv, data=data, split=cfg.split, info=_info(ds.info, conv.meta), cfg=cfg)
 
 
-def _data_files(ds: Any) -> list[str]:
-    """Returns the files an ``IterableDataset`` reads (from its innermost examples iterable)."""
+def _file_reader(ds: Any) -> Any:
+    """Returns the innermost examples iterable of an ``IterableDataset``: the one that opens the
+    data files (HF's ``ArrowExamplesIterable`` / ``ExamplesIterable``, their ``kwargs["files"]``
+    listing the files), or None.
+
+    HF has no public view of a stream's files; the chain of ``ex_iterable`` attributes is the
+    one way to them. tests/test_hf.py::test_hf_stream_internals_the_loader_reads_are_there
+    fails when HF moves them.
+    """
     it, seen = getattr(ds, "_ex_iterable", None), 0
     while it is not None and seen < 32:
-        files = (getattr(it, "kwargs", None) or {}).get("files")
-        if files is not None:
-            return [str(f) for f in files]
+        if "files" in (getattr(it, "kwargs", None) or {}):
+            return it
         it, seen = getattr(it, "ex_iterable", None), seen + 1
-    return []
+    return None
+
+
+def _data_files(ds: Any) -> list[str]:
+    """Returns the files an ``IterableDataset`` reads (from its innermost examples iterable)."""
+    it = _file_reader(ds)
+    return [str(f) for f in it.kwargs["files"] or ()] if it is not None else []
+
+
+def _checked_reader(fn: Callable, identity: bk.FileIdentity | None) -> Callable:
+    """Returns HF's file reader ``fn`` (a builder's ``_generate_tables`` / ``_generate_examples``,
+    called once per shard with the shard's ``files``) that checks each file's identity as it
+    opens it and names the file (and row group) when the reader fails on it."""
+
+    def read_files(**kwargs: Any) -> Any:
+        files = [str(f) for f in kwargs.get("files") or ()]
+        for f in files if identity is not None else ():
+            identity.check(f)
+        groups = kwargs.get("row_groups_list")
+        items = fn(**kwargs)
+        while True:
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            except Exception as err:  # noqa: BLE001 (any reader failure: the file is what the user can fix)
+                # When preparing, HF hands all files at once in a tracked_list that remembers the one being read.
+                current = getattr(kwargs.get("files"), "last_item", None)
+                named = [str(current)] if current is not None else files
+                one = len(files) == 1 and groups and groups[0] is not None and len(groups[0]) == 1
+                raise bk.damaged_file_error(" / ".join(named) or "a data file", err,
+                                            f"row group {groups[0][0]}" if one else "") from err
+            yield item
+
+    return read_files
+
+
+def _verify_pages(builder: Any) -> None:
+    """Makes HF's parquet builder verify page checksums (pyarrow skips them by default, so a
+    flipped bit in a page that carries a CRC would decode to other values)."""
+    from datasets.packaged_modules.parquet.parquet import Parquet  # HF's own parquet reader
+
+    if isinstance(builder, Parquet) and getattr(builder.config, "fragment_scan_options", "") is None:
+        import pyarrow.dataset as pds  # a dependency of datasets
+
+        builder.config.fragment_scan_options = pds.ParquetFragmentScanOptions(page_checksum_verification=True)
+
+
+def _guard_files(ds: Any, identity: bk.FileIdentity) -> Any:
+    """Returns ``ds`` (an owned copy) whose file reader checks each file's identity when it opens
+    it, verifies parquet page checksums and names the file in the errors of a damaged one."""
+    it = _file_reader(ds)
+    name = next((a for a in ("generate_tables_fn", "generate_examples_fn") if hasattr(it, a)), None)
+    if name is None:
+        return ds
+    fn = getattr(it, name)
+    _verify_pages(getattr(fn, "__self__", None))
+    setattr(it, name, _checked_reader(fn, identity))
+    return ds
 
 
 def _parquet_row_groups(stream: Any) -> tuple[Any, np.ndarray] | None:
@@ -293,8 +419,11 @@ def _parquet_row_groups(stream: Any) -> tuple[Any, np.ndarray] | None:
     lengths = []
     for f, (g,) in zip(files, groups):
         if f not in meta:
-            with opener(f, "rb") as fh:
-                meta[f] = pq.ParquetFile(fh).metadata
+            try:
+                with opener(f, "rb") as fh:
+                    meta[f] = pq.ParquetFile(fh).metadata
+            except Exception as err:  # noqa: BLE001 (a footer pyarrow cannot read: name the file)
+                raise bk.damaged_file_error(str(f), err, "its footer (the parquet metadata)") from err
         lengths.append(meta[f].row_group(g).num_rows)
     return resharded, np.asarray(lengths, np.int64)
 
@@ -321,6 +450,30 @@ def _seek_reader(resharded: Any, ends: np.ndarray, first: int, n: int, chunk: in
     return read_range
 
 
+def _own(stream: Any) -> Any:
+    """Returns a copy of an ``IterableDataset`` whose iteration state is its own.
+
+    HF keeps the progress of an iteration on the examples-iterable objects themselves (their
+    ``_state_dict``, reset by every new iteration and read back by ``map`` / ``filter`` to
+    resume), and ``select_columns`` / ``with_format`` / ``shard`` copies share those objects.
+    Two readers over one object (two sources built from it, two partitions, a probe and a
+    reader) would step on each other's positions, so every reader iterates its own copy.
+    The copy shares the hub filesystem's process-wide cache (each ``IterableDataset`` holds a
+    reference to it, and other readers' threads grow it while this one copies).
+    """
+    from huggingface_hub import HfFileSystem  # a dependency of datasets
+
+    cache = getattr(HfFileSystem, "_cache", None)
+    try:
+        return copy.deepcopy(stream, {} if cache is None else {id(cache): cache})
+    except Exception as err:  # noqa: BLE001 (any failure means the stream cannot be owned)
+        raise ValueError(
+            f"from_hf: cannot copy this IterableDataset ({type(err).__name__}: {err}), and sources sharing one "
+            "would read each other's positions. Build it from data files or a Dataset (load_dataset(..., "
+            "streaming=True) on the files), or pass a Dataset with streaming=True."
+        ) from err
+
+
 def _replay_reader(stream: Any, first: int, last: int | None, chunk: int) -> Callable:
     """Returns ``read_range(lo, hi)`` that iterates the stream from its start (json, csv, text,
     and streams whose rows have no metadata): a resume costs every row before ``lo``."""
@@ -328,7 +481,7 @@ def _replay_reader(stream: Any, first: int, last: int | None, chunk: int) -> Cal
     def read_range(lo: int, hi: int | None) -> Any:
         skip = first + lo
         left = None if hi is None and last is None else (hi if hi is not None else last - first) - lo
-        for table in stream.iter(batch_size=chunk):
+        for table in _own(stream).iter(batch_size=chunk):
             if skip >= len(table):
                 skip -= len(table)
                 continue
@@ -346,8 +499,13 @@ def _replay_reader(stream: Any, first: int, last: int | None, chunk: int) -> Cal
 
 def _replay_backend(ds: Any, fields: dict, opts: dict, cfg: HFStreamingConfig) -> bk.Backend:
     where = repr(cfg.name)
+    files = bk.file_stats(_data_files(ds))
+    identity = bk.FileIdentity(files)
     stream = ds.select_columns(_top(fields)).with_format("arrow")
     groups = _parquet_row_groups(stream)
+    if groups is not None:  # reshard made its own file readers
+        groups = (_guard_files(groups[0], identity), groups[1])
+    stream = _guard_files(_own(stream), identity)
     if groups is not None:
         ends = np.concatenate([[0], np.cumsum(groups[1])])
         total = int(ends[-1])
@@ -365,7 +523,7 @@ def _replay_backend(ds: Any, fields: dict, opts: dict, cfg: HFStreamingConfig) -
     if probe is None:
         raise bk.empty_split_error(where, cfg.split)
     conv = bk.converter(fields, opts, probe, static=True)
-    data = (cfg.name, cfg.config_name, cfg.revision, cfg.data_files, bk.file_stats(_data_files(ds)))
+    data = (cfg.name, cfg.config_name, cfg.revision, cfg.data_files, files)
     return bk.ReplayBackend(bk.range_by_range(read_range), n, conv, shard_bounds=bounds, data=data, split=cfg.split,
                             info=_info(ds.info, conv.meta), cfg=cfg)
 
@@ -374,6 +532,8 @@ def _streaming(ds: Any, cfg: HFStreamingConfig) -> Any:
     import datasets as hd  # lazy: datasets is optional and slow to import
 
     kind: Callable = _map_backend if isinstance(ds, hd.Dataset) else _replay_backend
+    if isinstance(ds, hd.IterableDataset):
+        ds = _own(ds)  # resolving the features below may iterate it
     return bk.streaming_source(kind(ds, *_fields(ds, cfg), cfg), cfg, _label(cfg))
 
 
@@ -412,17 +572,76 @@ def _estimate(ds: Any, cfg: HFEagerConfig) -> int:
     return cv.estimate_nbytes(bk.converter(fields, opts, bk.probe_of(columns), static=False), columns)
 
 
-def from_hf(name: Any, split: str | None = None, *, streaming: bool | None = None, memory_budget: int | None = None,
-            **options: Any) -> Any:
+def _sampled_estimate(ds: Any, cfg: HFStreamingConfig) -> tuple[int | None, str]:
+    """Returns the decoded size of an HF stream's split from its metadata (parquet footers or the
+    split info give the record count) and its first ``SAMPLE_ROWS`` records; nothing else is read."""
+    ds = _own(ds)
+    fields, opts = _fields(ds, cfg)
+    stream = ds.select_columns(_top(fields)).with_format("arrow")
+    groups = _parquet_row_groups(stream)
+    if groups is not None:
+        total: int | None = int(groups[1].sum())
+    else:
+        known = (getattr(ds.info, "splits", None) or {}).get(_split_name(cfg.split))
+        total = int(known.num_examples) if known is not None and known.num_examples else None
+    first, last = _bounds(cfg.split, total, None, repr(cfg.name))[1:]
+    n = None if total is None and last is None else (last if last is not None else total) - first
+    sample = next(_replay_reader(stream, first, last, bk.SAMPLE_ROWS)(0, min(bk.SAMPLE_ROWS, n or bk.SAMPLE_ROWS)), None)
+    return bk.sampled_nbytes(fields, opts, sample, n)
+
+
+def _load_dataset_forms(name: Any, split: Any, options: dict[str, Any]) -> tuple[Any, Any]:
+    """Returns ``(dataset, split)`` from ``from_hf``'s arguments, taking ``load_dataset``'s forms too.
+
+    ``from_hf(path, name, split=...)``, ``from_hf(path, name=..., split=...)`` and
+    ``from_hf(path=..., name=..., split=...)`` mean what they mean to ``load_dataset``: ``name``
+    is the config (``config_name``). ``from_hf(dataset, split)`` keeps its meaning (the second
+    positional is the split unless ``split=`` is also given), and ``name=`` alone names the dataset.
+    Moves the config into ``options["config_name"]``.
+    """
+    path, kw_name, kw_split = options.pop("path", None), options.pop("name", None), options.pop("split", None)
+    if path is not None:
+        if name is not None:
+            raise TypeError(f"from_hf: the dataset is given twice, {name!r} and path={path!r}; pass one of them.")
+        name = path
+    elif name is None and kw_name is not None:
+        name, kw_name = kw_name, None
+    if name is None:
+        raise TypeError("from_hf: name the dataset: from_hf(path, split, ...) with a hub name, a folder, a builder "
+                        "('parquet', 'csv', 'json') with data_files=, or a Dataset object.")
+    configs = {}
+    if kw_split is not None:
+        if split is not None:
+            configs["the second positional argument"] = split  # load_dataset(path, name, split=...)
+        split = kw_split
+    if kw_name is not None:
+        configs["name="] = kw_name
+    if options.get("config_name") is not None:
+        configs["config_name="] = options["config_name"]
+    if len(configs) > 1:
+        raise TypeError(f"from_hf: the config is given more than once ({', '.join(f'{k} {v!r}' for k, v in configs.items())}); "
+                        "pass it once, as config_name= (load_dataset's name=).")
+    if configs:
+        options["config_name"] = next(iter(configs.values()))
+    return name, split
+
+
+def from_hf(name: Any = None, split: str | None = None, /, *, streaming: bool | None = None,
+            memory_budget: int | None = None, **options: Any) -> Any:
     """Returns an ``EagerSource`` or a ``StreamingSource`` for an HF split.
 
     Arguments:
       name: a hub name, a folder, a builder name with ``data_files=``, or a ``datasets.Dataset``
-        / ``DatasetDict`` / ``IterableDataset`` object.
+        / ``DatasetDict`` / ``IterableDataset`` object (``path=`` also names it).
       split: a split expression (``"test"``, ``"train[:10%]"``, ``"train[5:20]"``); for a
-        ``Dataset`` object its own split (default: all of it).
+        ``Dataset`` object its own split (default: all of it). ``load_dataset``'s forms work
+        too: ``from_hf(path, config, split=...)`` and ``from_hf(path, name=config, split=...)``
+        take the config as ``config_name``.
       streaming: ``True`` streams, ``False`` loads eagerly, ``None`` loads eagerly when the
-        decoded split fits ``memory_budget`` bytes (default: half the available memory).
+        decoded split fits ``memory_budget`` bytes (default: half the available memory). For a
+        name, the size is estimated before anything is prepared: the record count from the
+        parquet footers or the split info, each record sized from the first 256 (an unknown
+        count streams); a ``Dataset`` object is sized from all its rows (its longest included).
       **options: the ``HFStreamingConfig`` options.
 
     Returns:
@@ -437,6 +656,7 @@ def from_hf(name: Any, split: str | None = None, *, streaming: bool | None = Non
     """
     import datasets as hd  # lazy: datasets is optional and slow to import
 
+    name, split = _load_dataset_forms(name, split, options)
     streaming, memory_budget = check_mode("from_hf", streaming, memory_budget)
     obj = None
     if not isinstance(name, (str, os.PathLike)):
@@ -461,6 +681,12 @@ def from_hf(name: Any, split: str | None = None, *, streaming: bool | None = Non
     if streaming:
         decide("from_hf", label, True, memory_budget, lambda: None)
         return _streaming(obj, scfg) if obj is not None else HFStreamingSource(scfg)
+    if streaming is None and obj is None:  # decide before preparing: from the metadata and the first rows
+        ds = _load(scfg, streaming=True)
+        if isinstance(ds, hd.IterableDataset):
+            if decide("from_hf", label, None, memory_budget, lambda: _sampled_estimate(ds, scfg)):
+                return _streaming(ds, scfg)
+            return _eager(_load(ecfg, streaming=False), ecfg)
     ds = obj if obj is not None else _load(ecfg, streaming=False)
     if decide("from_hf", label, streaming, memory_budget, lambda: _estimate(ds, ecfg)):
         return _streaming(ds, scfg)

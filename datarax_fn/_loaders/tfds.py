@@ -314,6 +314,36 @@ def _seek(pieces: list[tuple[str, int, int]], ranges: list[tuple[int, int]]) -> 
     return out
 
 
+def _tfrecords(plan: _Plan, ds: Any, size: int, split: Any) -> Iterator[Any]:
+    """Yields the batches of ``size`` of the tf.data dataset ``ds`` over ``split``; a damaged
+    file raises ``DamagedFileError`` naming it and its record (TensorFlow names neither)."""
+    tf = tf_module()
+    try:
+        yield from batched(ds, size)
+    except tf.errors.OpError as err:
+        found = _damaged_record(plan, split)
+        if found is None:
+            raise
+        raise bk.damaged_file_error(found[0], err, found[1]) from err
+
+
+def _damaged_record(plan: _Plan, split: Any) -> tuple[str, str] | None:
+    """Returns ``(file, "record i")`` of the first record TensorFlow cannot read in the files of
+    ``split``'s splits (raw frames only: nothing decoded), or None when every frame reads."""
+    tf = tf_module()
+    info = plan.builder.info
+    names = [str(k) for k in info.splits.keys() if str(k) in str(split)] or [str(k) for k in info.splits.keys()]
+    for name in names:
+        for path in info.splits[name].filepaths:
+            i = 0
+            try:
+                for _ in tf.data.TFRecordDataset(str(path)):
+                    i += 1
+            except tf.errors.OpError:
+                return str(path), f"record {i}"
+    return None
+
+
 def _read_all(plan: _Plan, cfg: TFDSEagerConfig) -> bk.Columns:
     """Returns the whole split as host columns (images and audio still encoded)."""
     if plan.array_record:
@@ -323,7 +353,7 @@ def _read_all(plan: _Plan, cfg: TFDSEagerConfig) -> bk.Columns:
         return rows_to_columns(rows, plan.fields) if rows else {}
     ds = _tf_dataset(plan, cfg, one_shot=True)
     n = int(ds.cardinality())
-    chunks = [tf_columns(b, plan.fields) for b in batched(ds, n if n > 0 else 8192)]
+    chunks = [tf_columns(b, plan.fields) for b in _tfrecords(plan, ds, n if n > 0 else 8192, cfg.split)]
     return bk.concat_rows(chunks) if chunks else {}
 
 
@@ -373,7 +403,7 @@ def _backend(plan: _Plan, cfg: TFDSStreamingConfig) -> bk.Backend:
         def read_ranges(ranges: list[tuple[int, int | None]]) -> Iterator[bk.Columns]:
             # One tf.data pipeline for all the ranges: building one costs more than reading a window.
             split = _seek(pieces, [(lo, n if hi is None else hi) for lo, hi in ranges])
-            for batch in batched(_tf_dataset(plan, cfg, split=split), cfg.chunk_size):
+            for batch in _tfrecords(plan, _tf_dataset(plan, cfg, split=split), cfg.chunk_size, split):
                 yield tf_columns(batch, plan.fields)
     else:  # no shard lengths: replay with tf.data's skip
         base, bounds = _tf_dataset(plan, cfg), None
@@ -382,7 +412,7 @@ def _backend(plan: _Plan, cfg: TFDSStreamingConfig) -> bk.Backend:
 
         def read_range(lo: int, hi: int | None) -> Iterator[bk.Columns]:
             ds = base.skip(lo) if lo else base
-            for batch in batched(ds if hi is None else ds.take(hi - lo), cfg.chunk_size):
+            for batch in _tfrecords(plan, ds if hi is None else ds.take(hi - lo), cfg.chunk_size, cfg.split):
                 yield tf_columns(batch, plan.fields)
 
         read_ranges = bk.range_by_range(read_range)
@@ -415,8 +445,9 @@ def from_tfds(name: str, split: Any = "train", *, streaming: bool | None = None,
       name: the TFDS dataset, e.g. ``"mnist"``.
       split: a split expression (``"train[:10%]"``, ``"train+test"``) or a ``tfds.core.ReadInstruction``.
       streaming: ``True`` streams, ``False`` loads eagerly, ``None`` decides from the split's
-        decoded size (read from the data) against ``memory_budget`` bytes (default: half the
-        available memory), as ``from_hf`` does.
+        decoded size against ``memory_budget`` bytes (default: half the available memory): its
+        record count from the split info, each record sized from the first 256 (nothing else
+        is read); an unknown count streams.
       **options: the ``TFDSStreamingConfig`` options.
 
     Returns:
@@ -429,16 +460,21 @@ def from_tfds(name: str, split: Any = "train", *, streaming: bool | None = None,
         decide("from_tfds", f"{name}, {split}", True, memory_budget, lambda: None)
         return TFDSStreamingSource(scfg)
     plan = _plan(ecfg)
-    read: list = []
-
-    def estimate() -> int:
-        read.append(_read_all(plan, ecfg))
-        return cv.estimate_nbytes(bk.converter(plan.fields, plan.opts, bk.probe_of(read[0]), static=False), read[0])
-
-    if decide("from_tfds", f"{name}, {split}", streaming, memory_budget, estimate):
-        read.clear()
+    if decide("from_tfds", f"{name}, {split}", streaming, memory_budget, lambda: _estimate(plan, ecfg)):
         return bk.streaming_source(_backend(plan, scfg), scfg, _label(scfg))
-    return _eager(plan, ecfg, read[0] if read else None)
+    return _eager(plan, ecfg)
+
+
+def _estimate(plan: _Plan, cfg: TFDSEagerConfig) -> tuple[int | None, str]:
+    """Returns the split's decoded size from its metadata (the record count) and its first records."""
+    k = min(plan.n, bk.SAMPLE_ROWS) if plan.n else bk.SAMPLE_ROWS
+    if plan.array_record:
+        source = _data_source(plan, cfg)
+        rows = source.__getitems__(list(range(min(k, len(source)))))
+        sample = rows_to_columns(rows, plan.fields) if rows else None
+    else:
+        sample = next((tf_columns(b, plan.fields) for b in _tfrecords(plan, _tf_dataset(plan, cfg).take(k), k, cfg.split)), None)
+    return bk.sampled_nbytes(plan.fields, plan.opts, sample, plan.n or None)
 
 
 __all__ = ["TFDSEagerConfig", "TFDSEagerSource", "TFDSStreamingConfig", "TFDSStreamingSource", "from_tfds"]
