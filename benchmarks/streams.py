@@ -205,10 +205,10 @@ def image_loaders(paths: dict[str, str], n: int) -> dict[str, tuple[Callable[[],
     out: dict[str, Any] = {}
     common = dict(transform=crop_batch, chunk_size=BATCH)
     for w in (1, 2):
-        out[f"datarax_fn HF parquet num_workers={w}"] = ours(lambda w=w: dfn.from_hf(
+        out[f"datarax_fn HF parquet workers={w}"] = ours(lambda w=w: dfn.from_hf(
             "parquet", split="train", data_files=paths["parquet"], streaming=True, num_workers=w, image_mode="RGB", **common))
     for fmt in ("tfrecord", "array_record"):
-        out[f"datarax_fn TFDS {fmt} num_workers=2"] = ours(lambda fmt=fmt: dfn.from_tfds(
+        out[f"datarax_fn {fmt} workers=2"] = ours(lambda fmt=fmt: dfn.from_tfds(
             TFDS_NAME, "train", data_dir=paths[fmt], streaming=True, num_workers=2, **common))
     try:
         import tensorflow as tf
@@ -227,7 +227,7 @@ def image_loaders(paths: dict[str, str], n: int) -> dict[str, tuple[Callable[[],
             read_config=tfds.ReadConfig(try_autocache=False))
         ds = ds.repeat().map(tf_decode, num_parallel_calls=tf.data.AUTOTUNE).batch(BATCH, drop_remainder=True)
         it = iter(tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE)))
-        out["tf.data tfrecord map(AUTOTUNE).prefetch"] = (lambda: next(it), lambda: None)
+        out["tf.data tfrecord AUTOTUNE"] = (lambda: next(it), lambda: None)
     except ImportError:
         pass
     try:
@@ -244,7 +244,7 @@ def image_loaders(paths: dict[str, str], n: int) -> dict[str, tuple[Callable[[],
                 data_source=source, sampler=grain.samplers.IndexSampler(len(source), shuffle=False, num_epochs=None),
                 operations=[GrainDecodeCrop(), grain.transforms.Batch(BATCH, drop_remainder=True)], worker_count=w)
             it_g = iter(loader)
-            out[f"grain DataLoader array_record worker_count={w}"] = (lambda it_g=it_g: next(it_g), lambda: None)
+            out[f"grain array_record worker_count={w}"] = (lambda it_g=it_g: next(it_g), lambda: None)
     except ImportError:
         pass
     return out
@@ -262,9 +262,9 @@ def images(paths: dict[str, str], n: int, quick: bool) -> list[dict]:
         rows.append(row("images", case, k, "images/s", [r[0] for r in s], note="unshuffled, decode + crop"))
         rows.append(row("images", "cores used (CPU s / wall s)", k, "cores", [r[1] for r in s]))
     rate = {k: [r[0] for r in s] for k, s in samples.items()}
-    tfd = "tf.data tfrecord map(AUTOTUNE).prefetch"
+    tfd = "tf.data tfrecord AUTOTUNE"
     if tfd in rate:
-        for k in ("datarax_fn HF parquet num_workers=2", "datarax_fn TFDS tfrecord num_workers=2"):
+        for k in ("datarax_fn HF parquet workers=2", "datarax_fn tfrecord workers=2"):
             rows.append(target(f"{k[11:]} / tf.data images/s", paired_ratio(rate[k], rate[tfd]), ">=", 1.0,
                                note="median of per-round ratios"))
     best = max((k for k in samples if k.startswith("datarax_fn")), key=lambda k: np.median(rate[k]))
