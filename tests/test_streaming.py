@@ -481,3 +481,28 @@ def test_a_partition_error_surfaces_only_when_its_records_are_needed():
     with pytest.raises(RuntimeError, match="partition 1 lost its disk"):
         dfn.get_batch(state, 4)
     assert wait_threads_gone("datarax_fn-prefetch", before) == []
+
+
+@pytest.mark.parametrize("c", [1, 16])
+def test_read_ahead_is_one_budget_for_all_partitions(c):
+    # The queue used to hold `prefetch` chunks plus one per partition: memory grew with C.
+    produced: list = []
+
+    class Counting(RangeBackend):
+        def _records(self, *args):
+            for chunk in super()._records(*args):
+                produced.append(len(chunk["x"]))
+                yield chunk
+
+    s = dfn.from_backend(Counting(640, 2), partitions=c, prefetch=3, num_workers=1)
+    s, _ = dfn.get_batch(s, 16)
+    reader = s.backend.reader
+    for _ in range(3000):  # until the reader waits on its full queue (bounded)
+        if reader.prefetcher._q.full():
+            break
+        threading.Event().wait(0.01)
+    assert reader.prefetcher._q.maxsize == 3
+    # The batch's 8 chunks, each partition's current chunk, the budget of 3, and the one chunk
+    # the thread holds (at c = 16 the old queue let 36 be read).
+    assert len(produced) <= 8 + c + 3 + 1
+    s.close()

@@ -119,15 +119,13 @@ class Reader:
             c: _epochs(backend, c, partitions, seeds[c], e, p, lengths[c], num_epochs, name)
             for c, (e, p) in starts.items()
         }
-        # One round of chunks over the partitions plus `prefetch` ahead: a batch takes from every
-        # partition, and a shallower queue makes the caller wait on the thread once per chunk
-        # (measured: 1 process over 8 partitions read 3x slower with `prefetch` alone). The caller
-        # also holds about one chunk per partition, so memory is ~(2 * partitions + prefetch) chunks.
-        # Chunks in the queue may still be in preparation on the workers: it must hold at least
+        # One read-ahead budget for all the partitions: memory stays about `prefetch` chunks
+        # plus the chunk each partition is serving, whatever the partition count (the queue
+        # used to hold a round over the partitions besides, which doubled memory at C = 64).
+        # Chunks in the queue may still be in preparation on the workers: it holds at least
         # one per worker to keep them all busy.
-        self.prefetcher = Prefetcher(prepared(_interleave(chains), num_workers),
-                                     max(prefetch, num_workers) + len(starts), "datarax_fn-prefetch",
-                                     join_timeout=2.0)
+        self.prefetcher = Prefetcher(prepared(_interleave(chains), num_workers), max(prefetch, num_workers),
+                                     "datarax_fn-prefetch", join_timeout=2.0)
 
     def close(self) -> None:
         self.prefetcher.close()

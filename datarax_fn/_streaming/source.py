@@ -227,9 +227,9 @@ def make_streaming(
         seed: an int in ``[0, 2**32)``, handed to ``backend.open``.
         name: a label for error messages.
         num_epochs: ``None`` streams forever; ``k`` raises ``dfn.EndOfStream`` after ``k`` epochs.
-        prefetch: chunks read ahead on one background thread (with partitions, about two
-            chunks per partition are held besides: lower the loader's ``chunk_size`` for many
-            partitions of large records).
+        prefetch: chunks read ahead, one budget for all the partitions a process reads (at
+            least ``num_workers``); each partition also holds the chunk it is serving, so
+            lower the loader's ``chunk_size`` for many partitions of large records.
         partitions: the number ``C`` of canonical partitions (see ``docs/distributed.md``);
             ``C > 1`` needs ``backend.open_partition`` and a known ``num_records()``, makes
             every batch size a multiple of ``C``, and lets ``dfn.get_global_batch`` read
