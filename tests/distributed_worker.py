@@ -71,14 +71,18 @@ def build(name, spec):
         state = dfn.from_hf("parquet", data_files=spec["parquet"], split="train", streaming=True, shuffle=True,
                             seed=seed, partitions=c, shuffle_buffer_size=4)
         backend, read = state.backend.backend, []
-        real = backend.open_partition
+        real = backend.open_deferred
 
-        def logged(*args):  # passes every chunk of the real reader through, noting its ids
-            for chunk in real(*args):
-                read.extend(chunk["x"].tolist())
-                yield chunk
+        def logged(*args):  # passes every chunk of the real reader through, noting its ids when prepared
+            for job in real(*args):
+                def noted(work=job.work):
+                    chunk = work()
+                    read.extend(chunk["x"].tolist())
+                    return chunk
 
-        backend.open_partition = logged
+                yield type(job)(job.rows, noted, job.where)
+
+        backend.open_deferred = logged
         return state, lambda: read
     if name == "mix":  # a 2:1 mixture of a global eager source (ids 100..) and a stream: every process reads it all
         x = 100 + np.arange(n, dtype=np.int32)
