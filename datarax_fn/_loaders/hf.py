@@ -4,6 +4,9 @@ A map-style ``Dataset`` (memory-mapped Arrow: ``save_to_disk`` folders, prepared
 ``Dataset`` objects) is a random-access backend; an ``IterableDataset`` (``streaming=True``
 on hub names and data files) is a replay backend. ``datasets`` is imported inside the
 functions that need it, so ``import datarax_fn`` stays light.
+
+Over 400 lines: the two configs, their validation and ``from_hf``'s mode decision share one
+plan of the split; reading an ``IterableDataset`` lives apart in ``hf_stream.py``.
 """
 
 from __future__ import annotations

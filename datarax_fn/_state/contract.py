@@ -30,6 +30,9 @@ new one plugs in by subclassing ``dfn.Source`` and registering its implementatio
 6. **Errors.** A wrong type is a ``TypeError``, a wrong value a ``ValueError``; both
    name the argument, the value and a fix. Inside ``jit`` the checks that need values
    go through ``eqx.error_if``.
+
+Over 400 lines because each generic function carries the docstring and runnable example
+that the API pages render; the contract above and the functions that keep it read together.
 """
 
 from __future__ import annotations

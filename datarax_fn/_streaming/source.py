@@ -26,6 +26,9 @@ records of every partition, each partition read from its own position by
 ``num_epochs=k`` the stream ends, decided from the cursor alone so that every process
 ends at the same step, when a batch would take a record beyond epoch ``k`` of the
 shortest partition.
+
+Over 400 lines: the state, the handle on its backend and the stream's implementation of every
+generic function share the cursor's invariants; the reader, workers and prefetch queue live apart.
 """
 
 from __future__ import annotations
