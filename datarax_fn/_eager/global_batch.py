@@ -14,9 +14,7 @@ from typing import Any
 import jax
 
 from .._layout.partitions import process_rows
-from .._state import checks
-from .._state import contract
-from .._state import tracing
+from .._state import checks, contract, tracing
 from .source import EagerSource, advance, check_data
 from .._layout.gather import host_batch
 from .._layout.partitions import check_batch_size

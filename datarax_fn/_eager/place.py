@@ -14,8 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from .._state import checks
-from .._state import tracing
+from .._state import checks, tracing
 from .arrays import check_no_none
 from .source import EagerSource, check_data, placed_source
 from .._layout.partitions import check_partitions, partition_offsets

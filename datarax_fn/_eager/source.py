@@ -17,10 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Int, UInt32
 
-from .._state import checks
-from .._state import contract
-from .._state import cursors
-from .._state import tracing
+from .._state import checks, contract, cursors, tracing
 from .._state.jit import is_deleted, reused_donation, warn_if_copied
 from .._layout import gather
 from .._layout.placement import (

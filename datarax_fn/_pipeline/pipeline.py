@@ -21,10 +21,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, UInt32
 
-from .._state import checks
-from .._state import contract
-from .._state import cursors
-from .._state import tracing
+from .._state import checks, contract, cursors, tracing
 from . import statistics
 from .elementwise import bind_stats
 from .fingerprint import Unfingerprintable, fingerprint

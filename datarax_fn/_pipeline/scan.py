@@ -14,8 +14,7 @@ from typing import Any
 import jax
 
 from .._eager.source import EagerSource
-from .._state import contract
-from .._state import tracing
+from .._state import contract, tracing
 from .._state.jit import DatasetCopyWarning
 from .pipeline import Pipeline, step
 

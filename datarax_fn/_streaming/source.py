@@ -42,11 +42,7 @@ import jax
 import numpy as np
 from jaxtyping import Int, UInt32
 
-from .._layout.partitions import process_rows
-from .._state import checks
-from .._state import contract
-from .._state import cursors
-from .._state import tracing
+from .._state import checks, contract, cursors, tracing
 from .._layout.partitions import (
     check_batch_size,
     check_partitions,
@@ -54,6 +50,7 @@ from .._layout.partitions import (
     partition_offsets,
     partition_position,
     partition_seed,
+    process_rows,
 )
 from .prefetch import StreamClosed
 from .reader import Reader, rows
