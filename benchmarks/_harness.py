@@ -18,6 +18,28 @@ import statistics
 import time
 from typing import Any, Callable
 
+import datarax_fn as dfn
+
+
+def steppers(make: Callable[[], Any], size: int) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """Returns ``(eager, jitted)``: each call takes the next ``size`` records of its own state.
+
+    ``eager`` steps with ``dfn.get_batch``, ``jitted`` with a donating ``dfn.jit_step``; each
+    owns a state from ``make()``, since a donated state's data cannot serve the other.
+    """
+    box = {"eager": make(), "jit": make()}
+    step = dfn.jit_step(lambda s: dfn.get_batch(s, size))
+
+    def eager():
+        box["eager"], batch = dfn.get_batch(box["eager"], size)
+        return batch
+
+    def jitted():
+        box["jit"], batch = step(box["jit"])
+        return batch
+
+    return eager, jitted
+
 
 def parse_args(doc: str | None, **extra: Any) -> argparse.Namespace:
     """Returns the parsed ``--quick`` / ``--json`` command line (plus ``extra`` options: name -> default)."""

@@ -24,7 +24,7 @@ import time
 
 import jax
 import numpy as np
-from _harness import interleaved, parse_args, report, row
+from _harness import interleaved, parse_args, report, row, steppers
 
 import datarax_fn as dfn
 
@@ -74,17 +74,7 @@ def mix_memory(a, b) -> dict:
 
     # Each mixture owns its sources: jit_step donates the data of the state it steps.
     sources = lambda: [dfn.from_arrays(a, shuffle=True, seed=1), dfn.from_arrays(b, shuffle=True, seed=2)]
-    box = {"eager": dfn.mix(sources(), [0.7, 0.3]), "jit": dfn.mix(sources(), [0.7, 0.3])}
-    step = dfn.jit_step(lambda s: dfn.get_batch(s, B))
-
-    def eager():
-        box["eager"], batch = dfn.get_batch(box["eager"], B)
-        return batch
-
-    def jitted():
-        box["jit"], batch = step(box["jit"])
-        return batch
-
+    eager, jitted = steppers(lambda: dfn.mix(sources(), [0.7, 0.3]), B)
     rows = lambda x: [{k: v[i] for k, v in x.items()} for i in range(len(x["tokens"]))]
     ga = gp.MapDataset.source(rows(a)).shuffle(seed=1)
     gb = gp.MapDataset.source(rows(b)).shuffle(seed=2)

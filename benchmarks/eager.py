@@ -20,7 +20,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _harness import interleaved, paired_ratio, parse_args, rates, report, row, target, timed_rate
+from _harness import interleaved, paired_ratio, parse_args, rates, report, row, steppers, target, timed_rate
 from _peers import available, mnist_like
 
 import datarax_fn as dfn
@@ -34,17 +34,7 @@ def consume(batch) -> jax.Array:
 
 def per_step(arrays, shuffle: bool) -> dict:
     """Returns ``{loader: sample()}`` for scenario (a): each sample is batches/s over many calls."""
-    box = {"eager": dfn.from_arrays(arrays, shuffle=shuffle), "jit": dfn.from_arrays(arrays, shuffle=shuffle)}
-    step = dfn.jit_step(lambda s: dfn.get_batch(s, B))
-
-    def eager():
-        box["eager"], batch = dfn.get_batch(box["eager"], B)
-        return batch
-
-    def jitted():
-        box["jit"], batch = step(box["jit"])
-        return batch
-
+    eager, jitted = steppers(lambda: dfn.from_arrays(arrays, shuffle=shuffle), B)
     return {"datarax_fn": eager, "datarax_fn jit_step": jitted}
 
 
