@@ -123,7 +123,9 @@ def out_rows(out: Mapping[str, Any]) -> int:
 
 
 def concat(parts: list[Any]) -> Any:
-    """Returns transform outputs of consecutive chunks joined into one."""
+    """Returns transform outputs of consecutive chunks joined into one (one chunk: itself, not a copy)."""
+    if len(parts) == 1:
+        return parts[0]
     first = parts[0]
     if isinstance(first, Mapping):
         return {k: concat([p[k] for p in parts]) for k in first}
