@@ -16,7 +16,8 @@ ids it read (yielded by its backend, or loaded).
 A spec with ``script`` (the code of a guide's per-process script, which starts
 ``jax.distributed`` itself) runs that instead, in the folder ``cwd``, as
 ``script PROCESS_ID NUM_PROCESSES STEPS`` with ``COORDINATOR`` set; its JSON line holds, per
-``dfn.get_global_batch`` call, each field's rows that this process's devices hold.
+``dfn.get_global_batch`` call, each field's rows that this process's devices hold, and the
+canonical partitions it opened to pack or mix a partitioned stream.
 """
 
 import json
@@ -52,9 +53,23 @@ def run_script(spec):
         return state, batch
 
     dfn.get_global_batch = noted  # the script calls it as dfn.get_global_batch
+    # The canonical partitions this process opens when it packs or mixes a partitioned stream.
+    from datarax_fn._compose.partitioned import _Partition
+
+    opened, real_open, real_deferred = set(), _Partition.open, _Partition._open_deferred
+
+    def logged_open(self, *args):
+        opened.add(self.partition)
+        return real_open(self, *args)
+
+    def logged_deferred(self, *args):
+        opened.add(self.partition)
+        return real_deferred(self, *args)
+
+    _Partition.open, _Partition._open_deferred = logged_open, logged_deferred
     # The script is a docs page's code, run as its reader runs it: as the main module.
     exec(compile(spec["script"], "script", "exec"), {"__name__": "__main__"})  # noqa: S102
-    print(json.dumps({"steps": steps}))
+    print(json.dumps({"steps": steps, "opened": sorted(opened)}))
 
 
 if "script" in spec:

@@ -19,7 +19,7 @@ import datarax_fn as dfn
 
 GUIDE = (DOCS / "lm_guide.md").read_text()
 SCRIPT = re.compile(r"^```py\n(# train_lm\.py .*?)^```$", re.DOTALL | re.MULTILINE)
-SIZE = 20  # the script's global batch
+SIZE = 40  # the script's global batch, over 4 partitions
 
 
 def run_page(folder) -> dict:
@@ -29,11 +29,6 @@ def run_page(folder) -> dict:
         code = compile("\n" * (line - 1) + code, str(DOCS / "lm_guide.md"), "exec", dont_inherit=True)
         exec(code, names)  # noqa: S102 -- the page's own blocks, as test_docs runs them
     return names
-
-
-def close(mixture) -> None:
-    for packed in mixture.children:
-        packed.source.close()
 
 
 def merged(results: list[dict]) -> list[dict[str, list]]:
@@ -55,7 +50,7 @@ def merged(results: list[dict]) -> list[dict[str, list]]:
 
 def test_the_page_has_one_per_process_script():
     found = SCRIPT.findall(GUIDE)
-    assert len(found) == 1 and "dfn.get_global_batch(state, 20, sharding)" in found[0]
+    assert len(found) == 1 and "dfn.get_global_batch(state, 40, sharding)" in found[0]
 
 
 @pytest.mark.slow
@@ -67,11 +62,15 @@ def test_the_guides_script_continues_one_stream_over_2_then_1_then_4_processes(t
     for _ in range(8):
         state, batch = dfn.get_batch(state, SIZE)
         want.append({k: np.asarray(v).tolist() for k, v in batch.items()})
-    close(state)
+    state.close()
     assert not (tmp_path / "cursor.json").exists()  # the first group starts the stream
     spec, done = {"script": SCRIPT.search(GUIDE).group(1), "cwd": str(tmp_path)}, 0
     for processes, devices, steps in ((2, 2, 3), (1, 1, 2), (4, 1, 3)):
-        got = merged(run_group({**spec, "devices": devices, "steps": steps}, processes, timeout=150))
+        results = run_group({**spec, "devices": devices, "steps": steps}, processes, timeout=150)
+        # Each process opened the partitions of its rows only: 4 // processes of them, in order.
+        share = 4 // processes
+        assert [r["opened"] for r in results] == [list(range(p * share, (p + 1) * share)) for p in range(processes)]
+        got = merged(results)
         assert len(got) == steps
         for k, (mine, one) in enumerate(zip(got, want[done:done + steps])):
             assert mine == one, f"{processes} processes, step {done + k}"
