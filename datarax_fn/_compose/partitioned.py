@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from .._eager.source import EagerSource
 from .._layout.partitions import (
@@ -172,8 +173,6 @@ def _(state: Partitioned, size: int, key: Any = None):
 
 def _exchange(parts: list, owned: range) -> list:
     """Returns ``parts`` with each part another process read restored from the cursor it sent (one all-gather)."""
-    from jax.experimental import multihost_utils
-
     mine = json.dumps({str(c): contract.cursor(parts[c]) for c in owned}).encode()
     sizes = np.asarray(multihost_utils.process_allgather(np.asarray([len(mine)], np.int32))).reshape(-1)
     width = 1 << max(int(sizes.max()) - 1, 255).bit_length()  # a power of two: few shapes to compile
