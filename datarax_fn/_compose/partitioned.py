@@ -24,7 +24,6 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from .._eager.source import EagerSource
 from .._layout.partitions import (
     check_batch_size,
     owned_partitions,
@@ -111,10 +110,14 @@ def split(state: StreamingSource) -> tuple[StreamingSource, ...]:
 
 
 def partitions_of(state: Any) -> int:
-    """Returns the canonical partitions a source is defined over (1 for most)."""
+    """Returns the canonical partitions a stream is defined over: 1 for unpartitioned streams and other sources.
+
+    An eager source's ``partitions`` lay its records out over devices; packing and mixing
+    refuse them on their own terms.
+    """
     if isinstance(state, Partitioned):
         return len(state.parts)
-    return int(getattr(state, "partitions", 1))
+    return state.partitions if isinstance(state, StreamingSource) else 1
 
 
 def by_partition(sources: Sequence[Any], build: Callable[[int, int, list], Any], where: str) -> Partitioned | None:
@@ -123,11 +126,12 @@ def by_partition(sources: Sequence[Any], build: Callable[[int, int, list], Any],
     if max(counts) == 1:
         return None
     for k, s in enumerate(sources):
-        if isinstance(s, EagerSource) or not isinstance(s, (StreamingSource, Partitioned)):
+        if counts[k] == 1:
             raise TypeError(
-                f"{where}: source {k} ({type(s).__name__}, partitions={counts[k]}) cannot be split into the canonical "
-                f"partitions {where} composes one by one. Compose partitioned streams only: build every source with "
-                f"dfn.from_hf(..., streaming=True, partitions={max(counts)}) (or from_tfds / from_backend)."
+                f"{where}: source {k} ({type(s).__name__}, partitions={getattr(s, 'partitions', 1)}) cannot be split "
+                f"into the canonical partitions the other sources are composed over. Compose partitioned streams only: "
+                f"build every source with dfn.from_hf(..., streaming=True, partitions={max(counts)}) (or from_tfds / "
+                "from_backend)."
             )
     if len(set(counts)) > 1:
         raise ValueError(
