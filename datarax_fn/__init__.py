@@ -69,3 +69,4 @@ from ._loaders.tfds import (
 __version__ = "0.1.0"
 from ._compose.mix import Mixture as Mixture, mix as mix
 from ._compose.pack import Packed as Packed, pack as pack
+from ._compose.partitioned import Partitioned as Partitioned

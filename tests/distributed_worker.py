@@ -12,11 +12,18 @@ group's start-up (JAX import, ``jax.distributed``) is paid once. For each source
 restores its cursor, takes ``steps`` global batches; it prints one JSON line with, per
 source, the rows of ``x`` its devices hold per step, the cursor afterwards, and the record
 ids it read (yielded by its backend, or loaded).
+
+A spec with ``script`` (the code of a guide's per-process script, which starts
+``jax.distributed`` itself) runs that instead, in the folder ``cwd``, as
+``script PROCESS_ID NUM_PROCESSES STEPS`` with ``COORDINATOR`` set; its JSON line holds, per
+``dfn.get_global_batch`` call, each field's rows that this process's devices hold, and the
+canonical partitions it opened to pack or mix a partitioned stream.
 """
 
 import json
 import os
 import sys
+from typing import ClassVar
 
 spec = json.loads(sys.argv[1])
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={spec['devices']}"
@@ -25,23 +32,67 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 if spec.get("fail_process") == spec["process_id"]:  # tests the launcher: a worker that dies before its peers
     sys.exit("failing as asked")
 
-import jax  # noqa: E402
+
+def run_script(spec):
+    """Runs a guide's per-process script, noting the rows of every global batch it takes; prints them."""
+    import numpy as np
+
+    import datarax_fn as dfn
+
+    os.environ["COORDINATOR"] = f"127.0.0.1:{spec['port']}"
+    os.chdir(spec["cwd"])
+    sys.argv = ["script", str(spec["process_id"]), str(spec["processes"]), str(spec["steps"])]
+    real, steps = dfn.get_global_batch, []
+
+    def noted(state, size, sharding):
+        state, batch = real(state, size, sharding)
+        steps.append({key: sorted(((shard.index[0].start or 0) + i, row)
+                                  for shard in leaf.addressable_shards
+                                  for i, row in enumerate(np.asarray(shard.data).tolist()))
+                      for key, leaf in batch.items()})
+        return state, batch
+
+    dfn.get_global_batch = noted  # the script calls it as dfn.get_global_batch
+    # The canonical partitions this process opens when it packs or mixes a partitioned stream.
+    from datarax_fn._compose.partitioned import _Partition
+
+    opened, real_open, real_deferred = set(), _Partition.open, _Partition._open_deferred
+
+    def logged_open(self, *args):
+        opened.add(self.partition)
+        return real_open(self, *args)
+
+    def logged_deferred(self, *args):
+        opened.add(self.partition)
+        return real_deferred(self, *args)
+
+    _Partition.open, _Partition._open_deferred = logged_open, logged_deferred
+    # The script is a docs page's code, run as its reader runs it: as the main module.
+    exec(compile(spec["script"], "script", "exec"), {"__name__": "__main__"})  # noqa: S102
+    print(json.dumps({"steps": steps, "opened": sorted(opened)}))
+
+
+if "script" in spec:
+    run_script(spec)
+    sys.exit(0)
+
+import jax
 
 if spec["processes"] > 1:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(f"127.0.0.1:{spec['port']}", num_processes=spec["processes"],
                                process_id=spec["process_id"], initialization_timeout=60)
 
-import numpy as np  # noqa: E402
+import numpy as np
+from conftest import RangeBackend
 
-import datarax_fn as dfn  # noqa: E402
-from conftest import RangeBackend  # noqa: E402
+import datarax_fn as dfn
 
 
 class LoggedRange(RangeBackend):
     """A RangeBackend that remembers every record id it yields (what this process read)."""
 
-    read: list[int] = []
+    read: ClassVar[list[int]] = []
 
     def _records(self, offset, length, epoch, seed, start):
         for chunk in super()._records(offset, length, epoch, seed, start):
@@ -89,7 +140,7 @@ def build(name, spec):
         eager = dfn.from_arrays({"x": x, "y": {"z": (2 * x).astype(np.float32)}}, shuffle=True, seed=seed)
         state = dfn.mix([eager, dfn.from_backend(RangeBackend(n, 3), shuffle=True, seed=seed)], [2, 1], seed=seed,
                         window=6)
-        return state, lambda: []
+        return state, list
     raise ValueError(f"unknown source {name!r}")
 
 

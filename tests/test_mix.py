@@ -383,3 +383,84 @@ def test_a_batch_never_needs_more_rows_of_a_source_than_it_gathers(weights, seed
     epoch, index = divmod(start, n)
     counts = np.bincount(select(index, epoch, seed, size, quotas, n), minlength=len(quotas))
     assert np.all(counts <= most_rows(quotas, size))
+
+
+class Shifted(RangeBackend):
+    """RangeBackend's records as ids ``base .. base + n - 1`` (partitionable, shuffled per partition)."""
+
+    def __init__(self, n: int, base: int):
+        super().__init__(n, 3, tag=str(base))
+        self.base = base
+
+    def _records(self, *args):
+        for chunk in super()._records(*args):
+            yield {"x": chunk["x"] + self.base, "y": chunk["y"]}
+
+
+class Held:
+    """A stream over records held in memory, in order (no compile per batch size, unlike an eager source)."""
+
+    def __init__(self, rows):
+        self.rows, self.n = rows, len(rows["x"])
+
+    def open(self, epoch, seed, start):
+        for lo in range(start, self.n, 4):
+            yield jax.tree.map(lambda v, lo=lo: v[lo:lo + 4], self.rows)
+
+    def num_records(self):
+        return self.n
+
+    def element_spec(self):
+        return jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape[1:], v.dtype), self.rows)
+
+    def fingerprint(self):
+        return f"held-{self.rows['x'].tolist()}"
+
+
+def test_partitioned_streams_mix_partition_by_partition_and_resume():
+    # Streams of 4 partitions mix each partition apart: rows [3c, 3c + 3) of each batch of 12 are the
+    # mixture of the streams' partition c (in the order each stream reads it), keyed by the partition's seed.
+    from datarax_fn._layout.partitions import partition_seed
+
+    def sources():
+        return [dfn.from_backend(Shifted(40, 0), shuffle=True, seed=1, partitions=4),
+                dfn.from_backend(Shifted(20, 1000), shuffle=True, seed=2, partitions=4)]
+
+    a, b = sources()
+    _, a_rows = dfn.get_batch(a, 4 * 30)  # three epochs of each partition of 10, partition-major
+    _, b_rows = dfn.get_batch(b, 4 * 15)  # three epochs of each partition of 5
+    state = dfn.mix(sources(), [2, 1], seed=3, window=6)
+    assert isinstance(state, dfn.Partitioned) and dfn.num_records(state) == 4 * 18  # 3 windows of 6 per partition
+    state, got = walk_x(state, 12, 8)
+    for c in range(4):
+        part = lambda rows, n: jax.tree.map(lambda v: v[n * c: n * (c + 1)], rows)  # noqa: B023
+        alone = dfn.mix([dfn.from_backend(Held(part(a_rows, 30))), dfn.from_backend(Held(part(b_rows, 15)))], [2, 1],
+                        seed=partition_seed(3, c, 4), window=6)
+        _, want = walk_x(alone, 24, 1)
+        mine = got.reshape(8, 4, 3)[:, c].ravel()
+        assert mine.tolist() == want.tolist(), c
+        assert ((mine >= 1000).reshape(4, 6).sum(1) == 2).all()  # 2 of every window of 6 of the partition
+        assert set(mine[mine < 1000] // 10) == {c} and set((mine[mine >= 1000] - 1000) // 5) == {c}
+    # A fresh state resumes the cursor taken after 3 batches.
+    state, _ = walk_x(dfn.mix(sources(), [2, 1], seed=3, window=6), 12, 3)
+    resumed = dfn.restore_cursor(dfn.mix(sources(), [2, 1], seed=3, window=6), json.loads(json.dumps(dfn.cursor(state))))
+    assert walk_x(resumed, 12, 5)[1].tolist() == got[36:].tolist()
+    with pytest.raises(TypeError, match="cannot run under jax.jit"):
+        jax.jit(lambda s: dfn.get_batch(s, 4))(resumed)
+
+
+def test_partitioned_and_other_sources_do_not_mix():
+    four = dfn.from_backend(Shifted(40, 0), partitions=4)
+    with pytest.raises(ValueError, match=r"partitions=\[4, 2\]; .* Build every source with partitions=4"):
+        dfn.mix([four, dfn.from_backend(Shifted(40, 0), partitions=2)], [1, 1])
+    eager = dfn.from_arrays({"x": np.arange(4, dtype=np.int32), "y": {"z": np.zeros(4, np.float32)}})
+    with pytest.raises(TypeError, match=r"source 1 \(EagerSource, partitions=1\) cannot be split"):
+        dfn.mix([four, eager], [1, 1])
+
+
+def walk_x(state, size: int, steps: int):
+    out = []
+    for _ in range(steps):
+        state, batch = dfn.get_batch(state, size)
+        out.append(np.asarray(batch["x"]))
+    return state, np.concatenate(out)

@@ -254,3 +254,43 @@ class Records:
 
     def fingerprint(self):
         return "records-" + str(hash(tuple(self.rows["inputs_length"].tolist())))
+
+
+def test_a_partitioned_stream_packs_each_partition_as_that_partition_alone(token_parquet):
+    # With partitions=4 every partition packs on its own: rows [4c, 4c + 4) of each batch of 16 are
+    # partition c's records, in the order the partitioned stream itself reads them, packed alone.
+    lengths = {"inputs": 32, "targets": 16}
+
+    def load():
+        return dfn.from_hf(str(token_parquet), split="train", streaming=True, max_length=WIDTH, shuffle=True, seed=3,
+                           partitions=4, chunk_size=16)
+
+    stream = load()
+    _, records = take(stream, 4 * 150, 1)  # two epochs of each partition of 75, partition-major
+    stream.close()
+    state = dfn.pack(load(), lengths, num_bins=8)
+    assert isinstance(state, dfn.Partitioned) and len(state.parts) == 4
+    saved = None
+    parts = []
+    for step in range(5):
+        state, batch = dfn.get_batch(state, 16)
+        parts.append(batch)
+        if step == 1:
+            saved = json.loads(json.dumps(dfn.cursor(state)))
+    got = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    for c in range(4):
+        alone = dfn.from_backend(Records({k: v[150 * c: 150 * (c + 1)] for k, v in records.items()}))
+        _, want = take(dfn.pack(alone, lengths, num_bins=8), 20, 1)  # about 90 records: into the second epoch
+        for k in want:
+            assert np.array_equal(got[k].reshape(5, 4, 4, -1)[:, c].reshape(want[k].shape), want[k]), (c, k)
+    # A fresh state resumes the cursor saved after two batches with the same rows.
+    resumed = dfn.restore_cursor(dfn.pack(load(), lengths, num_bins=8), saved)
+    _, rest = take(resumed, 16, 3)
+    assert all(np.array_equal(rest[k], got[k][32:]) for k in rest)
+    assert dfn.element_spec(resumed) == dfn.element_spec(dfn.pack(dfn.from_arrays(token_rows(4)), lengths))
+    state.close()
+    resumed.close()
+    with pytest.raises(ValueError, match="not a multiple of partitions=4"):
+        dfn.get_batch(dfn.pack(load(), lengths), 6)
+    with pytest.raises(ValueError, match="composed over 4 partitions"):
+        dfn.restore_cursor(dfn.pack(load(), lengths), {**saved, "parts": saved["parts"][:2]})

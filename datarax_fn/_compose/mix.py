@@ -34,10 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._eager.source import EagerSource
-from .._layout.partitions import process_rows
+from .._layout.partitions import partition_seed, process_rows
 from .._state import checks, contract, cursors, tracing
 from .._streaming.source import EndOfStream, StreamingSource
 from .layout import consumed, epoch_length, quotas_of, select
+from .partitioned import by_partition
 from .positions import moved, position, put_scalar
 from .specs import check_specs, has_fields, mixed_spec
 
@@ -109,7 +110,10 @@ def mix(sources: Sequence[Any], weights: Sequence[float], seed: int = 0, stop: s
 
     Arguments:
         sources: ``EagerSource`` and ``StreamingSource`` states (``partitions=1``) or packed
-            streams (``dfn.pack``) whose records share one element spec.
+            streams (``dfn.pack``) whose records share one element spec; or streams that all
+            have ``partitions=C > 1`` (or were packed from such), which mix partition by
+            partition into a state whose ``get_global_batch`` reads only each process's
+            partitions.
         weights: one positive number per source.
         seed: an int in ``[0, 2**32)`` keying the layout of the windows.
         stop: ``"never"`` (the default: sources cycle their epochs for ever),
@@ -141,6 +145,11 @@ def mix(sources: Sequence[Any], weights: Sequence[float], seed: int = 0, stop: s
     if not sources:
         raise ValueError("mix: sources is empty; pass at least one source state.")
     seed = checks.check_seed(seed, "mix")
+    # Partitioned streams mix partition by partition, each partition's windows keyed apart.
+    parted = by_partition(sources, lambda c, count, parts: mix(parts, weights, partition_seed(seed, c, count), stop,
+                                                               window=window, fill_missing=fill_missing), "mix")
+    if parted is not None:
+        return parted
     if not isinstance(stop, str):
         raise TypeError(f"mix: stop must be one of {STOPS}; got {type(stop).__name__} {stop!r}.")
     if stop not in STOPS:

@@ -29,6 +29,7 @@ from .._eager.source import EagerSource
 from .._state import checks, contract, cursors, tracing
 from .._streaming.source import EndOfStream, StreamingSource
 from .mix import Mixture, advance
+from .partitioned import by_partition
 from .positions import moved, position
 
 PyTree = Any
@@ -112,7 +113,9 @@ def pack(source: Any, lengths: Mapping[str, int], *, num_bins: int = 16, read: i
     Arguments:
         source: an ``EagerSource`` or ``StreamingSource`` (``partitions=1``, known length), or a
             mixture of them (``dfn.mix``), whose records are a flat dict; every field is packed or
-            is a packed field's length.
+            is a packed field's length. A stream with ``partitions=C > 1`` (or a mixture of
+            such) packs each partition apart, into a state whose batches take ``size // C``
+            rows of every partition and whose ``get_global_batch`` packs only each process's.
         lengths: field name -> row length, e.g. ``{"tokens": 1024}``.
         num_bins: rows packed at once (grain's ``num_packing_bins``): more rows pack tighter.
         read: records read from the source per call.
@@ -130,6 +133,11 @@ def pack(source: Any, lengths: Mapping[str, int], *, num_bins: int = 16, read: i
     assert rows["tokens_positions"].tolist() == [[0, 1, 2, 0], [0, 1, 0, 0]]
     ```
     """
+    # A partitioned stream packs partition by partition, so that each process packs only its own.
+    parted = by_partition([source], lambda c, count, parts: pack(parts[0], lengths, num_bins=num_bins, read=read),
+                          "pack")
+    if parted is not None:
+        return parted
     if not isinstance(source, (EagerSource, StreamingSource, Mixture)):
         raise TypeError(f"pack: source must be an EagerSource or StreamingSource (dfn.from_arrays, dfn.from_hf, "
                         f"dfn.from_tfds, dfn.from_backend) or a mixture of them (dfn.mix); got {type(source).__name__}.")
