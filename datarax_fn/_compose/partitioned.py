@@ -16,14 +16,13 @@ any other source, and any of them can save the cursor.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
+from .._layout.exchange import gather_json
 from .._layout.partitions import (
     check_batch_size,
     owned_partitions,
@@ -176,15 +175,9 @@ def _(state: Partitioned, size: int, key: Any = None):
 
 
 def _exchange(parts: list, owned: range) -> list:
-    """Returns ``parts`` with each part another process read restored from the cursor it sent (one all-gather)."""
-    mine = json.dumps({str(c): contract.cursor(parts[c]) for c in owned}).encode()
-    sizes = np.asarray(multihost_utils.process_allgather(np.asarray([len(mine)], np.int32))).reshape(-1)
-    width = 1 << max(int(sizes.max()) - 1, 255).bit_length()  # a power of two: few shapes to compile
-    buffer = np.zeros(width, np.uint8)
-    buffer[: len(mine)] = np.frombuffer(mine, np.uint8)
-    every = np.asarray(multihost_utils.process_allgather(buffer)).reshape(len(sizes), width)
-    for p, size in enumerate(sizes.tolist()):
-        for c, cursor in json.loads(every[p, :size].tobytes()).items():
+    """Returns ``parts`` with each part another process read restored from the cursor it sent."""
+    for sent in gather_json({str(c): contract.cursor(parts[c]) for c in owned}):
+        for c, cursor in sent.items():
             if int(c) not in owned:
                 parts[int(c)] = contract.restore_cursor(parts[int(c)], cursor)
     return parts
