@@ -27,6 +27,18 @@ records of every partition, each partition read from its own position by
 ends at the same step, when a batch would take a record beyond epoch ``k`` of the
 shortest partition.
 
+Filtering and expanding (a backend whose ``changes_rows()`` is True: the loaders' ``filter=``,
+or a ``transform`` that changes the row count): a record has no input position of its own,
+so the state also holds ``offset`` and a position is ``(epoch, index, offset)``: ``index``
+is the input position of the first row of the chunk being served and ``offset`` the records
+of that chunk already served. Resuming reopens the backend at ``index`` (chunk boundaries
+are the same from any chunk start) and skips ``offset`` records: at most one chunk is read
+again. The records per epoch are unknown (``num_records`` is None). With ``partitions=C > 1``
+every partition has its own position, so ``index``, ``epoch`` and ``offset`` hold one per
+partition, and ``get_global_batch`` gathers the positions of the partitions other processes
+read once per step, so that every process holds the same state. A stream that keeps the row
+count has ``offset=None``: the same leaves and cursor as before.
+
 Over 400 lines: the state, the handle on its backend and the stream's implementation of every
 generic function share the cursor's invariants; the reader, workers and prefetch queue live apart.
 """
@@ -77,7 +89,11 @@ class StreamingBackend(Protocol):
     canonical partition (file-order records ``[c * N // C, (c + 1) * N // C)``) in that
     partition's epoch order, from its position ``start``, which ``partitions=C > 1``
     needs (see ``docs/distributed.md``); ``open(e, s, i)`` is then
-    ``open_partition(0, 1, e, s, i)``.
+    ``open_partition(0, 1, e, s, i)``. So is ``open_deferred`` (the same arguments; yields
+    ``Deferred`` chunks whose preparation worker threads run) with ``changes_rows()``: True
+    when a chunk's records may differ in number from its ``Deferred.rows`` input rows
+    (positions then count input rows, and a chunk must have the same boundaries when the
+    backend is opened at its first row).
 
     ```python
     import jax, numpy as np, datarax_fn as dfn
@@ -181,15 +197,17 @@ class StreamingSource(contract.Source):
     (1: the backend's own epoch order).
     """
 
-    # Host-side 0-d NumPy scalars: the stream is read on the host, so the cursor stays there.
-    index: Int[np.ndarray, ""]
-    epoch: Int[np.ndarray, ""]
+    # Host-side NumPy: the stream is read on the host, so the cursor stays there. 0-d, or one
+    # per partition (C,) for a partitioned stream that filters or expands (see the module doc).
+    index: Int[np.ndarray, "*partitions"]
+    epoch: Int[np.ndarray, "*partitions"]
     seed: UInt32[np.ndarray, ""]
     backend: _Handle = eqx.field(static=True)
     shuffle: bool = eqx.field(static=True, default=False)
     name: str = eqx.field(static=True, default="stream")
     num_epochs: int | None = eqx.field(static=True, default=None)
     partitions: int = eqx.field(static=True, default=1)
+    offset: Int[np.ndarray, "*partitions"] | None = None  # records served of the chunk at `index`; None: one per input row
 
     def close(self) -> None:
         """Stops the background reading now; returns at once, also from another thread.
@@ -255,9 +273,18 @@ def make_streaming(
             f"{type(backend).__name__} has no open_partition(partition, partitions, epoch, seed, start). "
             "Use partitions=1, or add open_partition to the backend."
         )
+    changes = callable(getattr(backend, "changes_rows", None)) and bool(backend.changes_rows())
+    if changes and not callable(getattr(backend, "open_deferred", None)):
+        raise TypeError(
+            f"{name}: {type(backend).__name__}.changes_rows() is True, which needs open_deferred(partition, "
+            "partitions, epoch, seed, start) yielding Deferred chunks of known input rows; add it, or count "
+            "positions by record (changes_rows() False)."
+        )
+    shape = (partitions,) if changes and partitions > 1 else ()
     return StreamingSource(
-        index=np.zeros((), np.int32),
-        epoch=np.zeros((), np.int32),
+        index=np.zeros(shape, np.int32),
+        epoch=np.zeros(shape, np.int32),
+        offset=np.zeros(shape, np.int32) if changes else None,
         seed=np.asarray(seed, np.uint32),
         backend=_Handle(backend, int(prefetch), check_workers(num_workers, name)),
         shuffle=checks.check_flag(shuffle, "shuffle", name),
@@ -274,6 +301,15 @@ def _with(state: StreamingSource, epoch: int, index: int) -> StreamingSource:
     if epoch > checks.INT32_MAX or index > checks.INT32_MAX:
         raise ValueError(f"{state.name}: epoch/index passed 2**31 - 1; start a new state with a new seed.")
     return tracing.replace(state, epoch=np.asarray(epoch, np.int32), index=np.asarray(index, np.int32))
+
+
+def _with_positions(state: StreamingSource, pos: list[tuple[int, int, int]]) -> StreamingSource:
+    # The state of a stream that filters or expands at every partition's (epoch, index, offset).
+    arr = np.asarray(pos, np.int64).reshape(-1, 3)
+    if arr.max() > checks.INT32_MAX:
+        raise ValueError(f"{state.name}: epoch/index/offset passed 2**31 - 1; start a new state with a new seed.")
+    e, i, o = (np.asarray(arr[:, k] if state.partitions > 1 else arr[0, k], np.int32) for k in range(3))
+    return tracing.replace(state, epoch=e, index=i, offset=o)
 
 
 def _check_host(state: StreamingSource, fn: str) -> None:
@@ -302,12 +338,26 @@ def _check_shapes(parts: list[PyTree], spec: PyTree, name: str) -> None:
                 )
 
 
-def _reader(state: StreamingSource, parts: tuple[int, ...], starts: dict[int, tuple[int, int]],
+def _at(state: StreamingSource, parts: tuple[int, ...]) -> tuple:
+    """Returns what identifies a reader of ``parts`` at ``state``'s position."""
+    if state.offset is None:
+        return parts, int(state.epoch), int(state.index), int(state.seed), state.num_epochs
+    pos = _positions(state)
+    return parts, tuple(pos[c] for c in parts), int(state.seed), state.num_epochs
+
+
+def _positions(state: StreamingSource) -> list[tuple[int, int, int]]:
+    """Returns every partition's ``(epoch, index, offset)`` of a stream that filters or expands."""
+    e, i, o = (np.broadcast_to(x, (state.partitions,)).tolist() for x in (state.epoch, state.index, state.offset))
+    return list(zip(e, i, o))
+
+
+def _reader(state: StreamingSource, parts: tuple[int, ...], starts: dict[int, tuple[int, int, int]],
             lengths: dict[int, int | None]) -> Reader:
     # The reader only caches work: reused when it has reached exactly this state's position
     # (for these partitions), reopened otherwise. Called under the handle's lock.
     h = state.backend
-    at = (parts, int(state.epoch), int(state.index), int(state.seed), state.num_epochs)
+    at = _at(state, parts)
     if h.reader is None or h.reader.at != at:
         if h.reader is not None:
             h.reader.close()
@@ -325,7 +375,7 @@ def _reader(state: StreamingSource, parts: tuple[int, ...], starts: dict[int, tu
 def _read_whole(state: StreamingSource, size: int) -> tuple[int, int, list[PyTree]]:
     # One partition: the backend's own epochs, of a length it may not know.
     epoch, index = int(state.epoch), int(state.index)
-    reader = _reader(state, (0,), {0: (epoch, index)}, {0: None})
+    reader = _reader(state, (0,), {0: (epoch, index, 0)}, {0: None})
     parts = reader.take(0, size)
     got = sum(rows(p) for p in parts)
     if got < size:
@@ -333,12 +383,12 @@ def _read_whole(state: StreamingSource, size: int) -> tuple[int, int, list[PyTre
             f"{state.name}: the stream ended after num_epochs={state.num_epochs}; "
             f"{got} of {size} records were left and dropped (no short batch)."
         )
-    epoch, index = reader.pos[0]
+    epoch, index, offset = reader.pos[0]
     last = state.num_epochs is not None and epoch + 1 >= state.num_epochs
     if not last and reader.skip_epoch_end(0):
         # Normalise "end of epoch e" to "start of epoch e+1": a saved cursor never replays e.
-        epoch, index = reader.pos[0]
-    return epoch, index, parts
+        epoch, index, offset = reader.pos[0]
+    return epoch, index + offset, parts
 
 
 def _read_partitions(state: StreamingSource, size: int, parts: tuple[int, ...]) -> tuple[int, int, list[PyTree]]:
@@ -357,7 +407,7 @@ def _read_partitions(state: StreamingSource, size: int, parts: tuple[int, ...]) 
                 f"{max(left, 0)} records left and a batch of {size} takes {per} from each of the "
                 f"{c_all} partitions (no short batch)."
             )
-    starts = {c: partition_position(total, c_all, lengths[c]) for c in parts}
+    starts = {c: (*partition_position(total, c_all, lengths[c]), 0) for c in parts}
     reader = _reader(state, parts, starts, {c: lengths[c] for c in parts})
     out = []
     for c in parts:
@@ -369,24 +419,66 @@ def _read_partitions(state: StreamingSource, size: int, parts: tuple[int, ...]) 
     return epoch, index, out
 
 
-def _read(state: StreamingSource, size: int, parts: tuple[int, ...]) -> tuple[StreamingSource, PyTree]:
+def _read_chunked(state: StreamingSource, size: int,
+                  parts: tuple[int, ...]) -> tuple[list[tuple[int, int, int]], bool, list[PyTree]]:
+    # A stream that filters or expands: every partition reads size // C records from its own
+    # (epoch, index, offset). Returns every partition's new position (others' unchanged),
+    # whether a partition ended before its share, and the records.
+    c_all = state.partitions
+    per = check_batch_size(size, c_all, state.name) if c_all > 1 else size
+    n = state.backend.backend.num_records()
+    lengths = [None] if c_all == 1 else np.diff(partition_offsets(n, c_all)).tolist()
+    pos = _positions(state)
+    reader = _reader(state, parts, {c: pos[c] for c in parts}, {c: lengths[c] for c in parts})
+    out, ended = [], False
+    for c in parts:
+        taken = reader.take(c, per)
+        ended = ended or sum(rows(p) for p in taken) < per
+        out += taken
+        if not ended and (state.num_epochs is None or reader.pos[c][0] + 1 < state.num_epochs):
+            reader.skip_epoch_end(c)  # "end of epoch e" is "start of epoch e+1", as for any stream
+        pos[c] = reader.pos[c]
+    return pos, ended, out
+
+
+def _end_of_chunked(state: StreamingSource, size: int) -> EndOfStream:
+    where = "a partition" if state.partitions > 1 else "the stream"
+    return EndOfStream(
+        f"{state.name}: the stream ended after num_epochs={state.num_epochs}: {where} had fewer than the "
+        f"{size // state.partitions} records a batch of {size} takes from it (no short batch)."
+    )
+
+
+def _read(state: StreamingSource, size: int, parts: tuple[int, ...],
+          gather: Any = None) -> tuple[StreamingSource, PyTree]:
     # Returns the state moved on by `size` records and the rows of partitions `parts`.
+    # `gather(positions, ended)`: the positions of every partition and whether any ended, from
+    # those this process read (a stream that filters or expands, read by several processes).
     h = state.backend
     spec = h.spec()
     with h.lock:
         try:
-            if state.partitions == 1:
-                epoch, index, out = _read_whole(state, size)
+            if state.offset is not None:
+                pos, ended, out = _read_chunked(state, size, parts)
+                if gather is not None:
+                    pos, ended = gather(pos, parts, ended)
+                if ended:
+                    raise _end_of_chunked(state, size)
+                new = _with_positions(state, pos)
             else:
-                epoch, index, out = _read_partitions(state, size, parts)
+                if state.partitions == 1:
+                    epoch, index, out = _read_whole(state, size)
+                else:
+                    epoch, index, out = _read_partitions(state, size, parts)
+                new = _with(state, epoch, index)
             _check_shapes(out, spec, state.name)
-            h.reader.at = (parts, epoch, index, int(state.seed), state.num_epochs)
+            h.reader.at = _at(new, parts)
         except BaseException:
             if h.reader is not None:
                 h.reader.close()
                 h.reader = None
             raise
-    return _with(state, epoch, index), _concat(out)
+    return new, _concat(out)
 
 
 @contract.get_batch.register
@@ -415,11 +507,25 @@ def _(state: StreamingSource, global_size: int, sharding: jax.sharding.Sharding)
         )
     start, stop = process_rows(sharding, size)
     parts = tuple(owned_partitions(start, stop, size, state.partitions, f"get_global_batch ({state.name})"))
-    state, local = _read(state, size, parts)
+    gather = _gather_positions if state.offset is not None and procs > 1 else None
+    state, local = _read(state, size, parts, gather)
     batch = jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, x, (size, *x.shape[1:])), local
     )
     return state, batch
+
+
+def _gather_positions(pos: list[tuple[int, int, int]], parts: tuple[int, ...],
+                      ended: bool) -> tuple[list[tuple[int, int, int]], bool]:
+    # Every process reads only its partitions of a stream that filters or expands, whose positions
+    # no process can compute for another: one all-gather per step keeps every state identical.
+    from jax.experimental import multihost_utils  # only multi-process streams get here
+
+    mine = np.full((len(pos), 4), -1, np.int64)  # -1: a partition another process read
+    for c in parts:
+        mine[c] = (*pos[c], int(ended))
+    every = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, len(pos), 4).max(axis=0)
+    return [tuple(int(x) for x in row[:3]) for row in every], bool(every[:, 3].max() > 0)
 
 
 @contract.get_batch_at.register
@@ -438,7 +544,7 @@ def _(state: StreamingSource):
 @contract.num_records.register
 def _(state: StreamingSource):
     n = state.backend.backend.num_records()
-    return None if n is None else int(n)
+    return None if n is None or state.offset is not None else int(n)  # filtered or expanded: unknown
 
 
 @contract.iterate.register
@@ -450,17 +556,22 @@ def _(state: StreamingSource, size: int, *, epochs: int = 1):
     return _iterate_until(state, size, checks.check_epochs(epochs))
 
 
+def _progress(state: StreamingSource) -> list[tuple[int, ...]]:
+    """Returns each partition's position (one for a stream that keeps the row count)."""
+    return [(int(state.epoch), int(state.index))] if state.offset is None else _positions(state)
+
+
 def _iterate_until(state: StreamingSource, size: int, epochs: int) -> Iterator[tuple[StreamingSource, PyTree]]:
-    # The length is unknown (or the stream ends): walk until `epochs` more epochs have
-    # started at the starting index, or until EndOfStream.
-    stop = (int(state.epoch) + epochs, int(state.index))
+    # The length is unknown (or the stream ends): walk until every partition has started
+    # `epochs` more epochs at its starting position, or until EndOfStream.
+    stop = [(e + epochs, *rest) for e, *rest in _progress(state)]
     while True:
         try:
             state, batch = contract.get_batch(state, size)
         except EndOfStream:
             return
         yield state, batch
-        if (int(state.epoch), int(state.index)) >= stop:
+        if all(p >= s for p, s in zip(_progress(state), stop)):
             return
 
 
@@ -471,14 +582,20 @@ def _stream_key(state: StreamingSource) -> dict[str, Any]:
 @contract.cursor.register
 def _(state: StreamingSource):
     key = _stream_key(state)
+    if state.offset is not None:
+        key["offset"] = cursors.ints(state.offset)
     return cursors.make_cursor("streaming", state.index, state.epoch, key.pop("seed"), state.partitions, **key)
 
 
 @contract.restore_cursor.register
 def _(state: StreamingSource, cursor: dict[str, Any]):
-    index, epoch = cursors.check_cursor(cursor, "streaming", _stream_key(state), contract.num_records(state),
-                                      state.partitions)
-    return _with(state, epoch, index)
+    if state.offset is None:
+        index, epoch = cursors.check_cursor(cursor, "streaming", _stream_key(state), contract.num_records(state),
+                                          state.partitions)
+        return _with(state, epoch, index)
+    n = state.backend.backend.num_records()
+    lengths = [n] if state.partitions == 1 else np.diff(partition_offsets(n, state.partitions)).tolist()
+    return _with_positions(state, cursors.check_chunk_cursor(cursor, "streaming", _stream_key(state), lengths))
 
 
 @contract.dataset_info.register
