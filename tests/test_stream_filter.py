@@ -8,14 +8,14 @@ import types
 
 import numpy as np
 import pytest
+from conftest import run_fresh
+from hf_fixtures import hf_dataset, parquet_folder, saved_folder  # noqa: F401 (fixtures)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import datarax_fn as dfn
 from datarax_fn import _convert as cv
 from datarax_fn._loaders import backends as bk
-from conftest import run_fresh
-from hf_fixtures import hf_dataset, parquet_folder, saved_folder  # noqa: F401 (fixtures)
 
 # ----------------------------------------------------------------------------- the filter and expansion of the real-data tests
 # Module-level, so that a fresh process imports the very functions (a cursor names the filter by its code).
@@ -63,7 +63,7 @@ def _backend(kind: str, n: int, chunk: int, shuffle: bool, counts: np.ndarray, m
     cfg = types.SimpleNamespace(chunk_size=chunk, shuffle=shuffle, shuffle_buffer_size=window, max_length=None,
                                 truncate=False, image_mode=None, filter=flt)
     conv = cv.Converter({"id": cv.Tensor((), "int64")}, transform=transform, filter=flt, probe=cols, static=True)
-    common = dict(data=("arrays", n, mode), split="train", info=None, cfg=cfg)
+    common = {"data": ("arrays", n, mode), "split": "train", "info": None, "cfg": cfg}
     if kind == "random":
         return bk.RandomAccessBackend(lambda idx: {"id": cols["id"][idx]}, n, conv, **common)
     grid = 5  # reads come in row groups of 5 from the start, as a parquet reader gives them
