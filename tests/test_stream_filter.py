@@ -327,9 +327,17 @@ def test_tfds_streams_equal_the_eager_source_record_for_record(toy_dirs, rule):
         stream.close()
 
 
-def _hf_stream(name, cache, rule):
-    return dfn.from_hf(name, "train", streaming=True, shuffle=True, seed=5, shuffle_buffer_size=16, chunk_size=7,
-                       cache_dir=cache, **HF_OPTS, **ROW_RULES[rule])
+def _hf_stream(name, cache, rule, streaming=True):
+    chunks = {"shuffle_buffer_size": 16, "chunk_size": 7} if streaming else {}
+    return dfn.from_hf(name, "train", streaming=streaming, shuffle=True, seed=5, cache_dir=cache, **chunks, **HF_OPTS,
+                       **ROW_RULES[rule])
+
+
+def _source(kind, where, cache, rule):
+    """Returns the shuffled source a fresh process rebuilds: HF or TFDS streams, or an eager HF source."""
+    if kind == "tfds":
+        return _tfds_stream(where, rule)
+    return _hf_stream(where, cache, rule, streaming=kind == "hf")
 
 
 def _tfds_stream(data_dir, rule):
@@ -349,9 +357,10 @@ def test_shuffled_filtered_and_expanded_streams_resume_exactly_in_a_fresh_proces
     jobs, want = [], []
     # Each backend kind (replay, random access) of each loader, filtered or expanded.
     sources = [("hf", str(parquet_folder), "filter"), ("hf", str(saved_folder / "single"), "expand"),
-               ("tfds", toy_dirs["tfrecord"], "expand"), ("tfds", toy_dirs["array_record"], "filter")]
+               ("tfds", toy_dirs["tfrecord"], "expand"), ("tfds", toy_dirs["array_record"], "filter"),
+               ("hf_eager", str(parquet_folder), "expand")]
     for kind, where, rule in sources:
-        state = _hf_stream(where, cache, rule) if kind == "hf" else _tfds_stream(where, rule)
+        state = _source(kind, where, cache, rule)
         for _ in range(3):  # mid-epoch, mid-chunk: the cursor holds an offset
             state, _ = dfn.get_batch(state, 7)
         cursor = dfn.cursor(state)
@@ -359,22 +368,23 @@ def test_shuffled_filtered_and_expanded_streams_resume_exactly_in_a_fresh_proces
         for _ in range(6):  # on past the end of the epoch
             state, batch = dfn.get_batch(state, 7)
             batches.append(_lists(batch))
-        state.close()
+        if kind != "hf_eager":
+            state.close()
         jobs.append((kind, where, rule, cursor))
         want.append(batches)
     assert all(c["offset"] for *_, c in jobs[:3])  # mid-chunk
     out = run_fresh(f"""
         import json, datarax_fn as dfn
-        from test_stream_filter import _hf_stream, _tfds_stream, _lists
+        from test_stream_filter import _source, _lists
         for kind, where, rule, cursor in json.loads({json.dumps(json.dumps(jobs))}):
-            state = _hf_stream(where, {cache!r}, rule) if kind == "hf" else _tfds_stream(where, rule)
-            state = dfn.restore_cursor(state, cursor)
+            state = dfn.restore_cursor(_source(kind, where, {cache!r}, rule), cursor)
             batches = []
             for _ in range(6):
                 state, batch = dfn.get_batch(state, 7)
                 batches.append(_lists(batch))
             print(json.dumps(batches))
-            state.close()
+            if kind != "hf_eager":
+                state.close()
     """, env={"JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
               "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))})
     assert [json.loads(x) for x in out.stdout.strip().splitlines()[-len(jobs):]] == want
