@@ -4,7 +4,8 @@ Argument: a JSON spec with ``process_id``, ``processes``, ``port``, ``devices`` 
 of this process), ``sources`` (names: ``"range"``, a partitioned stream over a RangeBackend;
 ``"eager"``, the sharded eager mode; ``"global"``, the global eager mode; ``"mix"``, a mixture
 of a global eager source and a stream; ``"hf"``, ``from_hf`` streaming the parquet file
-``parquet`` with ``HF_HOME`` ``hf_home``), ``records``, ``partitions``, ``seed``, ``size``,
+``parquet`` with ``HF_HOME`` ``hf_home``; ``"hf_filtered"``, the same with ``filter=keep_x``, whose
+partitions each keep their own position), ``records``, ``partitions``, ``seed``, ``size``,
 ``steps``, optional ``cursors`` (one per source) to restore and ``try_one_partition`` (also
 try an unpartitioned stream and report the error); ``fail_process`` names a process that exits
 at once (to test the launcher). Sources share one process so the
@@ -84,7 +85,7 @@ if spec["processes"] > 1:
                                process_id=spec["process_id"], initialization_timeout=60)
 
 import numpy as np
-from conftest import RangeBackend
+from conftest import RangeBackend, keep_x
 
 import datarax_fn as dfn
 
@@ -117,10 +118,11 @@ def build(name, spec):
         state = dfn.from_arrays({"x": x, "y": {"z": (2 * x).astype(np.float32)}}, partitions=c, shuffle=True,
                                 seed=seed)
         return state, lambda: list(range(n))
-    if name == "hf":  # a real loader: HF's parquet reader, seeking by row groups per partition
+    if name in ("hf", "hf_filtered"):  # a real loader: HF's parquet reader, seeking by row groups per partition
         os.environ["HF_HOME"] = spec["hf_home"]
         state = dfn.from_hf("parquet", data_files=spec["parquet"], split="train", streaming=True, shuffle=True,
-                            seed=seed, partitions=c, shuffle_buffer_size=4)
+                            seed=seed, partitions=c, shuffle_buffer_size=4,
+                            **({"filter": keep_x} if name == "hf_filtered" else {}))
         backend, read = state.backend.backend, []
         real = backend.open_deferred
 

@@ -108,15 +108,42 @@ def test_transform_output_spec_is_fixed_by_the_probe_in_static_mode():
         conv({"s": pa.array(["q"])}, row0=50)
 
 
-def test_transform_that_changes_the_row_count_is_eager_only():
+def test_transform_that_changes_the_row_count_works_in_both_modes_and_marks_the_converter():
     def drop_first(batch):
         return {"s": batch["s"][1:]}
 
     cols = {"s": ["a", "bb", "ccc"]}
-    with pytest.raises(ValueError, match=r"transform changed the row count \(3 rows in, 2 out\).*[Ss]treaming"):
-        cv.Converter({"s": cv.Text()}, transform=drop_first, probe=cols, static=True, max_length=4)
+    static = cv.Converter({"s": cv.Text()}, transform=drop_first, probe=cols, static=True, max_length=4)
+    assert static.changes_rows and dfn.decode_text(static(cols), "s") == ["bb", "ccc"]
     out = cv.Converter({"s": cv.Text()}, transform=drop_first, probe=cols)(cols)
     assert dfn.decode_text(out, "s") == ["bb", "ccc"]
+    assert not cv.Converter({"s": cv.Text()}, transform=lambda b: b, probe=cols, static=True, max_length=4).changes_rows
+
+
+def test_filter_drops_rows_before_the_transform_and_the_rules_in_both_modes():
+    cols = {"s": ["a", "bb", "ccc", "dddd"], "n": np.arange(4, dtype=np.int64)}
+    fields = {"s": cv.Text(), "n": cv.Tensor((), "int64")}
+    seen = []
+
+    def upper(batch):
+        seen.append(batch["n"].tolist())
+        return {"s": [x.upper() for x in batch["s"]], "n": batch["n"]}
+
+    def odd(batch):
+        return batch["n"] % 2 == 1
+
+    for static in (False, True):
+        seen.clear()
+        conv = cv.Converter(fields, filter=odd, transform=upper, probe=cols, static=static, max_length=4)
+        out = conv(cols)
+        assert dfn.decode_text(out, "s") == ["BB", "DDDD"] and out["n"].tolist() == [1, 3] and conv.changes_rows
+        assert seen == [[1, 3]]  # the transform saw the kept rows only, once (the probe's output is reused)
+        plain = cv.Converter(fields, filter=odd, probe=cols, static=static, max_length=4)(cols)
+        assert dfn.decode_text(plain, "s") == ["bb", "dddd"] and plain["n"].tolist() == [1, 3]
+    empty = cv.Converter(fields, filter=lambda b: b["n"] > 9, probe=cols, static=True, max_length=4)(cols)
+    assert empty["s"].shape == (0, 4) and empty["n"].shape == (0,)
+    with pytest.raises(ValueError, match=r"kept none of the rows 0..3; an eager source needs at least one record"):
+        cv.Converter(fields, filter=lambda b: b["n"] > 9, max_length=4)(cols)
 
 
 def test_transform_flattening_a_ragged_2d_tensor_is_a_fix_that_works():

@@ -15,11 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import datarax_fn as dfn
-from conftest import RangeBackend
+from conftest import RangeBackend, keep_x
 from datarax_fn._layout.partitions import partition_offsets
 from process_group import run_group
 
-SPEC = {"sources": ["range", "eager", "global", "hf"], "records": 32, "partitions": 4, "seed": 11, "size": 8}
+SPEC = {"sources": ["range", "eager", "global", "hf", "hf_filtered"], "records": 32, "partitions": 4, "seed": 11, "size": 8}
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +32,11 @@ def hf_spec(tmp_path_factory):
     return {**SPEC, "parquet": str(folder / "data.parquet"), "hf_home": str(folder / "hf")}
 
 
-def hf_single_process(spec, steps):
+def hf_single_process(spec, steps, **options):
     """Returns the ids of ``steps`` batches of the ``hf`` source read by one process with ``get_batch``."""
     os.environ["HF_HOME"] = spec["hf_home"]
     state = dfn.from_hf("parquet", data_files=spec["parquet"], split="train", streaming=True, shuffle=True,
-                        seed=spec["seed"], partitions=spec["partitions"], shuffle_buffer_size=4)
+                        seed=spec["seed"], partitions=spec["partitions"], shuffle_buffer_size=4, **options)
     out = []
     for _ in range(steps):
         state, batch = dfn.get_batch(state, spec["size"])
@@ -81,10 +81,10 @@ def owner_of(record, processes):
     return part * processes // SPEC["partitions"]
 
 
-def check_group(results, want, want_hf, processes):
+def check_group(results, wants, processes):
     """Checks one group's global batches, cursors and reads for every source; returns its cursors."""
     for source in SPEC["sources"]:
-        assert merged(results, source) == (want_hf if source == "hf" else want), source
+        assert merged(results, source) == wants.get(source, wants["range"]), source
         for pid, r in enumerate(results):
             # Every record a process read (read-ahead included) lies in its own partitions
             # (in the global mode every process holds every record, by definition).
@@ -98,24 +98,29 @@ def test_elastic_restore_2_then_1_then_4_processes_continues_the_global_stream(h
     # One group per process count, each running a partitioned stream over a test backend and
     # over HF's parquet reader, and the sharded and global eager modes.
     monkeypatch.setenv("HF_HOME", hf_spec["hf_home"])
-    want, want_hf = single_process(9), hf_single_process(hf_spec, 9)
+    # hf_filtered: a filter keeps 6 of each partition's 8 records, so every partition has its own position.
+    want = {"range": single_process(9), "hf": hf_single_process(hf_spec, 9),
+            "hf_filtered": hf_single_process(hf_spec, 9, filter=keep_x)}
     # Two processes with two devices each read one whole epoch (4 batches of 8 = 32 records).
     two = run_group({**hf_spec, "devices": 2, "steps": 4, "try_one_partition": True}, 2)
-    cursors = check_group(two, want[:4], want_hf[:4], 2)
+    cursors = check_group(two, {k: v[:4] for k, v in want.items()}, 2)
     for source in SPEC["sources"]:
-        assert sorted(x for batch in merged(two, source) for x in batch) == list(range(32))  # each record once
+        first = [x for batch in merged(two, source) for x in batch][: 24 if source == "hf_filtered" else 32]
+        kept = [x for x in range(32) if source != "hf_filtered" or keep_x({"x": x})]
+        assert sorted(first) == kept  # each (kept) record once in the first epoch
     assert cursors["range"] == {"version": 1, "kind": "streaming", "index": 0, "epoch": 1, "seed": 11,
                                 "shuffle": True, "fingerprint": "range:32:True:", "partitions": 4}
     assert "processes" not in str(cursors)
     # Without partitions every process would read everything: refused, naming the fix used here.
     assert "partitions= a multiple of the process count, e.g. partitions=2" in two[1]["refused"]
     # The JSON cursors saved by two processes continue in one process, then in four.
+    assert cursors["hf_filtered"]["epoch"] == [1] * 4 and len(cursors["hf_filtered"]["offset"]) == 4
     one = run_group({**hf_spec, "devices": 1, "steps": 2, "cursors": cursors}, 1)
-    cursors = check_group(one, want[4:6], want_hf[4:6], 1)
+    cursors = check_group(one, {k: v[4:6] for k, v in want.items()}, 1)
     four = run_group({**hf_spec, "devices": 1, "steps": 3, "cursors": cursors}, 4)
-    cursors = check_group(four, want[6:9], want_hf[6:9], 4)
+    cursors = check_group(four, {k: v[6:9] for k, v in want.items()}, 4)
     assert (cursors["range"]["epoch"], cursors["range"]["index"]) == (2, 8)
-    assert {(c["epoch"], c["index"]) for c in cursors.values()} == {(2, 8)}
+    assert {(c["epoch"], c["index"]) for k, c in cursors.items() if k != "hf_filtered"} == {(2, 8)}
 
 
 def test_a_failing_process_fails_the_group_and_no_worker_survives():

@@ -189,16 +189,17 @@ def test_iterable_dataset_eager_streaming_true_works():
     assert load_all(dfn.from_hf(it, streaming=True, shuffle=False), 3)["x"].tolist() == [4, 5, 6]
 
 
-def test_streaming_transform_that_filters_the_eager_source_works():
+def test_streaming_transform_that_filters_works_in_both_modes():
     ds = ds_of({"x": [1, 2, 3, 4]}, {"x": hd.Value("int32")})
 
     def evens(b):
         x = np.asarray(b["x"])
         return {"x": x[x % 2 == 0]}
 
-    with pytest.raises(ValueError, match=r"transform changed the row count.*filter or expand in an eager source"):
-        dfn.from_hf(ds, streaming=True, shuffle=False, transform=evens)
+    assert dfn.get_batch(dfn.from_hf(ds, streaming=True, shuffle=False, transform=evens), 2)[1]["x"].tolist() == [2, 4]
     assert load_all(dfn.from_hf(ds, streaming=False, shuffle=False, transform=evens), 2)["x"].tolist() == [2, 4]
+    kept = dfn.from_hf(ds, streaming=True, shuffle=False, filter=lambda b: b["x"] % 2 == 0)
+    assert dfn.get_batch(kept, 2)[1]["x"].tolist() == [2, 4]
 
 
 def test_key_option_given_as_a_string_the_list_form_works():

@@ -228,3 +228,14 @@ def slice_rows(col: Any, lo: int, hi: int) -> Any:
     if isinstance(col, Mapping):
         return {k: slice_rows(v, lo, hi) for k, v in col.items()}
     return col[lo:hi]
+
+
+def take_rows(col: Any, idx: np.ndarray) -> Any:
+    """Returns the rows ``idx`` of a column (a dict of columns: of each), in that order."""
+    if isinstance(col, Mapping):
+        return {k: take_rows(v, idx) for k, v in col.items()}
+    if is_arrow(col):
+        return col.take(idx)
+    if isinstance(col, np.ndarray):
+        return col[idx]
+    return [col[i] for i in np.asarray(idx).tolist()]

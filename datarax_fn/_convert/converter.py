@@ -1,4 +1,9 @@
-"""The Converter: every output dtype and shape decided at construction, then chunks converted."""
+"""The Converter: every output dtype and shape decided at construction, then chunks converted.
+
+A ``filter`` (a mask of the rows to keep) and a ``transform`` may change a chunk's row count; a
+stream then counts its positions by input row and records how far into a chunk's outputs it
+is (``changes_rows``), see ``_streaming.source``.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import numpy as np
 
 from . import images
 from . import transform as tf
-from .columns import child, rows_of, slice_rows
+from .columns import child, rows_of, slice_rows, take_rows
 from .fields import all_paths, select
 from .plan import Leaf, Options, check_image_mode, check_leaves, check_max_length, plan
 from .rules import RULES
@@ -60,7 +65,10 @@ class Converter:
       truncate: cut rows longer than ``max_length`` (text at a UTF-8 character boundary).
       image_mode: 'L', 'LA', 'RGB', 'RGBA' (or 'I;16', 'I', 'F') for images whose feature
         declares no channels; one for all or ``{path: mode}``.
-      transform: ``dict -> dict`` applied to each chunk in the user view, before the rules.
+      transform: ``dict -> dict`` applied to each chunk in the user view, before the rules; it
+        may return more or fewer rows than it was given.
+      filter: ``dict -> bool mask`` of a chunk in the user view: rows where it is False are
+        dropped before ``transform`` (and before the rules).
       probe: a first chunk of columns; with ``transform`` its output fixes the output spec,
         and in static mode it fixes image sizes the schema leaves open.
       static: streaming: every shape must be known now (ragged leaves need ``max_length``).
@@ -72,17 +80,25 @@ class Converter:
 
     def __init__(self, fields: Mapping[str, Any], *, max_length: Any = None, truncate: bool = False,
                  image_mode: Any = None, transform: Callable[[dict], dict] | None = None, probe: Any = None,
-                 static: bool = False, num_threads: int | None = None):
+                 static: bool = False, num_threads: int | None = None,
+                 filter: Callable[[dict], Any] | None = None):
         if not isinstance(fields, Mapping) or not fields:
             raise ValueError(f"Converter: fields must be a non-empty dict of fields; got {fields!r}.")
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be a function dict -> dict; got {type(transform).__name__}.")
+        if filter is not None and not callable(filter):
+            raise TypeError(f"filter must be a function dict of columns -> bool mask of the rows to keep; got "
+                            f"{type(filter).__name__}.")
         if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer))):
             raise TypeError(f"num_threads must be None or an int; got {num_threads!r}.")
         if num_threads is not None and num_threads < 1:
             raise ValueError(f"num_threads must be >= 1; got {num_threads!r}.")
         self.fields = dict(fields)
         self.transform = transform
+        self.filter = filter
+        # Whether a chunk's output rows may differ from its input rows: a stream then resumes by
+        # (input chunk, outputs of it served). A transform decides on the probe; a filter always does.
+        self.changes_rows = filter is not None
         self.static = _check_bool("static", static)
         paths = all_paths(self.fields)
         self.options = Options(
@@ -110,15 +126,14 @@ class Converter:
             raise ValueError("Converter: a transform needs probe= (a first chunk of columns) to fix the output spec.")
         rows = rows_of(probe[next(iter(self.fields))])
         out = self._apply(probe, 0)
-        # Kept for the first conversion, which usually starts with these very rows: the
-        # transform then runs once per record, as a transform with side effects expects.
-        self._probe_out: tuple | None = (probe, rows, out)
-        if self.static and tf.out_rows(out) != rows:
-            raise ValueError(
-                f"transform changed the row count ({rows} rows in, {tf.out_rows(out)} out). Streaming "
-                "resumes by input row, so it needs one output row per input row; filter or expand "
-                "in an eager source, or after the batch."
-            )
+        if out is None:  # the filter kept none of the probe's rows: its spec comes from them all, unfiltered
+            out = self._transform(self._user(probe, 0))
+        else:
+            # Kept for the first conversion, which usually starts with these very rows: the
+            # transform then runs once per record, as a transform with side effects expects.
+            self._probe_out: tuple | None = (probe, rows, out)
+        self.changes_rows = self.changes_rows or tf.out_rows(out) != rows
+        self._probe_rows = rows
         self.out_fields = {k: tf.infer(v, k) for k, v in out.items()}
         self._out = Converter(self.out_fields, max_length=max_length, truncate=truncate, probe=out if self.static else None,
                               static=self.static, num_threads=self.num_threads)
@@ -163,14 +178,45 @@ class Converter:
             _put(view, leaf.keys, tf.user_column(leaf, column_at(columns, leaf.keys, row0, leaf.path), row0, self._ctx))
         return view
 
-    def _apply(self, columns: Mapping[str, Any], row0: int) -> dict:
-        out = self.transform(self._user(columns, row0))
+    def _kept(self, view: dict, row0: int, rows: int) -> np.ndarray:
+        """Returns the rows of a chunk (in the user view) that the filter keeps, as indices."""
+        mask = self.filter(view)
+        if type(mask).__module__.startswith("jax"):
+            mask = np.asarray(mask)
+        where = f"rows {row0}..{row0 + rows - 1}"
+        if not isinstance(mask, (np.ndarray, list, tuple)):
+            raise TypeError(f"filter returned a {type(mask).__name__} for {where}; return a NumPy bool array of one "
+                            f"value per row (True: keep), e.g. lambda chunk: chunk['length'] >= 16.")
+        mask = np.asarray(mask)
+        if mask.dtype != np.bool_ or mask.shape != (rows,):
+            raise ValueError(
+                f"filter returned a {mask.dtype} array of shape {mask.shape} for {where}; it must return a bool "
+                f"array of shape ({rows},), one value per row of the chunk (True: keep). Compare to get one, e.g. "
+                "chunk['length'] >= 16, or np.asarray(mask, bool) for a mask of 0s and 1s."
+            )
+        return np.flatnonzero(mask)
+
+    def _transform(self, view: dict) -> dict:
+        out = self.transform(view)
         if not isinstance(out, Mapping) or not out:
             raise TypeError(f"transform must return a non-empty dict of columns; got {type(out).__name__}.")
         return dict(out)
 
+    def _apply(self, columns: Mapping[str, Any], row0: int) -> dict | None:
+        """Returns the transform's output for a chunk, after the filter; None when the filter kept no row."""
+        view = self._user(columns, row0)
+        if self.filter is not None:
+            rows = rows_of(columns[self.leaves[0].keys[0]])
+            idx = self._kept(view, row0, rows)
+            if not len(idx):
+                return None
+            if len(idx) < rows:
+                view = take_rows(view, idx)
+        return self._transform(view)
+
     def _check_output(self, out: dict, row0: int, rows: int) -> None:
-        got = {k: tf.infer(v, k) for k, v in out.items()}
+        # No rows (an expansion that gave none) have no spec to compare.
+        got = {k: tf.infer(v, k) for k, v in out.items()} if tf.out_rows(out) else self.out_fields
         if got != self.out_fields:
             diff = sorted(k for k in set(got) | set(self.out_fields) if got.get(k) != self.out_fields.get(k))
             raise ValueError(
@@ -179,8 +225,14 @@ class Converter:
                 "fixed by the first chunk: return the same keys, dtypes and shapes every time (a list of arrays "
                 "for ragged rows, with max_length)."
             )
-        if self.static and tf.out_rows(out) != rows:
-            raise ValueError(f"transform changed the row count at rows {row0}..{row0 + rows - 1}; streaming needs one output row per input row.")
+        if self.static and not self.changes_rows and tf.out_rows(out) != rows:
+            raise ValueError(
+                f"transform changed the row count at rows {row0}..{row0 + rows - 1} ({rows} in, {tf.out_rows(out)} "
+                f"out), though it kept it on the stream's first {self._probe_rows} rows; the stream decided there "
+                "that it counts positions by record. Pass filter= (a mask of the rows to keep; "
+                "filter=lambda chunk: np.ones(len(chunk[key]), bool) keeps all) so that the stream counts "
+                "positions by chunk and resumes exactly whatever the transform returns."
+            )
 
     def __call__(self, columns: Mapping[str, Any], row0: int = 0) -> dict[str, Any]:
         """Returns the converted chunk: a dict (nested for structs) of NumPy arrays, batch axis first.
@@ -192,6 +244,11 @@ class Converter:
             raise KeyError(f"Converter: fields {missing} have no column; columns are {sorted(columns)}.")
         if self._out is not None:
             return self._call_transform(columns, row0)
+        if self.filter is not None:
+            return self._call_filter(columns, row0)
+        return self._convert(columns, row0)
+
+    def _convert(self, columns: Mapping[str, Any], row0: int) -> dict[str, Any]:
         out: dict = {}
         for leaf in self.leaves:
             col = column_at(columns, leaf.keys, row0, leaf.path)
@@ -201,21 +258,55 @@ class Converter:
                 _put(out, (*leaf.keys[:-1], name), lengths)
         return out
 
+    def _pieces(self, columns: Mapping[str, Any], start: int = 0) -> Any:
+        """Yields ``(lo, hi, rows lo:hi of columns)``: one piece in static mode, ``_CHUNK`` rows otherwise."""
+        n = rows_of(columns[self.leaves[0].keys[0]])
+        step = max(n if self.static else _CHUNK, 1)
+        for lo in range(start, max(n, 1), step):
+            hi = min(lo + step, n)
+            yield lo, hi, ({k: slice_rows(v, lo, hi) for k, v in columns.items()} if (lo, hi) != (0, n) else columns)
+
+    def _call_filter(self, columns: Mapping[str, Any], row0: int) -> dict[str, Any]:
+        # The filter sees the user view; the rules convert the kept rows of the raw columns.
+        kept = [lo + self._kept(self._user(piece, row0 + lo), row0 + lo, hi - lo) for lo, hi, piece in self._pieces(columns)]
+        idx = np.concatenate(kept)
+        if not len(idx):
+            return self._empty(row0, rows_of(columns[self.leaves[0].keys[0]]))
+        if len(idx) == rows_of(columns[self.leaves[0].keys[0]]):
+            return self._convert(columns, row0)
+        try:
+            return self._convert(take_rows(columns, idx), row0)
+        except (ValueError, TypeError):
+            # The kept rows are not consecutive: find the one at fault under its own row number.
+            for i in idx.tolist():
+                self._convert(take_rows(columns, np.array([i])), row0 + i)
+            raise
+
+    def _empty(self, row0: int, rows: int) -> dict[str, Any]:
+        """Returns a chunk of no records (a filter dropped them all, or an expansion gave none)."""
+        if not self.static:
+            raise ValueError(
+                f"the filter/transform kept none of the rows {row0}..{row0 + rows - 1}; an eager source needs at "
+                "least one record. Check the filter's condition (True keeps a row)."
+            )
+        return jax.tree.map(lambda s: np.zeros((0, *s.shape), s.dtype), self.element_spec)
+
     def _call_transform(self, columns: Mapping[str, Any], row0: int) -> dict[str, Any]:
         n = rows_of(columns[self.leaves[0].keys[0]])
-        step = n if self.static else _CHUNK
         parts = []
         probe, self._probe_out = self._probe_out, None
-        lo = 0
+        start = 0
         if probe is not None and 0 < probe[1] <= n and _same_rows(columns, probe[0], probe[1], self.fields):
             parts.append(probe[2])
-            lo = probe[1]
-        for lo in range(lo, max(n, 1), max(step, 1)):
-            hi = min(lo + step, n)
-            chunk = {k: slice_rows(v, lo, hi) for k, v in columns.items()} if (lo, hi) != (0, n) else columns
+            start = probe[1]
+        for lo, hi, chunk in self._pieces(columns, start):
             out = self._apply(chunk, row0 + lo)
-            self._check_output(out, row0 + lo, hi - lo)
-            parts.append(out)
+            if out is not None:
+                self._check_output(out, row0 + lo, hi - lo)
+                parts.append(out)
+        parts = [p for p in parts if tf.out_rows(p)]
+        if not parts:
+            return self._empty(row0, n)
         return self._out(tf.concat(parts), row0)
 
     @property

@@ -31,12 +31,13 @@ from typing import Any
 import numpy as np
 
 from .._eager.source import EagerSource, from_arrays
+from .._pipeline.fingerprint import Unfingerprintable, fingerprint as code_fingerprint
 from .._layout.partitions import check_partitions, partition_offsets
 from .._state.shuffle import permute
 from .._streaming.source import StreamingSource, make_streaming
 from .._streaming.workers import Deferred
 from .. import _convert as cv
-from .._convert.columns import is_arrow, rows_of, slice_rows  # one row counter, one slicer, one Arrow test
+from .._convert.columns import is_arrow, rows_of, slice_rows, take_rows  # one row counter, slicer, taker, Arrow test
 from .config import conversion_options
 from .replay_order import tape
 
@@ -44,21 +45,6 @@ Columns = dict[str, Any]
 
 
 # ----------------------------------------------------------------------------- columns
-
-
-def take_rows(columns: Mapping[str, Any], idx: np.ndarray) -> Columns:
-    """Returns the rows ``idx`` of every column, in that order."""
-    out: Columns = {}
-    for k, v in columns.items():
-        if isinstance(v, Mapping):
-            out[k] = take_rows(v, idx)
-        elif is_arrow(v):
-            out[k] = v.take(idx)
-        elif isinstance(v, np.ndarray):
-            out[k] = v[idx]
-        else:
-            out[k] = [v[i] for i in idx.tolist()]
-    return out
 
 
 def concat_rows(parts: list[Mapping[str, Any]]) -> Columns:
@@ -162,6 +148,14 @@ def damaged_file_error(path: str, err: BaseException, where: str = "") -> Damage
                       "or truncated: replace it, or leave it out of the data files.")
 
 
+def _code_digest(fn: Any) -> str:
+    """Returns a short hash of what ``fn`` computes (its code and closed-over values), else of its name."""
+    try:
+        return code_fingerprint(fn, "filter")[:12]
+    except Unfingerprintable:  # it closes over an object whose computation cannot be read
+        return digest((getattr(fn, "__module__", None), getattr(fn, "__qualname__", type(fn).__name__)))
+
+
 def _spec_summary(spec: Any) -> Any:
     if isinstance(spec, Mapping):
         return sorted((k, _spec_summary(v)) for k, v in spec.items())
@@ -189,9 +183,15 @@ class Backend:
             "schema": digest((_spec_summary(conv.element_spec), cfg.max_length, cfg.truncate, cfg.image_mode)),
             "order": digest(order),
         }
+        if getattr(cfg, "filter", None) is not None:  # a part only then: streams without one keep their fingerprint
+            self._parts["filter"] = _code_digest(cfg.filter)
 
     def num_records(self) -> int | None:
         return self.n
+
+    def changes_rows(self) -> bool:
+        """Returns whether a chunk's records may differ in number from the input rows it was read from."""
+        return bool(self.conv.changes_rows)
 
     def element_spec(self) -> Any:
         return self.conv.element_spec

@@ -76,6 +76,12 @@ def function(v: Any) -> Callable:
     return v
 
 
+def predicate(v: Any) -> Callable:
+    if not callable(v):
+        raise _Bad(TypeError, "a function dict of columns -> bool mask of the rows to keep")
+    return v
+
+
 def mapping(v: Any) -> dict:
     if not isinstance(v, Mapping):
         raise _Bad(TypeError, "a dict")
@@ -190,6 +196,7 @@ class LoaderConfig:
     local_files_only: bool = option(False, flag)
     transform: Callable[[dict], dict] | None = option(None, function, optional=True)
     transform_format: str = option("columns", transform_format)
+    filter: Callable[[dict], Any] | None = option(None, predicate, optional=True)
     max_length: int | Mapping[str, Any] | None = option(None, max_length, optional=True)
     truncate: bool = option(False, flag)
     image_mode: str | Mapping[str, str] | None = option(None, image_mode, optional=True)
@@ -219,7 +226,8 @@ class StreamingOptions:
 def conversion_options(cfg: LoaderConfig) -> dict[str, Any]:
     """Returns the conversion options of a config, as the conversion layer takes them."""
     return dict(max_length=cfg.max_length, truncate=cfg.truncate, image_mode=cfg.image_mode,
-                transform=with_format(cfg.transform, cfg.transform_format), num_threads=cfg.num_threads)
+                transform=with_format(cfg.transform, cfg.transform_format), num_threads=cfg.num_threads,
+                filter=with_format(cfg.filter, cfg.transform_format))
 
 
 def configs_from_options(

@@ -2,7 +2,9 @@
 
 A cursor is ``{"version", "kind", "index", "epoch", "seed", ...}`` plus every field that
 shapes the stream (fingerprint, shuffle, stages); restoring one on another stream raises
-and names each field that differs.
+and names each field that differs. A stream that filters or expands adds ``offset`` (records
+served of the chunk at ``index``), and with partitions holds a list per position field, one
+value per partition (:func:`check_chunk_cursor`).
 """
 
 from __future__ import annotations
@@ -49,14 +51,19 @@ def check_cursor_bounds(cursor: Any) -> None:
             )
 
 
-def make_cursor(kind: str, index: int, epoch: int, seed: int, partitions: int = 1, **fields: Any) -> dict[str, Any]:
+def ints(value: Any) -> int | list[int]:
+    """Returns a 0-d array as an int, a 1-d one (a value per partition) as a list of ints."""
+    return int(value) if np.ndim(value) == 0 else [int(x) for x in np.ravel(value)]
+
+
+def make_cursor(kind: str, index: Any, epoch: Any, seed: int, partitions: int = 1, **fields: Any) -> dict[str, Any]:
     """Returns a version-1 cursor: ``{"version", "kind", "index", "epoch", "seed", **fields}``.
 
     ``partitions`` is recorded only above 1, so an unpartitioned stream's cursor is the same
-    dict as before partitions existed.
+    dict as before partitions existed. ``index`` and ``epoch`` are ints, or one per partition.
     """
     more = {"partitions": int(partitions)} if partitions != 1 else {}
-    return {"version": CURSOR_VERSION, "kind": kind, "index": int(index), "epoch": int(epoch),
+    return {"version": CURSOR_VERSION, "kind": kind, "index": ints(index), "epoch": ints(epoch),
             "seed": int(seed), **fields, **more}
 
 
@@ -69,6 +76,62 @@ def check_cursor(cursor: Any, kind: str, expected: dict[str, Any], num_records: 
     without ``partitions`` has one (see ``make_cursor``); a partitioned stream moves only by
     multiples of its partitions, so a position between them is refused.
     """
+    cursor = _checked(cursor, kind, expected, partitions, ("index", "epoch", "seed"))
+    if "offset" in cursor:
+        raise ValueError(
+            "restore_cursor: this cursor has an offset: it was saved on a stream that filters or expands its "
+            "records (filter=, or a transform that changes the row count), and this stream keeps one record per "
+            "input row. Rebuild the state with the same filter and transform as when the cursor was saved."
+        )
+    index, epoch = int(cursor["index"]), int(cursor["epoch"])
+    upper = INT32_MAX if num_records is None else num_records - 1
+    if not (0 <= index <= upper and 0 <= epoch <= INT32_MAX):
+        raise ValueError(
+            f"restore_cursor: index={index}, epoch={epoch} are out of range (index in [0, {upper}], "
+            "epoch in [0, 2**31 - 1])."
+        )
+    total = None if num_records is None else epoch * num_records + index
+    if partitions > 1 and total % partitions:
+        raise ValueError(
+            f"restore_cursor: the cursor is {total} records into the stream (epoch={epoch}, index={index}), "
+            f"which is not a multiple of partitions={partitions}; a partitioned stream only moves by "
+            "batches that are multiples of it. Restore the dict dfn.cursor(state) returned, unchanged."
+        )
+    return index, epoch
+
+
+def check_chunk_cursor(cursor: Any, kind: str, expected: dict[str, Any],
+                       lengths: list[int | None]) -> list[tuple[int, int, int]]:
+    """Returns every partition's ``(epoch, index, offset)`` of the cursor of a stream that filters or expands.
+
+    ``lengths`` are the partitions' input rows (one entry per partition; None: unknown). With
+    one partition the fields are ints, with more a list of one int per partition.
+    """
+    parts = len(lengths)
+    if isinstance(cursor, dict) and "offset" not in cursor and "index" in cursor:
+        raise ValueError(
+            "restore_cursor: this cursor has no offset: it was saved on a stream that keeps one record per input "
+            "row, and this stream filters or expands its records (filter=, or a transform that changes the row "
+            "count). Rebuild the state with the same filter and transform as when the cursor was saved."
+        )
+    cursor = _checked(cursor, kind, expected, parts, ("offset", "index", "epoch", "seed"), per_partition=parts > 1)
+    pos = list(zip(*([cursor[k]] if parts == 1 else cursor[k] for k in ("epoch", "index", "offset"))))
+    for c, ((epoch, index, offset), n) in enumerate(zip(pos, lengths)):
+        upper = INT32_MAX if n is None else n
+        if not (0 <= index <= upper and 0 <= epoch <= INT32_MAX and 0 <= offset <= INT32_MAX):
+            where = f" of partition {c}" if parts > 1 else ""
+            raise ValueError(
+                f"restore_cursor: index={index}, epoch={epoch}, offset={offset}{where} are out of range (index in "
+                f"[0, {upper}], epoch and offset in [0, 2**31 - 1])."
+            )
+    return [(int(e), int(i), int(o)) for e, i, o in pos]
+
+
+def _checked(cursor: Any, kind: str, expected: dict[str, Any], partitions: int, names: tuple[str, ...],
+             per_partition: bool = False) -> dict[str, Any]:
+    """Returns ``cursor`` (with ``partitions``) after the checks every cursor passes: its type, size,
+    version, kind, fields, their types (``per_partition``: position fields are lists of one int per
+    partition) and the fields that shape the stream."""
     if not isinstance(cursor, dict):
         raise TypeError(f"restore_cursor: cursor must be the dict from dfn.cursor(state); got {type(cursor).__name__}.")
     check_cursor_bounds(cursor)
@@ -86,12 +149,18 @@ def check_cursor(cursor: Any, kind: str, expected: dict[str, Any], num_records: 
             f"restore_cursor: this cursor has kind={short_repr(cursor.get('kind'))} and cannot restore a {kind!r} "
             "state; restore each state from its own dfn.cursor (a pipeline's cursor holds its source's under 'source')."
         )
-    missing = sorted({"index", "epoch", "seed", *expected} - set(cursor))
+    missing = sorted({*names, *expected} - set(cursor))
     if missing:
         raise ValueError(f"restore_cursor: the cursor lacks {missing}; pass the dict from dfn.cursor(state).")
-    for name in ("index", "epoch", "seed"):
+    for name in names:
         value = cursor[name]
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        values = value if per_partition and name != "seed" and isinstance(value, list) else [value]
+        if per_partition and name != "seed" and (not isinstance(value, list) or len(value) != partitions):
+            raise TypeError(
+                f"restore_cursor: cursor[{name!r}] must be a list of {partitions} ints, one per partition; got "
+                f"{short_repr(value)}."
+            )
+        if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in values):
             raise TypeError(
                 f"restore_cursor: cursor[{name!r}] must be an int; got {type(value).__name__} {short_repr(value)}."
             )
@@ -104,18 +173,4 @@ def check_cursor(cursor: Any, kind: str, expected: dict[str, Any], num_records: 
             + "; ".join(diffs)
             + ". Rebuild the state with the same data, options and seed as when the cursor was saved."
         )
-    index, epoch = int(cursor["index"]), int(cursor["epoch"])
-    upper = INT32_MAX if num_records is None else num_records - 1
-    if not (0 <= index <= upper and 0 <= epoch <= INT32_MAX):
-        raise ValueError(
-            f"restore_cursor: index={index}, epoch={epoch} are out of range (index in [0, {upper}], "
-            "epoch in [0, 2**31 - 1])."
-        )
-    total = None if num_records is None else epoch * num_records + index
-    if partitions > 1 and total % partitions:
-        raise ValueError(
-            f"restore_cursor: the cursor is {total} records into the stream (epoch={epoch}, index={index}), "
-            f"which is not a multiple of partitions={partitions}; a partitioned stream only moves by "
-            "batches that are multiples of it. Restore the dict dfn.cursor(state) returned, unchanged."
-        )
-    return index, epoch
+    return cursor

@@ -10,6 +10,14 @@ per partition stay within about one chunk of what a batch takes from it. A backe
 ``open_deferred`` reads there and leaves each chunk's preparation to ``num_workers``
 worker threads (``workers``); chunks are served in read order whatever the worker count.
 
+Positions count input rows: a chunk is noted with the position of its first input row and
+the input rows it was read from, and the reader's position is ``(epoch, index, offset)``:
+the chunk being served starts at input row ``index`` and ``offset`` of its records are
+served. A chunk whose preparation keeps its row count (every chunk of most streams) makes
+``index + offset`` the plain record position; one whose preparation filters or expands
+rows (``Deferred.rows`` is the input count) resumes by reopening at ``index`` and skipping
+``offset`` records, the only exact position when records and input rows differ.
+
 A partition's chain reports the end of each epoch, the end of the stream (after
 ``num_epochs``) and its own errors as items; they surface only when a caller takes
 records of that partition, so one partition's failure never changes another's batches.
@@ -39,8 +47,9 @@ def rows(chunk: Any) -> int:
 
 
 def _epochs(backend: Any, part: int, parts: int, seed: int, epoch: int, start: int, length: int | None,
-            num_epochs: int | None, name: str) -> Iterator[tuple[int, Any]]:
-    """Yields ``(_CHUNK, chunk)`` and ``(_EPOCH_END, epoch)`` items of one partition from ``(epoch, start)`` on."""
+            num_epochs: int | None, name: str) -> Iterator[tuple[int, Any, int]]:
+    """Yields ``(_CHUNK, chunk, its first input position)`` and ``(_EPOCH_END, epoch, 0)`` items of one
+    partition from ``(epoch, start)`` on."""
     while num_epochs is None or epoch < num_epochs:
         deferred = getattr(backend, "open_deferred", None)  # chunks whose preparation the workers run
         if deferred is not None:
@@ -62,7 +71,7 @@ def _epochs(backend: Any, part: int, parts: int, seed: int, epoch: int, start: i
                     if isinstance(chunk, Deferred) and not chunk.where:
                         chunk.where = (f"{name}: partition {part} of {parts}, epoch {epoch}, positions "
                                        f"{got - n}..{got - 1}")
-                    yield _CHUNK, chunk
+                    yield _CHUNK, chunk, got - n
         finally:
             close = getattr(it, "close", None)
             if close is not None:
@@ -75,49 +84,59 @@ def _epochs(backend: Any, part: int, parts: int, seed: int, epoch: int, start: i
                 f"yielded {got} records from position 0; partition {part} of {parts} has {length} "
                 "(the backend's num_records() and its partitions disagree)."
             )
-        yield _EPOCH_END, epoch
+        yield _EPOCH_END, epoch, 0
         epoch, start = epoch + 1, 0
 
 
-def _interleave(chains: dict[int, Iterator]) -> Iterator[tuple[int, int, Any]]:
-    """Yields ``(partition, kind, value)`` from every chain, the one that has produced the fewest records first."""
+def _interleave(chains: dict[int, Iterator]) -> Iterator[tuple[int, int, Any, int, int]]:
+    """Yields ``(partition, kind, value, first input position, input rows)`` from every chain, the one that
+    has produced the fewest records first."""
     heap = [(0, c) for c in chains]
     try:
         while heap:
             produced, c = heap[0]
             try:
-                kind, value = next(chains[c])
+                kind, value, at = next(chains[c])
             except StopIteration:
                 heapq.heappop(heap)
-                yield c, _DONE, None
+                yield c, _DONE, None, 0, 0
                 continue
             except Exception as err:  # handed to whoever takes this partition's records
                 heapq.heappop(heap)
-                yield c, _FAILED, err
+                yield c, _FAILED, err, 0, 0
                 continue
-            if kind == _CHUNK:
-                heapq.heapreplace(heap, (produced + rows(value), c))
-            yield c, kind, value
+            n = rows(value) if kind == _CHUNK else 0
+            if n:
+                heapq.heapreplace(heap, (produced + n, c))
+            yield c, kind, value, at, n
     finally:
         for chain in chains.values():
             chain.close()
 
 
 class Reader:
-    """Serves records of ``starts``' partitions; ``pos[c]`` is partition ``c``'s next ``(epoch, position)``.
+    """Serves records of ``starts``' partitions; ``pos[c]`` is partition ``c``'s next ``(epoch, index, offset)``.
 
-    ``at`` is free for the owner to record which state the reader has reached.
+    ``starts[c]`` is ``(epoch, index, offset)``: reading opens at input position ``index`` and
+    skips ``offset`` records of the first chunk. ``at`` is free for the owner to record which
+    state the reader has reached.
     """
 
-    def __init__(self, backend: Any, partitions: int, seeds: dict[int, int], starts: dict[int, tuple[int, int]],
-                 lengths: dict[int, int | None], num_epochs: int | None, prefetch: int, name: str,
-                 num_workers: int = 1):
+    def __init__(self, backend: Any, partitions: int, seeds: dict[int, int],
+                 starts: dict[int, tuple[int, int, int]], lengths: dict[int, int | None], num_epochs: int | None,
+                 prefetch: int, name: str, num_workers: int = 1):
         self.at: Any = None
+        self.name, self.partitions = name, partitions
         self.pos = dict(starts)
+        self.skip = {c: o for c, (_, _, o) in starts.items()}
+        # Records served in the epoch being read, and whether this reader read it from its start:
+        # an epoch read whole that gave none (a filter that keeps nothing) would otherwise loop forever.
+        self.served = dict.fromkeys(starts, 0)
+        self.whole = {c: p == 0 and o == 0 for c, (_, p, o) in starts.items()}
         self.pending: dict[int, deque] = {c: deque() for c in starts}
         chains = {
             c: _epochs(backend, c, partitions, seeds[c], e, p, lengths[c], num_epochs, name)
-            for c, (e, p) in starts.items()
+            for c, (e, p, _) in starts.items()
         }
         # One read-ahead budget for all the partitions: memory stays about `prefetch` chunks
         # plus the chunk each partition is serving, whatever the partition count (the queue
@@ -135,8 +154,9 @@ class Reader:
             item, ended = self.prefetcher.get()
             if ended:  # _interleave reports every partition's end before it stops
                 raise RuntimeError("datarax_fn reader: the partition stream stopped early")
-            k, kind, value = item
-            self.pending[k].append([kind, value, 0])
+            k, kind, value, at, n = item
+            lo, self.skip[k] = (self.skip[k], 0) if kind == _CHUNK else (0, self.skip[k])
+            self.pending[k].append([kind, value, lo, at, n])
         return self.pending[c][0]
 
     def take(self, c: int, k: int) -> list[Any]:
@@ -144,26 +164,48 @@ class Reader:
         parts, got = [], 0
         while got < k:
             head = self._head(c)
-            kind, value, lo = head
+            kind, value, lo, at, n = head
             if kind == _DONE:
                 break
             if kind == _FAILED:
                 raise value
             if kind == _EPOCH_END:
-                self.pending[c].popleft()
-                self.pos[c] = (value + 1, 0)
+                self._end_epoch(c, value)
                 continue
             if isinstance(value, cf.Future):
                 value = head[1] = self._result(value)
-            m = min(k - got, rows(value) - lo)
-            parts.append(jax.tree.map(lambda x: x[lo : lo + m], value))
-            head[2] += m
+            out = rows(value)
+            if lo > out:
+                raise RuntimeError(
+                    f"{self.name}: the chunk at input position {at} (partition {c}) gave {out} records, fewer than "
+                    f"the {lo} a cursor says were served from it; the data or the transform changed since the "
+                    "cursor was saved. Rebuild the source and start from a new cursor."
+                )
+            m = min(k - got, out - lo)
+            if m:
+                parts.append(jax.tree.map(lambda x: x[lo : lo + m], value))
+            head[2] = lo + m
             got += m
-            e, p = self.pos[c]
-            self.pos[c] = (e, p + m)
-            if head[2] == rows(value):
+            self.served[c] += m
+            e = self.pos[c][0]
+            if head[2] == out:
                 self.pending[c].popleft()
+                self.pos[c] = (e, at + n, 0)
+            else:
+                self.pos[c] = (e, at, head[2])
         return parts
+
+    def _end_epoch(self, c: int, epoch: int) -> None:
+        self.pending[c].popleft()
+        if self.whole[c] and not self.served[c]:
+            where = f"partition {c} of {self.partitions}, " if self.partitions > 1 else ""
+            raise ValueError(
+                f"{self.name}: the filter/transform kept no record of a whole epoch ({where}epoch {epoch}), so the "
+                "stream would read on forever without a batch. Check the filter's condition (True keeps a row)"
+                + (", or use fewer partitions" if self.partitions > 1 else "") + "."
+            )
+        self.pos[c] = (epoch + 1, 0, 0)
+        self.served[c], self.whole[c] = 0, True
 
     def _result(self, fut: cf.Future) -> Any:
         # Waits in short steps so that close() from another thread wakes a reader waiting on a
@@ -179,11 +221,10 @@ class Reader:
 
     def skip_epoch_end(self, c: int) -> bool:
         """Returns True, moving partition ``c`` to its next epoch, when its current epoch has no records left."""
-        kind, value, _ = self._head(c)
+        kind, value, *_ = self._head(c)
         if kind != _EPOCH_END:
             return False
-        self.pending[c].popleft()
-        self.pos[c] = (value + 1, 0)
+        self._end_epoch(c, value)
         return True
 
 

@@ -27,8 +27,20 @@ records of every partition, each partition read from its own position by
 ends at the same step, when a batch would take a record beyond epoch ``k`` of the
 shortest partition.
 
-Over 400 lines: the state, the handle on its backend and the stream's implementation of every
-generic function share the cursor's invariants; the reader, workers and prefetch queue live apart.
+Filtering and expanding (a backend whose ``changes_rows()`` is True: the loaders' ``filter=``,
+or a ``transform`` that changes the row count): a record has no input position of its own,
+so the state also holds ``offset`` and a position is ``(epoch, index, offset)``: ``index``
+is the input position of the first row of the chunk being served and ``offset`` the records
+of that chunk already served. Resuming reopens the backend at ``index`` (chunk boundaries
+are the same from any chunk start) and skips ``offset`` records: at most one chunk is read
+again. The records per epoch are unknown (``num_records`` is None). With ``partitions=C > 1``
+every partition has its own position, so ``index``, ``epoch`` and ``offset`` hold one per
+partition, and ``get_global_batch`` gathers the positions of the partitions other processes
+read once per step, so that every process holds the same state. A stream that keeps the row
+count has ``offset=None``: the same leaves and cursor as before.
+
+Reading (the reader cache and the rules that move a position) lives in ``read``; the reader,
+workers and prefetch queue below it.
 """
 
 from __future__ import annotations
@@ -43,28 +55,12 @@ import numpy as np
 from jaxtyping import Int, UInt32
 
 from .._state import checks, contract, cursors, tracing
-from .._layout.partitions import (
-    check_batch_size,
-    check_partitions,
-    owned_partitions,
-    partition_offsets,
-    partition_position,
-    partition_seed,
-    process_rows,
-)
-from .prefetch import StreamClosed
-from .reader import Reader, rows
+from .._layout.partitions import check_partitions, owned_partitions, partition_offsets, process_rows
+from .read import EndOfStream, gather_positions, positions, read, with_position, with_positions
+from .reader import Reader
 from .workers import check_workers
 
 PyTree = Any
-
-
-class EndOfStream(Exception):
-    """Raised by ``get_batch`` on a ``StreamingSource`` whose ``num_epochs`` are used up.
-
-    A plain ``Exception``, not a ``StopIteration``: raised inside a generator, a
-    ``StopIteration`` would become a ``RuntimeError`` (PEP 479).
-    """
 
 
 @runtime_checkable
@@ -77,7 +73,11 @@ class StreamingBackend(Protocol):
     canonical partition (file-order records ``[c * N // C, (c + 1) * N // C)``) in that
     partition's epoch order, from its position ``start``, which ``partitions=C > 1``
     needs (see ``docs/distributed.md``); ``open(e, s, i)`` is then
-    ``open_partition(0, 1, e, s, i)``.
+    ``open_partition(0, 1, e, s, i)``. So is ``open_deferred`` (the same arguments; yields
+    ``Deferred`` chunks whose preparation worker threads run) with ``changes_rows()``: True
+    when a chunk's records may differ in number from its ``Deferred.rows`` input rows
+    (positions then count input rows, and a chunk must have the same boundaries when the
+    backend is opened at its first row).
 
     ```python
     import jax, numpy as np, datarax_fn as dfn
@@ -181,15 +181,17 @@ class StreamingSource(contract.Source):
     (1: the backend's own epoch order).
     """
 
-    # Host-side 0-d NumPy scalars: the stream is read on the host, so the cursor stays there.
-    index: Int[np.ndarray, ""]
-    epoch: Int[np.ndarray, ""]
+    # Host-side NumPy: the stream is read on the host, so the cursor stays there. 0-d, or one
+    # per partition (C,) for a partitioned stream that filters or expands (see the module doc).
+    index: Int[np.ndarray, "*partitions"]
+    epoch: Int[np.ndarray, "*partitions"]
     seed: UInt32[np.ndarray, ""]
     backend: _Handle = eqx.field(static=True)
     shuffle: bool = eqx.field(static=True, default=False)
     name: str = eqx.field(static=True, default="stream")
     num_epochs: int | None = eqx.field(static=True, default=None)
     partitions: int = eqx.field(static=True, default=1)
+    offset: Int[np.ndarray, "*partitions"] | None = None  # records served of the chunk at `index`; None: one per input row
 
     def close(self) -> None:
         """Stops the background reading now; returns at once, also from another thread.
@@ -255,9 +257,18 @@ def make_streaming(
             f"{type(backend).__name__} has no open_partition(partition, partitions, epoch, seed, start). "
             "Use partitions=1, or add open_partition to the backend."
         )
+    changes = callable(getattr(backend, "changes_rows", None)) and bool(backend.changes_rows())
+    if changes and not callable(getattr(backend, "open_deferred", None)):
+        raise TypeError(
+            f"{name}: {type(backend).__name__}.changes_rows() is True, which needs open_deferred(partition, "
+            "partitions, epoch, seed, start) yielding Deferred chunks of known input rows; add it, or count "
+            "positions by record (changes_rows() False)."
+        )
+    shape = (partitions,) if changes and partitions > 1 else ()
     return StreamingSource(
-        index=np.zeros((), np.int32),
-        epoch=np.zeros((), np.int32),
+        index=np.zeros(shape, np.int32),
+        epoch=np.zeros(shape, np.int32),
+        offset=np.zeros(shape, np.int32) if changes else None,
         seed=np.asarray(seed, np.uint32),
         backend=_Handle(backend, int(prefetch), check_workers(num_workers, name)),
         shuffle=checks.check_flag(shuffle, "shuffle", name),
@@ -265,15 +276,6 @@ def make_streaming(
         num_epochs=num_epochs,
         partitions=partitions,
     )
-
-
-def _with(state: StreamingSource, epoch: int, index: int) -> StreamingSource:
-    # Per-batch hot path on the host thread that competes with the prefetch thread for the
-    # GIL. The cursor of a host-side source stays in host memory (0-d NumPy int32): a
-    # device_put per scalar costs ~0.1 ms in JAX's dispatch, and nothing reads it on device.
-    if epoch > checks.INT32_MAX or index > checks.INT32_MAX:
-        raise ValueError(f"{state.name}: epoch/index passed 2**31 - 1; start a new state with a new seed.")
-    return tracing.replace(state, epoch=np.asarray(epoch, np.int32), index=np.asarray(index, np.int32))
 
 
 def _check_host(state: StreamingSource, fn: str) -> None:
@@ -285,110 +287,6 @@ def _check_host(state: StreamingSource, fn: str) -> None:
         )
 
 
-def _concat(parts: list[PyTree]) -> PyTree:
-    if len(parts) == 1:
-        return parts[0]
-    return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
-
-
-def _check_shapes(parts: list[PyTree], spec: PyTree, name: str) -> None:
-    for part in parts:
-        for (path, x), s in zip(jax.tree_util.tree_flatten_with_path(part)[0], jax.tree.leaves(spec)):
-            if x.shape[1:] != s.shape or x.dtype != s.dtype:
-                raise ValueError(
-                    f"{name}: field {jax.tree_util.keystr(path)} changed to {x.shape[1:]} {x.dtype} from "
-                    f"{s.shape} {s.dtype} mid-stream. Give ragged fields a fixed max_length so batch shapes "
-                    "are static."
-                )
-
-
-def _reader(state: StreamingSource, parts: tuple[int, ...], starts: dict[int, tuple[int, int]],
-            lengths: dict[int, int | None]) -> Reader:
-    # The reader only caches work: reused when it has reached exactly this state's position
-    # (for these partitions), reopened otherwise. Called under the handle's lock.
-    h = state.backend
-    at = (parts, int(state.epoch), int(state.index), int(state.seed), state.num_epochs)
-    if h.reader is None or h.reader.at != at:
-        if h.reader is not None:
-            h.reader.close()
-        closes = h.closes
-        seeds = {c: partition_seed(int(state.seed), c, state.partitions) for c in parts}
-        h.reader = Reader(h.backend, state.partitions, seeds, starts, lengths, state.num_epochs, h.prefetch,
-                          state.name, h.num_workers)
-        h.reader.at = at
-        if h.closes != closes:  # close() ran on another thread before it could see this reader
-            h.reader.close()
-            raise StreamClosed(f"{state.name}: the stream was closed while a read started")
-    return h.reader
-
-
-def _read_whole(state: StreamingSource, size: int) -> tuple[int, int, list[PyTree]]:
-    # One partition: the backend's own epochs, of a length it may not know.
-    epoch, index = int(state.epoch), int(state.index)
-    reader = _reader(state, (0,), {0: (epoch, index)}, {0: None})
-    parts = reader.take(0, size)
-    got = sum(rows(p) for p in parts)
-    if got < size:
-        raise EndOfStream(
-            f"{state.name}: the stream ended after num_epochs={state.num_epochs}; "
-            f"{got} of {size} records were left and dropped (no short batch)."
-        )
-    epoch, index = reader.pos[0]
-    last = state.num_epochs is not None and epoch + 1 >= state.num_epochs
-    if not last and reader.skip_epoch_end(0):
-        # Normalise "end of epoch e" to "start of epoch e+1": a saved cursor never replays e.
-        epoch, index = reader.pos[0]
-    return epoch, index, parts
-
-
-def _read_partitions(state: StreamingSource, size: int, parts: tuple[int, ...]) -> tuple[int, int, list[PyTree]]:
-    # Every partition gives size // C records from its own position, a function of the global
-    # count alone, so any process computes the same positions without reading the others.
-    n, c_all = contract.num_records(state), state.partitions
-    per = check_batch_size(size, c_all, state.name)
-    lengths = np.diff(partition_offsets(n, c_all)).tolist()
-    total = int(state.epoch) * n + int(state.index)
-    if state.num_epochs is not None:
-        # Decided from the cursor, not from what this process reads, so every process ends together.
-        left = state.num_epochs * min(lengths) - total // c_all
-        if left < per:
-            raise EndOfStream(
-                f"{state.name}: the stream ended after num_epochs={state.num_epochs}: the shortest partition has "
-                f"{max(left, 0)} records left and a batch of {size} takes {per} from each of the "
-                f"{c_all} partitions (no short batch)."
-            )
-    starts = {c: partition_position(total, c_all, lengths[c]) for c in parts}
-    reader = _reader(state, parts, starts, {c: lengths[c] for c in parts})
-    out = []
-    for c in parts:
-        taken = reader.take(c, per)
-        if sum(rows(p) for p in taken) < per:
-            raise ValueError(f"{state.name}: partition {c} of {c_all} ended before its num_epochs.")
-        out += taken
-    epoch, index = divmod(total + size, n)
-    return epoch, index, out
-
-
-def _read(state: StreamingSource, size: int, parts: tuple[int, ...]) -> tuple[StreamingSource, PyTree]:
-    # Returns the state moved on by `size` records and the rows of partitions `parts`.
-    h = state.backend
-    spec = h.spec()
-    with h.lock:
-        try:
-            if state.partitions == 1:
-                epoch, index, out = _read_whole(state, size)
-            else:
-                epoch, index, out = _read_partitions(state, size, parts)
-            _check_shapes(out, spec, state.name)
-            h.reader.at = (parts, epoch, index, int(state.seed), state.num_epochs)
-        except BaseException:
-            if h.reader is not None:
-                h.reader.close()
-                h.reader = None
-            raise
-    return _with(state, epoch, index), _concat(out)
-
-
 @contract.get_batch.register
 def _get_batch(state: StreamingSource, size: int, key: Any = None):
     _check_host(state, "get_batch")
@@ -398,7 +296,7 @@ def _get_batch(state: StreamingSource, size: int, key: Any = None):
             "get_batch: a StreamingSource cannot draw random records with key=; it reads in order. "
             "Use shuffle=True when building it, or load eagerly for keyed access."
         )
-    return _read(state, size, tuple(range(state.partitions)))
+    return read(state, size, tuple(range(state.partitions)))
 
 
 @contract.get_global_batch.register
@@ -415,7 +313,8 @@ def _(state: StreamingSource, global_size: int, sharding: jax.sharding.Sharding)
         )
     start, stop = process_rows(sharding, size)
     parts = tuple(owned_partitions(start, stop, size, state.partitions, f"get_global_batch ({state.name})"))
-    state, local = _read(state, size, parts)
+    gather = gather_positions if state.offset is not None and procs > 1 else None
+    state, local = read(state, size, parts, gather)
     batch = jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, x, (size, *x.shape[1:])), local
     )
@@ -438,7 +337,7 @@ def _(state: StreamingSource):
 @contract.num_records.register
 def _(state: StreamingSource):
     n = state.backend.backend.num_records()
-    return None if n is None else int(n)
+    return None if n is None or state.offset is not None else int(n)  # filtered or expanded: unknown
 
 
 @contract.iterate.register
@@ -450,17 +349,22 @@ def _(state: StreamingSource, size: int, *, epochs: int = 1):
     return _iterate_until(state, size, checks.check_epochs(epochs))
 
 
+def _progress(state: StreamingSource) -> list[tuple[int, ...]]:
+    """Returns each partition's position (one for a stream that keeps the row count)."""
+    return [(int(state.epoch), int(state.index))] if state.offset is None else positions(state)
+
+
 def _iterate_until(state: StreamingSource, size: int, epochs: int) -> Iterator[tuple[StreamingSource, PyTree]]:
-    # The length is unknown (or the stream ends): walk until `epochs` more epochs have
-    # started at the starting index, or until EndOfStream.
-    stop = (int(state.epoch) + epochs, int(state.index))
+    # The length is unknown (or the stream ends): walk until every partition has started
+    # `epochs` more epochs at its starting position, or until EndOfStream.
+    stop = [(e + epochs, *rest) for e, *rest in _progress(state)]
     while True:
         try:
             state, batch = contract.get_batch(state, size)
         except EndOfStream:
             return
         yield state, batch
-        if (int(state.epoch), int(state.index)) >= stop:
+        if all(p >= s for p, s in zip(_progress(state), stop)):
             return
 
 
@@ -471,14 +375,20 @@ def _stream_key(state: StreamingSource) -> dict[str, Any]:
 @contract.cursor.register
 def _(state: StreamingSource):
     key = _stream_key(state)
+    if state.offset is not None:
+        key["offset"] = cursors.ints(state.offset)
     return cursors.make_cursor("streaming", state.index, state.epoch, key.pop("seed"), state.partitions, **key)
 
 
 @contract.restore_cursor.register
 def _(state: StreamingSource, cursor: dict[str, Any]):
-    index, epoch = cursors.check_cursor(cursor, "streaming", _stream_key(state), contract.num_records(state),
-                                      state.partitions)
-    return _with(state, epoch, index)
+    if state.offset is None:
+        index, epoch = cursors.check_cursor(cursor, "streaming", _stream_key(state), contract.num_records(state),
+                                          state.partitions)
+        return with_position(state, epoch, index)
+    n = state.backend.backend.num_records()
+    lengths = [n] if state.partitions == 1 else np.diff(partition_offsets(n, state.partitions)).tolist()
+    return with_positions(state, cursors.check_chunk_cursor(cursor, "streaming", _stream_key(state), lengths))
 
 
 @contract.dataset_info.register

@@ -81,18 +81,18 @@ class Deferred:
             raise
 
 
-def prepared(items: Iterator[tuple[int, int, Any]], workers: int) -> Iterator[tuple[int, int, Any]]:
-    """Yields ``items``, in their order, with each ``Deferred`` value replaced by a ``Future`` of its chunk.
+def prepared(items: Iterator[tuple], workers: int) -> Iterator[tuple]:
+    """Yields ``items`` (``(partition, kind, value, ...)``), in order, each ``Deferred`` value replaced by a ``Future`` of its chunk.
 
     One worker prepares the chunk here, on the calling thread; several share a thread pool.
     Either way an error is kept in the future, so it surfaces where the chunk is taken.
     """
     pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="datarax_fn-worker") if workers > 1 else None
     try:
-        for c, kind, value in items:
+        for c, kind, value, *more in items:  # more: what the reader notes beside a chunk, passed on
             if isinstance(value, Deferred):
                 value = _done(value) if pool is None else pool.submit(value.run)
-            yield c, kind, value
+            yield c, kind, value, *more
     except GeneratorExit:  # closed: chunks not started yet are dropped
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
