@@ -18,12 +18,12 @@ about once, not ``C / 2`` times.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import os
 import sys
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -105,7 +105,7 @@ class Readers:
 
     def __init__(self, groups: ParquetGroups, batch: int):
         self.groups, self.batch = groups, batch
-        self._kept: OrderedDict[int, GroupReader] = OrderedDict()
+        self._kept: collections.OrderedDict[int, GroupReader] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     def take(self, k: int, skip: int) -> GroupReader:
@@ -142,11 +142,11 @@ class Readers:
                 self.keep(reader)
                 return
             if first.nbytes * (stop - skip) <= READ_AHEAD * max(first.num_rows, 1):  # small: read it now, hand the reader on
-                held = [first, *batches]
+                held = collections.deque([first, *batches])
                 self.keep(reader)
                 reader = None
-                for rb in held:
-                    yield self.groups.cast(pa.Table.from_batches([rb]))
+                while held:  # each batch let go once it is handed out
+                    yield self.groups.cast(pa.Table.from_batches([held.popleft()]))
                 return
             yield self.groups.cast(pa.Table.from_batches([first]))
             for rb in batches:
