@@ -8,8 +8,8 @@ Here the same rows are read with ``pyarrow.parquet.ParquetFile.iter_batches``, w
 ``_cast_table``), then to the stream's own (its formatting step), so the values are HF's.
 
 Memory per piece of a row group a partition reads: the piece's decoded rows when they fit
-``READ_AHEAD`` bytes (read at once, then the reader is handed on), else one open reader
-(about a dictionary and a page per column) and one batch. Parquet has no row index inside a
+``READ_AHEAD`` bytes per column (read at once, then the reader is handed on), else one open
+reader (about a dictionary and a page per column, 1 MB each as pyarrow writes them) and one batch. Parquet has no row index inside a
 row group: starting at row ``r`` decodes the rows before it. A reader left where a piece
 ended is kept (:class:`Readers`) for the piece that starts there (partition ``c + 1``
 starts where partition ``c`` ends), so opening ``C`` partitions of one row group decodes it
@@ -33,7 +33,7 @@ from . import backends as bk
 from .hf_stream import checked_reader, table_columns
 
 READ_BUFFER = 1 << 16  # bytes pyarrow reads from a file at a time: a reader holds about a page, not a column chunk
-READ_AHEAD = 4 << 20  # decoded bytes of a piece read at once (about what an open reader holds)
+READ_AHEAD = 2 << 20  # decoded bytes per column of a piece read at once: an open reader holds about a page and a dictionary per column
 KEPT_READERS = 4  # readers kept open where a piece ended, for the piece that starts there
 
 
@@ -141,7 +141,8 @@ class Readers:
             if first is None:
                 self.keep(reader)
                 return
-            if first.nbytes * (stop - skip) <= READ_AHEAD * max(first.num_rows, 1):  # small: read it now, hand the reader on
+            small = first.nbytes * (stop - skip) <= READ_AHEAD * len(self.groups.columns) * max(first.num_rows, 1)
+            if small:  # read it now and hand the reader on
                 held = collections.deque([first, *batches])
                 self.keep(reader)
                 reader = None
