@@ -6,7 +6,8 @@ on hub names and data files) is a replay backend. ``datasets`` is imported insid
 functions that need it, so ``import datarax_fn`` stays light.
 
 Over 400 lines: the two configs, their validation and ``from_hf``'s mode decision share one
-plan of the split; reading an ``IterableDataset`` lives apart in ``hf_stream.py``.
+plan of the split; reading an ``IterableDataset`` lives apart in ``hf_stream.py`` (parquet row
+groups in ``hf_parquet.py``).
 """
 
 from __future__ import annotations
