@@ -27,8 +27,9 @@ named scenarios.
    (``VmHWM``, see ``peak_mb``) after 20 more batches. Targets: C=64 / C=1 <= 1.5 (peak) and <= 2 (first batch).
 3. ``mode``: the peak RSS of ``from_hf`` (that parquet file) and ``from_tfds`` (the JPEG
    tfrecord builder, cropped by ``transform``) with ``streaming=None`` against each mode's own
-   peak (``True``, ``False``), each a fresh process building the source and taking 2 batches
-   (``--quick``: the HF case only, no TensorFlow processes). Target: default / the mode it chose <= 1.1.
+   peak (``True``, ``False``), each a fresh process with an empty HF cache of its own, building
+   the source and taking 2 batches, in 2 interleaved rounds (``--quick``: the HF case only, no
+   TensorFlow processes). Target: default / the mode it chose <= 1.1 (median of paired ratios).
 4. ``text``: 1M (quick: 100k) short texts with lognormal lengths loaded eagerly with ``from_hf``:
    the bytes the state holds (sum of its leaves' ``nbytes``) against the Arrow table's
    ``nbytes``, and the process's peak RSS. Target: held / Arrow <= 1.5.
