@@ -1,9 +1,10 @@
 """The streaming host engine side by side with its peers: images/s and cores, memory against partitions, mode, text.
 
-Run: ``python benchmarks/streams.py [--quick] [--json PATH]``. Everything is built in a temporary
-folder (removed at the end); nothing is downloaded. ``--quick`` shrinks every size and takes
-one 1-second window per image loader (about a minute on 2 quiet cores); the full run takes
-4 windows of 8 s (a few minutes).
+Run: ``python benchmarks/streams.py [--quick] [--json PATH] [--only partitions,mode]``.
+Everything is built in a temporary folder (removed at the end); nothing is downloaded.
+``--quick`` shrinks every size and takes one 1-second window per image loader (about a minute
+on 2 quiet cores); the full run takes 4 windows of 8 s (a few minutes). ``--only`` runs the
+named scenarios.
 
 1. ``images``: JPEGs (256-500 px, quality 90, written once with PIL) stored as an HF parquet file
    and a TFDS builder (tfrecord and array_record) holding the same bytes. Every loader decodes,
@@ -26,8 +27,9 @@ one 1-second window per image loader (about a minute on 2 quiet cores); the full
    (``VmHWM``, see ``peak_mb``) after 20 more batches. Targets: C=64 / C=1 <= 1.5 (peak) and <= 2 (first batch).
 3. ``mode``: the peak RSS of ``from_hf`` (that parquet file) and ``from_tfds`` (the JPEG
    tfrecord builder, cropped by ``transform``) with ``streaming=None`` against each mode's own
-   peak (``True``, ``False``), each a fresh process building the source and taking 2 batches
-   (``--quick``: the HF case only, no TensorFlow processes). Target: default / the mode it chose <= 1.1.
+   peak (``True``, ``False``), each a fresh process with an empty HF cache of its own, building
+   the source and taking 2 batches, in 2 interleaved rounds (``--quick``: the HF case only, no
+   TensorFlow processes). Target: default / the mode it chose <= 1.1 (median of paired ratios).
 4. ``text``: 1M (quick: 100k) short texts with lognormal lengths loaded eagerly with ``from_hf``:
    the bytes the state holds (sum of its leaves' ``nbytes``) against the Arrow table's
    ``nbytes``, and the process's peak RSS. Target: held / Arrow <= 1.5.
@@ -311,9 +313,13 @@ def child(spec: dict) -> dict:
             state, b = dfn.get_batch(state, 256)
         state.close()
     elif spec["case"] == "mode":
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        log = logging.getLogger("datarax_fn")  # the mode and why (basicConfig is a no-op once TF set up logging)
+        log.setLevel(logging.INFO)
+        log.addHandler(logging.StreamHandler())
+        log.propagate = False  # printed once, by the handler above
         if spec["loader"] == "hf":
-            state = dfn.from_hf("parquet", split="train", data_files=spec["path"], streaming=spec["streaming"])
+            state = dfn.from_hf("parquet", split="train", data_files=spec["path"], streaming=spec["streaming"],
+                                cache_dir=spec["cache"])
         else:
             state = dfn.from_tfds(TFDS_NAME, "train", data_dir=spec["path"], streaming=spec["streaming"],
                                   transform=crop_batch)
@@ -379,18 +385,31 @@ def partitions(path: str, n: int, repeats: int, timeout: float) -> list[dict]:
     return rows
 
 
-def modes(paths: dict[str, str], timeout: float, quick: bool) -> list[dict]:
+def modes(paths: dict[str, str], timeout: float, quick: bool, repeats: int) -> list[dict]:
     rows = []
-    cases = [("hf", paths["rows"], "from_hf parquet rows"), ("tfds", paths["tfrecord"], "from_tfds JPEG tfrecord")]
-    for loader, path, what in cases[: 1 if quick else 2]:  # quick: no TensorFlow processes (seconds each)
-        runs = {m: fresh({"case": "mode", "loader": loader, "path": path, "streaming": m}, timeout) for m in (None, True, False)}
-        chosen = True if runs[None]["streaming"] else False
-        for m, r in runs.items():
-            name = {None: "streaming=None (default)", True: "streaming=True", False: "streaming=False"}[m]
+    cases = [("hf", paths["rows"], "from_hf parquet rows")]
+    if not quick:  # quick: no TensorFlow processes (seconds each)
+        cases.append(("tfds", paths["tfrecord"], "from_tfds JPEG tfrecord"))
+    names = {None: "streaming=None (default)", True: "streaming=True", False: "streaming=False"}
+    for loader, path, what in cases:
+        def one(m: bool | None, loader: str = loader, path: str = path) -> dict:
+            # Each process its own empty HF cache: the first to load eagerly would otherwise prepare
+            # the Arrow cache that the later ones only map.
+            cache = tempfile.mkdtemp(prefix="dfn_mode_cache_")
+            try:
+                return fresh({"case": "mode", "loader": loader, "path": path, "streaming": m, "cache": cache}, timeout)
+            finally:
+                shutil.rmtree(cache, ignore_errors=True)
+
+        runs = interleaved({m: (lambda m=m: one(m)) for m in names}, repeats, warmup=False)
+        chosen = bool(runs[None][0]["streaming"])
+        for m, rs in runs.items():
             note = f"chose {'streaming' if chosen else 'eager'}" if m is None else ""
-            rows.append(row("mode", f"{what}: peak RSS", f"datarax_fn {name}", "MB", [r["peak_mb"]], note=note))
-        rows.append(target(f"mode {loader}: default peak / chosen mode's peak", runs[None]["peak_mb"] / runs[chosen]["peak_mb"],
+            rows.append(row("mode", f"{what}: peak RSS", f"datarax_fn {names[m]}", "MB", [r["peak_mb"] for r in rs], note=note))
+        peaks = {m: [r["peak_mb"] for r in rs] for m, rs in runs.items()}
+        rows.append(target(f"mode {loader}: default peak / chosen mode's peak", paired_ratio(peaks[None], peaks[chosen]),
                            "<=", 1.1, note=f"chose {'streaming' if chosen else 'eager'}"))
+        print(f"mode {loader}, the default's log: {runs[None][0]['log']}", flush=True)
     return rows
 
 
@@ -404,25 +423,29 @@ def text(n: int, timeout: float) -> list[dict]:
 
 
 def main() -> None:
-    args = parse_args(__doc__, child="")
+    args = parse_args(__doc__, child="", only="")
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
     q = args.quick
+    wanted = set(args.only.split(",")) if args.only else {"images", "partitions", "mode", "text"}
     n_images, n_rows, n_text = (512, 100_000, 100_000) if q else (3_000, 1_000_000, 1_000_000)
     timeout = 180 if q else 300  # per fresh process
     root = tempfile.mkdtemp(prefix="dfn_bench_streams_")
     rows: list[dict] = []
     try:
         t = time.perf_counter()
-        paths = write_images(root, jpegs(n_images))
+        need_images = "images" in wanted or ("mode" in wanted and not q)  # quick mode cases read no images
+        paths = write_images(root, jpegs(n_images)) if need_images else {}
         paths["rows"] = os.path.join(root, "rows.parquet")
         write_rows(paths["rows"], n_rows)
         print(f"data written in {time.perf_counter() - t:.1f} s under {root}", flush=True)
         for name, step in (("images", lambda: images(paths, n_images, q)),
                            ("partitions", lambda: partitions(paths["rows"], n_rows, 1 if q else 2, timeout)),
-                           ("mode", lambda: modes(paths, timeout, q)),
+                           ("mode", lambda: modes(paths, timeout, q, 2)),
                            ("text", lambda: text(n_text, timeout))):
+            if name not in wanted:
+                continue
             t = time.perf_counter()
             try:
                 rows += step()

@@ -674,8 +674,11 @@ def test_hf_stream_internals_the_loader_reads_are_there(parquet_folder):
     assert isinstance(reader.generate_tables_fn.__self__, Parquet)  # the builder, its config: page checksums
     assert hasattr(reader.generate_tables_fn.__self__.config, "fragment_scan_options")
     assert isinstance(mapped._ex_iterable._state_dict, (dict, type(None)))  # iteration state lives on the iterables
-    resharded = ds.select_columns(["id"]).reshard()._ex_iterable
-    assert isinstance(resharded, hi.SelectColumnsIterable) and resharded.ex_iterable.kwargs["row_groups_list"]
+    selected = ds.select_columns(["id"])._ex_iterable  # the files and row groups a parquet stream reads
+    assert isinstance(selected, hi.SelectColumnsIterable) and selected.ex_iterable.kwargs["row_groups_list"] == [None]
+    builder = selected.ex_iterable.generate_tables_fn.__self__
+    assert builder.config.filters is None and "id" in builder.info.features  # the features it casts rows to
+    from datasets.table import cast_table_to_features, table_cast  # noqa: F401 (HF's casts, applied to pyarrow's batches)
     assert isinstance(HfFileSystem._cache, dict)  # shared, not copied, when a stream is deep-copied
     assert hasattr(dc, "HF_UPDATE_DOWNLOAD_COUNTS")  # the download-count ping local data skips
     files = tracked_list(["a", "b"])

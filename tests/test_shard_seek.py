@@ -9,8 +9,11 @@ partition, values against HF's own reader.
 from __future__ import annotations
 
 import json
+import re
 
+import chex
 import datasets as hd
+import jax
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -192,3 +195,125 @@ def test_exact_resume_over_row_groups_in_a_fresh_process(parquet_files):
     state.close()
     res = run_fresh(RESUME.format(args=json.dumps([parquet_files, cursor])), timeout=120)
     assert json.loads(res.stdout.strip().splitlines()[-1]) == batch["id"].tolist()
+
+
+# ----------------------------------------------------------------------------- row groups read a batch at a time
+
+N_ROWS = 300
+LAYOUTS = {"one row group": N_ROWS, "groups of 7": 7, "groups of 64": 64}
+ROWS_FEATURES = hd.Features({"id": hd.Value("int64"), "vec": hd.List(hd.Value("float32"), length=3),
+                             "word": hd.Value("string")})
+
+
+def write_rows(folder, group: int) -> str:
+    """Writes rows 0..N_ROWS-1 (an id, a 3-vector and a word of 0-5 letters) in row groups of ``group``."""
+    folder.mkdir()
+    ids_ = np.arange(N_ROWS)
+    table = pa.table({"id": ids_, "vec": pa.FixedSizeListArray.from_arrays(
+                          pa.array((ids_[:, None] * 10 + np.arange(3)).ravel(), pa.float32()), 3),
+                      "word": [("abcde"[: i % 6]) for i in range(N_ROWS)]})
+    pq.write_table(table, str(folder / "rows.parquet"), row_group_size=group)
+    return str(folder / "rows.parquet")
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("layouts")
+    return {name: write_rows(root / str(group), group) for name, group in LAYOUTS.items()}
+
+
+def rows_stream(path, **kw):
+    kw = {"max_length": {"word": 5}, "download_kwargs": {"features": ROWS_FEATURES}, **kw}
+    return dfn.from_hf("parquet", "train", data_files={"train": path}, streaming=True, **kw)
+
+
+def check_rows(batch) -> list[int]:
+    """Returns the batch's ids after checking every other field is the one written for that id."""
+    got = batch["id"].tolist()
+    np.testing.assert_array_equal(batch["vec"], np.array([[i * 10, i * 10 + 1, i * 10 + 2] for i in got], np.float32))
+    assert dfn.decode_text(batch, "word") == ["abcde"[: i % 6] for i in got]
+    return got
+
+
+def test_one_huge_row_group_and_small_ones_give_the_same_batches_over_8_partitions(layouts):
+    batches = {}
+    for name, path in layouts.items():
+        state = rows_stream(path, partitions=8, chunk_size=16)
+        out = []
+        for _ in range(3):  # on into the second epoch
+            state, b = dfn.get_batch(state, 128)
+            out.append(jax.device_get(b))
+        state.close()
+        batches[name] = out
+    for name, out in batches.items():
+        chex.assert_trees_all_equal(out, batches["one row group"])
+    # Unshuffled, every batch takes 16 records from each partition, in file order.
+    off = partition_offsets(N_ROWS, 8)
+    assert check_rows(batches["one row group"][0]) == [int(off[c]) + i for c in range(8) for i in range(16)]
+
+
+@settings(max_examples=20, deadline=None)
+@given(layout=st.sampled_from(sorted(LAYOUTS)), chunk=st.sampled_from([5, 64]), parts=st.integers(1, 8),
+       epoch=st.integers(0, 2), seed=st.integers(0, 2**32 - 1), data=st.data())
+def test_bounded_reads_keep_the_order_and_values_of_any_row_group_layout(layouts, backends, layout, chunk, parts,
+                                                                          epoch, seed, data):
+    backend = backends(layouts[layout], chunk)
+    bounds = list(range(0, N_ROWS, LAYOUTS[layout])) + [N_ROWS]
+    c = data.draw(st.integers(0, parts - 1))
+    off, s = partition_offsets(N_ROWS, parts), partition_seed(seed, c, parts)
+    full = [i for ch in backend.open_partition(c, parts, epoch, s, 0) for i in check_rows(ch)]
+    assert full == replay_order(bounds, int(off[c]), int(off[c + 1]), 20, s, epoch)
+    start = data.draw(st.integers(0, len(full) - 1))
+    assert [i for ch in backend.open_partition(c, parts, epoch, s, start) for i in check_rows(ch)] == full[start:]
+
+
+@pytest.fixture(scope="module")
+def backends():
+    """Returns ``backend(path, chunk)``: one shuffled replay backend per file and chunk size, built once;
+    examples share them, so a reader one partition left behind is taken over by the next in any order."""
+    built = {}
+
+    def backend(path, chunk):
+        if (path, chunk) not in built:
+            built[path, chunk] = rows_stream(path, shuffle=True, shuffle_buffer_size=20, chunk_size=chunk).backend.backend
+        return built[path, chunk]
+
+    return backend
+
+
+def test_partitions_of_one_row_group_decode_it_once(layouts, monkeypatch):
+    import datarax_fn._loaders.hf_parquet as hp
+
+    backend = rows_stream(layouts["one row group"], chunk_size=8).backend.backend
+    opened, init = [], hp.GroupReader.__init__
+    monkeypatch.setattr(hp.GroupReader, "__init__", lambda self, *a: opened.append(a[1]) or init(self, *a))
+    firsts = [next(backend.open_partition(c, 8, 0, 0, 0))["id"].tolist() for c in range(8)]
+    off = partition_offsets(N_ROWS, 8)
+    assert firsts == [list(range(int(off[c]), int(off[c]) + len(f))) for c, f in enumerate(firsts)]
+    assert opened == [0]  # each partition's piece is read whole and its reader handed to the next one
+
+
+def test_a_stream_reads_no_further_than_it_needs_and_names_a_damaged_page(tmp_path, caplog, monkeypatch):
+    import logging
+
+    import datarax_fn._loaders.hf_parquet as hp
+
+    monkeypatch.setattr(hp, "READ_AHEAD", 0)  # stream every piece a batch at a time, small as this file is
+
+    (tmp_path / "pq").mkdir()
+    f = tmp_path / "pq" / "train.parquet"
+    pq.write_table(pa.table({"id": np.arange(4000, dtype=np.int64)}), str(f), compression="NONE",
+                   write_page_checksum=True, data_page_size=2048, use_dictionary=False)  # one row group, many pages
+    col = pq.ParquetFile(str(f)).metadata.row_group(0).column(0)
+    b = bytearray(f.read_bytes())
+    b[col.data_page_offset + col.total_compressed_size - 8] ^= 0xFF  # a value of the last page
+    f.write_bytes(bytes(b))
+    with caplog.at_level(logging.INFO, logger="datarax_fn"):  # the mode from the footer and the first rows
+        state = dfn.from_hf(str(tmp_path / "pq"), "train", memory_budget=1, chunk_size=64, cache_dir=str(tmp_path / "c"))
+    assert isinstance(state, dfn.StreamingSource) and "streaming, because" in caplog.text
+    state, batch = dfn.get_batch(state, 1000)
+    assert batch["id"].tolist() == list(range(1000))
+    with pytest.raises(ValueError, match=re.escape(str(f)) + r": reading the data file failed at row group 0 .*CRC"):
+        for _ in range(4):
+            state, _ = dfn.get_batch(state, 1000)
+    state.close()

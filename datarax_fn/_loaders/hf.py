@@ -6,7 +6,8 @@ on hub names and data files) is a replay backend. ``datasets`` is imported insid
 functions that need it, so ``import datarax_fn`` stays light.
 
 Over 400 lines: the two configs, their validation and ``from_hf``'s mode decision share one
-plan of the split; reading an ``IterableDataset`` lives apart in ``hf_stream.py``.
+plan of the split; reading an ``IterableDataset`` lives apart in ``hf_stream.py`` (parquet row
+groups in ``hf_parquet.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 
 from .. import _convert as cv
 from . import backends as bk
+from . import hf_parquet as hp
 from . import hf_stream as hs
 from .config import (
     LoaderConfig,
@@ -318,31 +320,36 @@ def _map_backend(ds: Any, fields: dict, opts: dict, cfg: HFStreamingConfig) -> b
     return bk.RandomAccessBackend(read, len(ds), conv, data=data, split=cfg.split, info=_info(ds.info, conv.meta), cfg=cfg)
 
 
+def _stream_rows(ds: Any, stream: Any, cfg: HFStreamingConfig) -> tuple[Any, np.ndarray | None, int, int | None, int | None]:
+    """Returns ``(row groups, their ends, first row, end row, records)`` of an HF stream's split.
+
+    The row groups (None unless the stream reads parquet by row group) come from the parquet
+    footers; without them the count is the split info's (None when unknown)."""
+    groups = hp.parquet_row_groups(stream)
+    ends = None if groups is None else np.concatenate([[0], np.cumsum(groups.lengths)])
+    if ends is not None:
+        total: int | None = int(ends[-1])
+    else:
+        known = (getattr(ds.info, "splits", None) or {}).get(_split_name(cfg.split))
+        total = int(known.num_examples) if known is not None and known.num_examples else None
+    first, last = _bounds(cfg.split, total, None, repr(cfg.name))[1:]
+    n = last - first if last is not None else (None if total is None else total - first)
+    return groups, ends, first, last, n
+
+
 def _replay_backend(ds: Any, fields: dict, opts: dict, cfg: HFStreamingConfig) -> bk.Backend:
-    where = repr(cfg.name)
     files = bk.file_stats(hs.stream_files(ds))
     identity = bk.FileIdentity(files)
     stream = ds.select_columns(_top(fields)).with_format("arrow")
-    groups = hs.parquet_row_groups(stream)
-    if groups is not None:  # reshard made its own file readers
-        groups = (hs.guard_files(groups[0], identity), groups[1])
-    stream = hs.guard_files(hs.own(stream), identity)
+    groups, ends, first, last, n = _stream_rows(ds, stream, cfg)
     if groups is not None:
-        ends = np.concatenate([[0], np.cumsum(groups[1])])
-        total = int(ends[-1])
+        read_range, bounds = hp.seek_reader(groups, ends, first, n, cfg.chunk_size, identity), np.clip(ends - first, 0, n)
     else:
-        splits = getattr(ds.info, "splits", None) or {}
-        known = splits.get(_split_name(cfg.split)) if splits else None
-        total = int(known.num_examples) if known is not None and known.num_examples else None
-    first, last = _bounds(cfg.split, total, None, where)[1:]
-    n = last - first if last is not None else (None if total is None else total - first)
-    if groups is not None:
-        read_range, bounds = hs.seek_reader(groups[0], ends, first, n, cfg.chunk_size), np.clip(ends - first, 0, n)
-    else:
+        stream = hs.guard_files(hs.own(stream), identity)
         read_range, bounds = hs.replay_reader(stream, first, last, cfg.chunk_size), None
     probe = next(read_range(0, None if n is None else min(n, cfg.chunk_size)), None)
     if probe is None:
-        raise bk.empty_split_error(where, cfg.split)
+        raise bk.empty_split_error(repr(cfg.name), cfg.split)
     conv = bk.converter(fields, opts, probe, static=True)
     data = (cfg.name, cfg.config_name, cfg.revision, cfg.data_files, files)
     return bk.ReplayBackend(bk.range_by_range(read_range), n, conv, shard_bounds=bounds, data=data, split=cfg.split,
@@ -395,20 +402,20 @@ def _estimate(ds: Any, cfg: HFEagerConfig) -> int:
 
 def _sampled_estimate(ds: Any, cfg: HFStreamingConfig) -> tuple[int | None, str]:
     """Returns the decoded size of an HF stream's split from its metadata (parquet footers or the
-    split info give the record count) and its first ``SAMPLE_ROWS`` records; nothing else is read."""
+    split info give the record count) and its first ``SAMPLE_ROWS`` records; nothing else is read.
+
+    Parquet is sampled with pyarrow (the first rows of the first row group, a batch at a time),
+    other files through HF's stream: its first block."""
     ds = hs.own(ds)
     fields, opts = _fields(ds, cfg)
     stream = ds.select_columns(_top(fields)).with_format("arrow")
-    groups = hs.parquet_row_groups(stream)
+    groups, ends, first, last, n = _stream_rows(ds, stream, cfg)
+    k = min(bk.SAMPLE_ROWS, n or bk.SAMPLE_ROWS)
     if groups is not None:
-        total: int | None = int(groups[1].sum())
+        read_range = hp.seek_reader(groups, ends, first, n, k, None)
     else:
-        known = (getattr(ds.info, "splits", None) or {}).get(_split_name(cfg.split))
-        total = int(known.num_examples) if known is not None and known.num_examples else None
-    first, last = _bounds(cfg.split, total, None, repr(cfg.name))[1:]
-    n = None if total is None and last is None else (last if last is not None else total) - first
-    sample = next(hs.replay_reader(stream, first, last, bk.SAMPLE_ROWS)(0, min(bk.SAMPLE_ROWS, n or bk.SAMPLE_ROWS)), None)
-    return bk.sampled_nbytes(fields, opts, sample, n)
+        read_range = hs.replay_reader(stream, first, last, k)
+    return bk.sampled_nbytes(fields, opts, next(read_range(0, k), None), n)
 
 
 def _load_dataset_forms(name: Any, split: Any, options: dict[str, Any]) -> tuple[Any, Any]:

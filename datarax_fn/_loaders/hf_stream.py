@@ -1,19 +1,16 @@
-"""Reading an HF ``IterableDataset``: each reader's own copy, its data files, row groups and seeking.
+"""Reading an HF ``IterableDataset``: each reader's own copy, its data files, replaying it from the start.
 
-HF has no public view of a stream's files or of the row groups a shard reads; the functions
-here reach them through the examples-iterable chain (``_ex_iterable`` / ``ex_iterable``, the
-innermost iterable's ``generate_tables_fn`` and ``kwargs``). Each use says why;
+Parquet streams seek by row group instead (``hf_parquet.py``). HF has no public view of a
+stream's files; the functions here reach them through the examples-iterable chain
+(``_ex_iterable`` / ``ex_iterable``, the innermost iterable's ``generate_tables_fn`` and ``kwargs``). Each use says why;
 tests/test_hf.py::test_hf_stream_internals_the_loader_reads_are_there fails when HF moves one.
 """
 
 from __future__ import annotations
 
 import copy
-import sys
 from collections.abc import Callable
 from typing import Any
-
-import numpy as np
 
 from . import backends as bk
 
@@ -97,67 +94,6 @@ def guard_files(ds: Any, identity: bk.FileIdentity) -> Any:
     return ds
 
 
-def parquet_row_groups(stream: Any) -> tuple[Any, np.ndarray] | None:
-    """Returns ``(stream resharded to one shard per parquet row group, each row group's rows)``.
-
-    None unless the rows can be counted from parquet metadata: the stream must read parquet
-    files through HF's parquet builder without ``filters`` and without ``map`` / ``filter`` /
-    ``shuffle`` / ``skip`` / node splits of its own (those streams are replayed). The row groups
-    each shard reads are HF internals (``row_groups_list``); the internals test checks them.
-    """
-    import datasets.iterable_dataset as hi  # lazy: datasets is optional and slow to import
-    import pyarrow.parquet as pq  # a dependency of datasets
-    from datasets.packaged_modules.parquet.parquet import Parquet  # HF's own parquet reader
-
-    if getattr(stream, "_distributed", None) is not None:
-        return None
-    resharded = stream.reshard()
-    it = resharded._ex_iterable  # noqa: SLF001 (the row groups a shard reads are not public)
-    while isinstance(it, hi.SelectColumnsIterable):
-        it = it.ex_iterable
-    builder = getattr(getattr(it, "generate_tables_fn", None), "__self__", None)
-    if not isinstance(it, hi.ArrowExamplesIterable) or not isinstance(builder, Parquet) or builder.config.filters:
-        return None
-    files, groups = it.kwargs.get("files"), it.kwargs.get("row_groups_list")
-    if not files or groups is None or any(g is None or len(g) != 1 for g in groups) or resharded.num_shards != len(files):
-        return None
-    # The builder's module-level open: xopen (hub, fsspec URLs) when HF streams, else the builtin.
-    opener = getattr(sys.modules[type(builder).__module__], "open", open)
-    meta: dict[str, Any] = {}
-    lengths = []
-    for f, (g,) in zip(files, groups):
-        if f not in meta:
-            try:
-                with opener(f, "rb") as fh:
-                    meta[f] = pq.ParquetFile(fh).metadata
-            except Exception as err:  # noqa: BLE001 (a footer pyarrow cannot read: name the file)
-                raise bk.damaged_file_error(str(f), err, "its footer (the parquet metadata)") from err
-        lengths.append(meta[f].row_group(g).num_rows)
-    return resharded, np.asarray(lengths, np.int64)
-
-
-def seek_reader(resharded: Any, ends: np.ndarray, first: int, n: int, chunk: int) -> Callable:
-    """Returns ``read_range(lo, hi)`` over row groups: it opens the group holding row ``lo`` (HF's
-    own reader of that shard) and reads on group by group; the split slice is rows ``first + [0, n)``."""
-    shards = len(ends) - 1
-
-    def read_range(lo: int, hi: int | None) -> Any:
-        row, end = first + lo, first + (n if hi is None else hi)
-        k = int(np.searchsorted(ends, row, side="right")) - 1
-        while row < end:
-            skip, stop, at = row - ends[k], min(ends[k + 1], end) - ends[k], 0
-            for table in resharded.shard(num_shards=shards, index=k).iter(batch_size=chunk):
-                a, b = max(skip - at, 0), min(stop - at, len(table))
-                at += len(table)
-                if b > a:
-                    yield table_columns(table.slice(a, b - a))
-                if at >= stop:
-                    break
-            row, k = int(ends[k + 1]), k + 1
-
-    return read_range
-
-
 def own(stream: Any) -> Any:
     """Returns a copy of an ``IterableDataset`` whose iteration state is its own.
 
@@ -206,4 +142,4 @@ def replay_reader(stream: Any, first: int, last: int | None, chunk: int) -> Call
     return read_range
 
 
-__all__ = ["checked_reader", "table_columns", "stream_files", "file_reader", "guard_files", "own", "parquet_row_groups", "replay_reader", "seek_reader", "verify_pages"]
+__all__ = ["checked_reader", "table_columns", "stream_files", "file_reader", "guard_files", "own", "replay_reader", "verify_pages"]
