@@ -103,10 +103,11 @@ class DfnDigits(tfds.core.GeneratorBasedBuilder):
             yield i, {"image": images[i], "label": labels[i]}
 
 
-def prepare(builder_cls: type, data_dir: str, file_format: str = "tfrecord") -> str:
-    """Returns ``data_dir`` after preparing ``builder_cls`` there in ``file_format`` (no network)."""
+def prepare(builder_cls: type, data_dir: str, file_format: str = "tfrecord", num_shards: int | None = None) -> str:
+    """Returns ``data_dir`` after preparing ``builder_cls`` there in ``file_format`` (no network),
+    each split in ``num_shards`` files (None: TFDS decides; one file for these small splits)."""
     builder = builder_cls(data_dir=data_dir, file_format=file_format)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False, num_shards=num_shards))
     return data_dir
 
 
