@@ -7,10 +7,8 @@ the format's own reader fails on.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import struct
 
 import numpy as np
 import pytest
@@ -50,15 +48,6 @@ def read_all(data_dir, streaming, **kw):
     return state
 
 
-def tfrecord_frames(data: bytes) -> list[int]:
-    """Returns the byte offsets where each TFRecord frame starts, and the end."""
-    at = [0]
-    while at[-1] < len(data):
-        (length,) = struct.unpack_from("<Q", data, at[-1])
-        at.append(at[-1] + 16 + length)
-    return at
-
-
 # ----------------------------------------------------------------------------- damaged files
 
 
@@ -68,7 +57,7 @@ def test_damaged_tfrecord_error_names_the_file_and_record(sharded_toy, tmp_path,
     data_dir, files = copy_of(sharded_toy, "tfrecord", tmp_path)
     bad = files[2]
     data = bytearray(bad.read_bytes())
-    frames = tfrecord_frames(bytes(data))
+    frames = fx.tfrecord_frames(bytes(data))
     if damage == "flip":  # inside record 6: TensorFlow says only "corrupted record at <byte>"
         data[frames[6] + 20] ^= 1
     elif damage == "cut inside a frame":
@@ -125,22 +114,6 @@ def test_cut_array_record_names_the_file(sharded_toy, tmp_path):
 # ----------------------------------------------------------------------------- rewritten files
 
 
-def _rewrite(path, how: str) -> None:
-    """Rewrites ``path`` with other valid records: same size (its frames in another order, or the
-    same bytes written again) or another size (its last frame dropped; another file's bytes)."""
-    data = path.read_bytes()
-    if path.name.count("tfrecord"):
-        frames = tfrecord_frames(data)
-        parts = [data[a:b] for a, b in zip(frames[:-1], frames[1:])]
-        new = b"".join(parts[::-1]) if how == "same size" else b"".join(parts[:-1])
-    else:
-        other = sorted(path.parent.glob("dfn_toy-test.array_record-*"))[0]
-        new = data if how == "same size" else other.read_bytes()
-    tmp = path.with_name(path.name + ".new")
-    tmp.write_bytes(new)
-    os.replace(tmp, path)  # as a copy or a sync tool replaces a file: a new inode, a new mtime
-
-
 @pytest.mark.parametrize("how", ["same size", "other size"])
 @pytest.mark.parametrize("fmt", ["tfrecord", "array_record"])
 def test_file_rewritten_during_a_stream_is_refused_naming_it(sharded_toy, tmp_path, fmt, how):
@@ -151,7 +124,7 @@ def test_file_rewritten_during_a_stream_is_refused_naming_it(sharded_toy, tmp_pa
     order = np.asarray(want.data["idx"])
     state, first = dfn.get_batch(state, 10)
     np.testing.assert_array_equal(first["idx"], order[:10])
-    _rewrite(files[3], how)  # the last file: records 30..39, not read yet
+    fx.rewrite_file(str(files[3]), how)  # the last file: records 30..39, not read yet
     seen = [np.asarray(first["idx"])]
     with pytest.raises(RuntimeError, match=re.escape(f"{files[3]}: the data file changed since the source was built")):
         try:
@@ -171,7 +144,7 @@ def test_eager_load_refuses_a_file_changed_since_the_build_started(sharded_toy, 
     real = loader._data_source
 
     def rewrite_then_open(*args):  # the file changes between reading the metadata and the records
-        _rewrite(files[0], "same size")
+        fx.rewrite_file(str(files[0]), "same size")
         return real(*args)
 
     monkeypatch.setattr(loader, "_data_source", rewrite_then_open)
