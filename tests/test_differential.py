@@ -45,7 +45,7 @@ import chex
 import jax
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 import datarax_fn as dfn
@@ -480,9 +480,13 @@ def _same_data_case(case: tuple) -> None:
     findings.done()
 
 
-def _run(request: Any, strategy: Any, body: Any, ci_examples: int) -> None:
+def _run(request: Any, strategy: Any, body: Any, ci_examples: int, examples: tuple = ()) -> None:
+    """Runs ``body`` over ``strategy``: the explicit ``examples`` first, then drawn ones."""
     long = "fuzz" in (request.config.getoption("markexpr") or "")
-    settings(_settings(ci_examples, long))(given(strategy)(body))()
+    test = given(strategy)(body)
+    for case in examples:
+        test = example(case)(test)
+    settings(_settings(ci_examples, long))(test)()
 
 
 @pytest.mark.fuzz
@@ -699,7 +703,10 @@ def _damaged_tfds_case(case: tuple) -> None:
                     raise AssertionError(f"{where_}: {type(err).__name__} (not ValueError): {err}") from err
                 if refused is not None:
                     raise AssertionError(f"{where_}: returned values where the TFDS reader raises ({ref[refused]!r})")
-                want = [decode_image(r["im"].encoded) if schema["im"].fmt == "jpeg" else np.asarray(p).reshape(p.shape[0], p.shape[1], -1)
+                # JPEG pixels are PIL's (rule 7), and so are grey+alpha PNGs (tf.image cannot decode them; the
+                # data source's OpenCV gives 4 channels), as in tfds_reference.
+                by_pil = schema["im"].fmt == "jpeg" or schema["im"].mode == "LA"
+                want = [decode_image(r["im"].encoded) if by_pil else np.asarray(p).reshape(p.shape[0], p.shape[1], -1)
                         for r, p in zip(rows, ref)]
                 if len({w.shape for w in want}) > 1:
                     raise AssertionError(f"{where_}: returned one array for images of shapes {[w.shape for w in want]}")
@@ -707,10 +714,26 @@ def _damaged_tfds_case(case: tuple) -> None:
     findings.done()
 
 
+def _explicit_damaged_tfds(container: str, kind: str, where: float) -> tuple:
+    """Returns a case of 3 RGB PNGs (8 x 8) with the file or row 1's image damaged at ``where``."""
+    spec = Img("RGB", ("RGB",), (8, 8))
+    rows = [{"im": Picture(p, encode_image(p), "RGB")} for p in (_picture(spec, "RGB", s).pixels for s in range(3))]
+    if kind.startswith("image"):
+        rows[1] = {"im": Picture(rows[1]["im"].pixels, _damaged(rows[1]["im"].encoded, kind[6:], where), "RGB")}
+    return {"im": spec}, rows, container, kind, where, 1
+
+
+# Always run, whatever is drawn: a flip inside an array_record record's chunk (riegeli's hash
+# names neither file nor record), a tfrecord frame's flip, and an image's flipped IDAT bit.
+DAMAGED_TFDS_EXAMPLES = (_explicit_damaged_tfds("array_record", "file flip", 0.008),
+                         _explicit_damaged_tfds("tfrecord", "file flip", 0.5),
+                         _explicit_damaged_tfds("tfrecord", "image flip", 0.6))
+
+
 @pytest.mark.fuzz
 def test_damaged_tfds_files_give_the_tfds_readers_values_or_a_clear_error(request):
     """Bit flips and cuts of tfrecord and array_record files, and damaged PNG/JPEG images and bombs in them."""
-    _run(request, damaged_tfds_splits(), _damaged_tfds_case, 6)
+    _run(request, damaged_tfds_splits(), _damaged_tfds_case, 4, DAMAGED_TFDS_EXAMPLES)
 
 
 # ----------------------------------------------------------------------------- files rewritten mid-stream

@@ -336,14 +336,14 @@ def _tfrecords(plan: _Plan, ds: Any, size: int, split: Any, first: int = 0) -> I
     ``first`` on). A file changed since the build raises ``RuntimeError`` naming it; a damaged
     one ``DamagedFileError`` naming it and its record (TensorFlow names neither)."""
     tf = tf_module()
-    files = _files(plan, split)
+    files, at = _files(plan, split), [first]
     try:
-        yield from checked_batches(batched(ds, size), files, first, lambda b: int(tf.nest.flatten(b)[0].shape[0]))
+        yield from checked_batches(batched(ds, size), files, at, lambda b: int(tf.nest.flatten(b)[0].shape[0]))
     except tf.errors.OpError as err:
         if files is None:
             raise
         files.check_range(0, int(files.starts[-1]))  # a rewritten file explains the failure better
-        found = damaged_tfrecord(files, tf)
+        found = damaged_tfrecord(files, tf, at[0])
         if found is None:
             raise
         raise bk.damaged_file_error(found[0], err, found[1]) from err

@@ -99,23 +99,25 @@ def _damaged_key(source: Any, keys: list[int], files: SplitFiles, err: Exception
 # ----------------------------------------------------------------------------- tfrecord
 
 
-def checked_batches(batches: Iterator[Any], files: SplitFiles | None, first: int, rows_of: Any) -> Iterator[Any]:
-    """Yields ``batches`` (selection rows from ``first`` on), each after checking that the files
-    it was read from did not change since the build."""
-    at = first
+def checked_batches(batches: Iterator[Any], files: SplitFiles | None, at: list[int], rows_of: Any) -> Iterator[Any]:
+    """Yields ``batches``, each after checking that the files it was read from did not change
+    since the build; ``at[0]`` is the selection row of the next batch (updated as they go)."""
     for batch in batches:
         k = rows_of(batch)
         if files is not None:
-            files.check_range(at, at + k)
-        at += k
+            files.check_range(at[0], at[0] + k)
+        at[0] += k
         yield batch
 
 
-def damaged_tfrecord(files: SplitFiles, tf: Any) -> tuple[str, str] | None:
+def damaged_tfrecord(files: SplitFiles, tf: Any, row: int = 0) -> tuple[str, str] | None:
     """Returns ``(file, where)`` of the first record TensorFlow cannot read in ``files`` (raw
     frames only: nothing decoded), or of a file holding fewer records than its metadata says;
-    None when every file reads whole."""
-    for path, count in dict(zip(files.paths, files.counts)).items():
+    None when every file reads whole. The scan starts at the file of selection row ``row``
+    (where reading stopped), then wraps around: a short file is only noticed at the end."""
+    j = int(files.file_of(np.array([min(row, int(files.starts[-1]) - 1)]))[0]) if len(files.paths) else 0
+    order = list(range(j, len(files.paths))) + list(range(j))
+    for path, count in {files.paths[i]: files.counts[i] for i in order}.items():  # a file read twice: once
         i = 0
         try:
             for _ in tf.data.TFRecordDataset(path):
