@@ -649,17 +649,26 @@ def _damage_file(path: str, kind: str, where: float) -> None:
         f.write(_damaged(data, "flip" if kind == "file flip" else "cut", where))
 
 
-def _tfds_reader_rows(built: Built, container: str) -> list[Any]:
+def _pil_or_error(data: bytes) -> Any:
+    try:
+        return decode_image(data)
+    except Exception as err:  # noqa: BLE001 (any refusal of the reference decoder)
+        return err
+
+
+def _tfds_reader_rows(built: Built, container: str, la: bool) -> list[Any]:
     """Returns the TFDS reader's decoded image of each row, or the exception it raises there
-    (tf.data stops at its first error: every later row is that error too)."""
+    (tf.data stops at its first error: every later row is that error too). tf.image cannot
+    decode grey+alpha (``la``) PNGs at all: PIL decodes the bytes tf.data reads, as in tfds_reference."""
     import tensorflow_datasets as tfds  # heavy backend
 
     name, dirs = built.tfds
     out: list[Any] = []
     try:
         if container == "tfrecord":
-            for r in tfds.as_numpy(tfds.load(name, split="train", data_dir=dirs[container])):
-                out.append(r["im"])
+            skip = {"im": tfds.decode.SkipDecoding()} if la else None
+            for r in tfds.as_numpy(tfds.load(name, split="train", data_dir=dirs[container], decoders=skip)):
+                out.append(_pil_or_error(r["im"]) if la else r["im"])
             return out
         src = tfds.data_source(name, split="train", data_dir=dirs[container])
         n = len(src)
@@ -682,7 +691,7 @@ def _damaged_tfds_case(case: tuple) -> None:
         (path,) = [os.path.join(d, f) for d, _, fs in os.walk(dirs[container]) for f in fs if f"-train.{container}-" in f]
         if kind.startswith("file"):
             _damage_file(path, kind, where)
-        ref = _tfds_reader_rows(built, container)
+        ref = _tfds_reader_rows(built, container, schema["im"].mode == "LA")
         refused = next((i for i, r in enumerate(ref) if isinstance(r, Exception)), None)
         if refused is None and len(ref) != len(rows):
             refused = len(ref)  # the reader stopped early without an error: fewer records than the metadata
@@ -724,10 +733,12 @@ def _explicit_damaged_tfds(container: str, kind: str, where: float) -> tuple:
 
 
 # Always run, whatever is drawn: a flip inside an array_record record's chunk (riegeli's hash
-# names neither file nor record), a tfrecord frame's flip, and an image's flipped IDAT bit.
+# names neither file nor record), a tfrecord frame's flip, an image's flipped IDAT bit, and a
+# PNG missing its last byte (PIL and libspng read it; TensorFlow's libpng refuses it).
 DAMAGED_TFDS_EXAMPLES = (_explicit_damaged_tfds("array_record", "file flip", 0.008),
                          _explicit_damaged_tfds("tfrecord", "file flip", 0.5),
-                         _explicit_damaged_tfds("tfrecord", "image flip", 0.6))
+                         _explicit_damaged_tfds("tfrecord", "image flip", 0.6),
+                         _explicit_damaged_tfds("tfrecord", "image cut", 1.0))
 
 
 @pytest.mark.fuzz
