@@ -20,9 +20,14 @@ rules demand an error (None, int64 overflow without x64, ragged without ``max_le
 
 Damaged and hostile images (one bit flipped, the file cut short, a header declaring 60000 x
 60000 pixels) are loaded every HF way: each gives HF's pixels, or a ValueError naming the
-field, and the row where HF's reader refuses the file; never other pixels.
+field, and the row where HF's reader refuses the file; never other pixels. TFDS files are
+damaged too (a tfrecord or array_record file flipped or cut, or a damaged image inside it):
+each gives the TFDS reader's values, or an error naming the file or the field and row, where
+the reader refuses. A file rewritten mid-stream gives the old data's batches, then an error
+naming it.
 
-CI runs 208 fixed (derandomized) examples: 140 HF, 35 TFDS, 25 HF-vs-TFDS, 8 damaged. Run the long,
+CI runs 219 fixed (derandomized) examples: 140 HF, 35 TFDS, 25 HF-vs-TFDS, 8 damaged HF, 8
+damaged TFDS (4 of them written out), 3 rewritten. Run the long,
 random fuzz with ``pytest -m fuzz tests/test_differential.py`` (``DFN_FUZZ_EXAMPLES`` examples
 per test, default 300, with shrinking). ``DFN_FUZZ_REPORT=file`` appends every failing case to
 ``file`` and goes on, instead of stopping at the first one.

@@ -51,8 +51,8 @@ def read_all(data_dir, streaming, **kw):
 # ----------------------------------------------------------------------------- damaged files
 
 
-@pytest.mark.parametrize("streaming", [True, False])
-@pytest.mark.parametrize("damage", ["flip", "cut inside a frame", "cut between frames"])
+@pytest.mark.parametrize("damage, streaming", [("flip", True), ("cut inside a frame", False),
+                                               ("cut between frames", True), ("cut between frames", False)])
 def test_damaged_tfrecord_error_names_the_file_and_record(sharded_toy, tmp_path, streaming, damage):
     data_dir, files = copy_of(sharded_toy, "tfrecord", tmp_path)
     bad = files[2]
@@ -88,8 +88,7 @@ def _first_unreadable(path) -> int:
     raise AssertionError(f"{path}: every record reads")
 
 
-@pytest.mark.parametrize("streaming", [True, False])
-@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("streaming, shuffle", [(True, True), (False, False)])
 def test_damaged_array_record_error_names_the_file_and_record(sharded_toy, tmp_path, streaming, shuffle):
     data_dir, files = copy_of(sharded_toy, "array_record", tmp_path)
     bad = files[1]
