@@ -20,9 +20,14 @@ rules demand an error (None, int64 overflow without x64, ragged without ``max_le
 
 Damaged and hostile images (one bit flipped, the file cut short, a header declaring 60000 x
 60000 pixels) are loaded every HF way: each gives HF's pixels, or a ValueError naming the
-field, and the row where HF's reader refuses the file; never other pixels.
+field, and the row where HF's reader refuses the file; never other pixels. TFDS files are
+damaged too (a tfrecord or array_record file flipped or cut, or a damaged image inside it):
+each gives the TFDS reader's values, or an error naming the file or the field and row, where
+the reader refuses. A file rewritten mid-stream gives the old data's batches, then an error
+naming it.
 
-CI runs 208 fixed (derandomized) examples: 140 HF, 35 TFDS, 25 HF-vs-TFDS, 8 damaged. Run the long,
+CI runs 219 fixed (derandomized) examples: 140 HF, 35 TFDS, 25 HF-vs-TFDS, 8 damaged HF, 8
+damaged TFDS (4 of them written out), 3 rewritten. Run the long,
 random fuzz with ``pytest -m fuzz tests/test_differential.py`` (``DFN_FUZZ_EXAMPLES`` examples
 per test, default 300, with shrinking). ``DFN_FUZZ_REPORT=file`` appends every failing case to
 ``file`` and goes on, instead of stopping at the first one.
@@ -35,6 +40,7 @@ import dataclasses
 import inspect
 import os
 import re
+import shutil
 import struct
 import tempfile
 import zlib
@@ -44,7 +50,7 @@ import chex
 import jax
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 import datarax_fn as dfn
@@ -479,9 +485,13 @@ def _same_data_case(case: tuple) -> None:
     findings.done()
 
 
-def _run(request: Any, strategy: Any, body: Any, ci_examples: int) -> None:
+def _run(request: Any, strategy: Any, body: Any, ci_examples: int, examples: tuple = ()) -> None:
+    """Runs ``body`` over ``strategy``: the explicit ``examples`` first, then drawn ones."""
     long = "fuzz" in (request.config.getoption("markexpr") or "")
-    settings(_settings(ci_examples, long))(given(strategy)(body))()
+    test = given(strategy)(body)
+    for case in examples:
+        test = example(case)(test)
+    settings(_settings(ci_examples, long))(test)()
 
 
 @pytest.mark.fuzz
@@ -597,3 +607,210 @@ _EIGHT_BIT = {"1": "L", "P": "RGB", "PA": "RGBA", "CMYK": "RGB", "YCbCr": "RGB",
 def test_damaged_and_hostile_images_give_hf_values_or_a_clear_error(request):
     """Bit flips, truncation and bombs (a few KB declaring 3.6e9 pixels), in PNG and JPEG."""
     _run(request, damaged_splits(), _damaged_case, 8)
+
+
+# ----------------------------------------------------------------------------- damaged TFDS files
+#
+# What is right where the readers disagree: the TFDS reader of the file format is the reference
+# for what is refused (tf.data with TensorFlow's image decoders for tfrecord; tfds.data_source,
+# which decodes with OpenCV, for array_record). Where it refuses a record, a load must raise a
+# clear error. Where it reads every record, a load gives its values (JPEG: PIL's decode of the
+# stored bytes, rule 7) or raises a clear error: datarax_fn decodes every backend the same way and
+# checks every PNG CRC and the adler32 (PIL's and libpng's checks), so it may refuse an image that
+# one reference decoder reads, but never returns pixels where the reference refuses.
+
+
+def _image_rows(draw, fmt: str, mode: str, hw: tuple, n: int) -> list[dict]:
+    rows = []
+    for _ in range(n):
+        pixels = _picture(Img(mode, (mode,), hw), mode, draw(st.integers(0, 2**32 - 1))).pixels
+        rows.append({"im": Picture(pixels, encode_image(pixels[..., 0] if mode == "L" else pixels, fmt), mode)})
+    return rows
+
+
+@st.composite
+def damaged_tfds_splits(draw):
+    """Returns ``(schema, rows, file format, kind, where, bad row)``: 1-6 PNG or JPEG images in
+    one tfrecord or array_record file; the file (``kind`` "file flip"/"file cut") or one image
+    ("image flip"/"image cut"/"image bomb") is damaged at ``where`` (0..1)."""
+    fmt = draw(st.sampled_from(["png", "jpeg"]))
+    mode = draw(st.sampled_from(["L", "RGB"] if fmt == "jpeg" else list(MODE_CHANNELS)))
+    hw = (draw(st.integers(1, 16)), draw(st.integers(1, 16)))
+    n = draw(st.integers(1, 6))
+    rows = _image_rows(draw, fmt, mode, hw, n)
+    kind = draw(st.sampled_from(["file flip", "file flip", "file cut", "image flip", "image cut", "image bomb"]))
+    where, bad = draw(st.floats(0, 1)), draw(st.integers(0, n - 1))
+    if kind.startswith("image"):
+        im = rows[bad]["im"]
+        rows[bad] = {"im": Picture(im.pixels, _damaged(im.encoded, kind[6:], where), mode)}
+    container = draw(st.sampled_from(["tfrecord", "array_record"]))
+    return {"im": Img(mode, (mode,), hw, "uint8", fmt)}, rows, container, kind, where, bad
+
+
+def _damage_file(path: str, kind: str, where: float) -> None:
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(_damaged(data, "flip" if kind == "file flip" else "cut", where))
+
+
+def _pil_or_error(data: bytes) -> Any:
+    try:
+        return decode_image(data)
+    except Exception as err:  # noqa: BLE001 (any refusal of the reference decoder)
+        return err
+
+
+def _tfds_reader_rows(built: Built, container: str, la: bool) -> list[Any]:
+    """Returns the TFDS reader's decoded image of each row, or the exception it raises there
+    (tf.data stops at its first error: every later row is that error too). tf.image cannot
+    decode grey+alpha (``la``) PNGs at all: PIL decodes the bytes tf.data reads, as in tfds_reference."""
+    import tensorflow_datasets as tfds  # heavy backend
+
+    name, dirs = built.tfds
+    out: list[Any] = []
+    try:
+        if container == "tfrecord":
+            skip = {"im": tfds.decode.SkipDecoding()} if la else None
+            for r in tfds.as_numpy(tfds.load(name, split="train", data_dir=dirs[container], decoders=skip)):
+                out.append(_pil_or_error(r["im"]) if la else r["im"])
+            return out
+        src = tfds.data_source(name, split="train", data_dir=dirs[container])
+        n = len(src)
+    except Exception as err:  # noqa: BLE001 (any refusal of the reference reader)
+        return [*out, err]
+    for i in range(n):
+        try:
+            out.append(np.asarray(src[i]["im"]))
+        except Exception as err:  # noqa: BLE001 (any refusal of the reference reader)
+            out.append(err)
+    return out
+
+
+def _damaged_tfds_case(case: tuple) -> None:
+    schema, rows, container, kind, where, bad = case
+    findings = Findings(schema, len(rows))
+    with tempfile.TemporaryDirectory() as root:
+        built = Built(None, build_tfds(root, schema, rows, file_formats=(container,)), root)
+        dirs = built.tfds[1]
+        (path,) = [os.path.join(d, f) for d, _, fs in os.walk(dirs[container]) for f in fs if f"-train.{container}-" in f]
+        if kind.startswith("file"):
+            _damage_file(path, kind, where)
+        ref = _tfds_reader_rows(built, container, schema["im"].mode == "LA")
+        refused = next((i for i, r in enumerate(ref) if isinstance(r, Exception)), None)
+        if refused is None and len(ref) != len(rows):
+            refused = len(ref)  # the reader stopped early without an error: fewer records than the metadata
+        for streaming in (False, True):
+            label = f"{kind} at {where:.3f} (row {bad}), {container} {'streaming' if streaming else 'eager'}"
+            where_ = f"{label} (the TFDS reader {'reads it' if refused is None else f'refuses row {refused}'})"
+            with findings.case():
+                try:
+                    got = read_split(built.load(container, streaming, Options()), len(rows), streaming)
+                except (ValueError, RuntimeError) as err:
+                    msg = str(err)
+                    names_file = path in msg
+                    names_row = "'im'" in msg and (refused is None or re.search(rf"\brow {refused}\b", msg))
+                    if not (names_file or names_row):
+                        raise AssertionError(f"{where_}: the error names neither the file nor the field and row: {msg}") from err
+                    continue
+                except Exception as err:  # any other error type is itself the finding
+                    raise AssertionError(f"{where_}: {type(err).__name__} (not ValueError): {err}") from err
+                if refused is not None:
+                    raise AssertionError(f"{where_}: returned values where the TFDS reader raises ({ref[refused]!r})")
+                # JPEG pixels are PIL's (rule 7), and so are grey+alpha PNGs (tf.image cannot decode them; the
+                # data source's OpenCV gives 4 channels), as in tfds_reference.
+                by_pil = schema["im"].fmt == "jpeg" or schema["im"].mode == "LA"
+                want = [decode_image(r["im"].encoded) if by_pil else np.asarray(p).reshape(p.shape[0], p.shape[1], -1)
+                        for r, p in zip(rows, ref)]
+                if len({w.shape for w in want}) > 1:
+                    raise AssertionError(f"{where_}: returned one array for images of shapes {[w.shape for w in want]}")
+                compare(got, {("im",): np.stack(want)}, where_)
+    findings.done()
+
+
+def _explicit_damaged_tfds(container: str, kind: str, where: float) -> tuple:
+    """Returns a case of 3 RGB PNGs (8 x 8) with the file or row 1's image damaged at ``where``."""
+    spec = Img("RGB", ("RGB",), (8, 8))
+    rows = [{"im": Picture(p, encode_image(p), "RGB")} for p in (_picture(spec, "RGB", s).pixels for s in range(3))]
+    if kind.startswith("image"):
+        rows[1] = {"im": Picture(rows[1]["im"].pixels, _damaged(rows[1]["im"].encoded, kind[6:], where), "RGB")}
+    return {"im": spec}, rows, container, kind, where, 1
+
+
+# Always run, whatever is drawn: a flip inside an array_record record's chunk (riegeli's hash
+# names neither file nor record), a tfrecord frame's flip, an image's flipped IDAT bit, and a
+# PNG missing its last byte (PIL and libspng read it; TensorFlow's libpng refuses it).
+DAMAGED_TFDS_EXAMPLES = (_explicit_damaged_tfds("array_record", "file flip", 0.008),
+                         _explicit_damaged_tfds("tfrecord", "file flip", 0.5),
+                         _explicit_damaged_tfds("tfrecord", "image flip", 0.6),
+                         _explicit_damaged_tfds("tfrecord", "image cut", 1.0))
+
+
+@pytest.mark.fuzz
+def test_damaged_tfds_files_give_the_tfds_readers_values_or_a_clear_error(request):
+    """Bit flips and cuts of tfrecord and array_record files, and damaged PNG/JPEG images and bombs in them."""
+    _run(request, damaged_tfds_splits(), _damaged_tfds_case, 4, DAMAGED_TFDS_EXAMPLES)
+
+
+# ----------------------------------------------------------------------------- files rewritten mid-stream
+
+REWRITE_SHARDS = 4
+
+
+@pytest.fixture(scope="module")
+def sharded_toy(tmp_path_factory) -> dict[str, str]:
+    import tfds_fixtures as fx  # TFDS builders: only these tests need them
+
+    root = tmp_path_factory.mktemp("toy_sharded")
+    return {c: fx.prepare(fx.DfnToy, str(root / c), c, num_shards=REWRITE_SHARDS) for c in ("tfrecord", "array_record")}
+
+
+def _rewrite_case(sharded: dict, case: tuple) -> None:
+    """Streams two epochs of ``dfn_toy`` and rewrites one file after ``before`` batches: every batch
+    served is the unchanged data's, and the stream raises naming the file before its end."""
+    import tfds_fixtures as fx  # TFDS builders: only these tests need them
+
+    container, shuffle, seed, shard, before, how, in_place = case
+    where = f"{container} shuffle={shuffle} seed={seed}: file {shard} rewritten ({how}, {'in place' if in_place else 'replaced'}) after {before} batches"
+
+    def stream(data_dir):
+        return dfn.from_tfds("dfn_toy", "train", data_dir=data_dir, streaming=True, shuffle=shuffle, seed=seed,
+                             max_length={"seq": 4, "text": 24}, chunk_size=5, shuffle_buffer_size=10, prefetch=1)
+
+    state, want = stream(sharded[container]), []
+    for _ in range(8):
+        state, b = dfn.get_batch(state, 10)
+        want.append(jax.tree.map(np.asarray, b))
+    state.close()
+    with tempfile.TemporaryDirectory() as root:
+        data_dir = os.path.join(root, container)
+        shutil.copytree(sharded[container], data_dir)
+        (version,) = [d for d, _, fs in os.walk(data_dir) if any("-train." in f for f in fs)]
+        path = os.path.join(version, f"dfn_toy-train.{container}-{shard:05d}-of-{REWRITE_SHARDS:05d}")
+        state = stream(data_dir)
+        try:
+            for i in range(8):
+                if i == before:
+                    fx.rewrite_file(path, how, in_place)
+                try:
+                    state, b = dfn.get_batch(state, 10)
+                except RuntimeError as err:
+                    if f"{path}: the data file changed since the source was built" not in str(err):
+                        raise AssertionError(f"{where}: batch {i} raised naming not the file: {err}") from err
+                    return
+                compare(_flat(jax.tree.map(np.asarray, b)), _flat(want[i]), f"{where}: batch {i}")
+        finally:
+            state.close()
+    raise AssertionError(f"{where}: two epochs read after the rewrite without an error")
+
+
+rewrites = st.tuples(st.sampled_from(["tfrecord", "array_record"]), st.booleans(), st.integers(0, 2**31 - 1),
+                     st.integers(0, REWRITE_SHARDS - 1), st.integers(0, 3), st.sampled_from(["same size", "other size"]),
+                     st.booleans())
+
+
+@pytest.mark.fuzz
+def test_files_rewritten_mid_stream_are_refused_naming_them(request, sharded_toy):
+    """A tfrecord or array_record file rewritten while a stream reads: the old data's batches, then
+    an error naming the file; never a batch of the new data."""
+    _run(request, rewrites, lambda case: _rewrite_case(sharded_toy, case), 3)

@@ -6,11 +6,13 @@
   1,500 train / 297 test.
 
 Both prepare in either file format: ``tfrecord`` (read through tf.data) or ``array_record``
-(read through ``tfds.data_source``).
+(read through ``tfds.data_source``). ``rewrite_file`` replaces a prepared file with other valid
+records, as a sync tool or a second writer would.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 
@@ -103,11 +105,46 @@ class DfnDigits(tfds.core.GeneratorBasedBuilder):
             yield i, {"image": images[i], "label": labels[i]}
 
 
-def prepare(builder_cls: type, data_dir: str, file_format: str = "tfrecord") -> str:
-    """Returns ``data_dir`` after preparing ``builder_cls`` there in ``file_format`` (no network)."""
+def prepare(builder_cls: type, data_dir: str, file_format: str = "tfrecord", num_shards: int | None = None) -> str:
+    """Returns ``data_dir`` after preparing ``builder_cls`` there in ``file_format`` (no network),
+    each split in ``num_shards`` files (None: TFDS decides; one file for these small splits)."""
     builder = builder_cls(data_dir=data_dir, file_format=file_format)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False, num_shards=num_shards))
     return data_dir
+
+
+def tfrecord_frames(data: bytes) -> list[int]:
+    """Returns the byte offsets where each TFRecord frame starts, and the end."""
+    import struct
+
+    at = [0]
+    while at[-1] < len(data):
+        (length,) = struct.unpack_from("<Q", data, at[-1])
+        at.append(at[-1] + 16 + length)
+    return at
+
+
+def rewrite_file(path: str, how: str, in_place: bool = False) -> None:
+    """Rewrites a prepared train file with other valid records: ``how`` "same size" (a tfrecord's
+    frames in reverse order; an array_record's own bytes written again) or "other size" (a
+    tfrecord's last frame dropped; an array_record the same shard of the test split). ``in_place`` writes
+    over the open file; else a new file replaces it (a new inode, as ``cp`` then ``mv`` do)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if ".tfrecord-" in os.path.basename(path):
+        frames = tfrecord_frames(data)
+        parts = [data[a:b] for a, b in itertools.pairwise(frames)]
+        new = b"".join(parts[::-1]) if how == "same size" else b"".join(parts[:-1])
+    elif how == "same size":
+        new = data
+    else:
+        with open(path.replace("-train.", "-test."), "rb") as f:  # other records (an array_record's size is
+            new = f.read()  # a multiple of 64 KiB: the same size here)
+    target = path if in_place else path + ".new"
+    with open(target, "wb") as f:
+        f.write(new)
+    if not in_place:
+        os.replace(target, path)
 
 
 def prepared_digits(file_format: str = "array_record") -> str:

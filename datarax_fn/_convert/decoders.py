@@ -8,7 +8,11 @@ everything else and is the reference: HF's own reader (including its EXIF orient
 
 Damaged files: a library may only answer where PIL would not refuse. libspng checks every
 chunk CRC and the zlib adler32 (PIL checks the header CRCs and the adler32); a JPEG whose
-marker structure is broken goes to PIL, which reads on to the end-of-image marker.
+marker structure is broken goes to PIL, which reads on to the end-of-image marker. Every PNG
+also has its chunk CRCs checked here up to its end chunk, as libpng does (TensorFlow's and
+OpenCV's decoder, so TFDS's readers): neither libspng nor PIL checks the image data's last
+CRC or the end chunk, so a file cut there, or a flipped bit there, would give pixels that the
+TFDS readers refuse.
 """
 
 from __future__ import annotations
@@ -70,6 +74,29 @@ class ImageTooLarge(ValueError):
     def __init__(self, pixels: int, limit: int):
         super().__init__(f"{pixels} pixels declared, over PIL's limit of {limit} (2 * PIL.Image.MAX_IMAGE_PIXELS)")
         self.pixels, self.limit = pixels, limit
+
+
+class DamagedImage(ValueError):
+    """An image file that fails an integrity check (a chunk CRC, a missing end chunk)."""
+
+
+def check_png_chunks(d: bytes) -> None:
+    """Raises :class:`DamagedImage` unless every chunk of the PNG ``d`` (signature checked) has
+    its CRC and the file reaches its IEND chunk, as libpng checks."""
+    view, pos, n = memoryview(d), 8, len(d)
+    while True:
+        if pos + 12 > n:
+            raise DamagedImage(f"the PNG ends at byte {n}, before its IEND chunk: the file is cut short")
+        length, kind = _CHUNK.unpack_from(d, pos)
+        end = pos + 12 + length
+        if end > n:
+            raise DamagedImage(f"the PNG's {kind!r} chunk at byte {pos} runs past the end of the file ({n} bytes): "
+                               "the file is cut short or the chunk's length is damaged")
+        if zlib.crc32(view[pos + 4 : end - 4]) != int.from_bytes(view[end - 4 : end], "big"):
+            raise DamagedImage(f"the PNG's {kind!r} chunk at byte {pos} fails its CRC: the file is damaged")
+        if kind == b"IEND":
+            return
+        pos = end
 
 
 def too_large(err: Exception) -> ImageTooLarge | None:
@@ -206,8 +233,10 @@ def _jpeg_plain(d: bytes) -> tuple[int, int] | None:
 
 
 def decode_fast(d: bytes) -> np.ndarray | None:
-    """Returns the image decoded by a library that matches PIL, or None where PIL must decode."""
+    """Returns the image decoded by a library that matches PIL, or None where PIL must decode;
+    raises DamagedImage for a PNG whose chunks fail their CRCs or that lacks its end chunk."""
     if d[:8] == PNG_SIG:
+        check_png_chunks(d)  # for PIL's path too: decode() tries this function first
         if not _png_plain(d):
             return None
         a = _spng_decode(d)

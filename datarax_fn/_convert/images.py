@@ -131,7 +131,7 @@ def decode_all(col: Any, name: str, row0: int, threads: int | None) -> list[np.n
             obj = get(i)
             try:
                 a = fast(bytes(obj)) if isinstance(obj, (bytes, memoryview)) else None  # the common case, inlined
-            except decoders.ImageTooLarge as err:
+            except (decoders.ImageTooLarge, decoders.DamagedImage) as err:
                 raise unreadable(err, name, row0 + i) from err
             if a is None:
                 a = decode(obj, name, row0 + i)

@@ -38,6 +38,14 @@ from .config import (
     validate,
 )
 from .tfds_columns import batched, rows_to_columns, tf_columns, tf_module, tfds_module
+from .tfds_files import (
+    SplitFiles,
+    checked_batches,
+    damaged_tfrecord,
+    read_records,
+    split_files,
+)
+
 
 def _split(v: Any) -> Any:
     if isinstance(v, str):
@@ -100,6 +108,7 @@ class _Plan:
     keep: frozenset[str]  # their dotted leaf paths
     array_record: bool  # random access through tfds.data_source (no TensorFlow)
     n: int  # records of the split (slices applied)
+    identity: bk.FileIdentity  # every data file's size and mtime as the source was built
 
 
 @contextlib.contextmanager
@@ -186,8 +195,13 @@ def _plan(cfg: TFDSEagerConfig) -> _Plan:
         fields = {k: fields[k] for k in sk if k in fields}
     fields, opts = bk.select(fields, cfg, schema)
     fmt = getattr(info.file_format, "value", info.file_format)
+    paths = [p for s in info.splits.values() for p in s.filepaths] if info.splits else []
     return _Plan(builder, fields, opts, frozenset(cv.read_paths(fields)), fmt in ("array_record", "parquet"),
-                 _split_size(info, cfg) or 0)
+                 _split_size(info, cfg) or 0, bk.FileIdentity(bk.file_stats(paths)))
+
+
+def _files(plan: _Plan, split: Any) -> SplitFiles | None:
+    return split_files(plan.builder.info, split, plan.identity)
 
 
 def _walk_features(features: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
@@ -317,42 +331,30 @@ def _seek(pieces: list[tuple[str, int, int]], ranges: list[tuple[int, int]]) -> 
     return out
 
 
-def _tfrecords(plan: _Plan, ds: Any, size: int, split: Any) -> Iterator[Any]:
-    """Yields the batches of ``size`` of the tf.data dataset ``ds`` over ``split``; a damaged
-    file raises ``DamagedFileError`` naming it and its record (TensorFlow names neither)."""
+def _tfrecords(plan: _Plan, ds: Any, size: int, split: Any, first: int = 0) -> Iterator[Any]:
+    """Yields the batches of ``size`` of the tf.data dataset ``ds`` over ``split`` (its rows from
+    ``first`` on). A file changed since the build raises ``RuntimeError`` naming it; a damaged
+    one ``DamagedFileError`` naming it and its record (TensorFlow names neither)."""
     tf = tf_module()
+    files, at = _files(plan, split), [first]
     try:
-        yield from batched(ds, size)
+        yield from checked_batches(batched(ds, size), files, at, lambda b: int(tf.nest.flatten(b)[0].shape[0]))
     except tf.errors.OpError as err:
-        found = _damaged_record(plan, split)
+        if files is None:
+            raise
+        files.check_range(0, int(files.starts[-1]))  # a rewritten file explains the failure better
+        found = damaged_tfrecord(files, tf, at[0])
         if found is None:
             raise
         raise bk.damaged_file_error(found[0], err, found[1]) from err
 
 
-def _damaged_record(plan: _Plan, split: Any) -> tuple[str, str] | None:
-    """Returns ``(file, "record i")`` of the first record TensorFlow cannot read in the files of
-    ``split``'s splits (raw frames only: nothing decoded), or None when every frame reads."""
-    tf = tf_module()
-    info = plan.builder.info
-    names = [str(k) for k in info.splits.keys() if str(k) in str(split)] or [str(k) for k in info.splits.keys()]
-    for name in names:
-        for path in info.splits[name].filepaths:
-            i = 0
-            try:
-                for _ in tf.data.TFRecordDataset(str(path)):
-                    i += 1
-            except tf.errors.OpError:
-                return str(path), f"record {i}"
-    return None
-
-
 def _read_all(plan: _Plan, cfg: TFDSEagerConfig) -> bk.Columns:
     """Returns the whole split as host columns (images and audio still encoded)."""
     if plan.array_record:
-        source = _data_source(plan, cfg)
+        source, files = _data_source(plan, cfg), _files(plan, cfg.split)
         rows = [r for lo in range(0, len(source), 16_384)
-                for r in source.__getitems__(list(range(lo, min(lo + 16_384, len(source)))))]
+                for r in read_records(source, list(range(lo, min(lo + 16_384, len(source)))), files)]
         return rows_to_columns(rows, plan.fields) if rows else {}
     ds = _tf_dataset(plan, cfg, one_shot=True)
     n = int(ds.cardinality())
@@ -387,13 +389,13 @@ def _eager(plan: _Plan, cfg: TFDSEagerConfig, columns: bk.Columns | None = None)
 def _backend(plan: _Plan, cfg: TFDSStreamingConfig) -> bk.Backend:
     data, info = _data_fingerprint(plan), plan.builder.info
     if plan.array_record:
-        source = _data_source(plan, cfg)
+        source, files = _data_source(plan, cfg), _files(plan, cfg.split)
         n = len(source)
         if not n:
             raise bk.empty_split_error(repr(cfg.name), cfg.split)
 
         def read(idx: np.ndarray) -> bk.Columns:
-            return rows_to_columns(source.__getitems__(idx.tolist()), plan.fields)
+            return rows_to_columns(read_records(source, idx.tolist(), files), plan.fields)
 
         conv = bk.converter(plan.fields, plan.opts, read(np.arange(min(n, cfg.chunk_size))), static=True)
         return bk.RandomAccessBackend(read, n, conv, data=data, split=cfg.split, info=info, cfg=cfg)
@@ -415,7 +417,7 @@ def _backend(plan: _Plan, cfg: TFDSStreamingConfig) -> bk.Backend:
 
         def read_range(lo: int, hi: int | None) -> Iterator[bk.Columns]:
             ds = base.skip(lo) if lo else base
-            for batch in _tfrecords(plan, ds if hi is None else ds.take(hi - lo), cfg.chunk_size, cfg.split):
+            for batch in _tfrecords(plan, ds if hi is None else ds.take(hi - lo), cfg.chunk_size, cfg.split, lo):
                 yield tf_columns(batch, plan.fields)
 
         read_ranges = bk.range_by_range(read_range)
@@ -473,7 +475,7 @@ def _estimate(plan: _Plan, cfg: TFDSEagerConfig) -> tuple[int | None, str]:
     k = min(plan.n, bk.SAMPLE_ROWS) if plan.n else bk.SAMPLE_ROWS
     if plan.array_record:
         source = _data_source(plan, cfg)
-        rows = source.__getitems__(list(range(min(k, len(source)))))
+        rows = read_records(source, list(range(min(k, len(source)))), _files(plan, cfg.split))
         sample = rows_to_columns(rows, plan.fields) if rows else None
     else:
         sample = next((tf_columns(b, plan.fields) for b in _tfrecords(plan, _tf_dataset(plan, cfg).take(k), k, cfg.split)), None)
