@@ -174,7 +174,7 @@ def pack(source: Any, lengths: Mapping[str, int], *, num_bins: int = 16, read: i
     for key, size in checked:
         if spec[key].shape == () and f"{key}_length" in spec:
             raise ValueError(f"pack: field {key!r} is a scalar but has {key}_length; pass a list field.")
-    stream = {k: v for k, v in contract.cursor(source).items() if k not in ("index", "epoch", "offset", "children")}
+    stream = {k: v for k, v in contract.cursor(source).items() if k not in ("index", "epoch", "offset", "served", "children")}
     key = (type(source).__name__, repr(sorted(stream.items())), checked, int(num_bins))
     return Packed(source=source, row=np.zeros((), np.int64), skip=np.zeros((), np.int64), lengths=checked, num_bins=int(num_bins),
                   read=int(read), groups=_Groups(key))
