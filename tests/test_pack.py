@@ -336,3 +336,27 @@ def test_a_packed_cursor_of_a_filtered_stream_names_its_skip_and_is_refused_else
         dfn.restore_cursor(dfn.pack(load(), lengths, num_bins=2), cursor)
     with pytest.raises(ValueError, match="holds 'skip'"):
         dfn.restore_cursor(state, {**cursor, "skip": -1})
+
+
+def test_a_partitioned_filtered_stream_packs_each_partition_alone_and_resumes(token_parquet):
+    lengths = {"inputs": 16, "targets": 8}
+
+    def load():
+        return dfn.from_hf(str(token_parquet), split="train", streaming=True, max_length=WIDTH, shuffle=True, seed=3,
+                           partitions=2, chunk_size=8, filter=short_inputs)
+
+    stream = load()
+    _, records = take(stream, 2 * 60, 1)  # 60 kept records of each partition, partition-major
+    state, parts, saved = dfn.pack(load(), lengths, num_bins=4, read=5), [], None
+    for step in range(4):
+        state, batch = dfn.get_batch(state, 4)
+        parts.append(batch)
+        saved = json.loads(json.dumps(dfn.cursor(state))) if step == 1 else saved
+    got = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    for c in range(2):
+        _, want = take(dfn.pack(dfn.from_arrays({k: v[60 * c: 60 * (c + 1)] for k, v in records.items()}), lengths,
+                                num_bins=4), 8, 1)
+        for k in want:
+            assert np.array_equal(got[k].reshape(4, 2, 2, -1)[:, c].reshape(want[k].shape), want[k]), (c, k)
+    _, rest = take(dfn.restore_cursor(dfn.pack(load(), lengths, num_bins=4, read=5), saved), 4, 2)
+    assert all(np.array_equal(rest[k], got[k][8:]) for k in rest)
