@@ -36,7 +36,7 @@ from .._state import checks, contract, cursors, tracing
 from .._streaming.source import EndOfStream, StreamingSource
 from .mix import Mixture, advance
 from .partitioned import by_partition
-from .positions import moved, position
+from .positions import StateGrid, leaves, moved, position
 
 PyTree = Any
 
@@ -47,16 +47,13 @@ class _Groups:
     Only caches work (the output depends on the state alone); compares by what fixes the packing.
     """
 
-    __slots__ = ("buffer", "groups", "key", "marks", "records")
+    __slots__ = ("buffer", "grid", "groups", "key")
 
     def __init__(self, key: tuple):
         self.key = key
         self.groups: dict[int, tuple[dict[str, np.ndarray], int]] = {}
         self.buffer: tuple[int, dict[str, np.ndarray], Any] | None = None  # (first position, records, state after)
-        # A source of unknown length: the records read from a state on, and the states met on the way
-        # ((offset into the records, state) every `read` records; the last is the state after them).
-        self.marks: list[tuple[int, Any]] = []
-        self.records: dict[str, np.ndarray] | None = None
+        self.grid = StateGrid()  # a source of unknown length: the records read and the states met
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _Groups) and other.key == self.key
@@ -193,65 +190,17 @@ def _known(state: Packed) -> bool:
     return contract.num_records(state.source) is not None
 
 
-def _leaves(child: Any) -> tuple:
-    """Returns a hashable form of a source state's position (its leaves' values)."""
-    return tuple(tuple(np.ravel(np.asarray(x)).tolist()) for x in jax.tree.leaves(child))
-
-
 def _where(state: Packed, child: Any, skip: int) -> Any:
     """Returns what identifies the group that starts ``skip`` records past ``child``."""
-    return position(child) if _known(state) else (_leaves(child), skip)
-
-
-def _take(child: Any, size: int) -> tuple[Any, dict[str, np.ndarray] | None]:
-    """Returns ``child`` after ``size`` records and the records, or ``(child, None)`` past the stream's end."""
-    try:
-        child, part = contract.get_batch(child, size)
-    except EndOfStream:
-        return child, None
-    return child, {k: np.asarray(v) for k, v in part.items()}
-
-
-def _read_states(state: Packed, child: Any, skip: int, count: int) -> dict[str, np.ndarray]:
-    """Returns up to ``count`` records from ``skip`` past ``child`` (fewer only at the stream's end), a source
-    whose position is only known from the states it returns: those met every ``read`` records are kept."""
-    cache, here = state.groups, _leaves(child)
-    base = next((at for at, key, _ in cache.marks if key == here), None)
-    if base is None:
-        cache.marks, cache.records, base = [(0, here, child)], None, 0
-    if base:  # groups only move forward: drop what lies before this state
-        cache.marks = [(at - base, key, s) for at, key, s in cache.marks if at >= base]
-        cache.records = {k: v[base:] for k, v in cache.records.items()}
-    held = 0 if cache.records is None else len(next(iter(cache.records.values())))
-    size, parts = state.read, [] if cache.records is None else [cache.records]
-    while held - skip < count:
-        after, part = _take(cache.marks[-1][2], size)
-        if part is None:
-            if size == 1:
-                break
-            size = max(1, size // 4)  # the end: read the records left in smaller batches
-            continue
-        parts.append(part)
-        held += len(next(iter(part.values())))
-        cache.marks.append((held, _leaves(after), after))
-    if len(parts) > 1:
-        parts = [{k: np.concatenate([p[k] for p in parts]) for k in parts[0]}]
-    cache.records = parts[0] if parts else None
-    return {} if cache.records is None or held <= skip else {k: v[skip:] for k, v in cache.records.items()}
+    return position(child) if _known(state) else (leaves(child), skip)
 
 
 def _next(state: Packed, child: Any, skip: int, records: int) -> tuple[Any, int]:
     """Returns the source position ``records`` past ``(child, skip)``: a counted move for a source of known
-    length, else the last kept state at or before it plus the records past that state."""
+    length, else a state the source returned plus the records past it."""
     if _known(state):
         return _moved(child, records), 0
-    _read_states(state, child, skip, records)  # the states up to there (a group from the cache read none)
-    here, target = _leaves(child), None
-    base = next(at for at, key, _ in state.groups.marks if key == here)
-    for at, _, s in state.groups.marks:
-        if base <= at <= base + skip + records:
-            target = (s, base + skip + records - at)
-    return target
+    return state.groups.grid.after(child, skip, records, state.read)
 
 
 def _read(state: Packed, child: Any, count: int) -> dict[str, np.ndarray]:
@@ -371,7 +320,7 @@ def _group(state: Packed, child: Any, skip: int) -> tuple[dict[str, np.ndarray],
     fit = _FirstFit([size for _, size in state.lengths], state.num_bins)
     want, done = state.num_bins * 2, 0
     while True:
-        records = _read(state, child, want) if _known(state) else _read_states(state, child, skip, want)
+        records = _read(state, child, want) if _known(state) else state.groups.grid.read(child, skip, want, state.read)
         got = len(next(iter(records.values()))) if records else 0
         if not got:
             raise EndOfStream("pack: the source ended; no records are left to pack.")
