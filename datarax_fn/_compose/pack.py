@@ -36,7 +36,7 @@ from .._state import checks, contract, cursors, tracing
 from .._streaming.source import EndOfStream, StreamingSource
 from .mix import Mixture, advance
 from .partitioned import by_partition
-from .positions import StateGrid, leaves, moved, position
+from .positions import Counted, StateGrid, moved, position
 
 PyTree = Any
 
@@ -47,13 +47,12 @@ class _Groups:
     Only caches work (the output depends on the state alone); compares by what fixes the packing.
     """
 
-    __slots__ = ("buffer", "grid", "groups", "key")
+    __slots__ = ("groups", "key", "reader")
 
-    def __init__(self, key: tuple):
+    def __init__(self, key: tuple, reader: Counted | StateGrid):
         self.key = key
-        self.groups: dict[int, tuple[dict[str, np.ndarray], int]] = {}
-        self.buffer: tuple[int, dict[str, np.ndarray], Any] | None = None  # (first position, records, state after)
-        self.grid = StateGrid()  # a source of unknown length: the records read and the states met
+        self.groups: dict[Any, tuple[dict[str, np.ndarray], int]] = {}
+        self.reader = reader  # the records read ahead, and how the source's position moves
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _Groups) and other.key == self.key
@@ -173,8 +172,10 @@ def pack(source: Any, lengths: Mapping[str, int], *, num_bins: int = 16, read: i
             raise ValueError(f"pack: field {key!r} is a scalar but has {key}_length; pass a list field.")
     stream = {k: v for k, v in contract.cursor(source).items() if k not in ("index", "epoch", "offset", "served", "children")}
     key = (type(source).__name__, repr(sorted(stream.items())), checked, int(num_bins))
-    return Packed(source=source, row=np.zeros((), np.int64), skip=np.zeros((), np.int64), lengths=checked, num_bins=int(num_bins),
-                  read=int(read), groups=_Groups(key))
+    # A source of unknown length is placed by the states it returns, one of known length by counting.
+    reader = StateGrid(int(read)) if contract.num_records(source) is None else Counted(_moved, int(read))
+    return Packed(source=source, row=np.zeros((), np.int64), skip=np.zeros((), np.int64), lengths=checked,
+                  num_bins=int(num_bins), read=int(read), groups=_Groups(key, reader))
 
 
 # ----------------------------------------------------------------------------- reading the source
@@ -188,52 +189,6 @@ def _moved(child: Any, records: int) -> Any:
 def _known(state: Packed) -> bool:
     """Whether the source's position is a record count (else it is a returned state plus ``skip``)."""
     return contract.num_records(state.source) is not None
-
-
-def _where(state: Packed, child: Any, skip: int) -> Any:
-    """Returns what identifies the group that starts ``skip`` records past ``child``."""
-    return position(child) if _known(state) else (leaves(child), skip)
-
-
-def _next(state: Packed, child: Any, skip: int, records: int) -> tuple[Any, int]:
-    """Returns the source position ``records`` past ``(child, skip)``: a counted move for a source of known
-    length, else a state the source returned plus the records past it."""
-    if _known(state):
-        return _moved(child, records), 0
-    return state.groups.grid.after(child, skip, records, state.read)
-
-
-def _read(state: Packed, child: Any, count: int) -> dict[str, np.ndarray]:
-    """Returns up to ``count`` records of ``child`` from its position (fewer only at the stream's end)."""
-    cache = state.groups
-    here = position(child)
-    if cache.buffer is not None:
-        first, records, after = cache.buffer
-        held = len(next(iter(records.values())))
-        if not first <= here <= first + held:
-            cache.buffer = None
-    if cache.buffer is None:
-        cache.buffer = (here, None, child)
-    first, records, after = cache.buffer
-    held = 0 if records is None else len(next(iter(records.values())))
-    parts = [] if records is None else [{k: v[here - first:] for k, v in records.items()}]
-    have = held - (here - first)
-    size = state.read
-    while have < count:
-        try:
-            after, part = contract.get_batch(after, size)
-        except EndOfStream:
-            if size == 1:
-                break
-            size = max(1, size // 4)  # the end: read the records left in smaller batches
-            continue
-        part = {k: np.asarray(v) for k, v in part.items()}
-        parts.append(part)
-        have += len(next(iter(part.values())))
-    records = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} \
-        if parts else {}
-    cache.buffer = (here, records, after) if records else None
-    return records
 
 
 # ----------------------------------------------------------------------------- first fit
@@ -313,14 +268,15 @@ def _check_fit(lens: np.ndarray, lengths: tuple[tuple[str, int], ...], child: An
 def _group(state: Packed, child: Any, skip: int) -> tuple[dict[str, np.ndarray], int]:
     """Returns ``(rows, records)``: the packed rows of the group starting ``skip`` records past ``child``'s
     position, and how many source records it holds."""
-    here = _where(state, child, skip)
+    reader = state.groups.reader
+    here = reader.where(child, skip)
     cache = state.groups.groups
     if here in cache:
         return cache[here]
     fit = _FirstFit([size for _, size in state.lengths], state.num_bins)
     want, done = state.num_bins * 2, 0
     while True:
-        records = _read(state, child, want) if _known(state) else state.groups.grid.read(child, skip, want, state.read)
+        records = reader.read(child, skip, want)
         got = len(next(iter(records.values()))) if records else 0
         if not got:
             raise EndOfStream("pack: the source ended; no records are left to pack.")
@@ -386,7 +342,7 @@ def _(state: Packed, size: int, key: Any = None):
         parts.append({k: v[row:row + take] for k, v in rows.items()})
         row, need = row + take, need - take
         if row == held:
-            (child, skip), row = _next(state, child, skip, records), 0
+            (child, skip), row = state.groups.reader.after(child, skip, records), 0
     batch = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return tracing.replace(state, source=child, skip=np.asarray(skip, np.int64), row=np.asarray(row, np.int64)), batch
 

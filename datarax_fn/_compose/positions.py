@@ -42,13 +42,65 @@ def leaves(state: Any) -> tuple:
     return tuple(tuple(np.ravel(np.asarray(x)).tolist()) for x in jax.tree.leaves(state))
 
 
-def _take(state: Any, size: int) -> tuple[Any, dict[str, np.ndarray] | None]:
-    """Returns ``state`` after ``size`` records and the records, or ``(state, None)`` past the stream's end."""
-    try:
-        state, part = contract.get_batch(state, size)
-    except EndOfStream:
-        return state, None
-    return state, {k: np.asarray(v) for k, v in part.items()}
+def _rows(records: dict[str, np.ndarray]) -> int:
+    return len(next(iter(records.values())))
+
+
+def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray] | None:
+    if len(parts) > 1:
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return parts[0] if parts else None
+
+
+def _read_on(state: Any, held: int, count: int, size: int, parts: list, met: Any = None) -> tuple[Any, int]:
+    """Reads ``size`` records a call from ``state`` into ``parts`` until ``held`` reaches ``count`` or the
+    stream ends; ``met(held, state)`` sees the state after each call. Returns the last state and ``held``."""
+    while held < count:
+        try:
+            after, part = contract.get_batch(state, size)
+        except EndOfStream:
+            if size == 1:
+                break
+            size = max(1, size // 4)  # the end: read the records left in smaller batches
+            continue
+        state = after
+        parts.append({k: np.asarray(v) for k, v in part.items()})
+        held += _rows(parts[-1])
+        if met is not None:
+            met(held, state)
+    return state, held
+
+
+class Counted:
+    """The records read ahead of a source of known length, whose place is ``epoch * N + index``.
+
+    ``move(state, records)`` moves a state on without reading; a read takes ``size`` records a
+    call. Only caches work.
+    """
+
+    __slots__ = ("buffer", "move", "size")
+
+    def __init__(self, move: Any, size: int):
+        self.move, self.size = move, size
+        self.buffer: tuple[int, dict[str, np.ndarray] | None, Any] | None = None  # (first place, records, after)
+
+    def where(self, state: Any, skip: int) -> int:
+        return position(state)
+
+    def read(self, state: Any, skip: int, count: int) -> dict[str, np.ndarray]:
+        """Returns up to ``count`` records from ``state``'s place (fewer only at the stream's end)."""
+        here = position(state)
+        if self.buffer is None or not self.buffer[0] <= here <= self.buffer[0] + _rows(self.buffer[1]):
+            self.buffer = (here, None, state)
+        first, records, after = self.buffer
+        parts = [] if records is None else [{k: v[here - first:] for k, v in records.items()}]
+        after, _ = _read_on(after, 0 if records is None else _rows(parts[0]), count, self.size, parts)
+        records = _joined(parts)
+        self.buffer = (here, records, after) if records else None
+        return records or {}
+
+    def after(self, state: Any, skip: int, records: int) -> tuple[Any, int]:
+        return self.move(state, records), 0
 
 
 class StateGrid:
@@ -59,9 +111,10 @@ class StateGrid:
     starts it afresh.
     """
 
-    __slots__ = ("marks", "records")
+    __slots__ = ("marks", "records", "size")
 
-    def __init__(self):
+    def __init__(self, size: int):
+        self.size = size  # records a read takes: the states met lie this far apart
         self.marks: list[tuple[int, tuple, Any]] = []
         self.records: dict[str, np.ndarray] | None = None
 
@@ -75,30 +128,21 @@ class StateGrid:
             self.marks = [(at - base, key, s) for at, key, s in self.marks if at >= base]
             self.records = {k: v[base:] for k, v in self.records.items()}
 
-    def read(self, state: Any, skip: int, count: int, size: int) -> dict[str, np.ndarray]:
-        """Returns up to ``count`` records from ``skip`` past ``state`` (fewer only at the stream's end),
-        reading ``size`` records per call."""
+    def where(self, state: Any, skip: int) -> tuple:
+        return leaves(state), skip
+
+    def read(self, state: Any, skip: int, count: int) -> dict[str, np.ndarray]:
+        """Returns up to ``count`` records from ``skip`` past ``state`` (fewer only at the stream's end)."""
         self._start(state)
-        held = 0 if self.records is None else len(next(iter(self.records.values())))
         parts = [] if self.records is None else [self.records]
-        while held - skip < count:
-            after, part = _take(self.marks[-1][2], size)
-            if part is None:
-                if size == 1:
-                    break
-                size = max(1, size // 4)  # the end: read the records left in smaller batches
-                continue
-            parts.append(part)
-            held += len(next(iter(part.values())))
-            self.marks.append((held, leaves(after), after))
-        if len(parts) > 1:
-            parts = [{k: np.concatenate([p[k] for p in parts]) for k in parts[0]}]
-        self.records = parts[0] if parts else None
+        _, held = _read_on(self.marks[-1][2], 0 if self.records is None else _rows(self.records), skip + count,
+                           self.size, parts, lambda held, after: self.marks.append((held, leaves(after), after)))
+        self.records = _joined(parts)
         return {} if self.records is None or held <= skip else {k: v[skip:] for k, v in self.records.items()}
 
-    def after(self, state: Any, skip: int, records: int, size: int) -> tuple[Any, int]:
+    def after(self, state: Any, skip: int, records: int) -> tuple[Any, int]:
         """Returns the place ``records`` past ``(state, skip)``: the last state met at or before it, and
         the records past that state."""
-        self.read(state, skip, records, size)  # the states up to there (a consumer's cache may have read none)
+        self.read(state, skip, records)  # the states up to there (a cached group read none)
         target = skip + records
         return next((s, target - at) for at, _, s in reversed(self.marks) if at <= target)
