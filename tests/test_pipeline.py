@@ -500,3 +500,15 @@ def test_a_stream_that_expands_keys_each_record_by_its_place_whatever_the_batch_
     records = [record[:2] for record in fours[0]]
     assert len(set(records)) < len(records)  # the records of the next epoch too
     assert len({key for seq in fours for _, _, key in seq}) == sum(map(len, fours))
+
+
+def test_iterate_walks_one_epoch_of_a_filtered_stream_as_steps_do():
+    from test_stream_filter import _counts
+
+    pipe = dfn.Pipeline(_row_changing("filter", 1), [_keyed], 4)
+    walked = [b for _, b in dfn.iterate(pipe, epochs=1, remainder="straddle")]
+    kept = int((_counts(30, 1, 1) % 2 == 1).sum())
+    assert len(walked) == -(-kept // 4)  # the last batch straddles into the next epoch
+    for batch in walked:
+        pipe, stepped = dfn.step(pipe)
+        chex.assert_trees_all_equal(batch, stepped)

@@ -259,7 +259,19 @@ def _(state: Pipeline, size: int | None):
 @contract.iterate.register
 def _(state: Pipeline, size: int | None = None, *, epochs: int = 1):
     """``remainder="straddle"`` on a pipeline: ``dfn.step`` until ``epochs`` epochs of records are seen."""
-    return contract.iterate_batches(state, state.batch_size, epochs)
+    if contract.num_records(state.source) is not None:
+        return contract.iterate_batches(state, state.batch_size, epochs)
+
+    def walk(pipe):
+        # Of unknown length (a stream that filters or expands): the source's own walk decides when its
+        # epochs are seen; each batch goes through the stages keyed by where it started.
+        before = pipe.source
+        for source, batch in contract.iterate(before, pipe.batch_size, epochs=epochs):
+            epoch, position = _position(before)
+            pipe, before = _replace(pipe, source=source), source
+            yield pipe, _run_stages(pipe, batch, epoch, position)
+
+    return walk(state)
 
 
 # ----------------------------------------------------------------------------- generic functions
