@@ -360,3 +360,14 @@ def test_a_partitioned_filtered_stream_packs_each_partition_alone_and_resumes(to
             assert np.array_equal(got[k].reshape(4, 2, 2, -1)[:, c].reshape(want[k].shape), want[k]), (c, k)
     _, rest = take(dfn.restore_cursor(dfn.pack(load(), lengths, num_bins=4, read=5), saved), 4, 2)
     assert all(np.array_equal(rest[k], got[k][8:]) for k in rest)
+
+
+def test_a_too_long_record_of_a_filtered_stream_names_its_place_and_the_fix_works(token_parquet):
+    load = lambda: dfn.from_hf(str(token_parquet), split="train", streaming=True, max_length=WIDTH,
+                               filter=short_inputs, chunk_size=16)
+    with pytest.raises(ValueError, match=r"field 'inputs' of the record at \d+ records past the source position "
+                                         r"epoch 0, chunk index 0, offset 0 holds \d values, more than "
+                                         r"lengths\['inputs'\]=3\. Raise lengths\['inputs'\]"):
+        dfn.get_batch(dfn.pack(load(), {"inputs": 3, "targets": 8}), 4)
+    _, rows = dfn.get_batch(dfn.pack(load(), {"inputs": 6, "targets": 8}), 4)
+    assert rows["inputs_segment_ids"].shape == (4, 6)
