@@ -294,3 +294,80 @@ def test_a_partitioned_stream_packs_each_partition_as_that_partition_alone(token
         dfn.get_batch(dfn.pack(load(), lengths), 6)
     with pytest.raises(ValueError, match="composed over 4 partitions"):
         dfn.restore_cursor(dfn.pack(load(), lengths), {**saved, "parts": saved["parts"][:2]})
+
+
+def short_inputs(chunk):
+    """Keeps the records with at most 6 inputs (a filter: the stream's length is unknown)."""
+    return np.array([len(x) <= 6 for x in chunk["inputs"]])
+
+
+@pytest.mark.parametrize("sizes, read, chunk", [([3, 1, 7, 2, 5], 3, 5), ([20, 13, 17], 256, 64)])
+def test_a_filtered_stream_packs_as_its_kept_records_and_resumes_from_any_cursor(token_parquet, sizes, read, chunk):
+    lengths = {"inputs": 16, "targets": 8}
+    load = lambda shuffle, **kw: dfn.from_hf(str(token_parquet), split="train", streaming=True, max_length=WIDTH,
+                                             filter=short_inputs, shuffle=shuffle, seed=4, chunk_size=chunk, **kw)
+    # In order, the packed rows are those of the kept records packed eagerly (into the next epoch too).
+    rows = token_rows()
+    kept = {k: v[rows["inputs_length"] <= 6] for k, v in rows.items()}
+    _, plain = take(dfn.pack(load(False), lengths, num_bins=4, read=read), sum(sizes), 1)
+    _, eager = take(dfn.pack(dfn.from_arrays(kept), lengths, num_bins=4), sum(sizes), 1)
+    for k in eager:
+        assert np.array_equal(plain[k], eager[k]), k
+    # Shuffled: a fresh state restored from the JSON cursor at every step serves the uninterrupted rows.
+    src = load(True)
+    _, whole = take(dfn.pack(src, lengths, num_bins=4, read=read), sum(sizes), 1)
+    state, got = dfn.pack(src, lengths, num_bins=4, read=read), []
+    for size in sizes:
+        cursor = json.loads(json.dumps(dfn.cursor(state)))
+        state = dfn.restore_cursor(dfn.pack(load(True), lengths, num_bins=4, read=read), cursor)
+        state, batch = dfn.get_batch(state, size)
+        got.append(batch)
+    for k in whole:
+        assert np.array_equal(np.concatenate([b[k] for b in got]), whole[k]), k
+
+
+def test_a_packed_cursor_of_a_filtered_stream_names_its_skip_and_is_refused_elsewhere(token_parquet):
+    lengths = {"inputs": 16, "targets": 8}
+    load = lambda **kw: dfn.from_hf(str(token_parquet), split="train", streaming=True, max_length=WIDTH, **kw)
+    state, _ = dfn.get_batch(dfn.pack(load(filter=short_inputs), lengths, num_bins=2, read=5), 3)
+    cursor = dfn.cursor(state)
+    assert cursor["source"]["offset"] is not None and 0 <= cursor["skip"] < 5
+    with pytest.raises(ValueError, match="'skip'.*filters or expands"):
+        dfn.restore_cursor(dfn.pack(load(), lengths, num_bins=2), cursor)
+    with pytest.raises(ValueError, match="holds 'skip'"):
+        dfn.restore_cursor(state, {**cursor, "skip": -1})
+
+
+def test_a_partitioned_filtered_stream_packs_each_partition_alone_and_resumes(token_parquet):
+    lengths = {"inputs": 16, "targets": 8}
+
+    def load():
+        return dfn.from_hf(str(token_parquet), split="train", streaming=True, max_length=WIDTH, shuffle=True, seed=3,
+                           partitions=2, chunk_size=8, filter=short_inputs)
+
+    stream = load()
+    _, records = take(stream, 2 * 60, 1)  # 60 kept records of each partition, partition-major
+    state, parts, saved = dfn.pack(load(), lengths, num_bins=4, read=5), [], None
+    for step in range(4):
+        state, batch = dfn.get_batch(state, 4)
+        parts.append(batch)
+        saved = json.loads(json.dumps(dfn.cursor(state))) if step == 1 else saved
+    got = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    for c in range(2):
+        _, want = take(dfn.pack(dfn.from_arrays({k: v[60 * c: 60 * (c + 1)] for k, v in records.items()}), lengths,
+                                num_bins=4), 8, 1)
+        for k in want:
+            assert np.array_equal(got[k].reshape(4, 2, 2, -1)[:, c].reshape(want[k].shape), want[k]), (c, k)
+    _, rest = take(dfn.restore_cursor(dfn.pack(load(), lengths, num_bins=4, read=5), saved), 4, 2)
+    assert all(np.array_equal(rest[k], got[k][8:]) for k in rest)
+
+
+def test_a_too_long_record_of_a_filtered_stream_names_its_place_and_the_fix_works(token_parquet):
+    load = lambda: dfn.from_hf(str(token_parquet), split="train", streaming=True, max_length=WIDTH,
+                               filter=short_inputs, chunk_size=16)
+    with pytest.raises(ValueError, match=r"field 'inputs' of the record at \d+ records past the source position "
+                                         r"epoch 0, chunk index 0, offset 0 holds \d values, more than "
+                                         r"lengths\['inputs'\]=3\. Raise lengths\['inputs'\]"):
+        dfn.get_batch(dfn.pack(load(), {"inputs": 3, "targets": 8}), 4)
+    _, rows = dfn.get_batch(dfn.pack(load(), {"inputs": 6, "targets": 8}), 4)
+    assert rows["inputs_segment_ids"].shape == (4, 6)

@@ -8,11 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import run_fresh
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import datarax_fn as dfn
-from conftest import run_fresh
 from datarax_fn._pipeline.pipeline import record_keys
 
 N = 23
@@ -251,7 +251,7 @@ def test_streaming_source_pipeline_iterates_on_the_host():
         valid = np.concatenate([np.asarray(b["x"])[np.asarray(b["mask"])] for b in batches[3 * e : 3 * e + 3]])
         assert sorted(valid.tolist()) == [2.0 * i for i in range(10)]
     # the same cursor replays the same batches
-    p1, first = dfn.step(pipe)
+    _, first = dfn.step(pipe)
     chex.assert_trees_all_equal(dfn.step(pipe)[1], first)
 
 
@@ -456,3 +456,59 @@ def test_callable_objects_are_fingerprinted_by_their_class_code_and_attributes()
     assert int(dfn.restore_cursor(_lambda_pipe(Scale(2)), saved).index) == 2
     with pytest.raises(ValueError, match="stages"):
         dfn.restore_cursor(_lambda_pipe(Scale(3)), saved)
+
+
+# ----------------------------------------------------------------------------- streams that filter or expand
+
+
+def _row_changing(mode: str, partitions: int):
+    from test_stream_filter import _counts, _stream
+
+    return _stream("random", 30, 4, True, _counts(30, 1, partitions), mode, partitions)
+
+
+def _keyed(batch, key):
+    return {**batch, "key": jax.random.key_data(key)}
+
+
+def _per_partition(pipe, steps: int, partitions: int) -> tuple[list[list], dfn.Pipeline]:
+    """Returns each partition's ``(id, k, key data)`` records in stream order over ``steps`` steps."""
+    seqs = [[] for _ in range(partitions)]
+    for _ in range(steps):
+        pipe, batch = dfn.step(pipe)
+        per = pipe.batch_size // partitions
+        for j, row in enumerate(zip(batch["id"].tolist(), batch["k"].tolist(), batch["key"].tolist())):
+            seqs[j // per].append((row[0], row[1], tuple(row[2])))
+    return seqs, pipe
+
+
+@pytest.mark.parametrize("partitions", [1, 2])
+def test_a_stream_that_expands_keys_each_record_by_its_place_whatever_the_batch_size(partitions):
+    # Keyed by (seed, partition, records served): a batch of 4 and one of 6 give a record the same key,
+    # no two records share one (within an epoch or across), and a JSON cursor resumes the same keys.
+    import json
+
+    fours, _ = _per_partition(dfn.Pipeline(_row_changing("expand", partitions), [_keyed], 4), 18, partitions)
+    sixes, mid = _per_partition(dfn.Pipeline(_row_changing("expand", partitions), [_keyed], 6), 6, partitions)
+    rest, _ = _per_partition(dfn.restore_cursor(dfn.Pipeline(_row_changing("expand", partitions), [_keyed], 6),
+                                                json.loads(json.dumps(dfn.cursor(mid)))), 6, partitions)
+    for c in range(partitions):
+        assert sixes[c] + rest[c] == fours[c]
+        keys = [key for _, _, key in fours[c]]
+        assert len(set(keys)) == len(keys)
+    # Over an epoch end: a record seen again in the next epoch gets a new key.
+    records = [record[:2] for record in fours[0]]
+    assert len(set(records)) < len(records)  # the records of the next epoch too
+    assert len({key for seq in fours for _, _, key in seq}) == sum(map(len, fours))
+
+
+def test_iterate_walks_one_epoch_of_a_filtered_stream_as_steps_do():
+    from test_stream_filter import _counts
+
+    pipe = dfn.Pipeline(_row_changing("filter", 1), [_keyed], 4)
+    walked = [b for _, b in dfn.iterate(pipe, epochs=1, remainder="straddle")]
+    kept = int((_counts(30, 1, 1) % 2 == 1).sum())
+    assert len(walked) == -(-kept // 4)  # the last batch straddles into the next epoch
+    for batch in walked:
+        pipe, stepped = dfn.step(pipe)
+        chex.assert_trees_all_equal(batch, stepped)

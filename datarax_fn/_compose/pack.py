@@ -12,6 +12,12 @@ A group is a pure function of the source position where it starts, so the state 
 position (the source state itself) plus the rows of its group already served: resume re-reads
 at most one group. Packing runs on the host, for eager and streaming sources alike.
 
+A source of known length is moved to where the next group starts by counting records. One
+that filters or expands (or of unknown length) cannot be: its position is only known from the
+states ``get_batch`` returns. There a group starts ``skip`` records past a state the source
+returned, one of the states every ``read`` records from where packing started, so the position
+is ``(that state, skip)`` and reading it again steps on the same grid of states.
+
 The state, its read-ahead cache, first fit and the generic functions share the group's
 invariants, so they stay in one module (just past 400 lines).
 """
@@ -30,7 +36,7 @@ from .._state import checks, contract, cursors, tracing
 from .._streaming.source import EndOfStream, StreamingSource
 from .mix import Mixture, advance
 from .partitioned import by_partition
-from .positions import moved, position
+from .positions import Counted, StateGrid, moved, position
 
 PyTree = Any
 
@@ -41,12 +47,12 @@ class _Groups:
     Only caches work (the output depends on the state alone); compares by what fixes the packing.
     """
 
-    __slots__ = ("buffer", "groups", "key")
+    __slots__ = ("groups", "key", "reader")
 
-    def __init__(self, key: tuple):
+    def __init__(self, key: tuple, reader: Counted | StateGrid):
         self.key = key
-        self.groups: dict[int, tuple[dict[str, np.ndarray], int]] = {}
-        self.buffer: tuple[int, dict[str, np.ndarray], Any] | None = None  # (first position, records, state after)
+        self.groups: dict[Any, tuple[dict[str, np.ndarray], int]] = {}
+        self.reader = reader  # the records read ahead, and how the source's position moves
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _Groups) and other.key == self.key
@@ -66,6 +72,7 @@ class Packed(contract.Source):
 
     source: Any
     row: Any
+    skip: Any  # records of `source` before the group starts (0 unless the source's length is unknown)
     lengths: tuple[tuple[str, int], ...] = eqx.field(static=True)
     num_bins: int = eqx.field(static=True)
     read: int = eqx.field(static=True)
@@ -111,7 +118,7 @@ def pack(source: Any, lengths: Mapping[str, int], *, num_bins: int = 16, read: i
     records (see the guide on composing for every difference).
 
     Arguments:
-        source: an ``EagerSource`` or ``StreamingSource`` (``partitions=1``, known length), or a
+        source: an ``EagerSource`` or ``StreamingSource`` (``partitions=1``; it may filter or expand), or a
             mixture of them (``dfn.mix``), whose records are a flat dict; every field is packed or
             is a packed field's length. A stream with ``partitions=C > 1`` (or a mixture of
             such) packs each partition apart, into a state whose batches take ``size // C``
@@ -147,9 +154,6 @@ def pack(source: Any, lengths: Mapping[str, int], *, num_bins: int = 16, read: i
     if getattr(source, "partitions", 1) != 1:
         raise ValueError(f"pack: source has partitions={source.partitions}; packing reads one stream in order. "
                          "Build it with partitions=1.")
-    if contract.num_records(source) is None:
-        raise ValueError("pack: the source does not know its length, which a packed cursor needs to name a source "
-                         "position. Load it with split metadata (or eagerly).")
     for name, value in (("num_bins", num_bins), ("read", read)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise TypeError(f"pack: {name} must be an int >= 1; got {type(value).__name__} {value!r}.")
@@ -166,10 +170,12 @@ def pack(source: Any, lengths: Mapping[str, int], *, num_bins: int = 16, read: i
     for key, size in checked:
         if spec[key].shape == () and f"{key}_length" in spec:
             raise ValueError(f"pack: field {key!r} is a scalar but has {key}_length; pass a list field.")
-    stream = {k: v for k, v in contract.cursor(source).items() if k not in ("index", "epoch", "children")}
+    stream = {k: v for k, v in contract.cursor(source).items() if k not in ("index", "epoch", "offset", "served", "children")}
     key = (type(source).__name__, repr(sorted(stream.items())), checked, int(num_bins))
-    return Packed(source=source, row=np.zeros((), np.int64), lengths=checked, num_bins=int(num_bins),
-                  read=int(read), groups=_Groups(key))
+    # A source of unknown length is placed by the states it returns, one of known length by counting.
+    reader = StateGrid(int(read)) if contract.num_records(source) is None else Counted(_moved, int(read))
+    return Packed(source=source, row=np.zeros((), np.int64), skip=np.zeros((), np.int64), lengths=checked,
+                  num_bins=int(num_bins), read=int(read), groups=_Groups(key, reader))
 
 
 # ----------------------------------------------------------------------------- reading the source
@@ -180,37 +186,9 @@ def _moved(child: Any, records: int) -> Any:
     return advance(child, records) if isinstance(child, Mixture) else moved(child, records)
 
 
-def _read(state: Packed, child: Any, count: int) -> dict[str, np.ndarray]:
-    """Returns up to ``count`` records of ``child`` from its position (fewer only at the stream's end)."""
-    cache = state.groups
-    here = position(child)
-    if cache.buffer is not None:
-        first, records, after = cache.buffer
-        held = len(next(iter(records.values())))
-        if not first <= here <= first + held:
-            cache.buffer = None
-    if cache.buffer is None:
-        cache.buffer = (here, None, child)
-    first, records, after = cache.buffer
-    held = 0 if records is None else len(next(iter(records.values())))
-    parts = [] if records is None else [{k: v[here - first:] for k, v in records.items()}]
-    have = held - (here - first)
-    size = state.read
-    while have < count:
-        try:
-            after, part = contract.get_batch(after, size)
-        except EndOfStream:
-            if size == 1:
-                break
-            size = max(1, size // 4)  # the end: read the records left in smaller batches
-            continue
-        part = {k: np.asarray(v) for k, v in part.items()}
-        parts.append(part)
-        have += len(next(iter(part.values())))
-    records = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} \
-        if parts else {}
-    cache.buffer = (here, records, after) if records else None
-    return records
+def _known(state: Packed) -> bool:
+    """Whether the source's position is a record count (else it is a returned state plus ``skip``)."""
+    return contract.num_records(state.source) is not None
 
 
 # ----------------------------------------------------------------------------- first fit
@@ -268,34 +246,42 @@ class _FirstFit:
                 room[f][b] -= rec[f]
 
 
-def _check_fit(lens: np.ndarray, lengths: tuple[tuple[str, int], ...], position: int, n: int) -> None:
+def _check_fit(lens: np.ndarray, lengths: tuple[tuple[str, int], ...], child: Any, skip: int) -> None:
     for f, (key, size) in enumerate(lengths):
         over = np.flatnonzero(lens[:, f] > size)
         if over.size:
-            at = position + int(over[0])
+            n, at = contract.num_records(child), skip + int(over[0])
+            if n is None:  # a stream that filters or expands: records past the chunk the cursor names
+                c = contract.cursor(child)
+                where = (f"{at} records past the source position epoch {c['epoch']}, chunk index {c['index']}, "
+                         f"offset {c.get('offset', 0)}")
+            else:
+                at += position(child)
+                where = f"stream position {at} (epoch {at // n}, index {at % n})"
             raise ValueError(
-                f"pack: field {key!r} of the record at stream position {at} (epoch {at // n}, index {at % n}) holds "
+                f"pack: field {key!r} of the record at {where} holds "
                 f"{int(lens[over[0], f])} values, more than lengths[{key!r}]={size}. Raise lengths[{key!r}], or cut "
                 f"the field when loading (max_length={size}, truncate=True)."
             )
 
 
-def _group(state: Packed, child: Any) -> tuple[dict[str, np.ndarray], int]:
-    """Returns ``(rows, records)``: the packed rows of the group starting at ``child``'s position, and
-    how many source records it holds."""
-    here = position(child)
+def _group(state: Packed, child: Any, skip: int) -> tuple[dict[str, np.ndarray], int]:
+    """Returns ``(rows, records)``: the packed rows of the group starting ``skip`` records past ``child``'s
+    position, and how many source records it holds."""
+    reader = state.groups.reader
+    here = reader.where(child, skip)
     cache = state.groups.groups
     if here in cache:
         return cache[here]
     fit = _FirstFit([size for _, size in state.lengths], state.num_bins)
     want, done = state.num_bins * 2, 0
     while True:
-        records = _read(state, child, want)
+        records = reader.read(child, skip, want)
         got = len(next(iter(records.values()))) if records else 0
         if not got:
             raise EndOfStream("pack: the source ended; no records are left to pack.")
         lens = _record_lengths(records, state.lengths)
-        _check_fit(lens[done:], state.lengths, here + done, contract.num_records(child))
+        _check_fit(lens[done:], state.lengths, child, skip + done)
         fit.add(lens[done:])
         if fit.closed or got < want:  # closed by a record that fits nowhere, or the stream ended
             break
@@ -345,9 +331,9 @@ def _(state: Packed, size: int, key: Any = None):
     size = checks.check_size(size)
     if key is not None:
         raise TypeError("get_batch: a packed stream cannot draw random rows with key=; it serves rows in order.")
-    child, row, parts, need = state.source, int(state.row), [], size
+    child, skip, row, parts, need = state.source, int(state.skip), int(state.row), [], size
     while need:
-        rows, records = _group(state, child)
+        rows, records = _group(state, child, skip)
         held = len(rows[state.lengths[0][0]])
         if row >= held:
             raise ValueError(f"get_batch: the packed cursor's row={row} is past the {held} rows of its group; restore "
@@ -356,9 +342,9 @@ def _(state: Packed, size: int, key: Any = None):
         parts.append({k: v[row:row + take] for k, v in rows.items()})
         row, need = row + take, need - take
         if row == held:
-            child, row = _moved(child, records), 0
+            (child, skip), row = state.groups.reader.after(child, skip, records), 0
     batch = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    return tracing.replace(state, source=child, row=np.asarray(row, np.int64)), batch
+    return tracing.replace(state, source=child, skip=np.asarray(skip, np.int64), row=np.asarray(row, np.int64)), batch
 
 
 @contract.element_spec.register
@@ -416,12 +402,24 @@ def _stream_key(state: Packed) -> dict[str, Any]:
 @contract.cursor.register
 def _(state: Packed):
     inner = contract.cursor(state.source)
-    return cursors.make_cursor("pack", state.row, 0, inner["seed"], **_stream_key(state), source=inner)
+    skip = {} if _known(state) else {"skip": int(state.skip)}  # records past the source's position
+    return cursors.make_cursor("pack", state.row, 0, inner["seed"], **_stream_key(state), **skip, source=inner)
 
 
 @contract.restore_cursor.register
 def _(state: Packed, cursor: dict[str, Any]):
     expected = {**_stream_key(state), "seed": int(state.source.seed), "epoch": 0}
+    known = _known(state)
+    if isinstance(cursor, dict) and not known:
+        skip = cursor.get("skip")
+        if isinstance(skip, bool) or not isinstance(skip, int) or not 0 <= skip <= checks.INT32_MAX:
+            raise ValueError(f"restore_cursor: a packed cursor of a source that filters or expands holds 'skip' (an int "
+                             f"in [0, 2**31 - 1]: records past its source's position); got {skip!r}. Restore the "
+                             "dict dfn.cursor(state) returned, unchanged.")
+        cursor = {k: v for k, v in cursor.items() if k != "skip"}
+    elif isinstance(cursor, dict) and "skip" in cursor:
+        raise ValueError("restore_cursor: this packed cursor has 'skip': it was saved over a source that filters or "
+                         "expands, and this source keeps one record per row. Rebuild it as when the cursor was saved.")
     row, _ = cursors.check_cursor(cursor, "pack", expected, None)
     if not isinstance(cursor.get("source"), dict):
         raise TypeError("restore_cursor: a packed cursor holds its source's cursor under 'source'; pass the dict "
@@ -430,7 +428,8 @@ def _(state: Packed, cursor: dict[str, Any]):
         child = contract.restore_cursor(state.source, cursor["source"])
     except (TypeError, ValueError) as e:
         raise type(e)(f"restore_cursor: the packed source: {e}") from None
-    return tracing.replace(state, source=child, row=np.asarray(row, np.int64))
+    skip = 0 if known else skip
+    return tracing.replace(state, source=child, skip=np.asarray(skip, np.int64), row=np.asarray(row, np.int64))
 
 
 __all__ = ["Packed", "pack"]

@@ -32,6 +32,7 @@ from .._layout.partitions import (
     process_rows,
 )
 from .._state import checks, contract, cursors, tracing
+from .._streaming.read import positions
 from .._streaming.source import StreamingSource, make_streaming
 
 PyTree = Any
@@ -74,6 +75,8 @@ class _Partition:
             self.open_deferred = self._open_deferred  # the reader hands chunk preparation to its workers
         if hasattr(backend, "info"):
             self.info = backend.info
+        if callable(getattr(backend, "changes_rows", None)):
+            self.changes_rows = backend.changes_rows  # a partition of a stream that filters or expands does too
 
     def _seed(self, seed: int) -> int:
         return partition_seed(seed, self.partition, self.partitions)  # the partition's order in the whole stream
@@ -97,13 +100,18 @@ class _Partition:
 def split(state: StreamingSource) -> tuple[StreamingSource, ...]:
     """Returns the partitions of a partitioned stream as streams of their own, each where the stream has it."""
     h, n, count = state.backend, contract.num_records(state), state.partitions
-    total = int(state.epoch) * n + int(state.index)
+    total = None if state.offset is not None else int(state.epoch) * n + int(state.index)
     parts = []
     for c in range(count):
         part = make_streaming(_Partition(h.backend, c, count), shuffle=state.shuffle, seed=int(state.seed),
                               name=f"{state.name} (partition {c} of {count})", num_epochs=state.num_epochs,
                               prefetch=h.prefetch, num_workers=max(1, h.num_workers // count))
-        epoch, index = partition_position(total, count, part.backend.backend.length)
+        if total is None:  # a stream that filters or expands: each partition has its own position
+            epoch, index, offset = positions(state)[c]
+            part = tracing.replace(part, offset=np.asarray(offset, np.int32),
+                                   served=np.asarray(int(state.served) // count, np.int32))
+        else:
+            epoch, index = partition_position(total, count, part.backend.backend.length)
         parts.append(tracing.replace(part, epoch=np.asarray(epoch, np.int32), index=np.asarray(index, np.int32)))
     return tuple(parts)
 

@@ -4,7 +4,9 @@
 source's stream and runs the stages on them. The stages get one key per record,
 derived from ``(seed, epoch, index)`` of that record in the stream, so a record's
 augmentation depends only on where it sits in the stream: not on the batch size, the
-batch it lands in, how many steps ran in this process, or a resume.
+batch it lands in, how many steps ran in this process, or a resume. A stream that filters
+or expands has no input index per record; its records are keyed by ``(seed, partition,
+count)``, the record's place among those its partition has served since the stream began.
 
 The pipeline is a valid ``jit`` argument and ``lax.scan`` / ``lax.fori_loop`` carry;
 ``dfn.scan`` and ``dfn.scan_epoch`` (in ``scan``) keep the dataset out of the carry.
@@ -118,19 +120,37 @@ _replace = tracing.replace  # skips __init__ (and its re-binding of stages) on t
 
 
 def _position(source: Any) -> tuple[Any, Any]:
-    """Returns the source's ``(epoch, index)`` leaves."""
+    """Returns the source's ``(epoch, index)`` leaves; ``(0, served)`` for a stream that filters or expands."""
+    if _counted(source) is not None:
+        return jnp.zeros((), jnp.int32), source.served
     return source.epoch, source.index
 
 
-def record_keys(seed: Any, epoch: Any, index: Any, rows: int, num_records: int | None) -> jax.Array:
+def _counted(source: Any) -> int | None:
+    """Returns the partitions of a stream that filters or expands (its records keyed by count), else None."""
+    return source.partitions if getattr(source, "served", None) is not None else None
+
+
+def record_keys(seed: Any, epoch: Any, index: Any, rows: int, num_records: int | None,
+                counted: int | None = None) -> jax.Array:
     """Returns the ``(rows,)`` keys a pipeline hands its stages for a batch starting at ``(epoch, index)``.
 
     Row ``r`` is the record at stream position ``index + r``: with ``N = num_records``
     it sits at index ``(index + r) % N`` of epoch ``epoch + (index + r) // N``, and its
     key is ``fold_in(fold_in(key(seed), that epoch), that index)``. A stream of unknown
     length keys a batch's rows in its starting epoch.
+
+    ``counted=C``: the batch is of a stream of ``C`` partitions that filters or expands, which
+    has served ``index`` records before it (``index / C`` from each partition); the batch holds
+    ``rows / C`` records of each partition in turn, and record ``k`` of partition ``c`` (counted
+    from the stream's start) gets ``fold_in(fold_in(key(seed), c), k)``.
     """
     base = jax.random.key(jnp.asarray(seed, jnp.uint32))
+    if counted is not None:
+        per, row = rows // counted, jnp.arange(rows, dtype=jnp.int32)
+        part, serial = row // per, jnp.asarray(index).astype(jnp.int32) // counted + row % per
+        part_keys = jax.vmap(lambda c: jax.random.fold_in(base, c))(jnp.arange(counted, dtype=jnp.uint32))
+        return jax.vmap(lambda c, k: jax.random.fold_in(part_keys[c], k.astype(jnp.uint32)))(part, serial)
     epoch = jnp.asarray(epoch).astype(jnp.int32)
     position = jnp.asarray(index).astype(jnp.int32) + jnp.arange(rows, dtype=jnp.int32)
     ahead = jnp.zeros((rows,), jnp.int32)  # how many epochs past `epoch` each row lies
@@ -142,16 +162,18 @@ def record_keys(seed: Any, epoch: Any, index: Any, rows: int, num_records: int |
     return jax.vmap(lambda a, i: jax.random.fold_in(epoch_keys[a], i.astype(jnp.uint32)))(ahead, position)
 
 
-@functools.partial(tracing.jit_unless_traced, static_argnames=("num_records",))
-def _apply(stages: Chain, batch: PyTree, seed: Any, epoch: Any, position: Any, num_records: int | None) -> PyTree:
+@functools.partial(tracing.jit_unless_traced, static_argnames=("num_records", "counted"))
+def _apply(stages: Chain, batch: PyTree, seed: Any, epoch: Any, position: Any, num_records: int | None,
+           counted: int | None = None) -> PyTree:
     rows = jax.tree.leaves(batch)[0].shape[0]
-    return stages(batch, record_keys(seed, epoch, position, rows, num_records))
+    return stages(batch, record_keys(seed, epoch, position, rows, num_records, counted))
 
 
 def _run_stages(pipe: Pipeline, batch: PyTree, epoch: Any, position: Any) -> PyTree:
     if not pipe.stages.stages:
         return batch
-    return _apply(pipe.stages, batch, pipe.seed, epoch, position, num_records=contract.num_records(pipe.source))
+    return _apply(pipe.stages, batch, pipe.seed, epoch, position, num_records=contract.num_records(pipe.source),
+                  counted=_counted(pipe.source))
 
 
 def step(pipeline: Pipeline) -> tuple[Pipeline, PyTree]:
@@ -237,7 +259,19 @@ def _(state: Pipeline, size: int | None):
 @contract.iterate.register
 def _(state: Pipeline, size: int | None = None, *, epochs: int = 1):
     """``remainder="straddle"`` on a pipeline: ``dfn.step`` until ``epochs`` epochs of records are seen."""
-    return contract.iterate_batches(state, state.batch_size, epochs)
+    if contract.num_records(state.source) is not None:
+        return contract.iterate_batches(state, state.batch_size, epochs)
+
+    def walk(pipe):
+        # Of unknown length (a stream that filters or expands): the source's own walk decides when its
+        # epochs are seen; each batch goes through the stages keyed by where it started.
+        before = pipe.source
+        for source, batch in contract.iterate(before, pipe.batch_size, epochs=epochs):
+            epoch, position = _position(before)
+            pipe, before = _replace(pipe, source=source), source
+            yield pipe, _run_stages(pipe, batch, epoch, position)
+
+    return walk(state)
 
 
 # ----------------------------------------------------------------------------- generic functions
@@ -255,7 +289,8 @@ def _(state: Pipeline):
     batch = jax.tree.map(lambda s: jax.ShapeDtypeStruct((state.batch_size, *s.shape), s.dtype), spec)
     epoch, position = _position(state.source)
     n = contract.num_records(state.source)
-    out = jax.eval_shape(functools.partial(_apply, num_records=n), state.stages, batch, state.seed, epoch, position)
+    out = jax.eval_shape(functools.partial(_apply, num_records=n, counted=_counted(state.source)), state.stages,
+                         batch, state.seed, epoch, position)
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), out)
 
 
@@ -294,7 +329,9 @@ def _stream_key(state: Pipeline) -> dict[str, Any]:
 def _(state: Pipeline):
     key = _stream_key(state)
     source = contract.cursor(state.source)
-    return cursors.make_cursor("pipeline", source["index"], source["epoch"], key.pop("seed"), **key, source=source)
+    # A stream that filters or expands: the records served (what keys its records) stand for its positions.
+    index, epoch = (source["served"], 0) if _counted(state.source) is not None else (source["index"], source["epoch"])
+    return cursors.make_cursor("pipeline", index, epoch, key.pop("seed"), **key, source=source)
 
 
 @contract.restore_cursor.register
@@ -305,4 +342,4 @@ def _(state: Pipeline, cursor: dict[str, Any]):
     return _replace(state, source=contract.restore_cursor(state.source, cursor["source"]))
 
 
-__all__ = ["Pipeline", "record_keys", "step", "stages_key"]
+__all__ = ["Pipeline", "record_keys", "stages_key", "step"]

@@ -15,7 +15,6 @@ import numpy as np
 
 from .checks import INT32_MAX, check_seed, short_repr
 
-
 CURSOR_VERSION = 1
 # A real cursor is a few hundred bytes, a pipeline's nests its source's one level down.
 # Restoring reads files users are sent, so anything far larger or deeper is refused
@@ -101,11 +100,12 @@ def check_cursor(cursor: Any, kind: str, expected: dict[str, Any], num_records: 
 
 
 def check_chunk_cursor(cursor: Any, kind: str, expected: dict[str, Any],
-                       lengths: list[int | None]) -> list[tuple[int, int, int]]:
-    """Returns every partition's ``(epoch, index, offset)`` of the cursor of a stream that filters or expands.
+                       lengths: list[int | None]) -> tuple[list[tuple[int, int, int]], int]:
+    """Returns every partition's ``(epoch, index, offset)`` of the cursor of a stream that filters or expands,
+    and ``served`` (the records the stream has served since it began).
 
     ``lengths`` are the partitions' input rows (one entry per partition; None: unknown). With
-    one partition the fields are ints, with more a list of one int per partition.
+    one partition the fields are ints, with more a list of one int per partition (``served``: one int).
     """
     parts = len(lengths)
     if isinstance(cursor, dict) and "offset" not in cursor and "index" in cursor:
@@ -114,7 +114,12 @@ def check_chunk_cursor(cursor: Any, kind: str, expected: dict[str, Any],
             "row, and this stream filters or expands its records (filter=, or a transform that changes the row "
             "count). Rebuild the state with the same filter and transform as when the cursor was saved."
         )
-    cursor = _checked(cursor, kind, expected, parts, ("offset", "index", "epoch", "seed"), per_partition=parts > 1)
+    cursor = _checked(cursor, kind, expected, parts, ("offset", "index", "epoch", "seed", "served"),
+                      per_partition=parts > 1)
+    served = int(cursor["served"])
+    if not 0 <= served <= INT32_MAX or served % parts:
+        raise ValueError(f"restore_cursor: served={served} is out of range (in [0, 2**31 - 1], a multiple of "
+                         f"partitions={parts}); restore the dict dfn.cursor(state) returned, unchanged.")
     pos = list(zip(*([cursor[k]] if parts == 1 else cursor[k] for k in ("epoch", "index", "offset"))))
     for c, ((epoch, index, offset), n) in enumerate(zip(pos, lengths)):
         upper = INT32_MAX if n is None else n
@@ -124,7 +129,7 @@ def check_chunk_cursor(cursor: Any, kind: str, expected: dict[str, Any],
                 f"restore_cursor: index={index}, epoch={epoch}, offset={offset}{where} are out of range (index in "
                 f"[0, {upper}], epoch and offset in [0, 2**31 - 1])."
             )
-    return [(int(e), int(i), int(o)) for e, i, o in pos]
+    return [(int(e), int(i), int(o)) for e, i, o in pos], served
 
 
 def _checked(cursor: Any, kind: str, expected: dict[str, Any], partitions: int, names: tuple[str, ...],
@@ -154,8 +159,9 @@ def _checked(cursor: Any, kind: str, expected: dict[str, Any], partitions: int, 
         raise ValueError(f"restore_cursor: the cursor lacks {missing}; pass the dict from dfn.cursor(state).")
     for name in names:
         value = cursor[name]
-        values = value if per_partition and name != "seed" and isinstance(value, list) else [value]
-        if per_partition and name != "seed" and (not isinstance(value, list) or len(value) != partitions):
+        listed = per_partition and name not in ("seed", "served")  # the stream's, not a partition's
+        values = value if listed and isinstance(value, list) else [value]
+        if listed and (not isinstance(value, list) or len(value) != partitions):
             raise TypeError(
                 f"restore_cursor: cursor[{name!r}] must be a list of {partitions} ints, one per partition; got "
                 f"{short_repr(value)}."

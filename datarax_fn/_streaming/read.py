@@ -47,13 +47,15 @@ def with_position(state: Stream, epoch: int, index: int) -> Stream:
     return tracing.replace(state, epoch=np.asarray(epoch, np.int32), index=np.asarray(index, np.int32))
 
 
-def with_positions(state: Stream, pos: list[tuple[int, int, int]]) -> Stream:
-    # The state of a stream that filters or expands at every partition's (epoch, index, offset).
+def with_positions(state: Stream, pos: list[tuple[int, int, int]], served: int) -> Stream:
+    # The state of a stream that filters or expands at every partition's (epoch, index, offset),
+    # having served `served` records since it began.
     arr = np.asarray(pos, np.int64).reshape(-1, 3)
-    if arr.max() > checks.INT32_MAX:
-        raise ValueError(f"{state.name}: epoch/index/offset passed 2**31 - 1; start a new state with a new seed.")
+    if max(arr.max(), served) > checks.INT32_MAX:
+        raise ValueError(f"{state.name}: epoch/index/offset/served passed 2**31 - 1; start a new state with a new "
+                         "seed.")
     e, i, o = (np.asarray(arr[:, k] if state.partitions > 1 else arr[0, k], np.int32) for k in range(3))
-    return tracing.replace(state, epoch=e, index=i, offset=o)
+    return tracing.replace(state, epoch=e, index=i, offset=o, served=np.asarray(served, np.int32))
 
 
 def _concat(parts: list[PyTree]) -> PyTree:
@@ -199,7 +201,7 @@ def read(state: Stream, size: int, parts: tuple[int, ...],
                     pos, ended = gather(pos, parts, ended)
                 if ended:
                     raise _end_of_chunked(state, size)
-                new = with_positions(state, pos)
+                new = with_positions(state, pos, int(state.served) + size)
             else:
                 if state.partitions == 1:
                     epoch, index, out = _read_whole(state, size)

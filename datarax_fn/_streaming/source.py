@@ -37,7 +37,9 @@ again. The records per epoch are unknown (``num_records`` is None). With ``parti
 every partition has its own position, so ``index``, ``epoch`` and ``offset`` hold one per
 partition, and ``get_global_batch`` gathers the positions of the partitions other processes
 read once per step, so that every process holds the same state. A stream that keeps the row
-count has ``offset=None``: the same leaves and cursor as before.
+count has ``offset=None``: the same leaves and cursor as before. ``served`` (None there) counts
+the records such a stream has served since it began: every partition has served ``served / C``,
+so a record's place in its partition's stream is known whatever the batch sizes were.
 
 Reading (the reader cache and the rules that move a position) lives in ``read``; the reader,
 workers and prefetch queue below it.
@@ -54,9 +56,21 @@ import jax
 import numpy as np
 from jaxtyping import Int, UInt32
 
+from .._layout.partitions import (
+    check_partitions,
+    owned_partitions,
+    partition_offsets,
+    process_rows,
+)
 from .._state import checks, contract, cursors, tracing
-from .._layout.partitions import check_partitions, owned_partitions, partition_offsets, process_rows
-from .read import EndOfStream, gather_positions, positions, read, with_position, with_positions
+from .read import (
+    EndOfStream,
+    gather_positions,
+    positions,
+    read,
+    with_position,
+    with_positions,
+)
 from .reader import Reader
 from .workers import check_workers
 
@@ -128,7 +142,7 @@ class _Handle(contract.Static):
     stream have equal tree structures.
     """
 
-    __slots__ = ("backend", "reader", "lock", "closes", "prefetch", "num_workers", "_spec", "__weakref__")
+    __slots__ = ("__weakref__", "_spec", "backend", "closes", "lock", "num_workers", "prefetch", "reader")
 
     def __init__(self, backend: Any, prefetch: int = 2, num_workers: int = 1):
         self.backend = backend
@@ -192,6 +206,7 @@ class StreamingSource(contract.Source):
     num_epochs: int | None = eqx.field(static=True, default=None)
     partitions: int = eqx.field(static=True, default=1)
     offset: Int[np.ndarray, "*partitions"] | None = None  # records served of the chunk at `index`; None: one per input row
+    served: Int[np.ndarray, ""] | None = None  # records served since the stream began, with `offset`
 
     def close(self) -> None:
         """Stops the background reading now; returns at once, also from another thread.
@@ -269,6 +284,7 @@ def make_streaming(
         index=np.zeros(shape, np.int32),
         epoch=np.zeros(shape, np.int32),
         offset=np.zeros(shape, np.int32) if changes else None,
+        served=np.zeros((), np.int32) if changes else None,
         seed=np.asarray(seed, np.uint32),
         backend=_Handle(backend, int(prefetch), check_workers(num_workers, name)),
         shuffle=checks.check_flag(shuffle, "shuffle", name),
@@ -376,7 +392,7 @@ def _stream_key(state: StreamingSource) -> dict[str, Any]:
 def _(state: StreamingSource):
     key = _stream_key(state)
     if state.offset is not None:
-        key["offset"] = cursors.ints(state.offset)
+        key["offset"], key["served"] = cursors.ints(state.offset), int(state.served)
     return cursors.make_cursor("streaming", state.index, state.epoch, key.pop("seed"), state.partitions, **key)
 
 
@@ -388,7 +404,7 @@ def _(state: StreamingSource, cursor: dict[str, Any]):
         return with_position(state, epoch, index)
     n = state.backend.backend.num_records()
     lengths = [n] if state.partitions == 1 else np.diff(partition_offsets(n, state.partitions)).tolist()
-    return with_positions(state, cursors.check_chunk_cursor(cursor, "streaming", _stream_key(state), lengths))
+    return with_positions(state, *cursors.check_chunk_cursor(cursor, "streaming", _stream_key(state), lengths))
 
 
 @contract.dataset_info.register
