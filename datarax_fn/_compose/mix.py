@@ -39,7 +39,7 @@ from .._state import checks, contract, cursors, tracing
 from .._streaming.source import EndOfStream, StreamingSource
 from .layout import consumed, epoch_length, quotas_of, select
 from .partitioned import by_partition
-from .positions import moved, position, put_scalar
+from .positions import moved, position, put_scalar, restore_each
 from .specs import check_specs, has_fields, mixed_spec
 
 PyTree = Any
@@ -452,15 +452,11 @@ def _(state: Mixture, cursor: dict[str, Any]):
     expected = {"quotas": list(state.quotas), "stop": state.stop, "seed": int(state.seed)}
     index, epoch = cursors.check_cursor(cursor, "mix", expected, state.num_records)
     saved = cursor.get("children")
-    if not isinstance(saved, list) or len(saved) != len(state.children):
-        raise ValueError(f"restore_cursor: a cursor of this mixture holds a list of {len(state.children)} child "
-                         f"cursors under 'children'; got {type(saved).__name__}. Pass the dict dfn.cursor returned.")
-    children = []
-    for k, (child, c) in enumerate(zip(state.children, saved)):
-        try:
-            children.append(contract.restore_cursor(child, c))
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"restore_cursor: source {k} of the mixture: {e}") from None
+    children = restore_each(
+        state.children, saved,
+        f"restore_cursor: a cursor of this mixture holds a list of {len(state.children)} child cursors under "
+        f"'children'; got {type(saved).__name__}. Pass the dict dfn.cursor returned.",
+        lambda k: f"source {k} of the mixture")
     # Each child's position is its start plus what the mixture's position makes it serve.
     here = _consumed(state)
     new = tracing.replace(state, index=put_scalar(state.index, index), epoch=put_scalar(state.epoch, epoch),

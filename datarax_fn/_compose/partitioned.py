@@ -34,6 +34,7 @@ from .._layout.partitions import (
 from .._state import checks, contract, cursors, tracing
 from .._streaming.read import positions
 from .._streaming.source import StreamingSource, make_streaming
+from .positions import restore_each
 
 PyTree = Any
 
@@ -254,17 +255,12 @@ def _(state: Partitioned):
 def _(state: Partitioned, cursor: dict[str, Any]):
     cursors.check_cursor(cursor, "partitioned", {}, None)
     saved = cursor.get("parts")
-    if not isinstance(saved, list) or len(saved) != len(state.parts):
-        got = f"{len(saved)} parts" if isinstance(saved, list) else type(saved).__name__
-        raise ValueError(f"restore_cursor: this state is composed over {len(state.parts)} partitions, and its cursor "
-                         f"holds one cursor per partition under 'parts'; got {got}. Rebuild the sources with the "
-                         "partitions= of the saved run.")
-    parts = []
-    for c, (part, saved_part) in enumerate(zip(state.parts, saved)):
-        try:
-            parts.append(contract.restore_cursor(part, saved_part))
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"restore_cursor: partition {c} of {len(state.parts)}: {e}") from None
+    got = f"{len(saved)} parts" if isinstance(saved, list) else type(saved).__name__
+    parts = restore_each(
+        state.parts, saved,
+        f"restore_cursor: this state is composed over {len(state.parts)} partitions, and its cursor holds one cursor "
+        f"per partition under 'parts'; got {got}. Rebuild the sources with the partitions= of the saved run.",
+        lambda c: f"partition {c} of {len(state.parts)}")
     return Partitioned(parts=tuple(parts))
 
 

@@ -37,6 +37,23 @@ def moved(state: Any, records: int) -> Any:
     return tracing.replace(state, index=put_scalar(state.index, index), epoch=put_scalar(state.epoch, epoch))
 
 
+def restore_each(states: Any, saved: Any, mismatch: str, label: Any) -> list:
+    """Returns ``states`` restored from the list of cursors ``saved``, one each, as composed states keep them.
+
+    ``mismatch`` is the error when ``saved`` is not a list of ``len(states)`` cursors; an error from
+    a child's restore is re-raised with ``label(k)`` naming the child.
+    """
+    if not isinstance(saved, list) or len(saved) != len(states):
+        raise ValueError(mismatch)
+    out = []
+    for k, (state, cursor) in enumerate(zip(states, saved)):
+        try:
+            out.append(contract.restore_cursor(state, cursor))
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"restore_cursor: {label(k)}: {e}") from None
+    return out
+
+
 def leaves(state: Any) -> tuple:
     """Returns a hashable form of a source state's position (its leaves' values)."""
     return tuple(tuple(np.ravel(np.asarray(x)).tolist()) for x in jax.tree.leaves(state))
